@@ -1,0 +1,82 @@
+//! Command-line definitions only.
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tare-marker-monitor",
+    version,
+    about = "Evaluates PIVKA-II / AFP courses after TARE and flags cases for clinician review"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Folder in the FHIR Bulk Data layout (`Patient*.ndjson`, `Observation*.ndjson.gz`, ...).
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: PathBuf,
+    /// Evaluate as of this date (YYYY-MM-DD); default: today in the configured time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub as_of: Option<NaiveDate>,
+    /// TOML file overriding the built-in defaults (RULES.md); see config/default.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Worker threads (default: the config's `ingest.threads`, 0 = one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate every patient and write markers.csv, flags.csv, detected-issues.ndjson and
+    /// run-summary.json to --out.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Output folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print one patient's course and findings for a clinician.
+    Explain {
+        #[command(flatten)]
+        common: Common,
+        /// Patient id (the `Patient.id` of the source).
+        #[arg(long, value_name = "ID")]
+        patient: String,
+    },
+    /// Write a synthetic cohort in the Bulk Data layout (deterministic for a seed).
+    Generate {
+        /// Output folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The demo cohort: one patient per clinical scenario, then random patients.
+        #[arg(long, conflicts_with = "patients")]
+        demo: bool,
+        /// Number of random patients.
+        #[arg(long, default_value_t = 1000)]
+        patients: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Date the synthetic histories lead up to.
+        #[arg(long, value_name = "YYYY-MM-DD", default_value = "2026-11-01")]
+        as_of: NaiveDate,
+        /// Write `.ndjson.gz` files.
+        #[arg(long)]
+        gzip: bool,
+    },
+    /// Benchmark floor: parse every line of the folder as JSON and discard it, with the same
+    /// reader and threads as `run`. Prints lines and seconds.
+    ParseFloor {
+        #[arg(long, value_name = "DIR")]
+        source_dir: PathBuf,
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+}

@@ -1,0 +1,423 @@
+//! Typed configuration. Built-in defaults are exactly RULES.md; a TOML file overrides any key
+//! (`config/default.toml` documents every key with its RULES.md source). Validated once at start.
+
+use crate::domain::{Marker, Severity};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A `system` + `code` pair of a value set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Code {
+    pub system: String,
+    pub code: String,
+}
+
+impl Code {
+    fn new(system: &str, code: &str) -> Self {
+        Code {
+            system: system.to_owned(),
+            code: code.to_owned(),
+        }
+    }
+}
+
+const LOINC: &str = "http://loinc.org";
+
+fn loinc(codes: &[&str]) -> Vec<Code> {
+    codes.iter().map(|c| Code::new(LOINC, c)).collect()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub codes: CodeSets,
+    pub markers: MarkerLimits,
+    pub episodes: EpisodeRules,
+    pub eligibility: EligibilityRules,
+    pub rules: FlagRules,
+    pub output: OutputConfig,
+}
+
+/// RULES.md §1 "Which Observations count" and "Conversions".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// IANA time zone in which calendar dates are taken.
+    pub time_zone: String,
+    pub accepted_statuses: Vec<String>,
+    /// AFP 1 IU/mL = 1.21 ng/mL (WHO 72/225).
+    pub afp_ng_per_iu: f64,
+    /// Albumin g/dL x 10 = g/L.
+    pub albumin_g_l_per_g_dl: f64,
+    /// Bilirubin mg/dL x 17.1 = umol/L.
+    pub bilirubin_umol_l_per_mg_dl: f64,
+    /// Worker threads for parsing and evaluation; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            time_zone: "UTC".into(),
+            accepted_statuses: vec!["final".into(), "amended".into(), "corrected".into()],
+            afp_ng_per_iu: 1.21,
+            albumin_g_l_per_g_dl: 10.0,
+            bilirubin_umol_l_per_mg_dl: 17.1,
+            threads: 0,
+        }
+    }
+}
+
+/// RULES.md §1 "Markers and codes", "Patients and episodes" and "Eligibility".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeSets {
+    /// PIVKA-II / DCP: the unit decides between `pivka2` (arbitrary units) and `dcp` (mass).
+    pub pivka: Vec<Code>,
+    pub afp: Vec<Code>,
+    pub afp_l3: Vec<Code>,
+    pub albumin: Vec<Code>,
+    pub bilirubin: Vec<Code>,
+    pub tare_procedure: Vec<Code>,
+    pub hcc_condition: Vec<Code>,
+}
+
+impl Default for CodeSets {
+    fn default() -> Self {
+        CodeSets {
+            pivka: loinc(&["34444-0", "50942-2"]),
+            afp: loinc(&[
+                "1834-1", "53962-7", "83073-7", "19176-7", "53961-9", "83072-9",
+            ]),
+            afp_l3: loinc(&["42332-7"]),
+            albumin: loinc(&["1751-7"]),
+            bilirubin: loinc(&["1975-2"]),
+            tare_procedure: vec![
+                Code::new("http://www.ama-assn.org/go/cpt", "79445"),
+                Code::new("urn:oid:2.16.840.1.113883.6.285", "S2095"),
+            ],
+            hcc_condition: vec![
+                Code::new("http://hl7.org/fhir/sid/icd-10-cm", "C22.0"),
+                Code::new("http://snomed.info/sct", "109841003"),
+                Code::new("http://snomed.info/sct", "25370001"),
+            ],
+        }
+    }
+}
+
+/// Per-marker limits (RULES.md §1 table "default ULN", §3 `marker-plateau` level).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkerLimit {
+    /// Default upper limit of normal, in the canonical unit; none for albumin.
+    pub uln: Option<f64>,
+    /// `marker-plateau` level in the canonical unit; none disables the flag for the marker.
+    #[serde(default)]
+    pub plateau_level: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarkerLimits {
+    pub pivka2: MarkerLimit,
+    pub dcp: MarkerLimit,
+    pub afp: MarkerLimit,
+    pub afp_l3: MarkerLimit,
+    pub albumin: MarkerLimit,
+    pub bilirubin: MarkerLimit,
+}
+
+impl Default for MarkerLimits {
+    fn default() -> Self {
+        let limit =
+            |uln: Option<f64>, plateau_level: Option<f64>| MarkerLimit { uln, plateau_level };
+        MarkerLimits {
+            pivka2: limit(Some(40.0), Some(1000.0)),
+            dcp: limit(Some(7.5), None),
+            afp: limit(Some(20.0), None),
+            afp_l3: limit(Some(10.0), None),
+            albumin: limit(None, None),
+            bilirubin: limit(Some(21.0), None),
+        }
+    }
+}
+
+impl MarkerLimits {
+    pub fn get(&self, marker: Marker) -> &MarkerLimit {
+        match marker {
+            Marker::Pivka2 => &self.pivka2,
+            Marker::Dcp => &self.dcp,
+            Marker::Afp => &self.afp,
+            Marker::AfpL3 => &self.afp_l3,
+            Marker::Albumin => &self.albumin,
+            Marker::Bilirubin => &self.bilirubin,
+        }
+    }
+}
+
+/// RULES.md §1 "Patients and episodes" and §2 "baseline".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpisodeRules {
+    /// A later TARE within this many days of the episode's index date joins the episode.
+    pub merge_days: i64,
+    /// Baseline: the last value dated within [index - baseline_days, index].
+    pub baseline_days: i64,
+}
+
+impl Default for EpisodeRules {
+    fn default() -> Self {
+        EpisodeRules {
+            merge_days: 90,
+            baseline_days: 60,
+        }
+    }
+}
+
+/// RULES.md §1 "Eligibility".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EligibilityRules {
+    pub min_age_years: u32,
+    pub require_hcc: bool,
+}
+
+impl Default for EligibilityRules {
+    fn default() -> Self {
+        EligibilityRules {
+            min_age_years: 18,
+            require_hcc: true,
+        }
+    }
+}
+
+/// RULES.md §2 (response, next due date) and §3 (flags), §4 (ALBI matching).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlagRules {
+    /// `PR`: latest <= this fraction of baseline; `no-response`: every post value > it.
+    pub response_fraction: f64,
+    /// `marker-rise`: latest >= reference nadir x (1 + rise_pct / 100).
+    pub rise_pct: f64,
+    /// `marker-plateau`: the latest differs from the one before by at most this % of that one.
+    pub plateau_change_pct: f64,
+    pub plateau_min_days_apart: i64,
+    /// `no-response`: a post value dated >= index + this many days must exist.
+    pub no_response_min_day: i64,
+    /// next_due_date: + due_interval_early_days while within due_early_period_days of index,
+    /// else + due_interval_late_days.
+    pub due_interval_early_days: i64,
+    pub due_early_period_days: i64,
+    pub due_interval_late_days: i64,
+    /// `surveillance-overdue`: as-of > next due + grace, and as-of <= index + max days.
+    pub overdue_grace_days: i64,
+    pub overdue_max_days: i64,
+    /// `possible-reild` window, days after index (inclusive).
+    pub reild_from_day: i64,
+    pub reild_to_day: i64,
+    /// `possible-reild`: bilirubin >= this (umol/L; 3 mg/dL) ...
+    pub reild_bilirubin_umol_l: f64,
+    /// ... or >= this multiple of the bilirubin baseline and above the bilirubin ULN.
+    pub reild_baseline_multiple: f64,
+    /// ALBI inputs must lie at most this many days from the row's date.
+    pub albi_max_days: i64,
+}
+
+impl Default for FlagRules {
+    fn default() -> Self {
+        FlagRules {
+            response_fraction: 0.5,
+            rise_pct: 40.0,
+            plateau_change_pct: 20.0,
+            plateau_min_days_apart: 28,
+            no_response_min_day: 76,
+            due_interval_early_days: 30,
+            due_early_period_days: 90,
+            due_interval_late_days: 90,
+            overdue_grace_days: 14,
+            overdue_max_days: 365,
+            reild_from_day: 14,
+            reild_to_day: 120,
+            reild_bilirubin_umol_l: 51.3,
+            reild_baseline_multiple: 2.0,
+            albi_max_days: 30,
+        }
+    }
+}
+
+/// RULES.md §4 "DetectedIssue".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Flags at or above this severity become DetectedIssues.
+    pub min_severity_written: Severity,
+    pub identifier_system: String,
+    pub flag_code_system: String,
+    pub rules_url: String,
+    pub device_identifier_system: String,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            min_severity_written: Severity::Moderate,
+            identifier_system: "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id"
+                .into(),
+            flag_code_system: "https://tare-marker-monitor.example.org/fhir/CodeSystem/flag".into(),
+            rules_url: "https://tare-marker-monitor.example.org/docs/RULES.md".into(),
+            device_identifier_system:
+                "https://tare-marker-monitor.example.org/fhir/NamingSystem/device".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config value {key} is not valid: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads a TOML file over the built-in defaults and validates the result.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn time_zone(&self) -> chrono_tz::Tz {
+        // validate() has checked it parses.
+        self.ingest.time_zone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.ingest.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return invalid(
+                "ingest.time_zone",
+                format!("{:?} is not an IANA time zone", self.ingest.time_zone),
+            );
+        }
+        let positive = [
+            ("ingest.afp_ng_per_iu", self.ingest.afp_ng_per_iu),
+            (
+                "ingest.albumin_g_l_per_g_dl",
+                self.ingest.albumin_g_l_per_g_dl,
+            ),
+            (
+                "ingest.bilirubin_umol_l_per_mg_dl",
+                self.ingest.bilirubin_umol_l_per_mg_dl,
+            ),
+            ("rules.response_fraction", self.rules.response_fraction),
+            (
+                "rules.reild_bilirubin_umol_l",
+                self.rules.reild_bilirubin_umol_l,
+            ),
+            (
+                "rules.reild_baseline_multiple",
+                self.rules.reild_baseline_multiple,
+            ),
+        ];
+        for (key, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return invalid(key, format!("{value} must be a positive number"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.rules.response_fraction) {
+            return invalid(
+                "rules.response_fraction",
+                format!("{} must lie between 0 and 1", self.rules.response_fraction),
+            );
+        }
+        for (key, days) in [
+            ("episodes.merge_days", self.episodes.merge_days),
+            ("episodes.baseline_days", self.episodes.baseline_days),
+            (
+                "rules.plateau_min_days_apart",
+                self.rules.plateau_min_days_apart,
+            ),
+            (
+                "rules.due_interval_early_days",
+                self.rules.due_interval_early_days,
+            ),
+            (
+                "rules.due_interval_late_days",
+                self.rules.due_interval_late_days,
+            ),
+            ("rules.albi_max_days", self.rules.albi_max_days),
+        ] {
+            if days < 0 {
+                return invalid(key, format!("{days} must not be negative"));
+            }
+        }
+        if self.rules.reild_from_day > self.rules.reild_to_day {
+            return invalid(
+                "rules.reild_from_day",
+                "must not be after rules.reild_to_day".into(),
+            );
+        }
+        if self.ingest.accepted_statuses.is_empty() {
+            return invalid("ingest.accepted_statuses", "must not be empty".into());
+        }
+        for marker in Marker::ALL {
+            let limit = self.markers.get(marker);
+            if let Some(uln) = limit.uln {
+                if !(uln.is_finite() && uln >= 0.0) {
+                    return invalid("markers.*.uln", format!("{}: {uln}", marker.key()));
+                }
+            }
+            if marker.is_tumor_marker() && limit.uln.is_none() {
+                return invalid(
+                    "markers.*.uln",
+                    format!("{} needs an upper limit of normal", marker.key()),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_rules() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.markers.pivka2.uln, Some(40.0));
+        assert_eq!(c.markers.dcp.uln, Some(7.5));
+        assert_eq!(c.markers.afp.uln, Some(20.0));
+        assert_eq!(c.markers.afp_l3.uln, Some(10.0));
+        assert_eq!(c.markers.bilirubin.uln, Some(21.0));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let e = toml::from_str::<Config>("[rules]\nrise_percent = 30\n").unwrap_err();
+        assert!(e.to_string().contains("rise_percent"), "{e}");
+    }
+
+    #[test]
+    fn bad_time_zone_is_rejected() {
+        let mut c = Config::default();
+        c.ingest.time_zone = "Mars/Olympus".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("ingest.time_zone"), "{e}");
+    }
+}

@@ -1,0 +1,345 @@
+//! Plain domain types shared along the data flow: markers, values, a patient's timeline, and the
+//! findings the evaluation returns. No I/O and no FHIR JSON here.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+/// A laboratory series the job follows (RULES.md §1 "Markers and codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Marker {
+    Pivka2,
+    Dcp,
+    Afp,
+    AfpL3,
+    Albumin,
+    Bilirubin,
+}
+
+impl Marker {
+    pub const ALL: [Marker; 6] = [
+        Marker::Pivka2,
+        Marker::Dcp,
+        Marker::Afp,
+        Marker::AfpL3,
+        Marker::Albumin,
+        Marker::Bilirubin,
+    ];
+    /// The markers that get rows, responses and marker flags (RULES.md §2).
+    pub const TUMOR: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Marker::Pivka2 => "pivka2",
+            Marker::Dcp => "dcp",
+            Marker::Afp => "afp",
+            Marker::AfpL3 => "afp_l3",
+            Marker::Albumin => "albumin",
+            Marker::Bilirubin => "bilirubin",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Marker> {
+        Marker::ALL.into_iter().find(|m| m.key() == key)
+    }
+
+    /// How a clinician names it in a sentence.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Marker::Pivka2 => "PIVKA-II",
+            Marker::Dcp => "DCP",
+            Marker::Afp => "AFP",
+            Marker::AfpL3 => "AFP-L3",
+            Marker::Albumin => "Albumin",
+            Marker::Bilirubin => "Bilirubin",
+        }
+    }
+
+    pub fn canonical_unit(self) -> &'static str {
+        match self {
+            Marker::Pivka2 => "mAU/mL",
+            Marker::Dcp | Marker::Afp => "ng/mL",
+            Marker::AfpL3 => "%",
+            Marker::Albumin => "g/L",
+            Marker::Bilirubin => "umol/L",
+        }
+    }
+
+    pub fn is_tumor_marker(self) -> bool {
+        Marker::TUMOR.contains(&self)
+    }
+}
+
+/// Whether a value is exact or a bound (RULES.md §1 "Value"). Rules use the number it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Censoring {
+    Exact,
+    /// `<` or `<=`: the true value is at most the number.
+    Low,
+    /// `>` or `>=`: the true value is at least the number.
+    High,
+}
+
+impl Censoring {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Censoring::Exact => "",
+            Censoring::Low => "<",
+            Censoring::High => ">",
+        }
+    }
+}
+
+/// One accepted laboratory value, converted to its marker's canonical unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarkerValue {
+    pub marker: Marker,
+    pub value: f64,
+    pub censoring: Censoring,
+    /// Calendar date in the configured time zone; all windows compare these.
+    pub date: NaiveDate,
+    /// Effective instant in Unix milliseconds (a date-only value: the start of its date): the
+    /// order of the series and the key for duplicates.
+    pub instant_ms: i64,
+    pub observation_id: String,
+    /// `referenceRange.high`, converted, when it was in the marker's unit family.
+    pub reference_high: Option<f64>,
+    /// `meta.lastUpdated` in Unix milliseconds, to resolve duplicates.
+    pub last_updated_ms: Option<i64>,
+}
+
+/// A completed TARE procedure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TareProcedure {
+    pub procedure_id: String,
+    pub date: NaiveDate,
+}
+
+/// Everything the evaluation needs of one patient.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatientTimeline {
+    pub patient_id: String,
+    /// False when no `Patient` resource was found: the patient is left out (RULES.md §1).
+    pub has_patient_resource: bool,
+    pub birth_date: Option<NaiveDate>,
+    pub has_hcc: bool,
+    pub procedures: Vec<TareProcedure>,
+    /// All accepted values of all markers, de-duplicated, sorted by (marker, instant).
+    pub values: Vec<MarkerValue>,
+}
+
+impl PatientTimeline {
+    /// The values of one marker, in time order.
+    pub fn series(&self, marker: Marker) -> &[MarkerValue] {
+        let start = self.values.partition_point(|v| v.marker < marker);
+        let end = self.values.partition_point(|v| v.marker <= marker);
+        &self.values[start..end]
+    }
+}
+
+/// Biochemical response at the latest value (RULES.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Response {
+    #[serde(rename = "CR")]
+    Complete,
+    #[serde(rename = "PR")]
+    Partial,
+    #[serde(rename = "SD")]
+    Stable,
+    #[serde(rename = "PD")]
+    Progression,
+    #[serde(rename = "NE")]
+    NotEvaluable,
+}
+
+impl Response {
+    pub const ALL: [Response; 5] = [
+        Response::Complete,
+        Response::Partial,
+        Response::Stable,
+        Response::Progression,
+        Response::NotEvaluable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Response::Complete => "CR",
+            Response::Partial => "PR",
+            Response::Stable => "SD",
+            Response::Progression => "PD",
+            Response::NotEvaluable => "NE",
+        }
+    }
+}
+
+/// Flag severity; ordered low < moderate < high.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Moderate,
+    High,
+}
+
+impl Severity {
+    pub fn code(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Moderate => "moderate",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// The seven flags of RULES.md §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlagCode {
+    IncompleteResponse,
+    MarkerDiscordance,
+    MarkerPlateau,
+    MarkerRise,
+    NoResponse,
+    PossibleReild,
+    SurveillanceOverdue,
+}
+
+impl FlagCode {
+    pub const ALL: [FlagCode; 7] = [
+        FlagCode::IncompleteResponse,
+        FlagCode::MarkerDiscordance,
+        FlagCode::MarkerPlateau,
+        FlagCode::MarkerRise,
+        FlagCode::NoResponse,
+        FlagCode::PossibleReild,
+        FlagCode::SurveillanceOverdue,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            FlagCode::IncompleteResponse => "incomplete-response",
+            FlagCode::MarkerDiscordance => "marker-discordance",
+            FlagCode::MarkerPlateau => "marker-plateau",
+            FlagCode::MarkerRise => "marker-rise",
+            FlagCode::NoResponse => "no-response",
+            FlagCode::PossibleReild => "possible-reild",
+            FlagCode::SurveillanceOverdue => "surveillance-overdue",
+        }
+    }
+
+    /// The display text of the code in the project's CodeSystem.
+    pub fn display(self) -> &'static str {
+        match self {
+            FlagCode::IncompleteResponse => "Incomplete biochemical response after TARE",
+            FlagCode::MarkerDiscordance => "Discordant tumor marker responses after TARE",
+            FlagCode::MarkerPlateau => "Tumor marker plateau at a high level after TARE",
+            FlagCode::MarkerRise => "Tumor marker rise from nadir after TARE",
+            FlagCode::NoResponse => "No biochemical response after TARE",
+            FlagCode::PossibleReild => "Possible radioembolization-induced liver disease",
+            FlagCode::SurveillanceOverdue => "Tumor marker surveillance overdue after TARE",
+        }
+    }
+}
+
+/// One flag for one patient and episode (and marker, for marker flags).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flag {
+    pub code: FlagCode,
+    pub marker: Option<Marker>,
+    pub severity: Severity,
+    /// The date of the value that raised the flag.
+    pub identified_date: NaiveDate,
+    /// One readable sentence with the numbers.
+    pub detail: String,
+    /// Observations behind the figures, in time order.
+    pub evidence_observation_ids: Vec<String>,
+}
+
+/// A value as it appears in a row: enough to print and to cite.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValuePoint {
+    pub value: f64,
+    pub censoring: Censoring,
+    pub date: NaiveDate,
+    pub observation_id: String,
+}
+
+impl From<&MarkerValue> for ValuePoint {
+    fn from(v: &MarkerValue) -> Self {
+        ValuePoint {
+            value: v.value,
+            censoring: v.censoring,
+            date: v.date,
+            observation_id: v.observation_id.clone(),
+        }
+    }
+}
+
+/// One row of `markers.csv`: one patient, episode and tumor marker (RULES.md §2, §4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MarkerCourse {
+    pub marker: Marker,
+    pub baseline: Option<ValuePoint>,
+    pub nadir: Option<ValuePoint>,
+    pub latest: Option<ValuePoint>,
+    pub reference_nadir: Option<ValuePoint>,
+    pub n_post: usize,
+    pub pct_change: Option<f64>,
+    pub rise_from_nadir_pct: Option<f64>,
+    pub uln: f64,
+    pub response: Response,
+    pub halflife_days: Option<f64>,
+    pub next_due_date: NaiveDate,
+    pub albi_baseline: Option<f64>,
+    pub albi_latest: Option<f64>,
+    /// Observation ids of the episode's values of this marker, in time order.
+    pub observation_ids: Vec<String>,
+}
+
+/// One TARE episode of one patient, evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpisodeFindings {
+    pub index_date: NaiveDate,
+    pub procedure_ids: Vec<String>,
+    /// The last date inside the post window (inclusive).
+    pub post_window_last_date: NaiveDate,
+    pub age_years: Option<u32>,
+    pub courses: Vec<MarkerCourse>,
+    pub flags: Vec<Flag>,
+}
+
+/// Why a patient was not evaluated (RULES.md §1), each its own counter in the run summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftOutReason {
+    NoPatientResource,
+    NoTareProcedure,
+    AllEpisodesAfterAsOf,
+    UnderMinimumAge,
+    NoHccCondition,
+}
+
+impl LeftOutReason {
+    pub fn key(self) -> &'static str {
+        match self {
+            LeftOutReason::NoPatientResource => "no_patient_resource",
+            LeftOutReason::NoTareProcedure => "no_tare_procedure",
+            LeftOutReason::AllEpisodesAfterAsOf => "all_episodes_after_as_of",
+            LeftOutReason::UnderMinimumAge => "under_minimum_age",
+            LeftOutReason::NoHccCondition => "no_hcc_condition",
+        }
+    }
+}
+
+/// The evaluation of one patient.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PatientFindings {
+    pub patient_id: String,
+    pub left_out: Option<LeftOutReason>,
+    pub birth_date_unknown: bool,
+    /// Episodes evaluated (an episode under the minimum age is skipped and counted).
+    pub episodes: Vec<EpisodeFindings>,
+    pub episodes_under_minimum_age: usize,
+    pub episodes_after_as_of: usize,
+}

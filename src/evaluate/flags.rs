@@ -1,0 +1,278 @@
+//! The seven flags of RULES.md §3, each a small function returning the flag with a sentence a
+//! clinician can check against the numbers.
+
+use super::compare::{at_least, at_most, exceeds};
+use super::course::{percent_change, EpisodeSeries, Rise, Window};
+use crate::config::Config;
+use crate::domain::{Flag, FlagCode, Marker, MarkerCourse, MarkerValue, Response, Severity};
+use crate::format::{csv_percent, date, human_number, human_value};
+use chrono::{Duration, NaiveDate};
+
+fn show(v: &MarkerValue) -> String {
+    format!(
+        "{} ({})",
+        human_value(v.value, v.censoring, v.marker),
+        date(v.date)
+    )
+}
+
+fn ids(values: &[&MarkerValue]) -> Vec<String> {
+    values.iter().map(|v| v.observation_id.clone()).collect()
+}
+
+fn tare_on(window: Window) -> String {
+    format!("TARE on {}", date(window.index_date))
+}
+
+pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
+    let marker = rise.latest.marker;
+    let pct = percent_change(rise.reference_nadir.value, rise.latest.value)
+        .map(|p| format!("{}%", csv_percent(p)))
+        .unwrap_or_else(|| "from zero".into());
+    let confirmation = match rise.confirmed_by {
+        Some(previous) => format!(", confirmed by the previous value of {}", show(previous)),
+        None => ", not yet confirmed by a second raised value".into(),
+    };
+    let mut evidence = vec![rise.reference_nadir];
+    evidence.extend(rise.confirmed_by);
+    evidence.push(rise.latest);
+    Flag {
+        code: FlagCode::MarkerRise,
+        marker: Some(marker),
+        severity: if rise.confirmed_by.is_some() {
+            Severity::High
+        } else {
+            Severity::Moderate
+        },
+        identified_date: rise.latest.date,
+        detail: format!(
+            "{} rose {} from its nadir of {} to {}{}, above the upper limit of {}; {}. Confirm with contrast CT/MRI.",
+            marker.display_name(),
+            pct,
+            show(rise.reference_nadir),
+            show(rise.latest),
+            confirmation,
+            human_number(uln),
+            tare_on(window)
+        ),
+        evidence_observation_ids: ids(&evidence),
+    }
+}
+
+pub fn marker_plateau(series: &EpisodeSeries<'_>, window: Window, config: &Config) -> Option<Flag> {
+    let level = config.markers.get(series.marker).plateau_level?;
+    let (previous, latest) = (series.previous()?, series.latest()?);
+    let change_limit = previous.value * config.rules.plateau_change_pct / 100.0;
+    let holds = exceeds(previous.value, level)
+        && exceeds(latest.value, level)
+        && at_most((latest.value - previous.value).abs(), change_limit)
+        && (latest.date - previous.date).num_days() >= config.rules.plateau_min_days_apart;
+    if !holds {
+        return None;
+    }
+    let change = percent_change(previous.value, latest.value).unwrap_or(0.0);
+    Some(Flag {
+        code: FlagCode::MarkerPlateau,
+        marker: Some(series.marker),
+        severity: Severity::Moderate,
+        identified_date: latest.date,
+        detail: format!(
+            "{} has plateaued above {}: {} then {}, a change of {}%; {}. Consider imaging.",
+            series.marker.display_name(),
+            human_value(level, crate::domain::Censoring::Exact, series.marker),
+            show(previous),
+            show(latest),
+            csv_percent(change),
+            tare_on(window)
+        ),
+        evidence_observation_ids: ids(&[previous, latest]),
+    })
+}
+
+pub fn no_response(
+    series: &EpisodeSeries<'_>,
+    uln: f64,
+    window: Window,
+    config: &Config,
+) -> Option<Flag> {
+    let baseline = series.baseline?;
+    let latest = series.latest()?;
+    let assessed_from = window.index_date + Duration::days(config.rules.no_response_min_day);
+    let limit = baseline.value * config.rules.response_fraction;
+    let holds = exceeds(baseline.value, uln)
+        && series.post.iter().any(|v| v.date >= assessed_from)
+        && series.post.iter().all(|v| exceeds(v.value, limit));
+    if !holds {
+        return None;
+    }
+    let lowest = series.nadir()?;
+    Some(Flag {
+        code: FlagCode::NoResponse,
+        marker: Some(series.marker),
+        severity: Severity::Moderate,
+        identified_date: latest.date,
+        detail: format!(
+            "{} has not fallen to {}% of its baseline of {} by day {}: lowest {}, latest {}; {}.",
+            series.marker.display_name(),
+            human_number(config.rules.response_fraction * 100.0),
+            show(baseline),
+            window.days_since_index(latest.date),
+            show(lowest),
+            show(latest),
+            tare_on(window)
+        ),
+        evidence_observation_ids: ids(&[baseline, latest]),
+    })
+}
+
+pub fn incomplete_response(
+    series: &EpisodeSeries<'_>,
+    course: &MarkerCourse,
+    window: Window,
+) -> Option<Flag> {
+    let (baseline, latest) = (series.baseline?, series.latest()?);
+    if course.response != Response::Partial || !exceeds(latest.value, course.uln) {
+        return None;
+    }
+    let fall = percent_change(baseline.value, latest.value).map_or(0.0, |p| -p);
+    Some(Flag {
+        code: FlagCode::IncompleteResponse,
+        marker: Some(series.marker),
+        severity: Severity::Low,
+        identified_date: latest.date,
+        detail: format!(
+            "{} fell {}% from its baseline of {} to {}, but remains above the upper limit of {}; {}.",
+            series.marker.display_name(),
+            csv_percent(fall),
+            show(baseline),
+            show(latest),
+            human_number(course.uln),
+            tare_on(window)
+        ),
+        evidence_observation_ids: ids(&[baseline, latest]),
+    })
+}
+
+pub fn surveillance_overdue(
+    series: &EpisodeSeries<'_>,
+    course: &MarkerCourse,
+    window: Window,
+    as_of: NaiveDate,
+    config: &Config,
+) -> Option<Flag> {
+    let baseline = series.baseline?;
+    let overdue_after = course.next_due_date + Duration::days(config.rules.overdue_grace_days);
+    let surveillance_ends = window.index_date + Duration::days(config.rules.overdue_max_days);
+    if !(as_of > overdue_after && as_of <= surveillance_ends) {
+        return None;
+    }
+    let last = series.latest().unwrap_or(baseline);
+    Some(Flag {
+        code: FlagCode::SurveillanceOverdue,
+        marker: Some(series.marker),
+        severity: Severity::Low,
+        identified_date: last.date,
+        detail: format!(
+            "{} was due on {} (last value {}) and is {} days overdue as of {}; {}.",
+            series.marker.display_name(),
+            date(course.next_due_date),
+            show(last),
+            (as_of - course.next_due_date).num_days(),
+            date(as_of),
+            tare_on(window)
+        ),
+        evidence_observation_ids: ids(&[last]),
+    })
+}
+
+/// `possible-reild`: the first bilirubin value in days 14-120 of the post window that is
+/// >= 51.3 umol/L, or >= 2 x the bilirubin baseline and above the bilirubin ULN.
+pub fn possible_reild(
+    bilirubin: &EpisodeSeries<'_>,
+    window: Window,
+    config: &Config,
+) -> Option<Flag> {
+    let rules = &config.rules;
+    let from = window.index_date + Duration::days(rules.reild_from_day);
+    let to = window.index_date + Duration::days(rules.reild_to_day);
+    let bilirubin_uln = config.markers.bilirubin.uln.unwrap_or(f64::INFINITY);
+    let baseline = bilirubin.baseline;
+    let raised = |v: &MarkerValue| {
+        at_least(v.value, rules.reild_bilirubin_umol_l)
+            || baseline.is_some_and(|b| {
+                at_least(v.value, b.value * rules.reild_baseline_multiple)
+                    && exceeds(v.value, bilirubin_uln)
+            })
+    };
+    let value = bilirubin
+        .post
+        .iter()
+        .copied()
+        .find(|v| v.date >= from && v.date <= to && raised(v))?;
+    let against = match baseline {
+        Some(b) => format!("baseline {}", show(b)),
+        None => "no baseline".into(),
+    };
+    let mut evidence: Vec<&MarkerValue> = baseline.into_iter().collect();
+    evidence.push(value);
+    Some(Flag {
+        code: FlagCode::PossibleReild,
+        marker: None,
+        severity: Severity::High,
+        identified_date: value.date,
+        detail: format!(
+            "Bilirubin {} on day {} after {} ({}); threshold {} or {} x baseline above {}. Assess for radioembolization-induced liver disease.",
+            show(value),
+            window.days_since_index(value.date),
+            tare_on(window),
+            against,
+            human_value(rules.reild_bilirubin_umol_l, crate::domain::Censoring::Exact, Marker::Bilirubin),
+            human_number(rules.reild_baseline_multiple),
+            human_number(bilirubin_uln)
+        ),
+        evidence_observation_ids: ids(&evidence),
+    })
+}
+
+/// `marker-discordance`: one marker progresses while another responds.
+pub fn marker_discordance(courses: &[MarkerCourse], window: Window) -> Option<Flag> {
+    let progressing: Vec<&MarkerCourse> = courses
+        .iter()
+        .filter(|c| c.response == Response::Progression)
+        .collect();
+    let responding: Vec<&MarkerCourse> = courses
+        .iter()
+        .filter(|c| matches!(c.response, Response::Complete | Response::Partial))
+        .collect();
+    if progressing.is_empty() || responding.is_empty() {
+        return None;
+    }
+    let describe = |list: &[&MarkerCourse]| {
+        list.iter()
+            .map(|c| format!("{} ({})", c.marker.display_name(), c.response.code()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let identified_date = progressing
+        .iter()
+        .filter_map(|c| c.latest.as_ref().map(|l| l.date))
+        .max()?;
+    let evidence = progressing
+        .iter()
+        .chain(responding.iter())
+        .filter_map(|c| c.latest.as_ref().map(|l| l.observation_id.clone()))
+        .collect();
+    Some(Flag {
+        code: FlagCode::MarkerDiscordance,
+        marker: None,
+        severity: Severity::Low,
+        identified_date,
+        detail: format!(
+            "Markers disagree: {} progressing while {} responding; {}. Review with imaging.",
+            describe(&progressing),
+            describe(&responding),
+            tare_on(window)
+        ),
+        evidence_observation_ids: evidence,
+    })
+}

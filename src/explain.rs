@@ -1,0 +1,171 @@
+//! `explain`: one patient's course in plain text for a clinician — each value with its date,
+//! day since TARE, marker, value and unit, and each finding with the numbers behind it.
+
+use crate::config::Config;
+use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
+use crate::evaluate::evaluate_patient;
+use crate::format::{csv_number, csv_percent, date, human_number, human_value};
+use crate::ingest::Ingestor;
+use crate::run::{thread_pool, RunError};
+use crate::source::ndjson;
+use chrono::{Duration, NaiveDate};
+use std::fmt::Write;
+use std::path::Path;
+
+pub fn explain(
+    source_dir: &Path,
+    patient_id: &str,
+    as_of: NaiveDate,
+    config: &Config,
+) -> anyhow::Result<String> {
+    let pool = thread_pool(config)?;
+    let ingestor = Ingestor::new(config);
+    let loaded = pool
+        .install(|| ndjson::load(source_dir, &ingestor))
+        .map_err(RunError::from)?;
+    let timeline = loaded
+        .timelines
+        .iter()
+        .find(|t| t.patient_id == patient_id)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no resource in {} refers to patient {patient_id:?}",
+                source_dir.display()
+            )
+        })?;
+    let findings = evaluate_patient(timeline, config, as_of);
+    Ok(render(timeline, &findings, as_of, config))
+}
+
+fn point(p: &Option<crate::domain::ValuePoint>, marker: Marker) -> String {
+    match p {
+        Some(p) => format!(
+            "{} ({})",
+            human_value(p.value, p.censoring, marker),
+            date(p.date)
+        ),
+        None => "-".into(),
+    }
+}
+
+fn course_line(course: &MarkerCourse) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |p| format!("{}%", csv_percent(p)));
+    format!(
+        "  {}: baseline {}; nadir {}; latest {}; {} post values; change from baseline {}; rise from reference nadir {}; ULN {}; response {}; half-life {}; next due {}; ALBI {} -> {}",
+        course.marker.display_name(),
+        point(&course.baseline, course.marker),
+        point(&course.nadir, course.marker),
+        point(&course.latest, course.marker),
+        course.n_post,
+        pct(course.pct_change),
+        pct(course.rise_from_nadir_pct),
+        human_number(course.uln),
+        course.response.code(),
+        course.halflife_days.map_or("-".into(), |d| format!("{} days", csv_number(d, 1))),
+        date(course.next_due_date),
+        course.albi_baseline.map_or("-".into(), |a| format!("{a:.2}")),
+        course.albi_latest.map_or("-".into(), |a| format!("{a:.2}")),
+    )
+}
+
+pub fn render(
+    timeline: &PatientTimeline,
+    findings: &PatientFindings,
+    as_of: NaiveDate,
+    config: &Config,
+) -> String {
+    let mut out = String::new();
+    let birth = timeline
+        .birth_date
+        .map_or("birth date unknown (age not checked)".into(), |b| {
+            format!("born {}", date(b))
+        });
+    let _ = writeln!(
+        out,
+        "Patient {} ({birth}; HCC diagnosis on record: {}) as of {}",
+        timeline.patient_id,
+        if timeline.has_hcc { "yes" } else { "no" },
+        date(as_of)
+    );
+    let tares: Vec<String> = timeline
+        .procedures
+        .iter()
+        .map(|p| format!("{} ({})", date(p.date), p.procedure_id))
+        .collect();
+    let _ = writeln!(
+        out,
+        "TARE procedures: {}",
+        if tares.is_empty() {
+            "none".into()
+        } else {
+            tares.join(", ")
+        }
+    );
+    if let Some(reason) = findings.left_out {
+        let _ = writeln!(out, "Not evaluated: {}", reason.key().replace('_', " "));
+        return out;
+    }
+    for (n, episode) in findings.episodes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "\nEpisode {}: TARE on {} (procedures {}){}; post window to {}",
+            n + 1,
+            date(episode.index_date),
+            episode.procedure_ids.join(", "),
+            episode
+                .age_years
+                .map_or(String::new(), |a| format!(", age {a}")),
+            date(episode.post_window_last_date)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<10}  {:>5}  {:<9}  {:>18}  observation",
+            "date", "day", "marker", "value"
+        );
+        let from = episode.index_date - Duration::days(config.episodes.baseline_days);
+        let mut values: Vec<_> = timeline
+            .values
+            .iter()
+            .filter(|v| v.date >= from && v.date <= episode.post_window_last_date)
+            .collect();
+        values.sort_by_key(|v| (v.instant_ms, v.marker));
+        for v in values {
+            let _ = writeln!(
+                out,
+                "  {:<10}  {:>5}  {:<9}  {:>18}  {}",
+                date(v.date),
+                (v.date - episode.index_date).num_days(),
+                v.marker.display_name(),
+                human_value(v.value, v.censoring, v.marker),
+                v.observation_id
+            );
+        }
+        let _ = writeln!(out, "Courses:");
+        for course in &episode.courses {
+            let _ = writeln!(out, "{}", course_line(course));
+        }
+        if episode.flags.is_empty() {
+            let _ = writeln!(out, "Flags: none");
+        } else {
+            let _ = writeln!(out, "Flags:");
+            for flag in &episode.flags {
+                let written = if flag.severity >= config.output.min_severity_written {
+                    "DetectedIssue"
+                } else {
+                    "report only"
+                };
+                let _ = writeln!(
+                    out,
+                    "  - {} [{}{}; {}] {}",
+                    flag.code.code(),
+                    flag.severity.code(),
+                    flag.marker
+                        .map_or(String::new(), |m| format!(", {}", m.display_name())),
+                    written,
+                    flag.detail
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,107 @@
+//! Number and date formatting shared by the CSV files and the sentences for clinicians.
+
+use crate::domain::{Censoring, Marker};
+use chrono::NaiveDate;
+
+/// A number for a CSV cell: `.` decimal point, no thousands separator, at most `decimals`
+/// decimals with trailing zeros trimmed (`6088`, `12.1`, `0.5`).
+pub fn csv_number(value: f64, decimals: usize) -> String {
+    let rounded = round_half_away(value, decimals);
+    let mut text = format!("{rounded:.decimals$}");
+    if text.contains('.') {
+        while text.ends_with('0') {
+            text.pop();
+        }
+        if text.ends_with('.') {
+            text.pop();
+        }
+    }
+    if text == "-0" {
+        text = "0".into();
+    }
+    text
+}
+
+/// A percentage rounded to exactly one decimal (`-93.1`, `40.0`).
+pub fn csv_percent(value: f64) -> String {
+    let text = format!("{:.1}", round_half_away(value, 1));
+    if text == "-0.0" {
+        "0.0".into()
+    } else {
+        text
+    }
+}
+
+/// Rounds half away from zero, after removing binary noise (`93.05` stays `93.1`).
+pub fn round_half_away(value: f64, decimals: usize) -> f64 {
+    let scale = 10f64.powi(decimals as i32);
+    let scaled = value * scale;
+    // 12 significant digits are far beyond any laboratory precision and absorb 0.1 + 0.2 noise.
+    let cleaned: f64 = format!("{scaled:.12e}").parse().unwrap_or(scaled);
+    cleaned.round() / scale
+}
+
+/// A number for a sentence: thousands separated, at most two decimals (`88,000`, `6,088`,
+/// `12.1`).
+pub fn human_number(value: f64) -> String {
+    let text = csv_number(value, 2);
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.as_str()),
+    };
+    let (integer, fraction) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let mut grouped = String::new();
+    for (i, c) in integer.chars().enumerate() {
+        if i > 0 && (integer.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match fraction {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+/// `<2 ng/mL`, `88,000 mAU/mL`.
+pub fn human_value(value: f64, censoring: Censoring, marker: Marker) -> String {
+    format!(
+        "{}{} {}",
+        censoring.prefix(),
+        human_number(value),
+        marker.canonical_unit()
+    )
+}
+
+pub fn date(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_case_percentage_rounds_to_one_decimal() {
+        assert_eq!(csv_percent((6088.0 - 88000.0) / 88000.0 * 100.0), "-93.1");
+    }
+
+    #[test]
+    fn csv_numbers_have_no_separator_and_no_noise() {
+        assert_eq!(csv_number(88000.0, 3), "88000");
+        assert_eq!(csv_number(10.0 * 1.21, 3), "12.1");
+        assert_eq!(csv_number(-2.345, 2), "-2.35");
+        assert_eq!(csv_percent(40.0), "40.0");
+    }
+
+    #[test]
+    fn human_numbers_group_thousands() {
+        assert_eq!(human_number(88000.0), "88,000");
+        assert_eq!(human_number(1234567.891), "1,234,567.89");
+        assert_eq!(human_number(40.0), "40");
+        assert_eq!(human_number(-1020.5), "-1,020.5");
+    }
+}

@@ -1,0 +1,633 @@
+//! FHIR R4 JSON -> domain records. Lean, borrowed read structs with explicit checks: a resource
+//! that cannot be used is counted under its reason (RULES.md §1) and the rest goes on.
+
+pub mod quality;
+pub mod time;
+pub mod units;
+
+use crate::config::{Code, Config};
+use crate::domain::{MarkerValue, TareProcedure};
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+pub use quality::DataQuality;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use units::CodeFamily;
+
+/// The resource types the job reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Patient,
+    Condition,
+    Procedure,
+    Observation,
+}
+
+impl ResourceType {
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Patient,
+        ResourceType::Condition,
+        ResourceType::Procedure,
+        ResourceType::Observation,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceType::Patient => "Patient",
+            ResourceType::Condition => "Condition",
+            ResourceType::Procedure => "Procedure",
+            ResourceType::Observation => "Observation",
+        }
+    }
+}
+
+/// What one resource contributes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Patient {
+        patient_id: String,
+        birth_date: Option<NaiveDate>,
+    },
+    /// A qualifying HCC diagnosis.
+    HccCondition { patient_id: String },
+    Tare {
+        patient_id: String,
+        procedure: TareProcedure,
+    },
+    Value {
+        patient_id: String,
+        value: MarkerValue,
+    },
+}
+
+/// Why a resource was left out; each is its own counter in the run summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    InvalidJson,
+    UnexpectedResourceType,
+    NoId,
+    NoPatientReference,
+    /// Not a code of any monitored value set: not an error, counted for completeness.
+    NotMonitoredCode,
+    StatusNotAccepted,
+    NoEffectiveTime,
+    EffectiveTimeNotAFullDate,
+    InvalidEffectiveTime,
+    DataAbsentReason,
+    NoValue,
+    ValueStringWithoutUnit,
+    ValueStringNotANumber,
+    UnknownComparator,
+    UnknownUnit,
+    Duplicate,
+    ProcedureNotCompleted,
+    ProcedureNoPerformedDate,
+    ConditionRefutedOrEnteredInError,
+    BirthDateInvalid,
+}
+
+impl SkipReason {
+    pub fn key(self) -> &'static str {
+        match self {
+            SkipReason::InvalidJson => "invalid_json_or_structure",
+            SkipReason::UnexpectedResourceType => "unexpected_resource_type",
+            SkipReason::NoId => "no_id",
+            SkipReason::NoPatientReference => "no_patient_reference",
+            SkipReason::NotMonitoredCode => "not_a_monitored_code",
+            SkipReason::StatusNotAccepted => "status_not_accepted",
+            SkipReason::NoEffectiveTime => "no_effective_time",
+            SkipReason::EffectiveTimeNotAFullDate => "effective_time_not_a_full_date",
+            SkipReason::InvalidEffectiveTime => "invalid_effective_time",
+            SkipReason::DataAbsentReason => "data_absent_reason",
+            SkipReason::NoValue => "no_value",
+            SkipReason::ValueStringWithoutUnit => "value_string_without_unit",
+            SkipReason::ValueStringNotANumber => "value_string_not_a_number",
+            SkipReason::UnknownComparator => "unknown_comparator",
+            SkipReason::UnknownUnit => "unknown_unit",
+            SkipReason::Duplicate => "duplicate",
+            SkipReason::ProcedureNotCompleted => "procedure_not_completed",
+            SkipReason::ProcedureNoPerformedDate => "procedure_no_performed_date",
+            SkipReason::ConditionRefutedOrEnteredInError => "condition_refuted_or_entered_in_error",
+            SkipReason::BirthDateInvalid => "birth_date_not_a_full_date",
+        }
+    }
+}
+
+/// A resource that was left out, with what a data manager needs to find it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub resource_id: Option<String>,
+    /// The offending value where it helps (the unit, the status, the parse error).
+    pub detail: Option<String>,
+}
+
+/// The outcome of reading one line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LineOutcome {
+    Record(Record),
+    Skipped(Skip),
+    /// A resource that is valid but not one the job uses (another Procedure, another Condition).
+    NotRelevant,
+}
+
+/// Code lookups built once from the config.
+pub struct Ingestor {
+    observation_codes: HashMap<String, Vec<(String, CodeFamily)>>,
+    tare_codes: Vec<Code>,
+    hcc_codes: Vec<Code>,
+    accepted_statuses: Vec<String>,
+    tz: Tz,
+    config: crate::config::IngestConfig,
+}
+
+// ---- lean read structs: only the elements the rules use ----
+
+#[derive(Deserialize)]
+struct Coding<'a> {
+    #[serde(borrow)]
+    system: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct CodeableConcept<'a> {
+    #[serde(borrow, default)]
+    coding: Vec<Coding<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Reference<'a> {
+    #[serde(borrow)]
+    reference: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Period<'a> {
+    #[serde(borrow)]
+    start: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, rename = "lastUpdated")]
+    last_updated: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Quantity<'a> {
+    value: Option<f64>,
+    #[serde(borrow)]
+    comparator: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    unit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceRange<'a> {
+    #[serde(borrow)]
+    high: Option<Quantity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ObservationIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    meta: Option<Meta<'a>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "effectiveDateTime")]
+    effective_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "effectivePeriod")]
+    effective_period: Option<Period<'a>>,
+    #[serde(borrow, rename = "effectiveInstant")]
+    effective_instant: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "valueQuantity")]
+    value_quantity: Option<Quantity<'a>>,
+    #[serde(borrow, rename = "valueString")]
+    value_string: Option<Cow<'a, str>>,
+    #[serde(rename = "dataAbsentReason")]
+    data_absent_reason: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, rename = "referenceRange", default)]
+    reference_range: Vec<ReferenceRange<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PatientIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "birthDate")]
+    birth_date: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ProcedureIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "performedDateTime")]
+    performed_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "performedPeriod")]
+    performed_period: Option<Period<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ConditionIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "verificationStatus")]
+    verification_status: Option<CodeableConcept<'a>>,
+}
+
+/// `Patient/123`, `https://host/fhir/Patient/123` or `Patient/123/_history/2` -> `123`.
+pub fn patient_id_of(reference: &str) -> Option<&str> {
+    let path = reference.split("/_history/").next()?;
+    let mut parts = path.rsplit('/');
+    let id = parts.next()?;
+    let kind = parts.next()?;
+    (kind == "Patient" && !id.is_empty()).then_some(id)
+}
+
+fn skip(reason: SkipReason, id: Option<&Cow<'_, str>>, detail: Option<String>) -> LineOutcome {
+    LineOutcome::Skipped(Skip {
+        reason,
+        resource_id: id.map(|s| s.to_string()),
+        detail,
+    })
+}
+
+fn codes_match(concept: Option<&CodeableConcept<'_>>, set: &[Code]) -> bool {
+    concept.is_some_and(|c| {
+        c.coding.iter().any(|coding| {
+            set.iter().any(|code| {
+                coding.system.as_deref() == Some(code.system.as_str())
+                    && coding.code.as_deref() == Some(code.code.as_str())
+            })
+        })
+    })
+}
+
+impl Ingestor {
+    pub fn new(config: &Config) -> Ingestor {
+        let mut observation_codes: HashMap<String, Vec<(String, CodeFamily)>> = HashMap::new();
+        let families = [
+            (&config.codes.pivka, CodeFamily::Pivka),
+            (&config.codes.afp, CodeFamily::Afp),
+            (&config.codes.afp_l3, CodeFamily::AfpL3),
+            (&config.codes.albumin, CodeFamily::Albumin),
+            (&config.codes.bilirubin, CodeFamily::Bilirubin),
+        ];
+        for (codes, family) in families {
+            for code in codes {
+                observation_codes
+                    .entry(code.code.clone())
+                    .or_default()
+                    .push((code.system.clone(), family));
+            }
+        }
+        Ingestor {
+            observation_codes,
+            tare_codes: config.codes.tare_procedure.clone(),
+            hcc_codes: config.codes.hcc_condition.clone(),
+            accepted_statuses: config.ingest.accepted_statuses.clone(),
+            tz: config.time_zone(),
+            config: config.ingest.clone(),
+        }
+    }
+
+    /// Reads one NDJSON line expected to hold a resource of `expected`.
+    pub fn read_line(&self, expected: ResourceType, line: &str) -> LineOutcome {
+        let parsed = match expected {
+            ResourceType::Observation => {
+                serde_json::from_str::<ObservationIn>(line).map(|o| self.observation(o))
+            }
+            ResourceType::Patient => {
+                serde_json::from_str::<PatientIn>(line).map(|p| self.patient(p))
+            }
+            ResourceType::Procedure => {
+                serde_json::from_str::<ProcedureIn>(line).map(|p| self.procedure(p))
+            }
+            ResourceType::Condition => {
+                serde_json::from_str::<ConditionIn>(line).map(|c| self.condition(c))
+            }
+        };
+        match parsed {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Recover the id where the JSON itself is sound, so the data manager can find it.
+                let id = serde_json::from_str::<Header>(line)
+                    .ok()
+                    .and_then(|h| h.id.map(|s| s.into_owned()));
+                LineOutcome::Skipped(Skip {
+                    reason: SkipReason::InvalidJson,
+                    resource_id: id,
+                    detail: Some(error.to_string()),
+                })
+            }
+        }
+    }
+
+    fn check_type(
+        expected: ResourceType,
+        found: Option<&Cow<'_, str>>,
+        id: Option<&Cow<'_, str>>,
+    ) -> Option<LineOutcome> {
+        match found {
+            Some(t) if t == expected.name() => None,
+            other => Some(skip(
+                SkipReason::UnexpectedResourceType,
+                id,
+                Some(format!(
+                    "expected {}, found {}",
+                    expected.name(),
+                    other.map(|s| s.as_ref()).unwrap_or("no resourceType")
+                )),
+            )),
+        }
+    }
+
+    fn observation_family(&self, code: Option<&CodeableConcept<'_>>) -> Option<CodeFamily> {
+        code?.coding.iter().find_map(|coding| {
+            let candidates = self.observation_codes.get(coding.code.as_deref()?)?;
+            candidates
+                .iter()
+                .find(|(system, _)| coding.system.as_deref() == Some(system.as_str()))
+                .map(|(_, family)| *family)
+        })
+    }
+
+    fn observation(&self, o: ObservationIn<'_>) -> LineOutcome {
+        let id = o.id.as_ref();
+        if let Some(wrong) =
+            Self::check_type(ResourceType::Observation, o.resource_type.as_ref(), id)
+        {
+            return wrong;
+        }
+        let Some(family) = self.observation_family(o.code.as_ref()) else {
+            return skip(SkipReason::NotMonitoredCode, id, None);
+        };
+        let Some(observation_id) = id else {
+            return skip(SkipReason::NoId, None, None);
+        };
+        let Some(patient_id) = o
+            .subject
+            .as_ref()
+            .and_then(|s| s.reference.as_deref())
+            .and_then(patient_id_of)
+        else {
+            return skip(SkipReason::NoPatientReference, id, None);
+        };
+        let status = o.status.as_deref().unwrap_or("");
+        if !self.accepted_statuses.iter().any(|s| s == status) {
+            return skip(SkipReason::StatusNotAccepted, id, Some(status.to_owned()));
+        }
+        if o.data_absent_reason.is_some() {
+            return skip(SkipReason::DataAbsentReason, id, None);
+        }
+        let time_text = o
+            .effective_date_time
+            .as_deref()
+            .or(o.effective_period.as_ref().and_then(|p| p.start.as_deref()))
+            .or(o.effective_instant.as_deref());
+        let Some(time_text) = time_text else {
+            return skip(SkipReason::NoEffectiveTime, id, None);
+        };
+        let moment = match time::parse_moment(time_text, self.tz) {
+            Ok(m) => m,
+            Err(time::TimeError::NotAFullDate) => {
+                return skip(
+                    SkipReason::EffectiveTimeNotAFullDate,
+                    id,
+                    Some(time_text.to_owned()),
+                )
+            }
+            Err(time::TimeError::Invalid) => {
+                return skip(
+                    SkipReason::InvalidEffectiveTime,
+                    id,
+                    Some(time_text.to_owned()),
+                )
+            }
+        };
+        // The number, its censoring and its unit, from valueQuantity or valueString.
+        let (number, censoring, ucum, printed) = if let Some(q) = &o.value_quantity {
+            let Some(number) = q.value else {
+                return skip(SkipReason::NoValue, id, None);
+            };
+            let Some(censoring) = units::censoring_of(q.comparator.as_deref()) else {
+                return skip(
+                    SkipReason::UnknownComparator,
+                    id,
+                    q.comparator.as_deref().map(str::to_owned),
+                );
+            };
+            (number, censoring, q.code.as_deref(), q.unit.as_deref())
+        } else if let Some(text) = o.value_string.as_deref() {
+            match units::parse_value_string(text) {
+                Ok(p) => (p.number, p.censoring, None, Some(p.unit)),
+                Err(units::ValueStringError::NoUnit) => {
+                    return skip(
+                        SkipReason::ValueStringWithoutUnit,
+                        id,
+                        Some(text.to_owned()),
+                    )
+                }
+                Err(units::ValueStringError::NotANumber) => {
+                    return skip(SkipReason::ValueStringNotANumber, id, Some(text.to_owned()))
+                }
+            }
+        } else {
+            return skip(SkipReason::NoValue, id, None);
+        };
+        if !number.is_finite() {
+            return skip(SkipReason::NoValue, id, Some(number.to_string()));
+        }
+        let Some((marker, factor)) = units::resolve_unit(family, ucum, printed, &self.config)
+        else {
+            let unit = ucum.or(printed).unwrap_or("(none)");
+            return skip(SkipReason::UnknownUnit, id, Some(unit.to_owned()));
+        };
+        // referenceRange.high counts only when it converts into the same marker.
+        let reference_high = o.reference_range.iter().find_map(|range| {
+            let high = range.high.as_ref()?;
+            let value = high.value?;
+            let (range_marker, range_factor) = units::resolve_unit(
+                family,
+                high.code.as_deref().or(ucum),
+                high.unit.as_deref().or(printed),
+                &self.config,
+            )?;
+            (range_marker == marker).then_some(value * range_factor)
+        });
+        let last_updated_ms = o
+            .meta
+            .as_ref()
+            .and_then(|m| m.last_updated.as_deref())
+            .and_then(time::parse_instant_ms);
+        LineOutcome::Record(Record::Value {
+            patient_id: patient_id.to_owned(),
+            value: MarkerValue {
+                marker,
+                value: number * factor,
+                censoring,
+                date: moment.date,
+                instant_ms: moment.instant_ms,
+                observation_id: observation_id.to_string(),
+                reference_high,
+                last_updated_ms,
+            },
+        })
+    }
+
+    fn patient(&self, p: PatientIn<'_>) -> LineOutcome {
+        let id = p.id.as_ref();
+        if let Some(wrong) = Self::check_type(ResourceType::Patient, p.resource_type.as_ref(), id) {
+            return wrong;
+        }
+        let Some(patient_id) = id else {
+            return skip(SkipReason::NoId, None, None);
+        };
+        let birth_date = p.birth_date.as_deref().and_then(time::parse_date);
+        // A partial or invalid birth date is kept as unknown (evaluated and noted).
+        LineOutcome::Record(Record::Patient {
+            patient_id: patient_id.to_string(),
+            birth_date,
+        })
+    }
+
+    fn procedure(&self, p: ProcedureIn<'_>) -> LineOutcome {
+        let id = p.id.as_ref();
+        if let Some(wrong) = Self::check_type(ResourceType::Procedure, p.resource_type.as_ref(), id)
+        {
+            return wrong;
+        }
+        if !codes_match(p.code.as_ref(), &self.tare_codes) {
+            return LineOutcome::NotRelevant;
+        }
+        let Some(procedure_id) = id else {
+            return skip(SkipReason::NoId, None, None);
+        };
+        let Some(patient_id) = p
+            .subject
+            .as_ref()
+            .and_then(|s| s.reference.as_deref())
+            .and_then(patient_id_of)
+        else {
+            return skip(SkipReason::NoPatientReference, id, None);
+        };
+        let status = p.status.as_deref().unwrap_or("");
+        if status != "completed" {
+            return skip(
+                SkipReason::ProcedureNotCompleted,
+                id,
+                Some(status.to_owned()),
+            );
+        }
+        let performed = p.performed_date_time.as_deref().or(p
+            .performed_period
+            .as_ref()
+            .and_then(|pp| pp.start.as_deref()));
+        let Some(performed) = performed else {
+            return skip(SkipReason::ProcedureNoPerformedDate, id, None);
+        };
+        match time::parse_moment(performed, self.tz) {
+            Ok(moment) => LineOutcome::Record(Record::Tare {
+                patient_id: patient_id.to_owned(),
+                procedure: TareProcedure {
+                    procedure_id: procedure_id.to_string(),
+                    date: moment.date,
+                },
+            }),
+            Err(_) => skip(
+                SkipReason::ProcedureNoPerformedDate,
+                id,
+                Some(performed.to_owned()),
+            ),
+        }
+    }
+
+    fn condition(&self, c: ConditionIn<'_>) -> LineOutcome {
+        let id = c.id.as_ref();
+        if let Some(wrong) = Self::check_type(ResourceType::Condition, c.resource_type.as_ref(), id)
+        {
+            return wrong;
+        }
+        if !codes_match(c.code.as_ref(), &self.hcc_codes) {
+            return LineOutcome::NotRelevant;
+        }
+        let Some(patient_id) = c
+            .subject
+            .as_ref()
+            .and_then(|s| s.reference.as_deref())
+            .and_then(patient_id_of)
+        else {
+            return skip(SkipReason::NoPatientReference, id, None);
+        };
+        let refuted = c.verification_status.as_ref().is_some_and(|v| {
+            v.coding.iter().any(|coding| {
+                matches!(
+                    coding.code.as_deref(),
+                    Some("refuted") | Some("entered-in-error")
+                )
+            })
+        });
+        if refuted {
+            return skip(SkipReason::ConditionRefutedOrEnteredInError, id, None);
+        }
+        LineOutcome::Record(Record::HccCondition {
+            patient_id: patient_id.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Censoring;
+
+    #[test]
+    fn patient_reference_forms() {
+        assert_eq!(patient_id_of("Patient/123"), Some("123"));
+        assert_eq!(patient_id_of("https://h/fhir/Patient/a-1"), Some("a-1"));
+        assert_eq!(patient_id_of("Patient/9/_history/2"), Some("9"));
+        assert_eq!(patient_id_of("Group/9"), None);
+        assert_eq!(patient_id_of("123"), None);
+    }
+
+    #[test]
+    fn censoring_is_exact_without_comparator() {
+        assert_eq!(units::censoring_of(None), Some(Censoring::Exact));
+    }
+}

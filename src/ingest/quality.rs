@@ -1,0 +1,140 @@
+//! Data-quality counts: how many resources of each type were read, accepted, and left out under
+//! each reason, with a few example ids (the smallest, so the report is the same whatever the
+//! thread schedule) and, for categorical reasons, counts per offending value (unit, status).
+
+use super::{ResourceType, Skip, SkipReason};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+const MAX_EXAMPLES: usize = 5;
+const MAX_DISTINCT_DETAILS: usize = 50;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReasonCount {
+    pub count: u64,
+    /// Up to five examples: resource id (or `line N of FILE` without one) and what was wrong.
+    pub examples: Vec<Example>,
+    /// Counts per offending value, for reasons where the value is a category (unit, status).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_value: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Example {
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TypeCounts {
+    /// Non-blank lines read.
+    pub read: u64,
+    /// Records used by the evaluation (after duplicates are removed, for Observations).
+    pub accepted: u64,
+    /// Valid resources the job does not use (other codes): not a data-quality problem.
+    pub not_relevant: u64,
+    pub left_out: BTreeMap<&'static str, ReasonCount>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DataQuality {
+    pub by_type: BTreeMap<&'static str, TypeCounts>,
+}
+
+fn categorical(reason: SkipReason) -> bool {
+    matches!(
+        reason,
+        SkipReason::StatusNotAccepted
+            | SkipReason::UnknownUnit
+            | SkipReason::UnknownComparator
+            | SkipReason::ProcedureNotCompleted
+            | SkipReason::UnexpectedResourceType
+    )
+}
+
+impl DataQuality {
+    fn counts(&mut self, kind: ResourceType) -> &mut TypeCounts {
+        self.by_type.entry(kind.name()).or_default()
+    }
+
+    pub fn count_read(&mut self, kind: ResourceType) {
+        self.counts(kind).read += 1;
+    }
+
+    pub fn count_accepted(&mut self, kind: ResourceType, n: u64) {
+        self.counts(kind).accepted += n;
+    }
+
+    pub fn count_not_relevant(&mut self, kind: ResourceType) {
+        self.counts(kind).not_relevant += 1;
+    }
+
+    /// Counts a left-out resource. `location` names it when it has no id.
+    pub fn count_skip(
+        &mut self,
+        kind: ResourceType,
+        skip: Skip,
+        location: impl FnOnce() -> String,
+    ) {
+        let entry = self
+            .counts(kind)
+            .left_out
+            .entry(skip.reason.key())
+            .or_default();
+        entry.count += 1;
+        if categorical(skip.reason) {
+            if let Some(value) = &skip.detail {
+                let distinct = entry.by_value.len();
+                if let Some(n) = entry.by_value.get_mut(value) {
+                    *n += 1;
+                } else if distinct < MAX_DISTINCT_DETAILS {
+                    entry.by_value.insert(value.clone(), 1);
+                }
+            }
+        }
+        let resource = skip.resource_id.unwrap_or_else(location);
+        let example = Example {
+            resource,
+            detail: skip.detail,
+        };
+        if entry.examples.len() < MAX_EXAMPLES || Some(&example) < entry.examples.last() {
+            entry.examples.push(example);
+            entry.examples.sort();
+            entry.examples.truncate(MAX_EXAMPLES);
+        }
+    }
+
+    pub fn left_out_count(&self, kind: ResourceType, reason: SkipReason) -> u64 {
+        self.by_type
+            .get(kind.name())
+            .and_then(|t| t.left_out.get(reason.key()))
+            .map_or(0, |r| r.count)
+    }
+
+    /// Adds another partial count (from another thread or file).
+    pub fn merge(&mut self, other: DataQuality) {
+        for (kind, theirs) in other.by_type {
+            let ours = self.by_type.entry(kind).or_default();
+            ours.read += theirs.read;
+            ours.accepted += theirs.accepted;
+            ours.not_relevant += theirs.not_relevant;
+            for (reason, count) in theirs.left_out {
+                let entry = ours.left_out.entry(reason).or_default();
+                entry.count += count.count;
+                for (value, n) in count.by_value {
+                    let distinct = entry.by_value.len();
+                    if let Some(existing) = entry.by_value.get_mut(&value) {
+                        *existing += n;
+                    } else if distinct < MAX_DISTINCT_DETAILS {
+                        entry.by_value.insert(value, n);
+                    }
+                }
+                entry.examples.extend(count.examples);
+                entry.examples.sort();
+                entry.examples.dedup();
+                entry.examples.truncate(MAX_EXAMPLES);
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! tare-marker-monitor: post-TARE PIVKA-II / AFP surveillance over FHIR R4 data.
+//!
+//! Data flows one way: `source` -> `ingest` -> `timeline` -> `evaluate` (pure) -> `sink`;
+//! `run` wires one run together.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod evaluate;
+pub mod explain;
+pub mod format;
+pub mod generate;
+pub mod ingest;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod timeline;

@@ -1,0 +1,157 @@
+//! Thin binary: parse the CLI, set up logging, call the library, map errors to exit codes.
+
+use anyhow::Context;
+use clap::Parser;
+use std::process::ExitCode;
+use tare_marker_monitor::cli::{Cli, Command, Common};
+use tare_marker_monitor::config::Config;
+use tare_marker_monitor::run::{self, RunError, RunOptions};
+use tare_marker_monitor::{explain, generate, source};
+
+/// Documented exit codes (README "Exit codes").
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+const EXIT_SOURCE: u8 = 3;
+
+fn load_config(common: &Common) -> Result<Config, u8> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path).map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_CONFIG
+        })?,
+        None => Config::default(),
+    };
+    if let Some(threads) = common.threads {
+        config.ingest.threads = threads;
+    }
+    Ok(config)
+}
+
+fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
+    common.as_of.unwrap_or_else(|| {
+        chrono::Utc::now()
+            .with_timezone(&config.time_zone())
+            .date_naive()
+    })
+}
+
+fn exit_code_of(error: &RunError) -> u8 {
+    match error {
+        RunError::Source(_) => EXIT_SOURCE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => ExitCode::from(code),
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), u8> {
+    match command {
+        Command::Run { common, out } => {
+            let config = load_config(&common)?;
+            let options = RunOptions {
+                source_dir: common.source_dir.clone(),
+                as_of: as_of(&common, &config),
+                out_dir: out,
+            };
+            let outcome = run::run(&options, &config).map_err(|e| {
+                eprintln!("error: {e}");
+                exit_code_of(&e)
+            })?;
+            let s = &outcome.summary;
+            let observations = s.resources.by_type.get("Observation");
+            println!(
+                "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {}",
+                s.as_of,
+                s.patients.seen,
+                s.patients.evaluated,
+                s.patients.left_out.values().sum::<usize>(),
+                observations.map_or(0, |o| o.accepted),
+                observations.map_or(0, |o| o.left_out.values().map(|r| r.count).sum::<u64>()),
+                s.flags.total,
+                s.flags.written_as_detected_issues,
+                options.out_dir.display()
+            );
+            Ok(())
+        }
+        Command::Explain { common, patient } => {
+            let config = load_config(&common)?;
+            let date = as_of(&common, &config);
+            match explain::explain(&common.source_dir, &patient, date, &config) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Err(match e.downcast_ref::<RunError>() {
+                        Some(run_error) => exit_code_of(run_error),
+                        None => EXIT_FAILURE,
+                    })
+                }
+            }
+        }
+        Command::Generate {
+            out,
+            demo,
+            patients,
+            seed,
+            as_of,
+            gzip,
+        } => {
+            let plan = if demo {
+                generate::Plan::demo()
+            } else {
+                generate::Plan::random(patients, seed, as_of)
+            };
+            generate::write_cohort(&plan, &out, gzip)
+                .with_context(|| format!("writing the cohort to {}", out.display()))
+                .map_err(|e| {
+                    eprintln!("error: {e:#}");
+                    EXIT_FAILURE
+                })?;
+            println!(
+                "{} patients written to {}",
+                plan.patient_count(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::ParseFloor {
+            source_dir,
+            threads,
+        } => {
+            let mut config = Config::default();
+            config.ingest.threads = threads.unwrap_or(0);
+            let pool = run::thread_pool(&config).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_FAILURE
+            })?;
+            let started = std::time::Instant::now();
+            let lines = pool
+                .install(|| source::ndjson::parse_floor(&source_dir))
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    EXIT_SOURCE
+                })?;
+            println!(
+                "{lines} lines parsed in {:.3} s on {} threads",
+                started.elapsed().as_secs_f64(),
+                pool.current_num_threads()
+            );
+            Ok(())
+        }
+    }
+}

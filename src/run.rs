@@ -1,0 +1,164 @@
+//! One run: source folder -> timelines -> evaluation -> output files.
+
+use crate::config::Config;
+use crate::domain::{PatientFindings, PatientTimeline};
+use crate::evaluate::evaluate_patient;
+use crate::ingest::Ingestor;
+use crate::sink::summary::{RunSummary, Timings};
+use crate::sink::{csv as csv_sink, detected_issue};
+use crate::source::ndjson;
+use chrono::NaiveDate;
+use rayon::prelude::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] ndjson::SourceError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build FHIR resources: {0}")]
+    Build(#[from] fhir_resources::BuildError),
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub source_dir: PathBuf,
+    pub as_of: NaiveDate,
+    pub out_dir: PathBuf,
+}
+
+pub struct RunOutcome {
+    pub summary: RunSummary,
+    pub findings: Vec<PatientFindings>,
+}
+
+/// Evaluates every timeline on the current rayon pool; the order of the result is the order of
+/// the timelines.
+pub fn evaluate_cohort(
+    timelines: &[PatientTimeline],
+    config: &Config,
+    as_of: NaiveDate,
+) -> Vec<PatientFindings> {
+    timelines
+        .par_iter()
+        .map(|t| evaluate_patient(t, config, as_of))
+        .collect()
+}
+
+/// A rayon pool with the configured number of threads (0: one per core).
+pub fn thread_pool(config: &Config) -> Result<rayon::ThreadPool, RunError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(config.ingest.threads)
+        .build()
+        .map_err(|e| RunError::Threads(e.to_string()))
+}
+
+/// Writes a file whole or not at all: a temp file beside it, then a rename.
+pub fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), RunError> {
+    let write_error = |source| RunError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let temp = path.with_extension("partial");
+    let file = std::fs::File::create(&temp).map_err(write_error)?;
+    let mut writer = std::io::BufWriter::new(file);
+    fill(&mut writer).map_err(write_error)?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temp, path).map_err(write_error)
+}
+
+fn csv_io(e: csv::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pool = thread_pool(config)?;
+    let ingestor = Ingestor::new(config);
+    let loaded = pool.install(|| ndjson::load(&options.source_dir, &ingestor))?;
+    let read_ms = started.elapsed().as_millis();
+    tracing::info!(
+        patients = loaded.timelines.len(),
+        files = loaded.files.len(),
+        read_ms,
+        "source read"
+    );
+
+    let evaluate_started = Instant::now();
+    let findings = pool.install(|| evaluate_cohort(&loaded.timelines, config, options.as_of));
+    let evaluate_ms = evaluate_started.elapsed().as_millis();
+    drop(loaded.timelines);
+
+    let write_started = Instant::now();
+    std::fs::create_dir_all(&options.out_dir).map_err(|source| RunError::Write {
+        path: options.out_dir.display().to_string(),
+        source,
+    })?;
+    let out = |name: &str| options.out_dir.join(name);
+    write_atomically(&out("markers.csv"), |w| {
+        csv_sink::write_markers(w, &findings).map_err(csv_io)
+    })?;
+    write_atomically(&out("flags.csv"), |w| {
+        csv_sink::write_flags(w, &findings, config).map_err(csv_io)
+    })?;
+    let resources = detected_issue::build_resources(&findings, config, &started_at)?;
+    write_atomically(&out("detected-issues.ndjson"), |w| {
+        for resource in &resources {
+            serde_json::to_writer(&mut *w, resource)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })?;
+    let write_ms = write_started.elapsed().as_millis();
+
+    let (patients, responses, flags) = RunSummary::count(&findings, config);
+    let summary = RunSummary {
+        tool_version: env!("CARGO_PKG_VERSION"),
+        as_of: options.as_of.to_string(),
+        started_at,
+        source: options.source_dir.display().to_string(),
+        files_read: loaded
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect(),
+        files_ignored: loaded.ignored_files,
+        threads: pool.current_num_threads(),
+        patients,
+        responses,
+        flags,
+        resources: loaded.quality,
+        timings: Timings {
+            read_ms,
+            evaluate_ms,
+            write_ms,
+            total_ms: started.elapsed().as_millis(),
+        },
+    };
+    write_atomically(&out("run-summary.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, &summary)?;
+        w.write_all(b"\n")
+    })?;
+    tracing::info!(
+        evaluated = summary.patients.evaluated,
+        flags = summary.flags.total,
+        total_ms = summary.timings.total_ms,
+        "run finished"
+    );
+    Ok(RunOutcome { summary, findings })
+}

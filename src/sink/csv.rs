@@ -1,0 +1,144 @@
+//! `markers.csv` and `flags.csv`, columns and formats exactly as RULES.md §4.
+
+use super::detected_issue::flag_identifier;
+use crate::config::Config;
+use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
+use crate::format::{csv_number, csv_percent, date};
+use std::io::Write;
+
+pub const MARKERS_HEADER: [&str; 20] = [
+    "patient_id",
+    "episode_index_date",
+    "marker",
+    "unit",
+    "baseline_value",
+    "baseline_date",
+    "nadir_value",
+    "nadir_date",
+    "latest_value",
+    "latest_date",
+    "n_post",
+    "pct_change",
+    "rise_from_nadir_pct",
+    "uln",
+    "response",
+    "halflife_days",
+    "next_due_date",
+    "albi_baseline",
+    "albi_latest",
+    "flags",
+];
+
+pub const FLAGS_HEADER: [&str; 7] = [
+    "patient_id",
+    "episode_index_date",
+    "flag",
+    "marker",
+    "severity",
+    "detail",
+    "detected_issue_identifier",
+];
+
+/// Laboratory values keep up to three decimals (converted AFP, bilirubin from mg/dL).
+const VALUE_DECIMALS: usize = 3;
+
+fn value(point: &Option<ValuePoint>) -> (String, String) {
+    match point {
+        Some(p) => (csv_number(p.value, VALUE_DECIMALS), date(p.date)),
+        None => (String::new(), String::new()),
+    }
+}
+
+fn optional(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_default()
+}
+
+/// The `flags` cell: the codes of that marker's flags, `;`-joined in alphabetical order.
+fn marker_flag_codes(course: &MarkerCourse, flags: &[Flag]) -> String {
+    let mut codes: Vec<&str> = flags
+        .iter()
+        .filter(|f| f.marker == Some(course.marker))
+        .map(|f| f.code.code())
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes.join(";")
+}
+
+pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(MARKERS_HEADER)?;
+    for patient in patients {
+        for episode in &patient.episodes {
+            for course in &episode.courses {
+                let (baseline_value, baseline_date) = value(&course.baseline);
+                let (nadir_value, nadir_date) = value(&course.nadir);
+                let (latest_value, latest_date) = value(&course.latest);
+                writer.write_record([
+                    patient.patient_id.clone(),
+                    date(episode.index_date),
+                    course.marker.key().to_owned(),
+                    course.marker.canonical_unit().to_owned(),
+                    baseline_value,
+                    baseline_date,
+                    nadir_value,
+                    nadir_date,
+                    latest_value,
+                    latest_date,
+                    course.n_post.to_string(),
+                    optional(course.pct_change, csv_percent),
+                    optional(course.rise_from_nadir_pct, csv_percent),
+                    csv_number(course.uln, VALUE_DECIMALS),
+                    course.response.code().to_owned(),
+                    optional(course.halflife_days, |d| csv_number(d, 1)),
+                    date(course.next_due_date),
+                    optional(course.albi_baseline, |a| {
+                        format!("{:.2}", crate::format::round_half_away(a, 2))
+                    }),
+                    optional(course.albi_latest, |a| {
+                        format!("{:.2}", crate::format::round_half_away(a, 2))
+                    }),
+                    marker_flag_codes(course, &episode.flags),
+                ])?;
+            }
+        }
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+pub fn write_flags<W: Write>(
+    out: W,
+    patients: &[PatientFindings],
+    config: &Config,
+) -> csv::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(FLAGS_HEADER)?;
+    for patient in patients {
+        for episode in &patient.episodes {
+            for flag in &episode.flags {
+                let identifier = if flag.severity >= config.output.min_severity_written {
+                    flag_identifier(
+                        &patient.patient_id,
+                        episode.index_date,
+                        flag.code,
+                        flag.marker,
+                    )
+                } else {
+                    String::new()
+                };
+                writer.write_record([
+                    patient.patient_id.as_str(),
+                    &date(episode.index_date),
+                    flag.code.code(),
+                    flag.marker.map(|m| m.key()).unwrap_or(""),
+                    flag.severity.code(),
+                    &flag.detail,
+                    &identifier,
+                ])?;
+            }
+        }
+    }
+    writer.flush()?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! DetectedIssue, Provenance and Device resources for the flags that are written back
+//! (RULES.md §4), built with fhir-sdk in `crates/fhir-resources`.
+
+use crate::config::Config;
+use crate::domain::{FlagCode, Marker, PatientFindings};
+use crate::format::date;
+use chrono::NaiveDate;
+use fhir_resources::{DetectedIssueSpec, DeviceSpec, IssueStatus, ProvenanceSpec};
+use sha2::{Digest, Sha256};
+
+/// The job's Device id: one Device authors every DetectedIssue.
+pub const DEVICE_ID: &str = "tare-marker-monitor";
+
+/// A stable identifier of (patient, episode index date, flag code, marker): the same flag in
+/// the same episode is always the same resource.
+pub fn flag_identifier(
+    patient_id: &str,
+    index_date: NaiveDate,
+    code: FlagCode,
+    marker: Option<Marker>,
+) -> String {
+    let key = format!(
+        "{patient_id}\n{}\n{}\n{}",
+        date(index_date),
+        code.code(),
+        marker.map_or("", |m| m.key())
+    );
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The resources that would be written for these findings: the Device first, then a
+/// DetectedIssue and its Provenance per flag at or above the configured severity.
+pub fn build_resources(
+    patients: &[PatientFindings],
+    config: &Config,
+    recorded: &str,
+) -> Result<Vec<serde_json::Value>, fhir_resources::BuildError> {
+    let device_reference = format!("Device/{DEVICE_ID}");
+    let mut resources = vec![fhir_resources::device(&DeviceSpec {
+        id: DEVICE_ID,
+        identifier_system: &config.output.device_identifier_system,
+        identifier_value: DEVICE_ID,
+        name: "tare-marker-monitor",
+        version: env!("CARGO_PKG_VERSION"),
+    })?];
+    for patient in patients {
+        let patient_reference = format!("Patient/{}", patient.patient_id);
+        for episode in &patient.episodes {
+            for flag in &episode.flags {
+                if flag.severity < config.output.min_severity_written {
+                    continue;
+                }
+                let identifier = flag_identifier(
+                    &patient.patient_id,
+                    episode.index_date,
+                    flag.code,
+                    flag.marker,
+                );
+                let sources: Vec<String> = episode
+                    .procedure_ids
+                    .iter()
+                    .map(|id| format!("Procedure/{id}"))
+                    .chain(
+                        flag.evidence_observation_ids
+                            .iter()
+                            .map(|id| format!("Observation/{id}")),
+                    )
+                    .collect();
+                resources.push(fhir_resources::detected_issue(&DetectedIssueSpec {
+                    id: &identifier,
+                    identifier_system: &config.output.identifier_system,
+                    identifier_value: &identifier,
+                    status: IssueStatus::Preliminary,
+                    code_system: &config.output.flag_code_system,
+                    code: flag.code.code(),
+                    code_display: flag.code.display(),
+                    severity: flag.severity.code(),
+                    patient_reference: &patient_reference,
+                    identified_date: &date(flag.identified_date),
+                    author_reference: &device_reference,
+                    implicated_references: &sources,
+                    detail: &flag.detail,
+                    reference_url: &config.output.rules_url,
+                })?);
+                resources.push(fhir_resources::provenance(&ProvenanceSpec {
+                    id: &format!("{identifier}-provenance"),
+                    target_reference: &format!("DetectedIssue/{identifier}"),
+                    recorded,
+                    agent_reference: &device_reference,
+                    source_references: &sources,
+                })?);
+            }
+        }
+    }
+    Ok(resources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifier_is_stable_and_distinguishes_markers() {
+        let d = NaiveDate::from_ymd_opt(2025, 11, 2).unwrap();
+        let a = flag_identifier("p1", d, FlagCode::MarkerRise, Some(Marker::Pivka2));
+        assert_eq!(
+            a,
+            flag_identifier("p1", d, FlagCode::MarkerRise, Some(Marker::Pivka2))
+        );
+        assert_ne!(
+            a,
+            flag_identifier("p1", d, FlagCode::MarkerRise, Some(Marker::Afp))
+        );
+        assert_eq!(a.len(), 32);
+    }
+}

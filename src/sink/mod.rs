@@ -1,0 +1,5 @@
+//! Where findings go: CSV files, the FHIR resources that would be written, the run summary.
+
+pub mod csv;
+pub mod detected_issue;
+pub mod summary;

@@ -1,0 +1,108 @@
+//! `run-summary.json`: what was read, evaluated, left out (by reason) and flagged, and how long
+//! each stage took. Counts and ids only: the summary may be attached to a ticket.
+
+use crate::config::Config;
+use crate::domain::{PatientFindings, Response};
+use crate::ingest::DataQuality;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PatientCounts {
+    /// Patients referenced by any resource read.
+    pub seen: usize,
+    pub evaluated: usize,
+    pub left_out: BTreeMap<&'static str, usize>,
+    /// Evaluated with an unknown birth date (age not checked), RULES.md §1.
+    pub birth_date_unknown: usize,
+    pub episodes_evaluated: usize,
+    pub episodes_under_minimum_age: usize,
+    pub episodes_after_as_of: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagCounts {
+    pub total: usize,
+    /// Flags at or above the configured severity: one DetectedIssue each.
+    pub written_as_detected_issues: usize,
+    pub by_severity: BTreeMap<&'static str, usize>,
+    /// flag code -> severity -> count.
+    pub by_code: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub read_ms: u128,
+    pub evaluate_ms: u128,
+    pub write_ms: u128,
+    pub total_ms: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub tool_version: &'static str,
+    pub as_of: String,
+    pub started_at: String,
+    pub source: String,
+    pub files_read: Vec<String>,
+    pub files_ignored: Vec<String>,
+    pub threads: usize,
+    pub patients: PatientCounts,
+    /// marker -> response code -> number of episode rows.
+    pub responses: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    pub flags: FlagCounts,
+    /// Per resource type: read, accepted, left out by reason with examples.
+    pub resources: DataQuality,
+    pub timings: Timings,
+}
+
+impl RunSummary {
+    pub fn count(
+        patients: &[PatientFindings],
+        config: &Config,
+    ) -> (
+        PatientCounts,
+        BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+        FlagCounts,
+    ) {
+        let mut counts = PatientCounts {
+            seen: patients.len(),
+            ..PatientCounts::default()
+        };
+        let mut responses: BTreeMap<&'static str, BTreeMap<&'static str, usize>> = BTreeMap::new();
+        let mut flags = FlagCounts::default();
+        for patient in patients {
+            counts.episodes_under_minimum_age += patient.episodes_under_minimum_age;
+            counts.episodes_after_as_of += patient.episodes_after_as_of;
+            if let Some(reason) = patient.left_out {
+                *counts.left_out.entry(reason.key()).or_default() += 1;
+                continue;
+            }
+            counts.evaluated += 1;
+            counts.birth_date_unknown += usize::from(patient.birth_date_unknown);
+            counts.episodes_evaluated += patient.episodes.len();
+            for episode in &patient.episodes {
+                for course in &episode.courses {
+                    let by_response = responses
+                        .entry(course.marker.key())
+                        .or_insert_with(|| Response::ALL.iter().map(|r| (r.code(), 0)).collect());
+                    *by_response.entry(course.response.code()).or_default() += 1;
+                }
+                for flag in &episode.flags {
+                    flags.total += 1;
+                    if flag.severity >= config.output.min_severity_written {
+                        flags.written_as_detected_issues += 1;
+                    }
+                    *flags.by_severity.entry(flag.severity.code()).or_default() += 1;
+                    *flags
+                        .by_code
+                        .entry(flag.code.code())
+                        .or_default()
+                        .entry(flag.severity.code())
+                        .or_default() += 1;
+                }
+            }
+        }
+        (counts, responses, flags)
+    }
+}

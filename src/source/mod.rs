@@ -1,0 +1,3 @@
+//! Where resources come from. Today: a folder in the FHIR Bulk Data layout.
+
+pub mod ndjson;

@@ -1,0 +1,352 @@
+//! A folder in the FHIR Bulk Data layout: `<Type>*.ndjson` (or `.ndjson.gz`) per resource type.
+//! Files are read in blocks of whole lines; blocks are parsed on all worker threads and merged
+//! into one cohort as they finish, so memory holds compact records, not the files.
+
+use crate::domain::PatientTimeline;
+use crate::ingest::{DataQuality, Ingestor, LineOutcome, Record, ResourceType};
+use crate::timeline::CohortBuilder;
+use rayon::iter::{ParallelBridge, ParallelIterator};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const BLOCK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read source folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "source folder {0} holds no Patient, Condition, Procedure or Observation .ndjson files"
+    )]
+    NoFiles(String),
+    #[error("cannot read {path} after line {line}: {source}")]
+    File {
+        path: String,
+        line: u64,
+        source: std::io::Error,
+    },
+}
+
+/// One input file and the resource type its name declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub kind: ResourceType,
+    pub gzip: bool,
+}
+
+/// The files of a Bulk Data folder, sorted by name, and the names it ignored.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    pub files: Vec<SourceFile>,
+    pub ignored: Vec<String>,
+}
+
+/// `Observation.ndjson`, `Observation-2.ndjson.gz`, `Observation.000.ndjson`: the type is the
+/// name's leading word, which must not run on into a longer word (`ObservationDefinition`).
+fn classify(name: &str) -> Option<(ResourceType, bool)> {
+    let (stem, gzip) = if let Some(stem) = name.strip_suffix(".ndjson.gz") {
+        (stem, true)
+    } else {
+        (name.strip_suffix(".ndjson")?, false)
+    };
+    ResourceType::ALL.into_iter().find_map(|kind| {
+        let rest = stem.strip_prefix(kind.name())?;
+        (!rest.starts_with(|c: char| c.is_ascii_alphabetic())).then_some((kind, gzip))
+    })
+}
+
+pub fn discover(dir: &Path) -> Result<Discovered, SourceError> {
+    let folder_error = |source| SourceError::Folder {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut discovered = Discovered::default();
+    for entry in std::fs::read_dir(dir).map_err(folder_error)? {
+        let entry = entry.map_err(folder_error)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().map_err(folder_error)?.is_file() {
+            continue;
+        }
+        match classify(&name) {
+            Some((kind, gzip)) => discovered.files.push(SourceFile {
+                path: entry.path(),
+                kind,
+                gzip,
+            }),
+            None => discovered.ignored.push(name),
+        }
+    }
+    if discovered.files.is_empty() {
+        return Err(SourceError::NoFiles(dir.display().to_string()));
+    }
+    discovered.files.sort_by(|a, b| a.path.cmp(&b.path));
+    discovered.ignored.sort();
+    Ok(discovered)
+}
+
+/// Whole lines of one file, and where they start.
+pub struct Block {
+    pub file_index: usize,
+    pub kind: ResourceType,
+    /// 1-based number of the block's first line in its file.
+    pub first_line: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Reads the files one after another as blocks of whole lines.
+pub struct BlockReader<'a> {
+    files: &'a [SourceFile],
+    file_index: usize,
+    reader: Option<Box<dyn Read + Send>>,
+    carry: Vec<u8>,
+    next_line: u64,
+    failed: bool,
+}
+
+impl<'a> BlockReader<'a> {
+    pub fn new(files: &'a [SourceFile]) -> Self {
+        BlockReader {
+            files,
+            file_index: 0,
+            reader: None,
+            carry: Vec::new(),
+            next_line: 1,
+            failed: false,
+        }
+    }
+
+    fn open(file: &SourceFile) -> std::io::Result<Box<dyn Read + Send>> {
+        let raw = BufReader::with_capacity(BLOCK_BYTES, File::open(&file.path)?);
+        Ok(if file.gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(raw))
+        } else {
+            Box::new(raw)
+        })
+    }
+
+    fn error(&mut self, source: std::io::Error) -> Option<Result<Block, SourceError>> {
+        self.failed = true;
+        Some(Err(SourceError::File {
+            path: self.files[self.file_index].path.display().to_string(),
+            line: self.next_line.saturating_sub(1),
+            source,
+        }))
+    }
+}
+
+impl Iterator for BlockReader<'_> {
+    type Item = Result<Block, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed || self.file_index >= self.files.len() {
+                return None;
+            }
+            if self.reader.is_none() {
+                match Self::open(&self.files[self.file_index]) {
+                    Ok(r) => self.reader = Some(r),
+                    Err(e) => return self.error(e),
+                }
+            }
+            let mut bytes = std::mem::take(&mut self.carry);
+            let start = bytes.len();
+            bytes.resize(start + BLOCK_BYTES, 0);
+            let reader = self.reader.as_mut().expect("opened above");
+            let read = match read_full(reader.as_mut(), &mut bytes[start..]) {
+                Ok(n) => n,
+                Err(e) => return self.error(e),
+            };
+            bytes.truncate(start + read);
+            let at_end = read == 0;
+            if !at_end {
+                // Keep the partial last line for the next block.
+                match bytes.iter().rposition(|b| *b == b'\n') {
+                    Some(pos) => self.carry = bytes.split_off(pos + 1),
+                    None => {
+                        self.carry = bytes;
+                        continue;
+                    }
+                }
+            }
+            let block = Block {
+                file_index: self.file_index,
+                kind: self.files[self.file_index].kind,
+                first_line: self.next_line,
+                bytes,
+            };
+            self.next_line += block.bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            if at_end {
+                self.reader = None;
+                self.file_index += 1;
+                self.next_line = 1;
+                if block.bytes.is_empty() {
+                    continue;
+                }
+            }
+            return Some(Ok(block));
+        }
+    }
+}
+
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The non-blank lines of a block with their 1-based line numbers.
+pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
+    block
+        .bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(move |(i, line)| (block.first_line + i as u64, line.trim_ascii()))
+        .filter(|(_, line)| !line.is_empty())
+}
+
+/// The result of reading a folder.
+pub struct Loaded {
+    pub timelines: Vec<PatientTimeline>,
+    pub quality: DataQuality,
+    pub files: Vec<SourceFile>,
+    pub ignored_files: Vec<String>,
+}
+
+fn read_block(
+    block: &Block,
+    files: &[SourceFile],
+    ingestor: &Ingestor,
+) -> (Vec<Record>, DataQuality) {
+    let mut records = Vec::new();
+    let mut quality = DataQuality::default();
+    for (line_no, line) in lines(block) {
+        quality.count_read(block.kind);
+        let location = || {
+            format!(
+                "line {line_no} of {}",
+                files[block.file_index]
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+        };
+        let outcome = match std::str::from_utf8(line) {
+            Ok(text) => ingestor.read_line(block.kind, text),
+            Err(e) => LineOutcome::Skipped(crate::ingest::Skip {
+                reason: crate::ingest::SkipReason::InvalidJson,
+                resource_id: None,
+                detail: Some(format!("not UTF-8: {e}")),
+            }),
+        };
+        match outcome {
+            LineOutcome::Record(record) => {
+                if !matches!(record, Record::Value { .. }) {
+                    // Observations are counted as accepted after duplicates are removed.
+                    quality.count_accepted(block.kind, 1);
+                }
+                records.push(record);
+            }
+            LineOutcome::Skipped(skip) => quality.count_skip(block.kind, skip, location),
+            LineOutcome::NotRelevant => quality.count_not_relevant(block.kind),
+        }
+    }
+    (records, quality)
+}
+
+/// Reads every file of the folder on the current rayon pool into patient timelines.
+pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
+    let discovered = discover(dir)?;
+    let files = discovered.files;
+    let shared = Mutex::new((CohortBuilder::default(), DataQuality::default()));
+    let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
+    BlockReader::new(&files)
+        .par_bridge()
+        .for_each(|block| match block {
+            Ok(block) => {
+                let (records, quality) = read_block(&block, &files, ingestor);
+                drop(block);
+                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+                for record in records {
+                    guard.0.add(record);
+                }
+                guard.1.merge(quality);
+            }
+            Err(e) => {
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+    if let Some(error) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(error);
+    }
+    let (builder, mut quality) = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+    let timelines = builder.finish(&mut quality);
+    Ok(Loaded {
+        timelines,
+        quality,
+        files,
+        ignored_files: discovered.ignored,
+    })
+}
+
+/// The floor for any JSON job: parse every line of the folder as `IgnoredAny`, with the same
+/// reader and threads as `load`. Returns the number of lines parsed.
+pub fn parse_floor(dir: &Path) -> Result<u64, SourceError> {
+    let files = discover(dir)?.files;
+    let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
+    let parsed = BlockReader::new(&files)
+        .par_bridge()
+        .map(|block| match block {
+            Ok(block) => lines(&block)
+                .filter(|(_, line)| serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok())
+                .count() as u64,
+            Err(e) => {
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+                0
+            }
+        })
+        .sum();
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(parsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_declare_their_type() {
+        assert_eq!(
+            classify("Observation.ndjson"),
+            Some((ResourceType::Observation, false))
+        );
+        assert_eq!(
+            classify("Observation-002.ndjson.gz"),
+            Some((ResourceType::Observation, true))
+        );
+        assert_eq!(classify("ObservationDefinition.ndjson"), None);
+        assert_eq!(classify("Patient.json"), None);
+        assert_eq!(classify("Encounter.ndjson"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! Records -> one timeline per patient: values grouped and de-duplicated (RULES.md §1
+//! "Duplicates"), procedures and diagnoses attached.
+
+use crate::domain::{MarkerValue, PatientTimeline};
+use crate::ingest::{DataQuality, Record, ResourceType, Skip, SkipReason};
+use std::collections::HashMap;
+
+/// Collects records in any order; `finish` gives the same timelines whatever that order was.
+#[derive(Default)]
+pub struct CohortBuilder {
+    patients: HashMap<String, PatientTimeline>,
+}
+
+impl CohortBuilder {
+    fn entry(&mut self, patient_id: String) -> &mut PatientTimeline {
+        self.patients
+            .entry(patient_id)
+            .or_insert_with_key(|id| PatientTimeline {
+                patient_id: id.clone(),
+                ..PatientTimeline::default()
+            })
+    }
+
+    pub fn add(&mut self, record: Record) {
+        match record {
+            Record::Patient {
+                patient_id,
+                birth_date,
+            } => {
+                let timeline = self.entry(patient_id);
+                timeline.has_patient_resource = true;
+                // Two copies of a Patient: keep a known birth date over an unknown one.
+                timeline.birth_date = timeline.birth_date.max(birth_date);
+            }
+            Record::HccCondition { patient_id } => self.entry(patient_id).has_hcc = true,
+            Record::Tare {
+                patient_id,
+                procedure,
+            } => self.entry(patient_id).procedures.push(procedure),
+            Record::Value { patient_id, value } => self.entry(patient_id).values.push(value),
+        }
+    }
+
+    /// Sorts and de-duplicates; duplicates and accepted counts go to `quality`.
+    /// Timelines come back sorted by patient id.
+    pub fn finish(self, quality: &mut DataQuality) -> Vec<PatientTimeline> {
+        let mut timelines: Vec<PatientTimeline> = self.patients.into_values().collect();
+        timelines.sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
+        for timeline in &mut timelines {
+            timeline
+                .procedures
+                .sort_by(|a, b| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
+            timeline
+                .procedures
+                .dedup_by(|a, b| a.procedure_id == b.procedure_id);
+            let duplicates = deduplicate(&mut timeline.values);
+            quality.count_accepted(ResourceType::Observation, timeline.values.len() as u64);
+            for observation_id in duplicates {
+                quality.count_skip(
+                    ResourceType::Observation,
+                    Skip {
+                        reason: SkipReason::Duplicate,
+                        resource_id: Some(observation_id),
+                        detail: None,
+                    },
+                    String::new,
+                );
+            }
+        }
+        timelines
+    }
+}
+
+/// Same marker and effective instant: the latest `meta.lastUpdated` wins, then the larger id.
+/// Leaves `values` sorted by (marker, instant) and returns the ids dropped.
+pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
+    values.sort_by(|a, b| {
+        (a.marker, a.instant_ms)
+            .cmp(&(b.marker, b.instant_ms))
+            // Winner first: later lastUpdated (None is oldest), then larger id.
+            .then_with(|| b.last_updated_ms.cmp(&a.last_updated_ms))
+            .then_with(|| b.observation_id.cmp(&a.observation_id))
+    });
+    let mut dropped = Vec::new();
+    let mut kept: Vec<MarkerValue> = Vec::with_capacity(values.len());
+    for value in values.drain(..) {
+        match kept.last() {
+            Some(last) if last.marker == value.marker && last.instant_ms == value.instant_ms => {
+                // The same resource read twice is not a duplicate result.
+                if last.observation_id != value.observation_id {
+                    dropped.push(value.observation_id);
+                }
+            }
+            _ => kept.push(value),
+        }
+    }
+    *values = kept;
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Censoring, Marker};
+    use chrono::NaiveDate;
+
+    fn value(id: &str, instant_ms: i64, last_updated_ms: Option<i64>, v: f64) -> MarkerValue {
+        MarkerValue {
+            marker: Marker::Pivka2,
+            value: v,
+            censoring: Censoring::Exact,
+            date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            instant_ms,
+            observation_id: id.into(),
+            reference_high: None,
+            last_updated_ms,
+        }
+    }
+
+    #[test]
+    fn duplicate_resolved_by_latest_last_updated() {
+        let mut values = vec![
+            value("b", 10, Some(200), 1.0),
+            value("a", 10, Some(300), 2.0),
+            value("c", 20, None, 3.0),
+        ];
+        let dropped = deduplicate(&mut values);
+        assert_eq!(dropped, vec!["b".to_string()]);
+        assert_eq!(
+            values.iter().map(|v| v.value).collect::<Vec<_>>(),
+            vec![2.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn duplicate_tie_on_last_updated_keeps_larger_id() {
+        let mut values = vec![value("a", 10, Some(1), 1.0), value("b", 10, Some(1), 2.0)];
+        assert_eq!(deduplicate(&mut values), vec!["a".to_string()]);
+        assert_eq!(values[0].observation_id, "b");
+    }
+}
