@@ -285,6 +285,19 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(override_table)) => {
+                merge(base_table, override_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads a TOML file over the built-in defaults and validates the result.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -292,12 +305,23 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Overlays a TOML text on the defaults key by key: `[markers.pivka2] uln = 35` keeps the
+    /// default plateau level. Lists (code sets, statuses) are replaced whole.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let overrides: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut merged = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+        merge(&mut merged, overrides);
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())
     }
 
     pub fn time_zone(&self) -> chrono_tz::Tz {
@@ -409,8 +433,22 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
-        let e = toml::from_str::<Config>("[rules]\nrise_percent = 30\n").unwrap_err();
-        assert!(e.to_string().contains("rise_percent"), "{e}");
+        let e = Config::from_toml("[rules]\nrise_percent = 30\n").unwrap_err();
+        assert!(e.contains("rise_percent"), "{e}");
+    }
+
+    #[test]
+    fn overriding_one_key_of_a_marker_keeps_the_others() {
+        let c = Config::from_toml("[markers.pivka2]\nuln = 35.0\n").unwrap();
+        assert_eq!(c.markers.pivka2.uln, Some(35.0));
+        assert_eq!(c.markers.pivka2.plateau_level, Some(1000.0));
+        assert_eq!(c.markers.afp.uln, Some(20.0));
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_with_its_key() {
+        let e = Config::from_toml("[episodes]\nmerge_days = \"ninety\"\n").unwrap_err();
+        assert!(e.contains("merge_days"), "{e}");
     }
 
     #[test]

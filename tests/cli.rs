@@ -1,0 +1,385 @@
+//! The CLI contract, end to end on the bundled demo cohort, exactly as a user runs it.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo")
+}
+
+fn binary() -> Command {
+    Command::cargo_bin("tare-marker-monitor").unwrap()
+}
+
+fn run_demo(extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
+    let out = tempfile::tempdir().unwrap();
+    let output = binary()
+        .args(["run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .args(extra)
+        .output()
+        .unwrap();
+    (out, output)
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn run_on_demo_writes_markers_csv_with_the_seed_row() {
+    let (out, output) = run_demo(&[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let markers = read(out.path(), "markers.csv");
+    let mut lines = markers.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "patient_id,episode_index_date,marker,unit,baseline_value,baseline_date,nadir_value,nadir_date,latest_value,latest_date,n_post,pct_change,rise_from_nadir_pct,uln,response,halflife_days,next_due_date,albi_baseline,albi_latest,flags"
+    );
+    // 88,000 -> 6,088 mAU/mL four months after TARE: -93.1%, above 40: PR, incomplete-response.
+    // ALBI: 0.66 x log10(14) - 0.085 x 38 = -2.47; 0.66 x log10(16) - 0.085 x 36 = -2.27.
+    assert!(markers.lines().any(|l| l
+        == "demo-01-seed-partial-response,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,40,PR,31.8,2027-01-18,-2.47,-2.27,incomplete-response"));
+}
+
+#[test]
+fn demo_shows_every_response_flag_and_severity() {
+    let (out, output) = run_demo(&[]);
+    assert!(output.status.success());
+    let markers = csv_rows(&read(out.path(), "markers.csv"));
+    let responses: BTreeSet<&str> = markers.iter().map(|r| r[14].as_str()).collect();
+    assert_eq!(responses, BTreeSet::from(["CR", "NE", "PD", "PR", "SD"]));
+    let markers_seen: BTreeSet<&str> = markers.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(
+        markers_seen,
+        BTreeSet::from(["afp", "afp_l3", "dcp", "pivka2"])
+    );
+    let flags = csv_rows(&read(out.path(), "flags.csv"));
+    let codes: BTreeSet<&str> = flags.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(
+        codes,
+        BTreeSet::from([
+            "incomplete-response",
+            "marker-discordance",
+            "marker-plateau",
+            "marker-rise",
+            "no-response",
+            "possible-reild",
+            "surveillance-overdue"
+        ])
+    );
+    // Written flags (moderate, high) carry an identifier; low ones do not.
+    for row in &flags {
+        assert_eq!(row[4] == "low", row[6].is_empty(), "{row:?}");
+    }
+}
+
+#[test]
+fn demo_summary_counts_every_left_out_reason() {
+    let (out, _) = run_demo(&[]);
+    let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
+    let patients = &summary["patients"];
+    assert_eq!(patients["seen"], 58);
+    for reason in [
+        "no_patient_resource",
+        "no_tare_procedure",
+        "all_episodes_after_as_of",
+        "under_minimum_age",
+        "no_hcc_condition",
+    ] {
+        assert!(
+            patients["left_out"][reason].as_u64().unwrap() >= 1,
+            "{reason}"
+        );
+    }
+    assert_eq!(patients["birth_date_unknown"], 1);
+    let observations = &summary["resources"]["by_type"]["Observation"]["left_out"];
+    for reason in [
+        "status_not_accepted",
+        "no_effective_time",
+        "effective_time_not_a_full_date",
+        "invalid_effective_time",
+        "data_absent_reason",
+        "no_value",
+        "value_string_without_unit",
+        "value_string_not_a_number",
+        "unknown_comparator",
+        "unknown_unit",
+        "duplicate",
+        "invalid_json_or_structure",
+        "unexpected_resource_type",
+        "no_patient_reference",
+        "not_a_monitored_code",
+    ] {
+        assert!(
+            observations[reason]["count"].as_u64().unwrap() >= 1,
+            "{reason}"
+        );
+    }
+    assert_eq!(observations["unknown_unit"]["by_value"]["mmol/L"], 1);
+    assert_eq!(
+        observations["status_not_accepted"]["by_value"]["preliminary"],
+        1
+    );
+    let procedures = &summary["resources"]["by_type"]["Procedure"]["left_out"];
+    assert_eq!(procedures["procedure_not_completed"]["count"], 1);
+    assert_eq!(procedures["procedure_no_performed_date"]["count"], 1);
+    assert!(summary["timings"]["total_ms"].is_u64());
+}
+
+#[test]
+fn detected_issues_file_holds_device_then_issue_and_provenance_per_written_flag() {
+    let (out, _) = run_demo(&[]);
+    let resources: Vec<Value> = read(out.path(), "detected-issues.ndjson")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(resources[0]["resourceType"], "Device");
+    let issues: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r["resourceType"] == "DetectedIssue")
+        .collect();
+    let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
+    assert_eq!(
+        issues.len() as u64,
+        summary["flags"]["written_as_detected_issues"]
+            .as_u64()
+            .unwrap()
+    );
+    for pair in resources[1..].chunks(2) {
+        let (issue, provenance) = (&pair[0], &pair[1]);
+        assert_eq!(issue["resourceType"], "DetectedIssue");
+        assert_eq!(issue["status"], "preliminary");
+        assert!(matches!(
+            issue["severity"].as_str(),
+            Some("moderate" | "high")
+        ));
+        assert_eq!(issue["author"]["reference"], "Device/tare-marker-monitor");
+        assert_eq!(provenance["resourceType"], "Provenance");
+        assert_eq!(
+            provenance["target"][0]["reference"].as_str().unwrap(),
+            format!("DetectedIssue/{}", issue["id"].as_str().unwrap())
+        );
+        assert_eq!(
+            provenance["entity"].as_array().unwrap().len(),
+            issue["implicated"].as_array().unwrap().len()
+        );
+    }
+    // Identifiers are unique: one resource per flag.
+    let ids: BTreeSet<&str> = issues
+        .iter()
+        .map(|i| i["identifier"][0]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), issues.len());
+}
+
+#[test]
+fn rerun_into_the_same_folder_gives_the_same_files() {
+    let (out, _) = run_demo(&[]);
+    let first = read(out.path(), "markers.csv");
+    let first_flags = read(out.path(), "flags.csv");
+    let output = binary()
+        .args(["run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(read(out.path(), "markers.csv"), first);
+    assert_eq!(read(out.path(), "flags.csv"), first_flags);
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn run_without_as_of_uses_today() {
+    let out = tempfile::tempdir().unwrap();
+    binary()
+        .args(["run", "--source-dir"])
+        .arg(demo())
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .success();
+    let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
+    assert_eq!(
+        summary["as_of"],
+        chrono::Utc::now().date_naive().to_string()
+    );
+}
+
+#[test]
+fn config_file_overrides_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strict.toml");
+    std::fs::write(&config, "[output]\nmin_severity_written = \"high\"\n").unwrap();
+    let (out, output) = run_demo(&["--config", config.to_str().unwrap()]);
+    assert!(output.status.success());
+    let resources = read(out.path(), "detected-issues.ndjson");
+    assert!(resources.contains("\"severity\":\"high\""));
+    assert!(!resources.contains("\"severity\":\"moderate\""));
+}
+
+#[test]
+fn shipped_default_config_equals_the_built_in_defaults() {
+    let (with_file, output) = run_demo(&[
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (built_in, _) = run_demo(&[]);
+    assert_eq!(
+        read(with_file.path(), "markers.csv"),
+        read(built_in.path(), "markers.csv")
+    );
+    assert_eq!(
+        read(with_file.path(), "flags.csv"),
+        read(built_in.path(), "flags.csv")
+    );
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[rules]\nrise_percent = 30\n").unwrap();
+    let (_, output) = run_demo(&["--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rise_percent"), "{stderr}");
+}
+
+#[test]
+fn missing_source_folder_exits_3_with_its_path() {
+    let out = tempfile::tempdir().unwrap();
+    let output = binary()
+        .args([
+            "run",
+            "--source-dir",
+            "/nonexistent/bulk",
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read source folder /nonexistent/bulk"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("markers.csv").exists());
+}
+
+#[test]
+fn explain_prints_values_with_days_since_tare_and_the_finding() {
+    let output = binary()
+        .args(["explain", "--source-dir"])
+        .arg(demo())
+        .args([
+            "--patient",
+            "demo-01-seed-partial-response",
+            "--as-of",
+            "2026-11-01",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("Episode 1: TARE on 2026-06-20"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("2026-06-15")
+            && l.contains("-5")
+            && l.contains("PIVKA-II")
+            && l.contains("88,000 mAU/mL")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("2026-10-20") && l.contains("122") && l.contains("6,088 mAU/mL")),
+        "{text}"
+    );
+    assert!(text.contains("response PR"), "{text}");
+    assert!(text.contains("incomplete-response [low, PIVKA-II; report only] PIVKA-II fell 93.1% from its baseline of 88,000 mAU/mL (2026-06-15) to 6,088 mAU/mL (2026-10-20), but remains above the upper limit of 40"), "{text}");
+}
+
+#[test]
+fn explain_unknown_patient_is_a_clear_error() {
+    let output = binary()
+        .args(["explain", "--source-dir"])
+        .arg(demo())
+        .args(["--patient", "nobody", "--as-of", "2026-11-01"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no resource in"));
+}
+
+#[test]
+fn demo_fixture_is_what_the_generator_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    binary()
+        .args(["generate", "--demo", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    for name in [
+        "Patient.ndjson",
+        "Condition.ndjson",
+        "Procedure.ndjson",
+        "Observation.ndjson",
+    ] {
+        assert_eq!(
+            read(dir.path(), name),
+            read(&demo(), name),
+            "{name} differs: regenerate fixtures/demo"
+        );
+    }
+}
+
+#[test]
+fn generator_is_deterministic_for_a_seed() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for dir in [&a, &b] {
+        binary()
+            .args(["generate", "--patients", "20", "--seed", "7", "--out"])
+            .arg(dir.path())
+            .assert()
+            .success();
+    }
+    assert_eq!(
+        read(a.path(), "Observation.ndjson"),
+        read(b.path(), "Observation.ndjson")
+    );
+    assert_eq!(
+        read(a.path(), "Observation.ndjson").lines().count(),
+        20 * 13 * 4
+    );
+}
