@@ -48,6 +48,29 @@ fn point(p: &Option<crate::domain::ValuePoint>, marker: Marker) -> String {
     }
 }
 
+/// What a value is in its marker's course: baseline, nadir, reference nadir, latest.
+fn roles(courses: &[MarkerCourse], value: &crate::domain::MarkerValue) -> String {
+    let Some(course) = courses.iter().find(|c| c.marker == value.marker) else {
+        return String::new();
+    };
+    let is = |p: &Option<crate::domain::ValuePoint>| {
+        p.as_ref().is_some_and(|p| p.observation_id == value.observation_id)
+    };
+    let mut roles = Vec::new();
+    if is(&course.baseline) {
+        roles.push("baseline");
+    }
+    if is(&course.nadir) {
+        roles.push("nadir");
+    } else if is(&course.reference_nadir) {
+        roles.push("reference nadir");
+    }
+    if is(&course.latest) {
+        roles.push("latest");
+    }
+    roles.join(", ")
+}
+
 fn course_line(course: &MarkerCourse) -> String {
     let pct = |v: Option<f64>| v.map_or("-".into(), |p| format!("{}%", csv_percent(p)));
     format!(
@@ -119,8 +142,8 @@ pub fn render(
         );
         let _ = writeln!(
             out,
-            "  {:<10}  {:>5}  {:<9}  {:>18}  observation",
-            "date", "day", "marker", "value"
+            "  {:<10}  {:>5}  {:<9}  {:>18}  {:<24}  observation",
+            "date", "day", "marker", "value", "role"
         );
         let from = episode.index_date - Duration::days(config.episodes.baseline_days);
         let mut values: Vec<_> = timeline
@@ -132,11 +155,12 @@ pub fn render(
         for v in values {
             let _ = writeln!(
                 out,
-                "  {:<10}  {:>5}  {:<9}  {:>18}  {}",
+                "  {:<10}  {:>5}  {:<9}  {:>18}  {:<24}  {}",
                 date(v.date),
                 (v.date - episode.index_date).num_days(),
                 v.marker.display_name(),
                 human_value(v.value, v.censoring, v.marker),
+                roles(&episode.courses, v),
                 v.observation_id
             );
         }
