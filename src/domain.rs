@@ -3,6 +3,10 @@
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A FHIR resource id. Shared, so findings can cite a value without copying its id.
+pub type ResourceId = Arc<str>;
 
 /// A laboratory series the job follows (RULES.md §1 "Markers and codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -102,7 +106,7 @@ pub struct MarkerValue {
     /// Effective instant in Unix milliseconds (a date-only value: the start of its date): the
     /// order of the series and the key for duplicates.
     pub instant_ms: i64,
-    pub observation_id: String,
+    pub observation_id: ResourceId,
     /// `referenceRange.high`, converted, when it was in the marker's unit family.
     pub reference_high: Option<f64>,
     /// `meta.lastUpdated` in Unix milliseconds, to resolve duplicates.
@@ -253,7 +257,7 @@ pub struct Flag {
     /// One readable sentence with the numbers.
     pub detail: String,
     /// Observations behind the figures, in time order.
-    pub evidence_observation_ids: Vec<String>,
+    pub evidence_observation_ids: Vec<ResourceId>,
 }
 
 /// A value as it appears in a row: enough to print and to cite.
@@ -262,7 +266,7 @@ pub struct ValuePoint {
     pub value: f64,
     pub censoring: Censoring,
     pub date: NaiveDate,
-    pub observation_id: String,
+    pub observation_id: ResourceId,
 }
 
 impl From<&MarkerValue> for ValuePoint {
@@ -293,8 +297,6 @@ pub struct MarkerCourse {
     pub next_due_date: NaiveDate,
     pub albi_baseline: Option<f64>,
     pub albi_latest: Option<f64>,
-    /// Observation ids of the episode's values of this marker, in time order.
-    pub observation_ids: Vec<String>,
 }
 
 /// One TARE episode of one patient, evaluated.

@@ -54,7 +54,8 @@ fn roles(courses: &[MarkerCourse], value: &crate::domain::MarkerValue) -> String
         return String::new();
     };
     let is = |p: &Option<crate::domain::ValuePoint>| {
-        p.as_ref().is_some_and(|p| p.observation_id == value.observation_id)
+        p.as_ref()
+            .is_some_and(|p| p.observation_id == value.observation_id)
     };
     let mut roles = Vec::new();
     if is(&course.baseline) {

@@ -32,13 +32,12 @@ pub fn csv_percent(value: f64) -> String {
     }
 }
 
-/// Rounds half away from zero, after removing binary noise (`93.05` stays `93.1`).
+/// Rounds half away from zero, as a person does: `93.05` -> `93.1`, although 93.05 is stored as
+/// 93.04999... A relative nudge of 1e-12, far below any laboratory precision, absorbs that noise.
 pub fn round_half_away(value: f64, decimals: usize) -> f64 {
     let scale = 10f64.powi(decimals as i32);
     let scaled = value * scale;
-    // 12 significant digits are far beyond any laboratory precision and absorb 0.1 + 0.2 noise.
-    let cleaned: f64 = format!("{scaled:.12e}").parse().unwrap_or(scaled);
-    cleaned.round() / scale
+    (scaled + scaled * 1e-12).round() / scale
 }
 
 /// A number for a sentence: thousands separated, at most two decimals (`88,000`, `6,088`,

@@ -22,8 +22,6 @@ pub enum RunError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot build FHIR resources: {0}")]
-    Build(#[from] fhir_resources::BuildError),
     #[error("cannot start worker threads: {0}")]
     Threads(String),
 }
@@ -100,9 +98,15 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     );
 
     let evaluate_started = Instant::now();
-    let findings = pool.install(|| evaluate_cohort(&loaded.timelines, config, options.as_of));
+    // Each timeline is dropped as soon as it is evaluated.
+    let findings: Vec<PatientFindings> = pool.install(|| {
+        loaded
+            .timelines
+            .into_par_iter()
+            .map(|t| evaluate_patient(&t, config, options.as_of))
+            .collect()
+    });
     let evaluate_ms = evaluate_started.elapsed().as_millis();
-    drop(loaded.timelines);
 
     let write_started = Instant::now();
     std::fs::create_dir_all(&options.out_dir).map_err(|source| RunError::Write {
@@ -116,13 +120,8 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     write_atomically(&out("flags.csv"), |w| {
         csv_sink::write_flags(w, &findings, config).map_err(csv_io)
     })?;
-    let resources = detected_issue::build_resources(&findings, config, &started_at)?;
     write_atomically(&out("detected-issues.ndjson"), |w| {
-        for resource in &resources {
-            serde_json::to_writer(&mut *w, resource)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
+        detected_issue::write_ndjson(w, &findings, config, &started_at).map(|_| ())
     })?;
     let write_ms = write_started.elapsed().as_millis();
 

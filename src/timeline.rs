@@ -3,6 +3,7 @@
 
 use crate::domain::{MarkerValue, PatientTimeline};
 use crate::ingest::{DataQuality, Record, ResourceType, Skip, SkipReason};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Collects records in any order; `finish` gives the same timelines whatever that order was.
@@ -12,60 +13,69 @@ pub struct CohortBuilder {
 }
 
 impl CohortBuilder {
-    fn entry(&mut self, patient_id: String) -> &mut PatientTimeline {
-        self.patients
-            .entry(patient_id)
-            .or_insert_with_key(|id| PatientTimeline {
-                patient_id: id.clone(),
-                ..PatientTimeline::default()
-            })
+    /// The patient's timeline; the id is copied only the first time a patient is seen.
+    fn entry(&mut self, patient_id: &str) -> &mut PatientTimeline {
+        if !self.patients.contains_key(patient_id) {
+            self.patients.insert(
+                patient_id.to_owned(),
+                PatientTimeline {
+                    patient_id: patient_id.to_owned(),
+                    ..PatientTimeline::default()
+                },
+            );
+        }
+        self.patients.get_mut(patient_id).expect("inserted above")
     }
 
-    pub fn add(&mut self, record: Record) {
+    pub fn add(&mut self, record: Record<'_>) {
         match record {
             Record::Patient {
                 patient_id,
                 birth_date,
             } => {
-                let timeline = self.entry(patient_id);
+                let timeline = self.entry(&patient_id);
                 timeline.has_patient_resource = true;
                 // Two copies of a Patient: keep a known birth date over an unknown one.
                 timeline.birth_date = timeline.birth_date.max(birth_date);
             }
-            Record::HccCondition { patient_id } => self.entry(patient_id).has_hcc = true,
+            Record::HccCondition { patient_id } => self.entry(&patient_id).has_hcc = true,
             Record::Tare {
                 patient_id,
                 procedure,
-            } => self.entry(patient_id).procedures.push(procedure),
-            Record::Value { patient_id, value } => self.entry(patient_id).values.push(value),
+            } => self.entry(&patient_id).procedures.push(procedure),
+            Record::Value { patient_id, value } => self.entry(&patient_id).values.push(value),
         }
     }
 
-    /// Sorts and de-duplicates; duplicates and accepted counts go to `quality`.
-    /// Timelines come back sorted by patient id.
+    /// Sorts and de-duplicates (on the current rayon pool); duplicates and accepted counts go to
+    /// `quality`. Timelines come back sorted by patient id.
     pub fn finish(self, quality: &mut DataQuality) -> Vec<PatientTimeline> {
         let mut timelines: Vec<PatientTimeline> = self.patients.into_values().collect();
-        timelines.sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
-        for timeline in &mut timelines {
-            timeline
-                .procedures
-                .sort_by(|a, b| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
-            timeline
-                .procedures
-                .dedup_by(|a, b| a.procedure_id == b.procedure_id);
-            let duplicates = deduplicate(&mut timeline.values);
-            quality.count_accepted(ResourceType::Observation, timeline.values.len() as u64);
-            for observation_id in duplicates {
-                quality.count_skip(
-                    ResourceType::Observation,
-                    Skip {
-                        reason: SkipReason::Duplicate,
-                        resource_id: Some(observation_id),
-                        detail: None,
-                    },
-                    String::new,
-                );
-            }
+        timelines.par_sort_unstable_by(|a, b| a.patient_id.cmp(&b.patient_id));
+        let duplicates: Vec<Vec<String>> = timelines
+            .par_iter_mut()
+            .map(|timeline| {
+                timeline
+                    .procedures
+                    .sort_by(|a, b| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
+                timeline
+                    .procedures
+                    .dedup_by(|a, b| a.procedure_id == b.procedure_id);
+                deduplicate(&mut timeline.values)
+            })
+            .collect();
+        let accepted: usize = timelines.iter().map(|t| t.values.len()).sum();
+        quality.count_accepted(ResourceType::Observation, accepted as u64);
+        for observation_id in duplicates.into_iter().flatten() {
+            quality.count_skip(
+                ResourceType::Observation,
+                Skip {
+                    reason: SkipReason::Duplicate,
+                    resource_id: Some(observation_id),
+                    detail: None,
+                },
+                String::new,
+            );
         }
         timelines
     }
@@ -88,7 +98,7 @@ pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
             Some(last) if last.marker == value.marker && last.instant_ms == value.instant_ms => {
                 // The same resource read twice is not a duplicate result.
                 if last.observation_id != value.observation_id {
-                    dropped.push(value.observation_id);
+                    dropped.push(value.observation_id.to_string());
                 }
             }
             _ => kept.push(value),
@@ -136,6 +146,6 @@ mod tests {
     fn duplicate_tie_on_last_updated_keeps_larger_id() {
         let mut values = vec![value("a", 10, Some(1), 1.0), value("b", 10, Some(1), 2.0)];
         assert_eq!(deduplicate(&mut values), vec!["a".to_string()]);
-        assert_eq!(values[0].observation_id, "b");
+        assert_eq!(&*values[0].observation_id, "b");
     }
 }

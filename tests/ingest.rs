@@ -31,8 +31,10 @@ fn pivka(value: Value) -> Value {
     observation("34444-0", json!("2026-03-01T10:00:00Z"), value)
 }
 
-fn read(resource: &Value) -> LineOutcome {
-    Ingestor::new(&Config::default()).read_line(ResourceType::Observation, &resource.to_string())
+fn read(resource: &Value) -> LineOutcome<'static> {
+    Ingestor::new(&Config::default())
+        .read_line(ResourceType::Observation, &resource.to_string())
+        .into_owned()
 }
 
 fn accepted(resource: &Value) -> MarkerValue {
@@ -379,10 +381,7 @@ fn duplicates_are_resolved_by_last_updated_and_counted() {
     let loaded = ndjson::load(dir.path(), &Ingestor::new(&Config::default())).unwrap();
     let values = &loaded.timelines[0].values;
     assert_eq!(values.len(), 1);
-    assert_eq!(
-        (values[0].observation_id.as_str(), values[0].value),
-        ("b", 120.0)
-    );
+    assert_eq!((&*values[0].observation_id, values[0].value), ("b", 120.0));
     assert_eq!(
         loaded
             .quality

@@ -155,10 +155,12 @@ fn rise_after_nadir_confirmed_by_second_value_is_progression_and_high() {
     let rise = flag(&f, FlagCode::MarkerRise).unwrap();
     assert_eq!(rise.severity, Severity::High);
     assert_eq!(rise.identified_date, date("2026-07-09"));
-    assert_eq!(
-        rise.evidence_observation_ids,
-        vec!["obs-002", "obs-003", "obs-004"]
-    );
+    let evidence: Vec<&str> = rise
+        .evidence_observation_ids
+        .iter()
+        .map(|id| &**id)
+        .collect();
+    assert_eq!(evidence, vec!["obs-002", "obs-003", "obs-004"]);
     assert_eq!(
         rise.detail,
         "PIVKA-II rose 133.3% from its nadir of 900 mAU/mL (2026-02-09) to 2,100 mAU/mL (2026-07-09), confirmed by the previous value of 1,400 mAU/mL (2026-05-10), above the upper limit of 40; TARE on 2026-01-10. Confirm with contrast CT/MRI."

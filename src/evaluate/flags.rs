@@ -16,7 +16,7 @@ fn show(v: &MarkerValue) -> String {
     )
 }
 
-fn ids(values: &[&MarkerValue]) -> Vec<String> {
+fn ids(values: &[&MarkerValue]) -> Vec<crate::domain::ResourceId> {
     values.iter().map(|v| v.observation_id.clone()).collect()
 }
 

@@ -200,11 +200,6 @@ fn evaluate_episode(
             next_due_date: course::next_due_date(&episode_series, window, config),
             albi_baseline: albi_on(baseline),
             albi_latest: albi_on(latest),
-            observation_ids: baseline
-                .into_iter()
-                .chain(episode_series.post.iter().copied())
-                .map(|v| v.observation_id.clone())
-                .collect(),
         };
         if let Some(rise) = &rise {
             flags.push(flags::marker_rise(rise, uln, window));

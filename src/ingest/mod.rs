@@ -42,23 +42,63 @@ impl ResourceType {
     }
 }
 
-/// What one resource contributes.
+/// What one resource contributes. The patient id borrows from the line where it can, so the
+/// common case allocates nothing for it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Record {
+pub enum Record<'a> {
     Patient {
-        patient_id: String,
+        patient_id: Cow<'a, str>,
         birth_date: Option<NaiveDate>,
     },
     /// A qualifying HCC diagnosis.
-    HccCondition { patient_id: String },
+    HccCondition { patient_id: Cow<'a, str> },
     Tare {
-        patient_id: String,
+        patient_id: Cow<'a, str>,
         procedure: TareProcedure,
     },
     Value {
-        patient_id: String,
+        patient_id: Cow<'a, str>,
         value: MarkerValue,
     },
+}
+
+impl Record<'_> {
+    /// The same record, owning its patient id (to keep it past the line it was read from).
+    pub fn into_owned(self) -> Record<'static> {
+        let own = |id: Cow<'_, str>| Cow::Owned(id.into_owned());
+        match self {
+            Record::Patient {
+                patient_id,
+                birth_date,
+            } => Record::Patient {
+                patient_id: own(patient_id),
+                birth_date,
+            },
+            Record::HccCondition { patient_id } => Record::HccCondition {
+                patient_id: own(patient_id),
+            },
+            Record::Tare {
+                patient_id,
+                procedure,
+            } => Record::Tare {
+                patient_id: own(patient_id),
+                procedure,
+            },
+            Record::Value { patient_id, value } => Record::Value {
+                patient_id: own(patient_id),
+                value,
+            },
+        }
+    }
+
+    pub fn patient_id(&self) -> &str {
+        match self {
+            Record::Patient { patient_id, .. }
+            | Record::HccCondition { patient_id }
+            | Record::Tare { patient_id, .. }
+            | Record::Value { patient_id, .. } => patient_id,
+        }
+    }
 }
 
 /// Why a resource was left out; each is its own counter in the run summary.
@@ -125,11 +165,21 @@ pub struct Skip {
 
 /// The outcome of reading one line.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LineOutcome {
-    Record(Record),
+pub enum LineOutcome<'a> {
+    Record(Record<'a>),
     Skipped(Skip),
     /// A resource that is valid but not one the job uses (another Procedure, another Condition).
     NotRelevant,
+}
+
+impl LineOutcome<'_> {
+    pub fn into_owned(self) -> LineOutcome<'static> {
+        match self {
+            LineOutcome::Record(record) => LineOutcome::Record(record.into_owned()),
+            LineOutcome::Skipped(skip) => LineOutcome::Skipped(skip),
+            LineOutcome::NotRelevant => LineOutcome::NotRelevant,
+        }
+    }
 }
 
 /// Code lookups built once from the config.
@@ -280,7 +330,19 @@ pub fn patient_id_of(reference: &str) -> Option<&str> {
     (kind == "Patient" && !id.is_empty()).then_some(id)
 }
 
-fn skip(reason: SkipReason, id: Option<&Cow<'_, str>>, detail: Option<String>) -> LineOutcome {
+/// The patient id of a subject reference, borrowed from the line when the JSON had no escapes.
+fn subject_patient_id<'a>(subject: Option<&Reference<'a>>) -> Option<Cow<'a, str>> {
+    match subject?.reference.as_ref()? {
+        Cow::Borrowed(reference) => patient_id_of(reference).map(Cow::Borrowed),
+        Cow::Owned(reference) => patient_id_of(reference).map(|id| Cow::Owned(id.to_owned())),
+    }
+}
+
+fn skip<'a>(
+    reason: SkipReason,
+    id: Option<&Cow<'_, str>>,
+    detail: Option<String>,
+) -> LineOutcome<'a> {
     LineOutcome::Skipped(Skip {
         reason,
         resource_id: id.map(|s| s.to_string()),
@@ -328,7 +390,7 @@ impl Ingestor {
     }
 
     /// Reads one NDJSON line expected to hold a resource of `expected`.
-    pub fn read_line(&self, expected: ResourceType, line: &str) -> LineOutcome {
+    pub fn read_line<'a>(&self, expected: ResourceType, line: &'a str) -> LineOutcome<'a> {
         let parsed = match expected {
             ResourceType::Observation => {
                 serde_json::from_str::<ObservationIn>(line).map(|o| self.observation(o))
@@ -363,7 +425,7 @@ impl Ingestor {
         expected: ResourceType,
         found: Option<&Cow<'_, str>>,
         id: Option<&Cow<'_, str>>,
-    ) -> Option<LineOutcome> {
+    ) -> Option<LineOutcome<'static>> {
         match found {
             Some(t) if t == expected.name() => None,
             other => Some(skip(
@@ -388,7 +450,7 @@ impl Ingestor {
         })
     }
 
-    fn observation(&self, o: ObservationIn<'_>) -> LineOutcome {
+    fn observation<'a>(&self, o: ObservationIn<'a>) -> LineOutcome<'a> {
         let id = o.id.as_ref();
         if let Some(wrong) =
             Self::check_type(ResourceType::Observation, o.resource_type.as_ref(), id)
@@ -401,12 +463,7 @@ impl Ingestor {
         let Some(observation_id) = id else {
             return skip(SkipReason::NoId, None, None);
         };
-        let Some(patient_id) = o
-            .subject
-            .as_ref()
-            .and_then(|s| s.reference.as_deref())
-            .and_then(patient_id_of)
-        else {
+        let Some(patient_id) = subject_patient_id(o.subject.as_ref()) else {
             return skip(SkipReason::NoPatientReference, id, None);
         };
         let status = o.status.as_deref().unwrap_or("");
@@ -497,21 +554,21 @@ impl Ingestor {
             .and_then(|m| m.last_updated.as_deref())
             .and_then(time::parse_instant_ms);
         LineOutcome::Record(Record::Value {
-            patient_id: patient_id.to_owned(),
+            patient_id,
             value: MarkerValue {
                 marker,
                 value: number * factor,
                 censoring,
                 date: moment.date,
                 instant_ms: moment.instant_ms,
-                observation_id: observation_id.to_string(),
+                observation_id: observation_id.as_ref().into(),
                 reference_high,
                 last_updated_ms,
             },
         })
     }
 
-    fn patient(&self, p: PatientIn<'_>) -> LineOutcome {
+    fn patient<'a>(&self, p: PatientIn<'a>) -> LineOutcome<'a> {
         let id = p.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Patient, p.resource_type.as_ref(), id) {
             return wrong;
@@ -522,12 +579,12 @@ impl Ingestor {
         let birth_date = p.birth_date.as_deref().and_then(time::parse_date);
         // A partial or invalid birth date is kept as unknown (evaluated and noted).
         LineOutcome::Record(Record::Patient {
-            patient_id: patient_id.to_string(),
+            patient_id: Cow::Owned(patient_id.to_string()),
             birth_date,
         })
     }
 
-    fn procedure(&self, p: ProcedureIn<'_>) -> LineOutcome {
+    fn procedure<'a>(&self, p: ProcedureIn<'a>) -> LineOutcome<'a> {
         let id = p.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Procedure, p.resource_type.as_ref(), id)
         {
@@ -539,12 +596,7 @@ impl Ingestor {
         let Some(procedure_id) = id else {
             return skip(SkipReason::NoId, None, None);
         };
-        let Some(patient_id) = p
-            .subject
-            .as_ref()
-            .and_then(|s| s.reference.as_deref())
-            .and_then(patient_id_of)
-        else {
+        let Some(patient_id) = subject_patient_id(p.subject.as_ref()) else {
             return skip(SkipReason::NoPatientReference, id, None);
         };
         let status = p.status.as_deref().unwrap_or("");
@@ -564,7 +616,7 @@ impl Ingestor {
         };
         match time::parse_moment(performed, self.tz) {
             Ok(moment) => LineOutcome::Record(Record::Tare {
-                patient_id: patient_id.to_owned(),
+                patient_id,
                 procedure: TareProcedure {
                     procedure_id: procedure_id.to_string(),
                     date: moment.date,
@@ -578,7 +630,7 @@ impl Ingestor {
         }
     }
 
-    fn condition(&self, c: ConditionIn<'_>) -> LineOutcome {
+    fn condition<'a>(&self, c: ConditionIn<'a>) -> LineOutcome<'a> {
         let id = c.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Condition, c.resource_type.as_ref(), id)
         {
@@ -587,12 +639,7 @@ impl Ingestor {
         if !codes_match(c.code.as_ref(), &self.hcc_codes) {
             return LineOutcome::NotRelevant;
         }
-        let Some(patient_id) = c
-            .subject
-            .as_ref()
-            .and_then(|s| s.reference.as_deref())
-            .and_then(patient_id_of)
-        else {
+        let Some(patient_id) = subject_patient_id(c.subject.as_ref()) else {
             return skip(SkipReason::NoPatientReference, id, None);
         };
         let refuted = c.verification_status.as_ref().is_some_and(|v| {
@@ -606,9 +653,7 @@ impl Ingestor {
         if refuted {
             return skip(SkipReason::ConditionRefutedOrEnteredInError, id, None);
         }
-        LineOutcome::Record(Record::HccCondition {
-            patient_id: patient_id.to_owned(),
-        })
+        LineOutcome::Record(Record::HccCondition { patient_id })
     }
 }
 

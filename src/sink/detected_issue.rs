@@ -7,6 +7,7 @@ use crate::format::date;
 use chrono::NaiveDate;
 use fhir_resources::{DetectedIssueSpec, DeviceSpec, IssueStatus, ProvenanceSpec};
 use sha2::{Digest, Sha256};
+use std::io::Write;
 
 /// The job's Device id: one Device authors every DetectedIssue.
 pub const DEVICE_ID: &str = "tare-marker-monitor";
@@ -26,24 +27,46 @@ pub fn flag_identifier(
         marker.map_or("", |m| m.key())
     );
     let digest = Sha256::digest(key.as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    digest[..16]
+        .iter()
+        .flat_map(|b| {
+            [
+                HEX[usize::from(b >> 4)] as char,
+                HEX[usize::from(b & 0xf)] as char,
+            ]
+        })
+        .collect()
 }
 
-/// The resources that would be written for these findings: the Device first, then a
-/// DetectedIssue and its Provenance per flag at or above the configured severity.
-pub fn build_resources(
+/// Writes, one NDJSON line each, the resources that would be written for these findings: the
+/// Device first, then a DetectedIssue and its Provenance per flag at or above the configured
+/// severity. Streams: nothing is held beyond one resource. Returns the number of DetectedIssues.
+pub fn write_ndjson(
+    out: &mut dyn Write,
     patients: &[PatientFindings],
     config: &Config,
     recorded: &str,
-) -> Result<Vec<serde_json::Value>, fhir_resources::BuildError> {
+) -> std::io::Result<usize> {
+    let build_error = |e: fhir_resources::BuildError| {
+        std::io::Error::other(format!("cannot build a FHIR resource: {e}"))
+    };
+    let mut line = |json: String| -> std::io::Result<()> {
+        out.write_all(json.as_bytes())?;
+        out.write_all(b"\n")
+    };
     let device_reference = format!("Device/{DEVICE_ID}");
-    let mut resources = vec![fhir_resources::device(&DeviceSpec {
-        id: DEVICE_ID,
-        identifier_system: &config.output.device_identifier_system,
-        identifier_value: DEVICE_ID,
-        name: "tare-marker-monitor",
-        version: env!("CARGO_PKG_VERSION"),
-    })?];
+    line(
+        fhir_resources::device(&DeviceSpec {
+            id: DEVICE_ID,
+            identifier_system: &config.output.device_identifier_system,
+            identifier_value: DEVICE_ID,
+            name: "tare-marker-monitor",
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .map_err(build_error)?,
+    )?;
+    let mut written = 0;
     for patient in patients {
         let patient_reference = format!("Patient/{}", patient.patient_id);
         for episode in &patient.episodes {
@@ -67,7 +90,7 @@ pub fn build_resources(
                             .map(|id| format!("Observation/{id}")),
                     )
                     .collect();
-                resources.push(fhir_resources::detected_issue(&DetectedIssueSpec {
+                let issue = fhir_resources::detected_issue(&DetectedIssueSpec {
                     id: &identifier,
                     identifier_system: &config.output.identifier_system,
                     identifier_value: &identifier,
@@ -82,18 +105,23 @@ pub fn build_resources(
                     implicated_references: &sources,
                     detail: &flag.detail,
                     reference_url: &config.output.rules_url,
-                })?);
-                resources.push(fhir_resources::provenance(&ProvenanceSpec {
+                })
+                .map_err(build_error)?;
+                line(issue)?;
+                let provenance = fhir_resources::provenance(&ProvenanceSpec {
                     id: &format!("{identifier}-provenance"),
                     target_reference: &format!("DetectedIssue/{identifier}"),
                     recorded,
                     agent_reference: &device_reference,
                     source_references: &sources,
-                })?);
+                })
+                .map_err(build_error)?;
+                line(provenance)?;
+                written += 1;
             }
         }
     }
-    Ok(resources)
+    Ok(written)
 }
 
 #[cfg(test)]

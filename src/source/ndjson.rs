@@ -155,18 +155,20 @@ impl Iterator for BlockReader<'_> {
                 }
             }
             let mut bytes = std::mem::take(&mut self.carry);
-            let start = bytes.len();
-            bytes.resize(start + BLOCK_BYTES, 0);
+            bytes.reserve(BLOCK_BYTES);
             let reader = self.reader.as_mut().expect("opened above");
-            let read = match read_full(reader.as_mut(), &mut bytes[start..]) {
+            let read = match reader
+                .as_mut()
+                .take(BLOCK_BYTES as u64)
+                .read_to_end(&mut bytes)
+            {
                 Ok(n) => n,
                 Err(e) => return self.error(e),
             };
-            bytes.truncate(start + read);
             let at_end = read == 0;
             if !at_end {
                 // Keep the partial last line for the next block.
-                match bytes.iter().rposition(|b| *b == b'\n') {
+                match memchr::memrchr(b'\n', &bytes) {
                     Some(pos) => self.carry = bytes.split_off(pos + 1),
                     None => {
                         self.carry = bytes;
@@ -180,7 +182,7 @@ impl Iterator for BlockReader<'_> {
                 first_line: self.next_line,
                 bytes,
             };
-            self.next_line += block.bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            self.next_line += memchr::memchr_iter(b'\n', &block.bytes).count() as u64;
             if at_end {
                 self.reader = None;
                 self.file_index += 1;
@@ -194,26 +196,17 @@ impl Iterator for BlockReader<'_> {
     }
 }
 
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// The non-blank lines of a block with their 1-based line numbers.
 pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
-    block
-        .bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .map(move |(i, line)| (block.first_line + i as u64, line.trim_ascii()))
+    let bytes = &block.bytes[..];
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+    let mut start = 0;
+    ends.enumerate()
+        .map(move |(i, end)| {
+            let line = &bytes[start.min(end)..end];
+            start = end + 1;
+            (block.first_line + i as u64, line.trim_ascii())
+        })
         .filter(|(_, line)| !line.is_empty())
 }
 
@@ -225,11 +218,11 @@ pub struct Loaded {
     pub ignored_files: Vec<String>,
 }
 
-fn read_block(
-    block: &Block,
+fn read_block<'a>(
+    block: &'a Block,
     files: &[SourceFile],
     ingestor: &Ingestor,
-) -> (Vec<Record>, DataQuality) {
+) -> (Vec<Record<'a>>, DataQuality) {
     let mut records = Vec::new();
     let mut quality = DataQuality::default();
     for (line_no, line) in lines(block) {
@@ -278,7 +271,6 @@ pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
         .for_each(|block| match block {
             Ok(block) => {
                 let (records, quality) = read_block(&block, &files, ingestor);
-                drop(block);
                 let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
                 for record in records {
                     guard.0.add(record);

@@ -67,7 +67,7 @@ impl Case {
             censoring,
             date: d,
             instant_ms: d.and_hms_opt(9, 0, 0).unwrap().and_utc().timestamp_millis(),
-            observation_id: format!("obs-{:03}", self.next_id),
+            observation_id: format!("obs-{:03}", self.next_id).into(),
             reference_high,
             last_updated_ms: None,
         });

@@ -1,9 +1,10 @@
 //! The only place `fhir-sdk` is used. It builds the FHIR resources the monitor writes
 //! (DetectedIssue, Provenance, Device) with fhir-sdk's typed builders, so a required element
-//! cannot be forgotten, and hands them back as plain `serde_json::Value`.
+//! cannot be forgotten.
 //!
 //! Every function here is non-generic and takes plain data: fhir-sdk's generic serde code is
-//! compiled once, in this crate, and the main crate rebuilds fast.
+//! compiled once, in this crate, and the main crate rebuilds fast. Resources come back as
+//! serialized JSON text, ready to be written as an NDJSON line or a Bundle entry.
 //!
 //! fhir-sdk models FHIR R4B; every element used here is identical in R4 (checked against the R4
 //! StructureDefinitions of DetectedIssue, Provenance and Device), so the output is valid R4.
@@ -76,12 +77,12 @@ fn reference(target: &str) -> Result<Reference, BuildError> {
         .map_err(|e| err("Reference", e))
 }
 
-fn to_json<T: serde::Serialize>(what: &str, resource: &T) -> Result<serde_json::Value, BuildError> {
-    serde_json::to_value(resource).map_err(|e| err(what, e))
+fn to_json<T: serde::Serialize>(what: &str, resource: &T) -> Result<String, BuildError> {
+    serde_json::to_string(resource).map_err(|e| err(what, e))
 }
 
 /// Builds a DetectedIssue.
-pub fn detected_issue(spec: &DetectedIssueSpec<'_>) -> Result<serde_json::Value, BuildError> {
+pub fn detected_issue(spec: &DetectedIssueSpec<'_>) -> Result<String, BuildError> {
     let severity = DetectedIssueSeverity::from_str(spec.severity).map_err(|e| {
         err(
             "DetectedIssue.severity",
@@ -148,7 +149,7 @@ pub struct ProvenanceSpec<'a> {
 }
 
 /// Builds a Provenance whose entities are the sources of the finding.
-pub fn provenance(spec: &ProvenanceSpec<'_>) -> Result<serde_json::Value, BuildError> {
+pub fn provenance(spec: &ProvenanceSpec<'_>) -> Result<String, BuildError> {
     let recorded = OffsetDateTime::parse(
         spec.recorded,
         &fhir_sdk::time::format_description::well_known::Rfc3339,
@@ -192,7 +193,7 @@ pub struct DeviceSpec<'a> {
 }
 
 /// Builds the job's Device.
-pub fn device(spec: &DeviceSpec<'_>) -> Result<serde_json::Value, BuildError> {
+pub fn device(spec: &DeviceSpec<'_>) -> Result<String, BuildError> {
     let identifier = Identifier::builder()
         .system(spec.identifier_system.to_owned())
         .value(spec.identifier_value.to_owned())
@@ -225,22 +226,25 @@ mod tests {
     #[test]
     fn detected_issue_carries_every_rules_element() {
         let implicated = vec!["Procedure/p1".to_owned(), "Observation/o2".to_owned()];
-        let json = detected_issue(&DetectedIssueSpec {
-            id: "abc",
-            identifier_system: "urn:sys",
-            identifier_value: "abc",
-            status: IssueStatus::Preliminary,
-            code_system: "urn:cs",
-            code: "marker-rise",
-            code_display: "Tumor marker rise",
-            severity: "high",
-            patient_reference: "Patient/1",
-            identified_date: "2026-05-02",
-            author_reference: "Device/d",
-            implicated_references: &implicated,
-            detail: "PIVKA-II rose",
-            reference_url: "https://example.org/rules",
-        })
+        let json: serde_json::Value = serde_json::from_str(
+            &detected_issue(&DetectedIssueSpec {
+                id: "abc",
+                identifier_system: "urn:sys",
+                identifier_value: "abc",
+                status: IssueStatus::Preliminary,
+                code_system: "urn:cs",
+                code: "marker-rise",
+                code_display: "Tumor marker rise",
+                severity: "high",
+                patient_reference: "Patient/1",
+                identified_date: "2026-05-02",
+                author_reference: "Device/d",
+                implicated_references: &implicated,
+                detail: "PIVKA-II rose",
+                reference_url: "https://example.org/rules",
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(json["resourceType"], "DetectedIssue");
         assert_eq!(json["status"], "preliminary");
@@ -276,23 +280,29 @@ mod tests {
     #[test]
     fn provenance_and_device_build() {
         let sources = vec!["Observation/o1".to_owned()];
-        let p = provenance(&ProvenanceSpec {
-            id: "p",
-            target_reference: "DetectedIssue/abc",
-            recorded: "2026-11-27T02:00:00Z",
-            agent_reference: "Device/d",
-            source_references: &sources,
-        })
+        let p: serde_json::Value = serde_json::from_str(
+            &provenance(&ProvenanceSpec {
+                id: "p",
+                target_reference: "DetectedIssue/abc",
+                recorded: "2026-11-27T02:00:00Z",
+                agent_reference: "Device/d",
+                source_references: &sources,
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(p["entity"][0]["role"], "source");
         assert_eq!(p["agent"][0]["who"]["reference"], "Device/d");
-        let d = device(&DeviceSpec {
-            id: "d",
-            identifier_system: "urn:s",
-            identifier_value: "tare-marker-monitor",
-            name: "tare-marker-monitor",
-            version: "0.1.0",
-        })
+        let d: serde_json::Value = serde_json::from_str(
+            &device(&DeviceSpec {
+                id: "d",
+                identifier_system: "urn:s",
+                identifier_value: "tare-marker-monitor",
+                name: "tare-marker-monitor",
+                version: "0.1.0",
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(d["deviceName"][0]["type"], "user-friendly-name");
     }
