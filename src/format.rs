@@ -75,8 +75,10 @@ pub fn human_value(value: f64, censoring: Censoring, marker: Marker) -> String {
     )
 }
 
+/// `YYYY-MM-DD`, without chrono's format-string machinery (called for every CSV date).
 pub fn date(d: NaiveDate) -> String {
-    d.format("%Y-%m-%d").to_string()
+    use chrono::Datelike;
+    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
 #[cfg(test)]

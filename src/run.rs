@@ -114,15 +114,26 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         source,
     })?;
     let out = |name: &str| options.out_dir.join(name);
-    write_atomically(&out("markers.csv"), |w| {
-        csv_sink::write_markers(w, &findings).map_err(csv_io)
-    })?;
-    write_atomically(&out("flags.csv"), |w| {
-        csv_sink::write_flags(w, &findings, config).map_err(csv_io)
-    })?;
-    write_atomically(&out("detected-issues.ndjson"), |w| {
-        detected_issue::write_ndjson(w, &findings, config, &started_at).map(|_| ())
-    })?;
+    // The CSV files and the FHIR resources are independent: write them side by side.
+    let (tables, resources) = pool.install(|| {
+        rayon::join(
+            || -> Result<(), RunError> {
+                write_atomically(&out("markers.csv"), |w| {
+                    csv_sink::write_markers(w, &findings).map_err(csv_io)
+                })?;
+                write_atomically(&out("flags.csv"), |w| {
+                    csv_sink::write_flags(w, &findings, config).map_err(csv_io)
+                })
+            },
+            || {
+                write_atomically(&out("detected-issues.ndjson"), |w| {
+                    detected_issue::write_ndjson(w, &findings, config, &started_at).map(|_| ())
+                })
+            },
+        )
+    });
+    tables?;
+    resources?;
     let write_ms = write_started.elapsed().as_millis();
 
     let (patients, responses, flags) = RunSummary::count(&findings, config);

@@ -4,12 +4,13 @@
 use crate::domain::{MarkerValue, PatientTimeline};
 use crate::ingest::{DataQuality, Record, ResourceType, Skip, SkipReason};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Collects records in any order; `finish` gives the same timelines whatever that order was.
 #[derive(Default)]
 pub struct CohortBuilder {
-    patients: HashMap<String, PatientTimeline>,
+    // FxHash: patient ids are not attacker-chosen here, and SipHash showed in profiles.
+    patients: FxHashMap<String, PatientTimeline>,
 }
 
 impl CohortBuilder {
@@ -44,6 +45,28 @@ impl CohortBuilder {
                 procedure,
             } => self.entry(&patient_id).procedures.push(procedure),
             Record::Value { patient_id, value } => self.entry(&patient_id).values.push(value),
+        }
+    }
+
+    /// Adds what another builder collected (another worker's share of the files).
+    pub fn merge(&mut self, other: CohortBuilder) {
+        if self.patients.len() < other.patients.len() {
+            let mine = std::mem::replace(self, other);
+            return self.merge(mine);
+        }
+        for (patient_id, theirs) in other.patients {
+            match self.patients.get_mut(&patient_id) {
+                None => {
+                    self.patients.insert(patient_id, theirs);
+                }
+                Some(ours) => {
+                    ours.has_patient_resource |= theirs.has_patient_resource;
+                    ours.birth_date = ours.birth_date.max(theirs.birth_date);
+                    ours.has_hcc |= theirs.has_hcc;
+                    ours.procedures.extend(theirs.procedures);
+                    ours.values.extend(theirs.values);
+                }
+            }
         }
     }
 

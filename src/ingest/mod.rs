@@ -10,9 +10,9 @@ use crate::domain::{MarkerValue, TareProcedure};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 pub use quality::DataQuality;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use units::CodeFamily;
 
 /// The resource types the job reads.
@@ -184,7 +184,7 @@ impl LineOutcome<'_> {
 
 /// Code lookups built once from the config.
 pub struct Ingestor {
-    observation_codes: HashMap<String, Vec<(String, CodeFamily)>>,
+    observation_codes: FxHashMap<String, Vec<(String, CodeFamily)>>,
     tare_codes: Vec<Code>,
     hcc_codes: Vec<Code>,
     accepted_statuses: Vec<String>,
@@ -363,7 +363,8 @@ fn codes_match(concept: Option<&CodeableConcept<'_>>, set: &[Code]) -> bool {
 
 impl Ingestor {
     pub fn new(config: &Config) -> Ingestor {
-        let mut observation_codes: HashMap<String, Vec<(String, CodeFamily)>> = HashMap::new();
+        let mut observation_codes: FxHashMap<String, Vec<(String, CodeFamily)>> =
+            FxHashMap::default();
         let families = [
             (&config.codes.pivka, CodeFamily::Pivka),
             (&config.codes.afp, CodeFamily::Afp),

@@ -58,8 +58,8 @@ impl DataQuality {
         self.by_type.entry(kind.name()).or_default()
     }
 
-    pub fn count_read(&mut self, kind: ResourceType) {
-        self.counts(kind).read += 1;
+    pub fn count_read(&mut self, kind: ResourceType, n: u64) {
+        self.counts(kind).read += n;
     }
 
     pub fn count_accepted(&mut self, kind: ResourceType, n: u64) {

@@ -37,10 +37,11 @@ pub fn parse_moment(text: &str, tz: Tz) -> Result<Moment, TimeError> {
             }
         };
     }
-    if let Ok(with_offset) = DateTime::<FixedOffset>::parse_from_rfc3339(text) {
+    if let Some(instant_ms) = parse_rfc3339_ms(text) {
+        let utc = DateTime::from_timestamp_millis(instant_ms).ok_or(TimeError::Invalid)?;
         return Ok(Moment {
-            date: with_offset.with_timezone(&tz).date_naive(),
-            instant_ms: with_offset.timestamp_millis(),
+            date: utc.with_timezone(&tz).date_naive(),
+            instant_ms,
         });
     }
     // FHIR requires an offset when a time is given; a local time is read in the configured zone.
@@ -64,9 +65,73 @@ pub fn parse_date(text: &str) -> Option<NaiveDate> {
 
 /// Unix milliseconds of an instant such as `meta.lastUpdated`.
 pub fn parse_instant_ms(text: &str) -> Option<i64> {
-    DateTime::<FixedOffset>::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.timestamp_millis())
+    parse_rfc3339_ms(text.trim())
+}
+
+/// Unix milliseconds of an RFC 3339 date-time with offset. The fixed layout FHIR servers write
+/// (`2026-03-01T10:00:00Z`, `...T10:00:00.123+01:00`) is read directly: this runs twice per
+/// Observation, and chrono's general parser was a measurable share of a large run. Anything
+/// else goes to chrono.
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    fast_rfc3339_ms(text.as_bytes()).or_else(|| {
+        DateTime::<FixedOffset>::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+fn fast_rfc3339_ms(b: &[u8]) -> Option<i64> {
+    fn digits(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(
+        digits(&b[0..4])? as i32,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    )?;
+    let time = date.and_hms_opt(
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    )?;
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let fraction = &b[start..i.min(start + 3)];
+        millis = i64::from(digits(fraction)?) * 10i64.pow(3 - fraction.len() as u32);
+    }
+    let offset_seconds = match b.get(i..)? {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let seconds = i64::from(digits(&[*h1, *h2])? * 3600 + digits(&[*m1, *m2])? * 60);
+            if *sign == b'+' {
+                seconds
+            } else {
+                -seconds
+            }
+        }
+        _ => return None,
+    };
+    Some(time.and_utc().timestamp_millis() + millis - offset_seconds * 1000)
 }
 
 fn start_of_date_ms(date: NaiveDate, tz: Tz) -> i64 {
@@ -120,6 +185,31 @@ mod tests {
             parse_moment("yesterday", chrono_tz::UTC),
             Err(TimeError::Invalid)
         );
+    }
+
+    #[test]
+    fn fast_path_agrees_with_chrono() {
+        for text in [
+            "2026-03-05T10:11:12Z",
+            "2026-03-05T10:11:12.345Z",
+            "2026-03-05T10:11:12.3+01:00",
+            "2026-01-01T23:30:00-05:00",
+            "1999-12-31T23:59:59.999999-09:30",
+            "2024-02-29T00:00:00+14:00",
+        ] {
+            let chrono = DateTime::<FixedOffset>::parse_from_rfc3339(text)
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(fast_rfc3339_ms(text.as_bytes()), Some(chrono), "{text}");
+        }
+        for text in [
+            "2026-02-30T10:00:00Z",
+            "2026-03-05T25:00:00Z",
+            "2026-03-05T10:11:12",
+            "2026-03-05T10:11:12.Z",
+        ] {
+            assert_eq!(fast_rfc3339_ms(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

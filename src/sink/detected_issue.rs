@@ -6,6 +6,7 @@ use crate::domain::{FlagCode, Marker, PatientFindings};
 use crate::format::date;
 use chrono::NaiveDate;
 use fhir_resources::{DetectedIssueSpec, DeviceSpec, IssueStatus, ProvenanceSpec};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
@@ -41,7 +42,8 @@ pub fn flag_identifier(
 
 /// Writes, one NDJSON line each, the resources that would be written for these findings: the
 /// Device first, then a DetectedIssue and its Provenance per flag at or above the configured
-/// severity. Streams: nothing is held beyond one resource. Returns the number of DetectedIssues.
+/// severity. Patients are built in parallel (on the current rayon pool) a chunk at a time and
+/// written in order, so memory holds one chunk. Returns the number of DetectedIssues.
 pub fn write_ndjson(
     out: &mut dyn Write,
     patients: &[PatientFindings],
@@ -51,77 +53,91 @@ pub fn write_ndjson(
     let build_error = |e: fhir_resources::BuildError| {
         std::io::Error::other(format!("cannot build a FHIR resource: {e}"))
     };
-    let mut line = |json: String| -> std::io::Result<()> {
-        out.write_all(json.as_bytes())?;
-        out.write_all(b"\n")
-    };
-    let device_reference = format!("Device/{DEVICE_ID}");
-    line(
-        fhir_resources::device(&DeviceSpec {
-            id: DEVICE_ID,
-            identifier_system: &config.output.device_identifier_system,
-            identifier_value: DEVICE_ID,
-            name: "tare-marker-monitor",
-            version: env!("CARGO_PKG_VERSION"),
-        })
-        .map_err(build_error)?,
-    )?;
+    let device = fhir_resources::device(&DeviceSpec {
+        id: DEVICE_ID,
+        identifier_system: &config.output.device_identifier_system,
+        identifier_value: DEVICE_ID,
+        name: "tare-marker-monitor",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .map_err(build_error)?;
+    out.write_all(device.as_bytes())?;
+    out.write_all(b"\n")?;
     let mut written = 0;
-    for patient in patients {
-        let patient_reference = format!("Patient/{}", patient.patient_id);
-        for episode in &patient.episodes {
-            for flag in &episode.flags {
-                if flag.severity < config.output.min_severity_written {
-                    continue;
-                }
-                let identifier = flag_identifier(
-                    &patient.patient_id,
-                    episode.index_date,
-                    flag.code,
-                    flag.marker,
-                );
-                let sources: Vec<String> = episode
-                    .procedure_ids
-                    .iter()
-                    .map(|id| format!("Procedure/{id}"))
-                    .chain(
-                        flag.evidence_observation_ids
-                            .iter()
-                            .map(|id| format!("Observation/{id}")),
-                    )
-                    .collect();
-                let issue = fhir_resources::detected_issue(&DetectedIssueSpec {
-                    id: &identifier,
-                    identifier_system: &config.output.identifier_system,
-                    identifier_value: &identifier,
-                    status: IssueStatus::Preliminary,
-                    code_system: &config.output.flag_code_system,
-                    code: flag.code.code(),
-                    code_display: flag.code.display(),
-                    severity: flag.severity.code(),
-                    patient_reference: &patient_reference,
-                    identified_date: &date(flag.identified_date),
-                    author_reference: &device_reference,
-                    implicated_references: &sources,
-                    detail: &flag.detail,
-                    reference_url: &config.output.rules_url,
-                })
-                .map_err(build_error)?;
-                line(issue)?;
-                let provenance = fhir_resources::provenance(&ProvenanceSpec {
-                    id: &format!("{identifier}-provenance"),
-                    target_reference: &format!("DetectedIssue/{identifier}"),
-                    recorded,
-                    agent_reference: &device_reference,
-                    source_references: &sources,
-                })
-                .map_err(build_error)?;
-                line(provenance)?;
-                written += 1;
-            }
+    for chunk in patients.chunks(1024) {
+        let parts: Vec<Result<(String, usize), fhir_resources::BuildError>> = chunk
+            .par_iter()
+            .map(|patient| patient_lines(patient, config, recorded))
+            .collect();
+        for part in parts {
+            let (lines, issues) = part.map_err(build_error)?;
+            out.write_all(lines.as_bytes())?;
+            written += issues;
         }
     }
     Ok(written)
+}
+
+/// The DetectedIssue and Provenance lines of one patient, and how many DetectedIssues.
+fn patient_lines(
+    patient: &PatientFindings,
+    config: &Config,
+    recorded: &str,
+) -> Result<(String, usize), fhir_resources::BuildError> {
+    let device_reference = format!("Device/{DEVICE_ID}");
+    let patient_reference = format!("Patient/{}", patient.patient_id);
+    let mut lines = String::new();
+    let mut issues = 0;
+    for episode in &patient.episodes {
+        for flag in &episode.flags {
+            if flag.severity < config.output.min_severity_written {
+                continue;
+            }
+            let identifier = flag_identifier(
+                &patient.patient_id,
+                episode.index_date,
+                flag.code,
+                flag.marker,
+            );
+            let sources: Vec<String> = episode
+                .procedure_ids
+                .iter()
+                .map(|id| format!("Procedure/{id}"))
+                .chain(
+                    flag.evidence_observation_ids
+                        .iter()
+                        .map(|id| format!("Observation/{id}")),
+                )
+                .collect();
+            lines.push_str(&fhir_resources::detected_issue(&DetectedIssueSpec {
+                id: &identifier,
+                identifier_system: &config.output.identifier_system,
+                identifier_value: &identifier,
+                status: IssueStatus::Preliminary,
+                code_system: &config.output.flag_code_system,
+                code: flag.code.code(),
+                code_display: flag.code.display(),
+                severity: flag.severity.code(),
+                patient_reference: &patient_reference,
+                identified_date: &date(flag.identified_date),
+                author_reference: &device_reference,
+                implicated_references: &sources,
+                detail: &flag.detail,
+                reference_url: &config.output.rules_url,
+            })?);
+            lines.push('\n');
+            lines.push_str(&fhir_resources::provenance(&ProvenanceSpec {
+                id: &format!("{identifier}-provenance"),
+                target_reference: &format!("DetectedIssue/{identifier}"),
+                recorded,
+                agent_reference: &device_reference,
+                source_references: &sources,
+            })?);
+            lines.push('\n');
+            issues += 1;
+        }
+    }
+    Ok((lines, issues))
 }
 
 #[cfg(test)]

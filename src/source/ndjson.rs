@@ -99,9 +99,33 @@ pub struct Block {
     pub bytes: Vec<u8>,
 }
 
+/// Block buffers handed back after parsing, so a large run reuses a few megabytes instead of
+/// asking the kernel for fresh zeroed pages for every block.
+#[derive(Default)]
+pub struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    pub fn give_back(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < 16 {
+            free.push(buffer);
+        }
+    }
+}
+
 /// Reads the files one after another as blocks of whole lines.
 pub struct BlockReader<'a> {
     files: &'a [SourceFile],
+    pool: &'a BufferPool,
     file_index: usize,
     reader: Option<Box<dyn Read + Send>>,
     carry: Vec<u8>,
@@ -110,9 +134,10 @@ pub struct BlockReader<'a> {
 }
 
 impl<'a> BlockReader<'a> {
-    pub fn new(files: &'a [SourceFile]) -> Self {
+    pub fn new(files: &'a [SourceFile], pool: &'a BufferPool) -> Self {
         BlockReader {
             files,
+            pool,
             file_index: 0,
             reader: None,
             carry: Vec::new(),
@@ -122,11 +147,14 @@ impl<'a> BlockReader<'a> {
     }
 
     fn open(file: &SourceFile) -> std::io::Result<Box<dyn Read + Send>> {
-        let raw = BufReader::with_capacity(BLOCK_BYTES, File::open(&file.path)?);
+        let file_handle = File::open(&file.path)?;
         Ok(if file.gzip {
-            Box::new(flate2::read::MultiGzDecoder::new(raw))
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
+                file_handle,
+            )))
         } else {
-            Box::new(raw)
+            // Blocks are large reads already: a BufReader would only add a copy.
+            Box::new(file_handle)
         })
     }
 
@@ -154,7 +182,9 @@ impl Iterator for BlockReader<'_> {
                     Err(e) => return self.error(e),
                 }
             }
-            let mut bytes = std::mem::take(&mut self.carry);
+            let mut bytes = self.pool.take();
+            bytes.extend_from_slice(&self.carry);
+            self.carry.clear();
             bytes.reserve(BLOCK_BYTES);
             let reader = self.reader.as_mut().expect("opened above");
             let read = match reader
@@ -169,7 +199,10 @@ impl Iterator for BlockReader<'_> {
             if !at_end {
                 // Keep the partial last line for the next block.
                 match memchr::memrchr(b'\n', &bytes) {
-                    Some(pos) => self.carry = bytes.split_off(pos + 1),
+                    Some(pos) => {
+                        self.carry.extend_from_slice(&bytes[pos + 1..]);
+                        bytes.truncate(pos + 1);
+                    }
                     None => {
                         self.carry = bytes;
                         continue;
@@ -188,6 +221,7 @@ impl Iterator for BlockReader<'_> {
                 self.file_index += 1;
                 self.next_line = 1;
                 if block.bytes.is_empty() {
+                    self.pool.give_back(block.bytes);
                     continue;
                 }
             }
@@ -218,15 +252,28 @@ pub struct Loaded {
     pub ignored_files: Vec<String>,
 }
 
-fn read_block<'a>(
-    block: &'a Block,
-    files: &[SourceFile],
-    ingestor: &Ingestor,
-) -> (Vec<Record<'a>>, DataQuality) {
-    let mut records = Vec::new();
-    let mut quality = DataQuality::default();
+/// What one worker has read so far; workers merge at the end, so no lock is held while
+/// parsing.
+#[derive(Default)]
+struct Partial {
+    cohort: CohortBuilder,
+    quality: DataQuality,
+    error: Option<SourceError>,
+}
+
+impl Partial {
+    fn merge(mut self, other: Partial) -> Partial {
+        self.cohort.merge(other.cohort);
+        self.quality.merge(other.quality);
+        self.error = self.error.or(other.error);
+        self
+    }
+}
+
+fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &mut Partial) {
+    let (mut read, mut accepted) = (0, 0);
     for (line_no, line) in lines(block) {
-        quality.count_read(block.kind);
+        read += 1;
         let location = || {
             format!(
                 "line {line_no} of {}",
@@ -249,46 +296,41 @@ fn read_block<'a>(
             LineOutcome::Record(record) => {
                 if !matches!(record, Record::Value { .. }) {
                     // Observations are counted as accepted after duplicates are removed.
-                    quality.count_accepted(block.kind, 1);
+                    accepted += 1;
                 }
-                records.push(record);
+                into.cohort.add(record);
             }
-            LineOutcome::Skipped(skip) => quality.count_skip(block.kind, skip, location),
-            LineOutcome::NotRelevant => quality.count_not_relevant(block.kind),
+            LineOutcome::Skipped(skip) => into.quality.count_skip(block.kind, skip, location),
+            LineOutcome::NotRelevant => into.quality.count_not_relevant(block.kind),
         }
     }
-    (records, quality)
+    into.quality.count_read(block.kind, read);
+    into.quality.count_accepted(block.kind, accepted);
 }
 
 /// Reads every file of the folder on the current rayon pool into patient timelines.
 pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     let discovered = discover(dir)?;
     let files = discovered.files;
-    let shared = Mutex::new((CohortBuilder::default(), DataQuality::default()));
-    let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
-    BlockReader::new(&files)
+    let pool = BufferPool::default();
+    let partial = BlockReader::new(&files, &pool)
         .par_bridge()
-        .for_each(|block| match block {
-            Ok(block) => {
-                let (records, quality) = read_block(&block, &files, ingestor);
-                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-                for record in records {
-                    guard.0.add(record);
+        .fold(Partial::default, |mut partial, block| {
+            match block {
+                Ok(block) => {
+                    read_block(&block, &files, ingestor, &mut partial);
+                    pool.give_back(block.bytes);
                 }
-                guard.1.merge(quality);
+                Err(e) => partial.error = partial.error.or(Some(e)),
             }
-            Err(e) => {
-                first_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            }
-        });
-    if let Some(error) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            partial
+        })
+        .reduce(Partial::default, Partial::merge);
+    if let Some(error) = partial.error {
         return Err(error);
     }
-    let (builder, mut quality) = shared.into_inner().unwrap_or_else(|p| p.into_inner());
-    let timelines = builder.finish(&mut quality);
+    let mut quality = partial.quality;
+    let timelines = partial.cohort.finish(&mut quality);
     Ok(Loaded {
         timelines,
         quality,
@@ -302,12 +344,19 @@ pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
 pub fn parse_floor(dir: &Path) -> Result<u64, SourceError> {
     let files = discover(dir)?.files;
     let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
-    let parsed = BlockReader::new(&files)
+    let pool = BufferPool::default();
+    let parsed = BlockReader::new(&files, &pool)
         .par_bridge()
         .map(|block| match block {
-            Ok(block) => lines(&block)
-                .filter(|(_, line)| serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok())
-                .count() as u64,
+            Ok(block) => {
+                let parsed = lines(&block)
+                    .filter(|(_, line)| {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+                    })
+                    .count() as u64;
+                pool.give_back(block.bytes);
+                parsed
+            }
             Err(e) => {
                 first_error
                     .lock()
