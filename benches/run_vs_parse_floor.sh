@@ -29,10 +29,12 @@ measure() { # prints "seconds max_rss_kb cpu_percent"
     tr -d '%' < "$OUT/time"
 }
 
-floor_times=(); run_times=(); run_rss=(); run_cpu=(); floor_cpu=()
+floor_times=(); lean_times=(); run_times=(); run_rss=(); run_cpu=(); floor_cpu=()
 for _ in $(seq "$ROUNDS"); do
     read -r t rss cpu < <(measure "$BIN" parse-floor --source-dir "$DATA")
     floor_times+=("$t"); floor_cpu+=("$cpu")
+    read -r t rss cpu < <(measure "$BIN" parse-floor --lean --source-dir "$DATA")
+    lean_times+=("$t")
     read -r t rss cpu < <(measure "$BIN" run --source-dir "$DATA" --as-of 2026-11-01 --out "$OUT/run")
     run_times+=("$t"); run_rss+=("$rss"); run_cpu+=("$cpu")
 done
@@ -40,9 +42,11 @@ done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 FLOOR=$(median "${floor_times[@]}")
 RUN=$(median "${run_times[@]}")
+LEAN=$(median "${lean_times[@]}")
 RSS_MB=$(( $(median "${run_rss[@]}") / 1024 ))
 echo "input: $PATIENTS patients, $OBSERVATIONS Observations, $((BYTES / 1048576)) MiB, $(nproc) cores"
 echo "parse-floor (IgnoredAny): median ${FLOOR}s over $ROUNDS rounds (${floor_times[*]}), CPU $(median "${floor_cpu[@]}")%"
+echo "lean read structs only:   median ${LEAN}s over $ROUNDS rounds (${lean_times[*]}), ratio to floor $(awk -v r="$LEAN" -v f="$FLOOR" 'BEGIN {printf "%.2f", r / f}')"
 echo "run:                      median ${RUN}s over $ROUNDS rounds (${run_times[*]}), CPU $(median "${run_cpu[@]}")%"
 echo "ratio run / parse-floor:  $(awk -v r="$RUN" -v f="$FLOOR" 'BEGIN {printf "%.2f", r / f}')  (target <= 1.5)"
 echo "peak RSS of run:          ${RSS_MB} MB  (target <= 300 MB)"

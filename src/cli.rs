@@ -76,6 +76,9 @@ pub enum Command {
     ParseFloor {
         #[arg(long, value_name = "DIR")]
         source_dir: PathBuf,
+        /// Read each line with the job's own read structs and checks instead of `IgnoredAny`.
+        #[arg(long)]
+        lean: bool,
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
     },

@@ -136,6 +136,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
         }
         Command::ParseFloor {
             source_dir,
+            lean,
             threads,
         } => {
             let mut config = Config::default();
@@ -146,7 +147,10 @@ fn dispatch(command: Command) -> Result<(), u8> {
             })?;
             let started = std::time::Instant::now();
             let lines = pool
-                .install(|| source::ndjson::parse_floor(&source_dir))
+                .install(|| {
+                    let ingestor = tare_marker_monitor::ingest::Ingestor::new(&config);
+                    source::ndjson::parse_floor(&source_dir, lean.then_some(&ingestor))
+                })
                 .map_err(|e| {
                     eprintln!("error: {e}");
                     EXIT_SOURCE

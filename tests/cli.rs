@@ -383,3 +383,15 @@ fn generator_is_deterministic_for_a_seed() {
         20 * 13 * 4
     );
 }
+
+#[test]
+fn parse_floor_counts_the_lines_that_are_json() {
+    // 1,180 lines; one is truncated JSON.
+    let output = binary()
+        .args(["parse-floor", "--source-dir"])
+        .arg(demo())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("1179 lines parsed in "));
+}
