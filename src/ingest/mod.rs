@@ -1,6 +1,7 @@
 //! FHIR R4 JSON -> domain records. Lean, borrowed read structs with explicit checks: a resource
 //! that cannot be used is counted under its reason (RULES.md §1) and the rest goes on.
 
+mod fhir_json;
 pub mod quality;
 pub mod time;
 pub mod units;
@@ -9,9 +10,11 @@ use crate::config::{Code, Config};
 use crate::domain::{MarkerValue, TareProcedure};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use fhir_json::{
+    CodeableConcept, ConditionIn, Header, ObservationIn, PatientIn, ProcedureIn, Reference,
+};
 pub use quality::DataQuality;
 use rustc_hash::FxHashMap;
-use serde::Deserialize;
 use std::borrow::Cow;
 use units::CodeFamily;
 
@@ -190,135 +193,6 @@ pub struct Ingestor {
     accepted_statuses: Vec<String>,
     tz: Tz,
     config: crate::config::IngestConfig,
-}
-
-// ---- lean read structs: only the elements the rules use ----
-
-#[derive(Deserialize)]
-struct Coding<'a> {
-    #[serde(borrow)]
-    system: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct CodeableConcept<'a> {
-    #[serde(borrow, default)]
-    coding: Vec<Coding<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Reference<'a> {
-    #[serde(borrow)]
-    reference: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Period<'a> {
-    #[serde(borrow)]
-    start: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Meta<'a> {
-    #[serde(borrow, rename = "lastUpdated")]
-    last_updated: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Quantity<'a> {
-    value: Option<f64>,
-    #[serde(borrow)]
-    comparator: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    unit: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ReferenceRange<'a> {
-    #[serde(borrow)]
-    high: Option<Quantity<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ObservationIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    meta: Option<Meta<'a>>,
-    #[serde(borrow)]
-    status: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
-    subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "effectiveDateTime")]
-    effective_date_time: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "effectivePeriod")]
-    effective_period: Option<Period<'a>>,
-    #[serde(borrow, rename = "effectiveInstant")]
-    effective_instant: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "valueQuantity")]
-    value_quantity: Option<Quantity<'a>>,
-    #[serde(borrow, rename = "valueString")]
-    value_string: Option<Cow<'a, str>>,
-    #[serde(rename = "dataAbsentReason")]
-    data_absent_reason: Option<serde::de::IgnoredAny>,
-    #[serde(borrow, rename = "referenceRange", default)]
-    reference_range: Vec<ReferenceRange<'a>>,
-}
-
-#[derive(Deserialize)]
-struct PatientIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "birthDate")]
-    birth_date: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ProcedureIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    status: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
-    subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "performedDateTime")]
-    performed_date_time: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "performedPeriod")]
-    performed_period: Option<Period<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ConditionIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
-    subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "verificationStatus")]
-    verification_status: Option<CodeableConcept<'a>>,
 }
 
 /// `Patient/123`, `https://host/fhir/Patient/123` or `Patient/123/_history/2` -> `123`.

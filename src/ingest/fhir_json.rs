@@ -1,0 +1,133 @@
+//! Lean read structs: only the elements the rules use, borrowed from the line where possible.
+//! Everything else in a resource is skipped unparsed. fhir-sdk's typed models are not used here:
+//! they drop a malformed `effective[x]`/`value[x]` silently, and we must count it instead.
+
+use serde::Deserialize;
+use std::borrow::Cow;
+
+#[derive(Deserialize)]
+pub(super) struct Coding<'a> {
+    #[serde(borrow)]
+    pub(super) system: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CodeableConcept<'a> {
+    #[serde(borrow, default)]
+    pub(super) coding: Vec<Coding<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Reference<'a> {
+    #[serde(borrow)]
+    pub(super) reference: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Period<'a> {
+    #[serde(borrow)]
+    pub(super) start: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Meta<'a> {
+    #[serde(borrow, rename = "lastUpdated")]
+    pub(super) last_updated: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Quantity<'a> {
+    pub(super) value: Option<f64>,
+    #[serde(borrow)]
+    pub(super) comparator: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) unit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReferenceRange<'a> {
+    #[serde(borrow)]
+    pub(super) high: Option<Quantity<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Header<'a> {
+    #[serde(borrow)]
+    pub(super) id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ObservationIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    pub(super) resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) meta: Option<Meta<'a>>,
+    #[serde(borrow)]
+    pub(super) status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub(super) subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "effectiveDateTime")]
+    pub(super) effective_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "effectivePeriod")]
+    pub(super) effective_period: Option<Period<'a>>,
+    #[serde(borrow, rename = "effectiveInstant")]
+    pub(super) effective_instant: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "valueQuantity")]
+    pub(super) value_quantity: Option<Quantity<'a>>,
+    #[serde(borrow, rename = "valueString")]
+    pub(super) value_string: Option<Cow<'a, str>>,
+    #[serde(rename = "dataAbsentReason")]
+    pub(super) data_absent_reason: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, rename = "referenceRange", default)]
+    pub(super) reference_range: Vec<ReferenceRange<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PatientIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    pub(super) resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "birthDate")]
+    pub(super) birth_date: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ProcedureIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    pub(super) resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub(super) subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "performedDateTime")]
+    pub(super) performed_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "performedPeriod")]
+    pub(super) performed_period: Option<Period<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ConditionIn<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    pub(super) resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub(super) subject: Option<Reference<'a>>,
+    #[serde(borrow, rename = "verificationStatus")]
+    pub(super) verification_status: Option<CodeableConcept<'a>>,
+}
