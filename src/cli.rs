@@ -18,8 +18,11 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Common {
     /// Folder in the FHIR Bulk Data layout (`Patient*.ndjson`, `Observation*.ndjson.gz`, ...).
-    #[arg(long, value_name = "DIR")]
-    pub source_dir: PathBuf,
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub source_dir: Option<PathBuf>,
+    /// FHIR server base URL to read from (default: the config's `server.base_url`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
     /// Evaluate as of this date (YYYY-MM-DD); default: today in the configured time zone.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub as_of: Option<NaiveDate>,

@@ -37,6 +37,7 @@ pub struct Config {
     pub eligibility: EligibilityRules,
     pub rules: FlagRules,
     pub output: OutputConfig,
+    pub server: ServerConfig,
 }
 
 /// RULES.md §1 "Which Observations count" and "Conversions".
@@ -272,6 +273,39 @@ impl Default for OutputConfig {
     }
 }
 
+/// A FHIR server as source (`run --server URL` or `base_url` here). Not clinical numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// FHIR base URL; `--server` overrides it.
+    pub base_url: Option<String>,
+    /// `_count` of every search.
+    pub page_size: u32,
+    /// Patients per Condition/Observation search (`patient=a,b,c`).
+    pub patient_batch: usize,
+    /// Searches in flight at once.
+    pub concurrency: usize,
+    pub connect_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    /// Send `Prefer: handling=strict`, so a server rejects a search parameter it does not know
+    /// instead of silently ignoring it (and returning everything).
+    pub strict_search: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            base_url: None,
+            page_size: 200,
+            patient_batch: 50,
+            concurrency: 4,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 120,
+            strict_search: true,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -393,6 +427,15 @@ impl Config {
             return invalid(
                 "rules.reild_from_day",
                 "must not be after rules.reild_to_day".into(),
+            );
+        }
+        if self.server.page_size == 0
+            || self.server.patient_batch == 0
+            || self.server.concurrency == 0
+        {
+            return invalid(
+                "server",
+                "page_size, patient_batch and concurrency must be at least 1".into(),
             );
         }
         if self.ingest.accepted_statuses.is_empty() {

@@ -5,33 +5,24 @@ use crate::config::Config;
 use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::format::{csv_number, csv_percent, date, human_number, human_value};
-use crate::ingest::Ingestor;
-use crate::run::{thread_pool, RunError};
-use crate::source::ndjson;
+use crate::run::{load, thread_pool, Source};
 use chrono::{Duration, NaiveDate};
 use std::fmt::Write;
-use std::path::Path;
 
 pub fn explain(
-    source_dir: &Path,
+    source: &Source,
     patient_id: &str,
     as_of: NaiveDate,
     config: &Config,
 ) -> anyhow::Result<String> {
     let pool = thread_pool(config)?;
-    let ingestor = Ingestor::new(config);
-    let loaded = pool
-        .install(|| ndjson::load(source_dir, &ingestor))
-        .map_err(RunError::from)?;
+    let loaded = load(source, config, &pool)?;
     let timeline = loaded
         .timelines
         .iter()
         .find(|t| t.patient_id == patient_id)
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no resource in {} refers to patient {patient_id:?}",
-                source_dir.display()
-            )
+            anyhow::anyhow!("no resource in {source} refers to patient {patient_id:?}")
         })?;
     let findings = evaluate_patient(timeline, config, as_of);
     Ok(render(timeline, &findings, as_of, config))

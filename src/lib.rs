@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod evaluate;
 pub mod explain;
+pub mod fhir;
 pub mod format;
 pub mod generate;
 pub mod ingest;

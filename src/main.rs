@@ -5,7 +5,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use tare_marker_monitor::cli::{Cli, Command, Common};
 use tare_marker_monitor::config::Config;
-use tare_marker_monitor::run::{self, RunError, RunOptions};
+use tare_marker_monitor::run::{self, RunError, RunOptions, Source};
 use tare_marker_monitor::{explain, generate, source};
 
 // mimalloc: faster than glibc malloc for the many small records of a large run, and it returns
@@ -32,6 +32,19 @@ fn load_config(common: &Common) -> Result<Config, u8> {
     Ok(config)
 }
 
+fn source_of(common: &Common, config: &Config) -> Result<Source, u8> {
+    match (&common.source_dir, &common.server, &config.server.base_url) {
+        (Some(dir), _, _) => Ok(Source::Folder(dir.clone())),
+        (None, Some(url), _) | (None, None, Some(url)) => Ok(Source::Server(url.clone())),
+        (None, None, None) => {
+            eprintln!(
+                "error: give --source-dir DIR or --server URL (or server.base_url in the config)"
+            );
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
 fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
     common.as_of.unwrap_or_else(|| {
         chrono::Utc::now()
@@ -42,7 +55,7 @@ fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
 
 fn exit_code_of(error: &RunError) -> u8 {
     match error {
-        RunError::Source(_) => EXIT_SOURCE,
+        RunError::Source(_) | RunError::Server(_) => EXIT_SOURCE,
         _ => EXIT_FAILURE,
     }
 }
@@ -67,7 +80,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
         Command::Run { common, out } => {
             let config = load_config(&common)?;
             let options = RunOptions {
-                source_dir: common.source_dir.clone(),
+                source: source_of(&common, &config)?,
                 as_of: as_of(&common, &config),
                 out_dir: out,
             };
@@ -94,7 +107,8 @@ fn dispatch(command: Command) -> Result<(), u8> {
         Command::Explain { common, patient } => {
             let config = load_config(&common)?;
             let date = as_of(&common, &config);
-            match explain::explain(&common.source_dir, &patient, date, &config) {
+            let source = source_of(&common, &config)?;
+            match explain::explain(&source, &patient, date, &config) {
                 Ok(text) => {
                     print!("{text}");
                     Ok(())

@@ -3,10 +3,11 @@
 use crate::config::Config;
 use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
+use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::Ingestor;
 use crate::sink::summary::{RunSummary, Timings};
 use crate::sink::{csv as csv_sink, detected_issue};
-use crate::source::ndjson;
+use crate::source::{ndjson, search, Loaded};
 use chrono::NaiveDate;
 use rayon::prelude::*;
 use std::io::Write;
@@ -17,6 +18,8 @@ use std::time::Instant;
 pub enum RunError {
     #[error(transparent)]
     Source(#[from] ndjson::SourceError),
+    #[error(transparent)]
+    Server(#[from] FhirError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -26,9 +29,48 @@ pub enum RunError {
     Threads(String),
 }
 
+/// Where the resources come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A folder in the Bulk Data layout.
+    Folder(PathBuf),
+    /// A FHIR server's base URL.
+    Server(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Folder(path) => write!(f, "{}", path.display()),
+            Source::Server(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Reads the cohort from either source.
+pub fn load(
+    source: &Source,
+    config: &Config,
+    pool: &rayon::ThreadPool,
+) -> Result<Loaded, RunError> {
+    let ingestor = Ingestor::new(config);
+    match source {
+        Source::Folder(dir) => Ok(pool.install(|| ndjson::load(dir, &ingestor))?),
+        Source::Server(url) => {
+            let client = FhirClient::new(url, &config.server)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(pool.current_num_threads())
+                .enable_all()
+                .build()
+                .map_err(|e| RunError::Threads(e.to_string()))?;
+            Ok(pool.install(|| runtime.block_on(search::load(&client, &ingestor, config)))?)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub source_dir: PathBuf,
+    pub source: Source,
     pub as_of: NaiveDate,
     pub out_dir: PathBuf,
 }
@@ -87,12 +129,11 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let pool = thread_pool(config)?;
-    let ingestor = Ingestor::new(config);
-    let loaded = pool.install(|| ndjson::load(&options.source_dir, &ingestor))?;
+    let loaded = load(&options.source, config, &pool)?;
     let read_ms = started.elapsed().as_millis();
     tracing::info!(
         patients = loaded.timelines.len(),
-        files = loaded.files.len(),
+        inputs = loaded.inputs.len(),
         read_ms,
         "source read"
     );
@@ -141,13 +182,9 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         tool_version: env!("CARGO_PKG_VERSION"),
         as_of: options.as_of.to_string(),
         started_at,
-        source: options.source_dir.display().to_string(),
-        files_read: loaded
-            .files
-            .iter()
-            .map(|f| f.path.display().to_string())
-            .collect(),
-        files_ignored: loaded.ignored_files,
+        source: options.source.to_string(),
+        inputs: loaded.inputs,
+        inputs_ignored: loaded.ignored_inputs,
         threads: pool.current_num_threads(),
         patients,
         responses,

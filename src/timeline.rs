@@ -48,6 +48,15 @@ impl CohortBuilder {
         }
     }
 
+    /// The patients with at least one TARE procedure read so far.
+    pub fn patients_with_procedures(&self) -> Vec<String> {
+        self.patients
+            .values()
+            .filter(|t| !t.procedures.is_empty())
+            .map(|t| t.patient_id.clone())
+            .collect()
+    }
+
     /// Adds what another builder collected (another worker's share of the files).
     pub fn merge(&mut self, other: CohortBuilder) {
         if self.patients.len() < other.patients.len() {

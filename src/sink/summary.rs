@@ -44,8 +44,10 @@ pub struct RunSummary {
     pub as_of: String,
     pub started_at: String,
     pub source: String,
-    pub files_read: Vec<String>,
-    pub files_ignored: Vec<String>,
+    /// Files read, or searches run with their page counts.
+    pub inputs: Vec<String>,
+    /// Files in the source folder that are not Bulk Data files the job reads.
+    pub inputs_ignored: Vec<String>,
     pub threads: usize,
     pub patients: PatientCounts,
     /// marker -> response code -> number of episode rows.

@@ -1,3 +1,69 @@
-//! Where resources come from. Today: a folder in the FHIR Bulk Data layout.
+//! Where resources come from: a folder in the FHIR Bulk Data layout (`ndjson`) or a FHIR
+//! server's search API (`search`). Both feed the same `Ingestor` checks and the same
+//! `CohortBuilder`, so a resource counts the same way whichever way it arrived.
 
 pub mod ndjson;
+pub mod search;
+
+use crate::domain::PatientTimeline;
+use crate::ingest::{DataQuality, Ingestor, LineOutcome, Record, ResourceType};
+use crate::timeline::CohortBuilder;
+
+/// What a source read: one timeline per patient, and the counts of what was used and left out.
+pub struct Loaded {
+    pub timelines: Vec<PatientTimeline>,
+    pub quality: DataQuality,
+    /// Files read, or searches run (with their page counts).
+    pub inputs: Vec<String>,
+    /// Files in the folder that are not Bulk Data files of a type the job reads.
+    pub ignored_inputs: Vec<String>,
+}
+
+/// Records and counts collected by one worker.
+#[derive(Default)]
+pub(crate) struct Collected {
+    pub(crate) cohort: CohortBuilder,
+    pub(crate) quality: DataQuality,
+}
+
+impl Collected {
+    /// Reads one resource's JSON text and files its record or its reason for being left out.
+    /// `location` names it (file and line, or search) when it has no id.
+    pub(crate) fn add_resource(
+        &mut self,
+        ingestor: &Ingestor,
+        kind: ResourceType,
+        json: &str,
+        location: impl FnOnce() -> String,
+    ) {
+        match ingestor.read_line(kind, json) {
+            LineOutcome::Record(record) => {
+                if !matches!(record, Record::Value { .. }) {
+                    // Observations are counted as accepted after duplicates are removed.
+                    self.quality.count_accepted(kind, 1);
+                }
+                self.cohort.add(record);
+            }
+            LineOutcome::Skipped(skip) => self.quality.count_skip(kind, skip, location),
+            LineOutcome::NotRelevant => self.quality.count_not_relevant(kind),
+        }
+    }
+
+    pub(crate) fn merge(mut self, other: Collected) -> Collected {
+        self.cohort.merge(other.cohort);
+        self.quality.merge(other.quality);
+        self
+    }
+
+    /// Sorts, de-duplicates and counts (on the current rayon pool).
+    pub(crate) fn finish(self, inputs: Vec<String>, ignored_inputs: Vec<String>) -> Loaded {
+        let mut quality = self.quality;
+        let timelines = self.cohort.finish(&mut quality);
+        Loaded {
+            timelines,
+            quality,
+            inputs,
+            ignored_inputs,
+        }
+    }
+}

@@ -2,9 +2,8 @@
 //! Files are read in blocks of whole lines; blocks are parsed on all worker threads and merged
 //! into one cohort as they finish, so memory holds compact records, not the files.
 
-use crate::domain::PatientTimeline;
-use crate::ingest::{DataQuality, Ingestor, LineOutcome, Record, ResourceType};
-use crate::timeline::CohortBuilder;
+use super::{Collected, Loaded};
+use crate::ingest::{Ingestor, LineOutcome, ResourceType};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -244,34 +243,8 @@ pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
         .filter(|(_, line)| !line.is_empty())
 }
 
-/// The result of reading a folder.
-pub struct Loaded {
-    pub timelines: Vec<PatientTimeline>,
-    pub quality: DataQuality,
-    pub files: Vec<SourceFile>,
-    pub ignored_files: Vec<String>,
-}
-
-/// What one worker has read so far; workers merge at the end, so no lock is held while
-/// parsing.
-#[derive(Default)]
-struct Partial {
-    cohort: CohortBuilder,
-    quality: DataQuality,
-    error: Option<SourceError>,
-}
-
-impl Partial {
-    fn merge(mut self, other: Partial) -> Partial {
-        self.cohort.merge(other.cohort);
-        self.quality.merge(other.quality);
-        self.error = self.error.or(other.error);
-        self
-    }
-}
-
-fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &mut Partial) {
-    let (mut read, mut accepted) = (0, 0);
+fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &mut Collected) {
+    let mut read = 0;
     for (line_no, line) in lines(block) {
         read += 1;
         let location = || {
@@ -284,28 +257,20 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
                     .unwrap_or_default()
             )
         };
-        let outcome = match std::str::from_utf8(line) {
-            Ok(text) => ingestor.read_line(block.kind, text),
-            Err(e) => LineOutcome::Skipped(crate::ingest::Skip {
-                reason: crate::ingest::SkipReason::InvalidJson,
-                resource_id: None,
-                detail: Some(format!("not UTF-8: {e}")),
-            }),
-        };
-        match outcome {
-            LineOutcome::Record(record) => {
-                if !matches!(record, Record::Value { .. }) {
-                    // Observations are counted as accepted after duplicates are removed.
-                    accepted += 1;
-                }
-                into.cohort.add(record);
-            }
-            LineOutcome::Skipped(skip) => into.quality.count_skip(block.kind, skip, location),
-            LineOutcome::NotRelevant => into.quality.count_not_relevant(block.kind),
+        match std::str::from_utf8(line) {
+            Ok(text) => into.add_resource(ingestor, block.kind, text, location),
+            Err(e) => into.quality.count_skip(
+                block.kind,
+                crate::ingest::Skip {
+                    reason: crate::ingest::SkipReason::InvalidJson,
+                    resource_id: None,
+                    detail: Some(format!("not UTF-8: {e}")),
+                },
+                location,
+            ),
         }
     }
     into.quality.count_read(block.kind, read);
-    into.quality.count_accepted(block.kind, accepted);
 }
 
 /// Reads every file of the folder on the current rayon pool into patient timelines.
@@ -313,30 +278,32 @@ pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     let discovered = discover(dir)?;
     let files = discovered.files;
     let pool = BufferPool::default();
-    let partial = BlockReader::new(&files, &pool)
+    // Each worker collects its own share; they merge at the end, so no lock is held while
+    // parsing.
+    let (collected, error) = BlockReader::new(&files, &pool)
         .par_bridge()
-        .fold(Partial::default, |mut partial, block| {
-            match block {
+        .fold(
+            || (Collected::default(), None),
+            |(mut collected, error): (Collected, Option<SourceError>), block| match block {
                 Ok(block) => {
-                    read_block(&block, &files, ingestor, &mut partial);
+                    read_block(&block, &files, ingestor, &mut collected);
                     pool.give_back(block.bytes);
+                    (collected, error)
                 }
-                Err(e) => partial.error = partial.error.or(Some(e)),
-            }
-            partial
-        })
-        .reduce(Partial::default, Partial::merge);
-    if let Some(error) = partial.error {
+                Err(e) => (collected, error.or(Some(e))),
+            },
+        )
+        .reduce(
+            || (Collected::default(), None),
+            |(a, error_a), (b, error_b)| (a.merge(b), error_a.or(error_b)),
+        );
+    if let Some(error) = error {
         return Err(error);
     }
-    let mut quality = partial.quality;
-    let timelines = partial.cohort.finish(&mut quality);
-    Ok(Loaded {
-        timelines,
-        quality,
-        files,
-        ignored_files: discovered.ignored,
-    })
+    Ok(collected.finish(
+        files.iter().map(|f| f.path.display().to_string()).collect(),
+        discovered.ignored,
+    ))
 }
 
 /// The floor for any JSON job: parse every line of the folder as `IgnoredAny`, with the same

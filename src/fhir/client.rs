@@ -1,0 +1,251 @@
+//! A small FHIR R4 REST client over reqwest: JSON in both directions, gzip, timeouts, paged
+//! search that follows `next` links to the end (a Bundle's `total` is never trusted), and
+//! errors that carry the server's OperationOutcome text.
+
+use crate::config::ServerConfig;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// Guard against a server whose `next` links never end.
+const MAX_PAGES_PER_SEARCH: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    #[error("invalid FHIR base URL {url:?}: {message}")]
+    BaseUrl { url: String, message: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    #[error("{url}: no answer: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url}: HTTP {status}: {outcome}")]
+    Status {
+        url: String,
+        status: u16,
+        outcome: String,
+    },
+    #[error("{url}: not a FHIR Bundle: {message}")]
+    NotABundle { url: String, message: String },
+    #[error("{url}: more than {MAX_PAGES_PER_SEARCH} pages, or a next link that repeats")]
+    EndlessPaging { url: String },
+}
+
+/// One page of search results: each entry's resource as raw JSON, and the next page.
+pub struct SearchPage {
+    pub resources: Vec<Box<RawValue>>,
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BundleIn {
+    #[serde(rename = "resourceType")]
+    resource_type: String,
+    #[serde(default)]
+    link: Vec<LinkIn>,
+    #[serde(default)]
+    entry: Vec<EntryIn>,
+}
+
+#[derive(Deserialize)]
+struct LinkIn {
+    relation: String,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct EntryIn {
+    resource: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct OperationOutcomeIn {
+    #[serde(default)]
+    issue: Vec<IssueIn>,
+}
+
+#[derive(Deserialize)]
+struct IssueIn {
+    severity: Option<String>,
+    code: Option<String>,
+    diagnostics: Option<String>,
+    details: Option<DetailsIn>,
+}
+
+#[derive(Deserialize)]
+struct DetailsIn {
+    text: Option<String>,
+}
+
+/// The readable text of an OperationOutcome body, or the start of whatever the body was.
+pub fn outcome_text(body: &[u8]) -> String {
+    if let Ok(outcome) = serde_json::from_slice::<OperationOutcomeIn>(body) {
+        let issues: Vec<String> = outcome
+            .issue
+            .iter()
+            .map(|i| {
+                let text = i
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.text.clone())
+                    .or_else(|| i.diagnostics.clone())
+                    .unwrap_or_default();
+                format!(
+                    "{} {}: {}",
+                    i.severity.as_deref().unwrap_or("error"),
+                    i.code.as_deref().unwrap_or("unknown"),
+                    text
+                )
+            })
+            .collect();
+        if !issues.is_empty() {
+            return issues.join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(300).collect()
+}
+
+#[derive(Clone)]
+pub struct FhirClient {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl FhirClient {
+    pub fn new(base_url: &str, settings: &ServerConfig) -> Result<FhirClient, FhirError> {
+        let mut base = Url::parse(base_url).map_err(|e| FhirError::BaseUrl {
+            url: base_url.to_owned(),
+            message: e.to_string(),
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(FhirError::BaseUrl {
+                url: base_url.to_owned(),
+                message: "must be http or https".into(),
+            });
+        }
+        // A trailing slash makes Url::join append to the base path instead of replacing it.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/fhir+json, application/json;q=0.9"),
+        );
+        if settings.strict_search {
+            headers.insert("Prefer", HeaderValue::from_static("handling=strict"));
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .gzip(true)
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FhirError::Client(e.to_string()))?;
+        Ok(FhirClient { http, base })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `Type?name=value&...` against the base, with the values percent-encoded.
+    pub fn search_url(&self, resource_type: &str, params: &[(&str, String)]) -> Url {
+        let mut url = self
+            .base
+            .join(resource_type)
+            .expect("a resource type is a valid path");
+        url.query_pairs_mut()
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+        url
+    }
+
+    /// Fetches one search page.
+    pub async fn page(&self, url: &str) -> Result<SearchPage, FhirError> {
+        let transport = |e: reqwest::Error| FhirError::Transport {
+            url: url.to_owned(),
+            message: e.without_url().to_string(),
+        };
+        let response = self.http.get(url).send().await.map_err(transport)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport)?;
+        if status != StatusCode::OK {
+            return Err(FhirError::Status {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                outcome: outcome_text(&body),
+            });
+        }
+        let bundle: BundleIn =
+            serde_json::from_slice(&body).map_err(|e| FhirError::NotABundle {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
+        if bundle.resource_type != "Bundle" {
+            return Err(FhirError::NotABundle {
+                url: url.to_owned(),
+                message: format!("resourceType is {}", bundle.resource_type),
+            });
+        }
+        Ok(SearchPage {
+            resources: bundle
+                .entry
+                .into_iter()
+                .filter_map(|e| e.resource)
+                .collect(),
+            next: bundle
+                .link
+                .into_iter()
+                .find(|l| l.relation == "next")
+                .map(|l| l.url),
+        })
+    }
+
+    /// Runs a search to its last page, handing each page to `on_page`. Returns the page count.
+    pub async fn search_all(
+        &self,
+        first: Url,
+        mut on_page: impl FnMut(SearchPage),
+    ) -> Result<usize, FhirError> {
+        let mut url = first.to_string();
+        let mut pages = 0;
+        loop {
+            let mut page = self.page(&url).await?;
+            pages += 1;
+            let next = page.next.take();
+            on_page(page);
+            match next {
+                None => return Ok(pages),
+                Some(next) if next == url || pages >= MAX_PAGES_PER_SEARCH => {
+                    return Err(FhirError::EndlessPaging { url })
+                }
+                Some(next) => url = next,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_text_reads_issue_details() {
+        let body = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"text":"bad param"}}]}"#;
+        assert_eq!(outcome_text(body), "error invalid: bad param");
+        assert_eq!(outcome_text(b"<html>oops</html>"), "<html>oops</html>");
+    }
+
+    #[test]
+    fn search_url_keeps_the_base_path_and_encodes_values() {
+        let client = FhirClient::new("http://h:1/fhir/r4", &ServerConfig::default()).unwrap();
+        let url = client.search_url("Observation", &[("code", "http://loinc.org|1834-1".into())]);
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/fhir/r4/Observation?code=http%3A%2F%2Floinc.org%7C1834-1"
+        );
+    }
+}

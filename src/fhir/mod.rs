@@ -1,0 +1,3 @@
+//! FHIR REST transport: one client, paged search.
+
+pub mod client;

@@ -1,0 +1,187 @@
+//! A FHIR server as the source: TARE Procedures by code (with their Patients through
+//! `_include`), then the HCC Conditions and the marker Observations of those patients, searched
+//! in patient batches with bounded concurrency. Every resource goes through the same checks as
+//! a Bulk Data line; one seen twice (across pages or searches) is read once.
+
+use super::{Collected, Loaded};
+use crate::config::{Code, Config};
+use crate::fhir::client::{FhirClient, FhirError};
+use crate::ingest::{Ingestor, ResourceType};
+use futures::stream::{self, TryStreamExt};
+use rustc_hash::FxHashSet;
+use serde::Deserialize;
+use std::sync::Mutex;
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `system|code,system|code`, the token list of a `code=` search.
+fn token_list(codes: &[&Code]) -> String {
+    codes
+        .iter()
+        .map(|c| format!("{}|{}", c.system, c.code))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The state shared by the searches of one load.
+struct Shared<'a> {
+    ingestor: &'a Ingestor,
+    collected: Mutex<Collected>,
+    /// `Type/id` of every resource read, so a repeat is skipped.
+    seen: Mutex<FxHashSet<String>>,
+    inputs: Mutex<Vec<String>>,
+}
+
+impl Shared<'_> {
+    fn add_page(&self, resources: Vec<Box<serde_json::value::RawValue>>, search: &str) {
+        let mut local = Collected::default();
+        for raw in resources {
+            let json = raw.get();
+            let Ok(header) = serde_json::from_str::<Header>(json) else {
+                continue;
+            };
+            let Some(kind) = header
+                .resource_type
+                .as_deref()
+                .and_then(|t| ResourceType::ALL.into_iter().find(|k| k.name() == t))
+            else {
+                // An OperationOutcome entry (search mode `outcome`) or another type: not data.
+                continue;
+            };
+            if let Some(id) = &header.id {
+                let key = format!("{}/{id}", kind.name());
+                if !self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key)
+                {
+                    continue;
+                }
+            }
+            local.quality.count_read(kind, 1);
+            local.add_resource(self.ingestor, kind, json, || {
+                format!("an entry of {search}")
+            });
+        }
+        let mut collected = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let merged = std::mem::take(&mut *collected).merge(local);
+        *collected = merged;
+    }
+
+    async fn search(
+        &self,
+        client: &FhirClient,
+        url: reqwest::Url,
+        label: String,
+    ) -> Result<(), FhirError> {
+        let pages = client
+            .search_all(url, |page| self.add_page(page.resources, &label))
+            .await?;
+        self.inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{label} ({pages} pages)"));
+        Ok(())
+    }
+}
+
+/// Reads the cohort from the server.
+pub async fn load(
+    client: &FhirClient,
+    ingestor: &Ingestor,
+    config: &Config,
+) -> Result<Loaded, FhirError> {
+    let server = &config.server;
+    let shared = Shared {
+        ingestor,
+        collected: Mutex::new(Collected::default()),
+        seen: Mutex::new(FxHashSet::default()),
+        inputs: Mutex::new(Vec::new()),
+    };
+    let count = server.page_size.to_string();
+    let tare_codes: Vec<&Code> = config.codes.tare_procedure.iter().collect();
+    let tare_search = client.search_url(
+        "Procedure",
+        &[
+            ("code", token_list(&tare_codes)),
+            ("_include", "Procedure:subject".into()),
+            ("_count", count.clone()),
+        ],
+    );
+    shared
+        .search(
+            client,
+            tare_search,
+            "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
+        )
+        .await?;
+
+    // The patients with a TARE, in a stable order, in batches.
+    let mut patient_ids = shared
+        .collected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .cohort
+        .patients_with_procedures();
+    patient_ids.sort();
+    let hcc_codes: Vec<&Code> = config.codes.hcc_condition.iter().collect();
+    let marker_codes: Vec<&Code> = [
+        &config.codes.pivka,
+        &config.codes.afp,
+        &config.codes.afp_l3,
+        &config.codes.albumin,
+        &config.codes.bilirubin,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut searches = Vec::new();
+    for (n, batch) in patient_ids.chunks(server.patient_batch).enumerate() {
+        let patients = batch.join(",");
+        searches.push((
+            client.search_url(
+                "Condition",
+                &[
+                    ("patient", patients.clone()),
+                    ("code", token_list(&hcc_codes)),
+                    ("_count", count.clone()),
+                ],
+            ),
+            format!("Condition?patient=<batch {n}>&code=<HCC codes>"),
+        ));
+        searches.push((
+            client.search_url(
+                "Observation",
+                &[
+                    ("patient", patients),
+                    ("code", token_list(&marker_codes)),
+                    ("_count", count.clone()),
+                ],
+            ),
+            format!("Observation?patient=<batch {n}>&code=<marker codes>"),
+        ));
+    }
+    stream::iter(searches.into_iter().map(Ok))
+        .try_for_each_concurrent(server.concurrency, |(url, label)| {
+            shared.search(client, url, label)
+        })
+        .await?;
+
+    let collected = shared
+        .collected
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut inputs = shared
+        .inputs
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    inputs.sort();
+    Ok(collected.finish(inputs, Vec::new()))
+}
