@@ -44,6 +44,10 @@ pub enum Command {
         /// Output folder (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// With --server: send no writes; save each patient's transaction Bundle under
+        /// OUT/transactions instead.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print one patient's course and findings for a clinician.
     Explain {

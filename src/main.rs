@@ -17,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_SOURCE: u8 = 3;
+const EXIT_PATIENTS_FAILED: u8 = 4;
 
 fn load_config(common: &Common) -> Result<Config, u8> {
     let mut config = match &common.config {
@@ -61,8 +62,10 @@ fn exit_code_of(error: &RunError) -> u8 {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -77,10 +80,15 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), u8> {
     match command {
-        Command::Run { common, out } => {
+        Command::Run {
+            common,
+            out,
+            dry_run,
+        } => {
             let config = load_config(&common)?;
             let options = RunOptions {
                 source: source_of(&common, &config)?,
+                dry_run,
                 as_of: as_of(&common, &config),
                 out_dir: out,
             };
@@ -100,8 +108,26 @@ fn dispatch(command: Command) -> Result<(), u8> {
                 observations.map_or(0, |o| o.left_out.values().map(|r| r.count).sum::<u64>()),
                 s.flags.total,
                 s.flags.written_as_detected_issues,
-                options.out_dir.display()
+                                options.out_dir.display()
             );
+            if let Some(report) = &s.write_back {
+                println!(
+                    "{}write-back to {}: {} created, {} updated, {} cancelled, {} unchanged, {} patients failed",
+                    if report.dry_run { "dry run, nothing sent: " } else { "" },
+                    options.source,
+                    report.created,
+                    report.updated,
+                    report.cancelled,
+                    report.unchanged,
+                    report.failed.len()
+                );
+                if !report.failed.is_empty() {
+                    for failure in &report.failed {
+                        eprintln!("error: patient {}: {}", failure.patient_id, failure.message);
+                    }
+                    return Err(EXIT_PATIENTS_FAILED);
+                }
+            }
             Ok(())
         }
         Command::Explain { common, patient } => {

@@ -6,7 +6,7 @@ use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::Ingestor;
 use crate::sink::summary::{RunSummary, Timings};
-use crate::sink::{csv as csv_sink, detected_issue};
+use crate::sink::{csv as csv_sink, detected_issue, server};
 use crate::source::{ndjson, search, Loaded};
 use chrono::NaiveDate;
 use rayon::prelude::*;
@@ -58,11 +58,7 @@ pub fn load(
         Source::Folder(dir) => Ok(pool.install(|| ndjson::load(dir, &ingestor))?),
         Source::Server(url) => {
             let client = FhirClient::new(url, &config.server)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(pool.current_num_threads())
-                .enable_all()
-                .build()
-                .map_err(|e| RunError::Threads(e.to_string()))?;
+            let runtime = runtime(pool.current_num_threads())?;
             Ok(pool.install(|| runtime.block_on(search::load(&client, &ingestor, config)))?)
         }
     }
@@ -71,6 +67,8 @@ pub fn load(
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub source: Source,
+    /// With a server source: send no writes, save the transaction Bundles under `out`.
+    pub dry_run: bool,
     pub as_of: NaiveDate,
     pub out_dir: PathBuf,
 }
@@ -119,6 +117,14 @@ pub fn write_atomically(
         .map_err(|e| write_error(e.into_error()))?;
     file.sync_all().map_err(write_error)?;
     std::fs::rename(&temp, path).map_err(write_error)
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Threads(e.to_string()))
 }
 
 fn csv_io(e: csv::Error) -> std::io::Error {
@@ -175,6 +181,21 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     });
     tables?;
     resources?;
+    let write_back = match &options.source {
+        Source::Server(url) => {
+            let client = FhirClient::new(url, &config.server)?;
+            let dry_run_dir = options.dry_run.then(|| out("transactions"));
+            let report = runtime(pool.current_num_threads())?.block_on(server::write_back(
+                &client,
+                &findings,
+                config,
+                &started_at,
+                dry_run_dir.as_deref(),
+            ))?;
+            Some(report)
+        }
+        Source::Folder(_) => None,
+    };
     let write_ms = write_started.elapsed().as_millis();
 
     let (patients, responses, flags) = RunSummary::count(&findings, config);
@@ -190,6 +211,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         responses,
         flags,
         resources: loaded.quality,
+        write_back,
         timings: Timings {
             read_ms,
             evaluate_ms,

@@ -118,31 +118,178 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
+async fn get_json(url: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("Accept", "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: HTTP {}",
+        response.status()
+    );
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+async fn put_json(url: &str, resource: &Value) {
+    let response = reqwest::Client::new()
+        .put(url)
+        .header("Content-Type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: HTTP {}",
+        response.status()
+    );
+}
+
+const FLAG_SYSTEM: &str = "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id";
+
+/// Our DetectedIssues on the server, by identifier value.
+async fn our_issues(base: &str) -> std::collections::BTreeMap<String, Value> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut url = format!("{base}/DetectedIssue?identifier={FLAG_SYSTEM}|&_count=500");
+    loop {
+        let page = get_json(&url).await;
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            let resource = entry["resource"].clone();
+            let identifier = resource["identifier"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                found.insert(identifier, resource).is_none(),
+                "duplicate DetectedIssue"
+            );
+        }
+        match page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => return found,
+        }
+    }
+}
+
+fn write_back_counts(out: &Path) -> (u64, u64, u64, u64) {
+    let summary: Value = serde_json::from_str(&read(out, "run-summary.json")).unwrap();
+    let w = &summary["write_back"];
+    assert_eq!(w["failed"].as_array().unwrap().len(), 0, "{w}");
+    (
+        w["created"].as_u64().unwrap(),
+        w["updated"].as_u64().unwrap(),
+        w["cancelled"].as_u64().unwrap(),
+        w["unchanged"].as_u64().unwrap(),
+    )
+}
+
+/// One test, in steps, because every run reconciles every patient on the shared server.
 #[tokio::test(flavor = "multi_thread")]
-async fn server_source_gives_the_same_findings_as_the_same_resources_in_files() {
+async fn server_read_and_write_back_lifecycle() {
     let Some(base) = server_url() else { return };
     let accepted = seed(&base, demo_resources()).await;
     // The three the validator rejects: a non-date effective time, an unknown comparator and
     // an Observation without its required code.
     assert_eq!(accepted.len(), demo_resources().len() - 3);
+
+    // 1. The server as source gives what the same resources give from files.
     let folder = write_folder(&accepted);
     let from_files = run(&["--source-dir", folder.path().to_str().unwrap()]);
-    let from_server = run(&["--server", &base]);
+    let first = run(&["--server", &base]);
     assert_eq!(
-        read(from_server.path(), "markers.csv"),
+        read(first.path(), "markers.csv"),
         read(from_files.path(), "markers.csv")
     );
     assert_eq!(
-        read(from_server.path(), "flags.csv"),
+        read(first.path(), "flags.csv"),
         read(from_files.path(), "flags.csv")
     );
-    let summary: Value =
-        serde_json::from_str(&read(from_server.path(), "run-summary.json")).unwrap();
-    assert_eq!(summary["patients"]["evaluated"], 51);
-    let searches = summary["inputs"].as_array().unwrap();
-    assert!(searches
+
+    // 2. The DetectedIssues on the server are the written flags: identifier, code, severity,
+    // patient. (The server's validator, in enforce mode, accepted every one.)
+    let flags = read(first.path(), "flags.csv");
+    let mut expected = std::collections::BTreeMap::new();
+    for row in csv::Reader::from_reader(flags.as_bytes()).records() {
+        let row = row.unwrap();
+        if !row[6].is_empty() {
+            expected.insert(
+                row[6].to_owned(),
+                (row[0].to_owned(), row[2].to_owned(), row[4].to_owned()),
+            );
+        }
+    }
+    let (created, _, _, _) = write_back_counts(first.path());
+    assert_eq!(created as usize, expected.len());
+    let issues = our_issues(&base).await;
+    let actual: std::collections::BTreeMap<String, (String, String, String)> = issues
         .iter()
-        .any(|s| s.as_str().unwrap().starts_with("Procedure?code=")));
+        .map(|(identifier, r)| {
+            (
+                identifier.clone(),
+                (
+                    r["patient"]["reference"]
+                        .as_str()
+                        .unwrap()
+                        .trim_start_matches("Patient/")
+                        .to_owned(),
+                    r["code"]["coding"][0]["code"].as_str().unwrap().to_owned(),
+                    r["severity"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(actual, expected);
+
+    // 3. A second run writes nothing and makes no new versions.
+    let second = run(&["--server", &base]);
+    assert_eq!(
+        write_back_counts(second.path()),
+        (0, 0, 0, expected.len() as u64)
+    );
+    assert_eq!(our_issues(&base).await, issues);
+
+    // 4. A clinician annotates the unconfirmed PIVKA-II rise of demo-04 ...
+    let rise = issues
+        .values()
+        .find(|r| {
+            r["patient"]["reference"] == "Patient/demo-04-pivka-unconfirmed-rise"
+                && r["code"]["coding"][0]["code"] == "marker-rise"
+        })
+        .expect("demo-04 has a marker-rise DetectedIssue")
+        .clone();
+    let mut annotated = rise.clone();
+    annotated["mitigation"] = json!([{"action": {"text": "CT booked"}, "date": "2026-10-01"}]);
+    let issue_url = format!("{base}/DetectedIssue/{}", rise["id"].as_str().unwrap());
+    put_json(&issue_url, &annotated).await;
+
+    // ... and a new, lower PIVKA-II value ends the rise: the job cancels the DetectedIssue and
+    // keeps the annotation.
+    let observation = json!({
+        "resourceType": "Observation", "id": "demo-04-new-low", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+        "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
+        "effectiveDateTime": "2026-09-29T10:00:00Z",
+        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}
+    });
+    put_json(&format!("{base}/Observation/demo-04-new-low"), &observation).await;
+    let third = run(&["--server", &base]);
+    let (created, updated, cancelled, _) = write_back_counts(third.path());
+    assert_eq!((created, cancelled), (0, 1));
+    assert!(
+        updated <= 1,
+        "only demo-04's other flag may change: {updated}"
+    );
+    let after = get_json(&issue_url).await;
+    assert_eq!(after["status"], "cancelled");
+    assert_eq!(after["mitigation"][0]["action"]["text"], "CT booked");
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //! search that follows `next` links to the end (a Bundle's `total` is never trusted), and
 //! errors that carry the server's OperationOutcome text.
 
+use super::retry::{decide, Decision, Outcome, RetryPolicy};
 use crate::config::ServerConfig;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Guard against a server whose `next` links never end.
 const MAX_PAGES_PER_SEARCH: usize = 100_000;
@@ -111,6 +112,14 @@ pub fn outcome_text(body: &[u8]) -> String {
 pub struct FhirClient {
     http: reqwest::Client,
     base: Url,
+    retry: RetryPolicy,
+}
+
+/// A complete answer: status, headers and the whole body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
 }
 
 impl FhirClient {
@@ -145,7 +154,71 @@ impl FhirClient {
             .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FhirError::Client(e.to_string()))?;
-        Ok(FhirClient { http, base })
+        Ok(FhirClient {
+            http,
+            base,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Sends a request, retrying transient failures of idempotent ones per the retry policy.
+    /// `build` makes a fresh request for each attempt.
+    pub async fn send(
+        &self,
+        url: &str,
+        idempotent: bool,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, FhirError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match build(&self.http).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    response.bytes().await.map(|body| Answer {
+                        status,
+                        headers,
+                        body,
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            let outcome = match &result {
+                Ok(answer) => Outcome::Status(
+                    answer.status.as_u16(),
+                    answer
+                        .headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()),
+                ),
+                Err(_) => Outcome::NoAnswer,
+            };
+            let jitter: f64 = rand::random();
+            match decide(
+                &self.retry,
+                attempt,
+                outcome,
+                idempotent,
+                SystemTime::now(),
+                jitter,
+            ) {
+                Decision::RetryAfter(wait) => {
+                    tracing::warn!(
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying a FHIR request"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::Done | Decision::GiveUp => {
+                    return result.map_err(|e| FhirError::Transport {
+                        url: url.to_owned(),
+                        message: e.without_url().to_string(),
+                    })
+                }
+            }
+        }
     }
 
     pub fn base(&self) -> &Url {
@@ -165,13 +238,7 @@ impl FhirClient {
 
     /// Fetches one search page.
     pub async fn page(&self, url: &str) -> Result<SearchPage, FhirError> {
-        let transport = |e: reqwest::Error| FhirError::Transport {
-            url: url.to_owned(),
-            message: e.without_url().to_string(),
-        };
-        let response = self.http.get(url).send().await.map_err(transport)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(transport)?;
+        let Answer { status, body, .. } = self.send(url, true, |http| http.get(url)).await?;
         if status != StatusCode::OK {
             return Err(FhirError::Status {
                 url: url.to_owned(),

@@ -78,16 +78,27 @@ pub fn write_ndjson(
     Ok(written)
 }
 
-/// The DetectedIssue and Provenance lines of one patient, and how many DetectedIssues.
-fn patient_lines(
+/// A DetectedIssue the findings call for.
+pub struct PlannedIssue {
+    /// The stable identifier value (RULES.md §4).
+    pub identifier: String,
+    /// The DetectedIssue as JSON text.
+    pub resource: String,
+    /// `Procedure/..` and `Observation/..` references behind it: `implicated` and the
+    /// Provenance entities.
+    pub sources: Vec<String>,
+}
+
+/// The DetectedIssues of one patient's written flags. With `with_id`, each carries its
+/// identifier as its id (files); without, the server names it (creates).
+pub fn planned_issues(
     patient: &PatientFindings,
     config: &Config,
-    recorded: &str,
-) -> Result<(String, usize), fhir_resources::BuildError> {
-    let device_reference = format!("Device/{DEVICE_ID}");
+    device_reference: &str,
+    with_id: bool,
+) -> Result<Vec<PlannedIssue>, fhir_resources::BuildError> {
     let patient_reference = format!("Patient/{}", patient.patient_id);
-    let mut lines = String::new();
-    let mut issues = 0;
+    let mut planned = Vec::new();
     for episode in &patient.episodes {
         for flag in &episode.flags {
             if flag.severity < config.output.min_severity_written {
@@ -109,8 +120,8 @@ fn patient_lines(
                         .map(|id| format!("Observation/{id}")),
                 )
                 .collect();
-            lines.push_str(&fhir_resources::detected_issue(&DetectedIssueSpec {
-                id: &identifier,
+            let resource = fhir_resources::detected_issue(&DetectedIssueSpec {
+                id: with_id.then_some(identifier.as_str()),
                 identifier_system: &config.output.identifier_system,
                 identifier_value: &identifier,
                 status: IssueStatus::Preliminary,
@@ -120,24 +131,43 @@ fn patient_lines(
                 severity: flag.severity.code(),
                 patient_reference: &patient_reference,
                 identified_date: &date(flag.identified_date),
-                author_reference: &device_reference,
+                author_reference: device_reference,
                 implicated_references: &sources,
                 detail: &flag.detail,
                 reference_url: &config.output.rules_url,
-            })?);
-            lines.push('\n');
-            lines.push_str(&fhir_resources::provenance(&ProvenanceSpec {
-                id: &format!("{identifier}-provenance"),
-                target_reference: &format!("DetectedIssue/{identifier}"),
-                recorded,
-                agent_reference: &device_reference,
-                source_references: &sources,
-            })?);
-            lines.push('\n');
-            issues += 1;
+            })?;
+            planned.push(PlannedIssue {
+                identifier,
+                resource,
+                sources,
+            });
         }
     }
-    Ok((lines, issues))
+    Ok(planned)
+}
+
+/// The DetectedIssue and Provenance lines of one patient, and how many DetectedIssues.
+fn patient_lines(
+    patient: &PatientFindings,
+    config: &Config,
+    recorded: &str,
+) -> Result<(String, usize), fhir_resources::BuildError> {
+    let device_reference = format!("Device/{DEVICE_ID}");
+    let planned = planned_issues(patient, config, &device_reference, true)?;
+    let mut lines = String::new();
+    for issue in &planned {
+        lines.push_str(&issue.resource);
+        lines.push('\n');
+        lines.push_str(&fhir_resources::provenance(&ProvenanceSpec {
+            id: &format!("{}-provenance", issue.identifier),
+            target_reference: &format!("DetectedIssue/{}", issue.identifier),
+            recorded,
+            agent_reference: &device_reference,
+            source_references: &issue.sources,
+        })?);
+        lines.push('\n');
+    }
+    Ok((lines, planned.len()))
 }
 
 #[cfg(test)]

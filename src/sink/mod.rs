@@ -2,4 +2,5 @@
 
 pub mod csv;
 pub mod detected_issue;
+pub mod server;
 pub mod summary;

@@ -55,6 +55,9 @@ pub struct RunSummary {
     pub flags: FlagCounts,
     /// Per resource type: read, accepted, left out by reason with examples.
     pub resources: DataQuality,
+    /// What was written to the FHIR server (server source only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<crate::sink::server::WriteReport>,
     pub timings: Timings,
 }
 

@@ -50,7 +50,8 @@ pub enum IssueStatus {
 /// Everything a DetectedIssue carries, as plain data.
 #[derive(Debug, Clone)]
 pub struct DetectedIssueSpec<'a> {
-    pub id: &'a str,
+    /// None for a resource the server names (a create).
+    pub id: Option<&'a str>,
     pub identifier_system: &'a str,
     pub identifier_value: &'a str,
     pub status: IssueStatus,
@@ -118,8 +119,7 @@ pub fn detected_issue(spec: &DetectedIssueSpec<'_>) -> Result<String, BuildError
         IssueStatus::Preliminary => ObservationStatus::Preliminary,
         IssueStatus::Cancelled => ObservationStatus::Cancelled,
     };
-    let issue = DetectedIssue::builder()
-        .id(spec.id.to_owned())
+    let mut issue = DetectedIssue::builder()
         .identifier(vec![Some(identifier)])
         .status(status)
         .code(code)
@@ -132,6 +132,7 @@ pub fn detected_issue(spec: &DetectedIssueSpec<'_>) -> Result<String, BuildError
         .reference(spec.reference_url.to_owned())
         .build()
         .map_err(|e| err("DetectedIssue", e))?;
+    issue.id = spec.id.map(str::to_owned);
     to_json("DetectedIssue", &issue)
 }
 
@@ -228,7 +229,7 @@ mod tests {
         let implicated = vec!["Procedure/p1".to_owned(), "Observation/o2".to_owned()];
         let json: serde_json::Value = serde_json::from_str(
             &detected_issue(&DetectedIssueSpec {
-                id: "abc",
+                id: Some("abc"),
                 identifier_system: "urn:sys",
                 identifier_value: "abc",
                 status: IssueStatus::Preliminary,
@@ -258,7 +259,7 @@ mod tests {
     #[test]
     fn bad_severity_is_a_clear_error() {
         let e = detected_issue(&DetectedIssueSpec {
-            id: "a",
+            id: None,
             identifier_system: "s",
             identifier_value: "a",
             status: IssueStatus::Cancelled,

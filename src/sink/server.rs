@@ -1,0 +1,479 @@
+//! Write-back to the FHIR server: per patient, one transaction Bundle that brings the
+//! server's DetectedIssues (those with our identifier system) in line with the findings.
+//!
+//! - new flag: conditional create (`ifNoneExist` on the identifier), so a rerun after a crash
+//!   never makes a second one;
+//! - changed content: update guarded by `If-Match` on the version read, keeping everything a
+//!   person added (a `mitigation`, notes): only the elements the job owns are replaced;
+//! - unchanged: nothing is sent (no new version);
+//! - a flag that no longer holds: status `cancelled`;
+//! - each create or update gets a Provenance with an id derived from the content written, so
+//!   a retried transaction does not add a second one.
+//!
+//! A patient whose transaction fails is reported with the server's OperationOutcome text, and
+//! the others go on.
+
+use super::detected_issue::{planned_issues, PlannedIssue};
+use crate::config::Config;
+use crate::domain::PatientFindings;
+use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
+use fhir_resources::{DeviceSpec, ProvenanceSpec};
+use futures::stream::{self, StreamExt};
+use reqwest::StatusCode;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The elements of a DetectedIssue the job owns; anything else on the server is kept.
+const OWNED_ELEMENTS: [&str; 9] = [
+    "status",
+    "code",
+    "severity",
+    "patient",
+    "identifiedDateTime",
+    "author",
+    "implicated",
+    "detail",
+    "reference",
+];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriteReport {
+    pub dry_run: bool,
+    pub device: String,
+    pub created: usize,
+    pub updated: usize,
+    pub cancelled: usize,
+    pub unchanged: usize,
+    /// Patients whose transaction was sent (or, in a dry run, saved).
+    pub transactions: usize,
+    pub failed: Vec<PatientFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatientFailure {
+    pub patient_id: String,
+    pub message: String,
+}
+
+/// A DetectedIssue of ours already on the server.
+struct Existing {
+    id: String,
+    version: Option<String>,
+    resource: Value,
+}
+
+fn hex32(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn owned_part(resource: &Value) -> Value {
+    Value::Object(
+        OWNED_ELEMENTS
+            .iter()
+            .filter_map(|k| resource.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect(),
+    )
+}
+
+/// The job's Device: found by identifier, or created by conditional create. In a dry run it
+/// is only looked up.
+async fn ensure_device(
+    client: &FhirClient,
+    config: &Config,
+    dry_run: bool,
+) -> Result<String, FhirError> {
+    let system = &config.output.device_identifier_system;
+    let value = super::detected_issue::DEVICE_ID;
+    let search = client.search_url("Device", &[("identifier", format!("{system}|{value}"))]);
+    let page = client.page(search.as_str()).await?;
+    if let Some(id) = page
+        .resources
+        .first()
+        .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+        .and_then(|r| r["id"].as_str().map(str::to_owned))
+    {
+        return Ok(format!("Device/{id}"));
+    }
+    if dry_run {
+        return Ok(format!("Device/{value}"));
+    }
+    let device = fhir_resources::device(&DeviceSpec {
+        id: value,
+        identifier_system: system,
+        identifier_value: value,
+        name: "tare-marker-monitor",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .map_err(|e| FhirError::Client(e.to_string()))?;
+    let mut device: Value = serde_json::from_str(&device).expect("built JSON parses");
+    device.as_object_mut().expect("an object").remove("id");
+    let url = client
+        .base()
+        .join("Device")
+        .expect("valid path")
+        .to_string();
+    let body = device.to_string();
+    let if_none_exist = format!("identifier={system}|{value}");
+    let Answer { status, body, .. } = client
+        .send(&url, true, |http| {
+            http.post(url.as_str())
+                .header("Content-Type", "application/fhir+json")
+                .header("If-None-Exist", if_none_exist.as_str())
+                .body(body.clone())
+        })
+        .await?;
+    if !status.is_success() {
+        return Err(FhirError::Status {
+            url,
+            status: status.as_u16(),
+            outcome: outcome_text(&body),
+        });
+    }
+    let created: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match created["id"].as_str() {
+        Some(id) => Ok(format!("Device/{id}")),
+        None => Err(FhirError::NotABundle {
+            url,
+            message: "the Device create answered without the Device".into(),
+        }),
+    }
+}
+
+/// Our DetectedIssues of these patients, by identifier value.
+async fn existing_issues(
+    client: &FhirClient,
+    patient_ids: &[&str],
+    config: &Config,
+) -> Result<FxHashMap<String, Existing>, FhirError> {
+    let system = &config.output.identifier_system;
+    let mut found = FxHashMap::default();
+    for batch in patient_ids.chunks(config.server.patient_batch) {
+        let url = client.search_url(
+            "DetectedIssue",
+            &[
+                ("patient", batch.join(",")),
+                ("identifier", format!("{system}|")),
+                ("_count", config.server.page_size.to_string()),
+            ],
+        );
+        let mut resources = Vec::new();
+        client
+            .search_all(url, |page| resources.extend(page.resources))
+            .await?;
+        for raw in resources {
+            let Ok(resource) = serde_json::from_str::<Value>(raw.get()) else {
+                continue;
+            };
+            let identifier = resource["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i["system"].as_str() == Some(system))
+                .and_then(|i| i["value"].as_str())
+                .map(str::to_owned);
+            if let (Some(identifier), Some(id)) = (identifier, resource["id"].as_str()) {
+                found.insert(
+                    identifier,
+                    Existing {
+                        id: id.to_owned(),
+                        version: resource["meta"]["versionId"].as_str().map(str::to_owned),
+                        resource: resource.clone(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[derive(Default)]
+struct Plan {
+    entries: Vec<Value>,
+    created: usize,
+    updated: usize,
+    cancelled: usize,
+    unchanged: usize,
+}
+
+fn provenance_entry(
+    target: &str,
+    content: &Value,
+    sources: &[String],
+    device: &str,
+    recorded: &str,
+) -> Result<Value, fhir_resources::BuildError> {
+    let id = hex32(format!("{target}\n{content}").as_bytes());
+    let text = fhir_resources::provenance(&ProvenanceSpec {
+        id: &id,
+        target_reference: target,
+        recorded,
+        agent_reference: device,
+        source_references: sources,
+    })?;
+    let resource: Value = serde_json::from_str(&text).expect("built JSON parses");
+    Ok(json!({
+        "fullUrl": format!("urn:uuid:{}", uuid_from_hex(&id)),
+        "resource": resource,
+        "request": {"method": "PUT", "url": format!("Provenance/{id}")}
+    }))
+}
+
+/// A UUID-shaped string from 32 hex digits, for `urn:uuid:` full URLs.
+fn uuid_from_hex(hex: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn if_match(version: &Option<String>) -> Option<String> {
+    version.as_ref().map(|v| format!("W/\"{v}\""))
+}
+
+/// The entries that bring one patient's DetectedIssues in line with the findings.
+fn plan_patient(
+    planned: Vec<PlannedIssue>,
+    existing: &mut FxHashMap<String, Existing>,
+    ours_for_patient: Vec<String>,
+    config: &Config,
+    device: &str,
+    recorded: &str,
+) -> Result<Plan, fhir_resources::BuildError> {
+    let system = &config.output.identifier_system;
+    let mut plan = Plan::default();
+    let mut wanted = rustc_hash::FxHashSet::default();
+    for issue in planned {
+        wanted.insert(issue.identifier.clone());
+        let desired: Value = serde_json::from_str(&issue.resource).expect("built JSON parses");
+        match existing.get(&issue.identifier) {
+            None => {
+                let full_url = format!("urn:uuid:{}", uuid_from_hex(&issue.identifier));
+                plan.entries.push(json!({
+                    "fullUrl": full_url,
+                    "resource": desired,
+                    "request": {
+                        "method": "POST",
+                        "url": "DetectedIssue",
+                        "ifNoneExist": format!("identifier={system}|{}", issue.identifier)
+                    }
+                }));
+                plan.entries.push(provenance_entry(
+                    &full_url,
+                    &owned_part(&desired),
+                    &issue.sources,
+                    device,
+                    recorded,
+                )?);
+                plan.created += 1;
+            }
+            Some(current) if owned_part(&current.resource) == owned_part(&desired) => {
+                plan.unchanged += 1;
+            }
+            Some(current) => {
+                let mut updated = current.resource.clone();
+                for key in OWNED_ELEMENTS {
+                    match desired.get(key) {
+                        Some(value) => updated[key] = value.clone(),
+                        None => {
+                            updated.as_object_mut().expect("an object").remove(key);
+                        }
+                    }
+                }
+                let mut request =
+                    json!({"method": "PUT", "url": format!("DetectedIssue/{}", current.id)});
+                if let Some(tag) = if_match(&current.version) {
+                    request["ifMatch"] = json!(tag);
+                }
+                let target = format!("DetectedIssue/{}", current.id);
+                let owned = owned_part(&updated);
+                plan.entries
+                    .push(json!({"resource": updated, "request": request}));
+                plan.entries.push(provenance_entry(
+                    &target,
+                    &owned,
+                    &issue.sources,
+                    device,
+                    recorded,
+                )?);
+                plan.updated += 1;
+            }
+        }
+    }
+    for identifier in ours_for_patient {
+        if wanted.contains(&identifier) {
+            continue;
+        }
+        let Some(current) = existing.get(&identifier) else {
+            continue;
+        };
+        if current.resource["status"] == "cancelled" {
+            continue;
+        }
+        let mut cancelled = current.resource.clone();
+        cancelled["status"] = json!("cancelled");
+        let mut request = json!({"method": "PUT", "url": format!("DetectedIssue/{}", current.id)});
+        if let Some(tag) = if_match(&current.version) {
+            request["ifMatch"] = json!(tag);
+        }
+        let sources: Vec<String> = current.resource["implicated"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["reference"].as_str().map(str::to_owned))
+            .collect();
+        let target = format!("DetectedIssue/{}", current.id);
+        let owned = owned_part(&cancelled);
+        plan.entries
+            .push(json!({"resource": cancelled, "request": request}));
+        plan.entries.push(provenance_entry(
+            &target, &owned, &sources, device, recorded,
+        )?);
+        plan.cancelled += 1;
+    }
+    Ok(plan)
+}
+
+/// Brings the server in line with the findings. With `dry_run_dir`, nothing is written: each
+/// patient's transaction Bundle is saved there instead.
+pub async fn write_back(
+    client: &FhirClient,
+    patients: &[PatientFindings],
+    config: &Config,
+    recorded: &str,
+    dry_run_dir: Option<&Path>,
+) -> Result<WriteReport, FhirError> {
+    let dry_run = dry_run_dir.is_some();
+    let device = ensure_device(client, config, dry_run).await?;
+    let patient_ids: Vec<&str> = patients.iter().map(|p| p.patient_id.as_str()).collect();
+    let mut existing = existing_issues(client, &patient_ids, config).await?;
+    // Which of our identifiers belong to which patient.
+    let mut by_patient: FxHashMap<String, Vec<String>> = FxHashMap::default();
+    for (identifier, issue) in &existing {
+        if let Some(reference) = issue.resource["patient"]["reference"].as_str() {
+            let patient = reference.rsplit('/').next().unwrap_or(reference).to_owned();
+            by_patient
+                .entry(patient)
+                .or_default()
+                .push(identifier.clone());
+        }
+    }
+    let mut report = WriteReport {
+        dry_run,
+        device: device.clone(),
+        ..WriteReport::default()
+    };
+    let mut bundles = Vec::new();
+    for patient in patients {
+        let build = planned_issues(patient, config, &device, false).and_then(|planned| {
+            let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
+            ours.sort();
+            plan_patient(planned, &mut existing, ours, config, &device, recorded)
+        });
+        let plan = match build {
+            Ok(plan) => plan,
+            Err(e) => {
+                report.failed.push(PatientFailure {
+                    patient_id: patient.patient_id.clone(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        report.unchanged += plan.unchanged;
+        if plan.entries.is_empty() {
+            continue;
+        }
+        bundles.push((patient.patient_id.clone(), plan));
+    }
+    if let Some(dir) = dry_run_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| FhirError::Client(format!("{}: {e}", dir.display())))?;
+        for (patient_id, plan) in bundles {
+            let bundle =
+                json!({"resourceType": "Bundle", "type": "transaction", "entry": plan.entries});
+            let path = dir.join(format!("{}.json", sanitize(&patient_id)));
+            std::fs::write(&path, serde_json::to_string_pretty(&bundle).expect("JSON"))
+                .map_err(|e| FhirError::Client(format!("{}: {e}", path.display())))?;
+            report.transactions += 1;
+            report.created += plan.created;
+            report.updated += plan.updated;
+            report.cancelled += plan.cancelled;
+        }
+        return Ok(report);
+    }
+    let url = client.base().to_string();
+    let results: Vec<(String, Plan, Result<(), String>)> = stream::iter(bundles)
+        .map(|(patient_id, mut plan)| {
+            let url = url.clone();
+            async move {
+                let entries = std::mem::take(&mut plan.entries);
+                let bundle =
+                    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                        .to_string();
+                let sent = client
+                    .send(&url, true, |http| {
+                        http.post(url.as_str())
+                            .header("Content-Type", "application/fhir+json")
+                            .body(bundle.clone())
+                    })
+                    .await;
+                let result = match sent {
+                    Ok(answer) if answer.status == StatusCode::OK => Ok(()),
+                    Ok(answer) => Err(format!(
+                        "HTTP {}: {}",
+                        answer.status.as_u16(),
+                        outcome_text(&answer.body)
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                (patient_id, plan, result)
+            }
+        })
+        .buffer_unordered(config.server.concurrency)
+        .collect()
+        .await;
+    for (patient_id, plan, result) in results {
+        match result {
+            Ok(()) => {
+                report.transactions += 1;
+                report.created += plan.created;
+                report.updated += plan.updated;
+                report.cancelled += plan.cancelled;
+            }
+            Err(message) => {
+                tracing::warn!(patient_failures = 1, "a patient's write-back failed");
+                report.failed.push(PatientFailure {
+                    patient_id,
+                    message,
+                })
+            }
+        }
+    }
+    report
+        .failed
+        .sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
+    Ok(report)
+}
+
+/// A file name from a patient id (ids are `[A-Za-z0-9-.]{1,64}` in FHIR, but be safe).
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
