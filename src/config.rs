@@ -290,6 +290,28 @@ pub struct ServerConfig {
     /// Send `Prefer: handling=strict`, so a server rejects a search parameter it does not know
     /// instead of silently ignoring it (and returning everything).
     pub strict_search: bool,
+    pub auth: AuthConfig,
+}
+
+/// How the job authenticates to the FHIR server. Secrets come from the environment or files,
+/// never from the command line, and never reach a log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    #[default]
+    None,
+    /// A static bearer token from `token_env` or `token_file`.
+    Bearer,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub method: AuthMethod,
+    /// Name of the environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// File holding the bearer token (read at start; surrounding white space ignored).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +324,7 @@ impl Default for ServerConfig {
             connect_timeout_secs: 10,
             request_timeout_secs: 120,
             strict_search: true,
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use tare_marker_monitor::cli::{Cli, Command, Common};
 use tare_marker_monitor::config::Config;
+use tare_marker_monitor::fhir::client::FhirError;
 use tare_marker_monitor::run::{self, RunError, RunOptions, Source};
 use tare_marker_monitor::{explain, generate, source};
 
@@ -56,6 +57,7 @@ fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
 
 fn exit_code_of(error: &RunError) -> u8 {
     match error {
+        RunError::Server(FhirError::Credentials(_)) => EXIT_CONFIG,
         RunError::Source(_) | RunError::Server(_) => EXIT_SOURCE,
         _ => EXIT_FAILURE,
     }

@@ -3,7 +3,7 @@
 //! errors that carry the server's OperationOutcome text.
 
 use super::retry::{decide, Decision, Outcome, RetryPolicy};
-use crate::config::ServerConfig;
+use crate::config::{AuthMethod, ServerConfig};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -19,6 +19,9 @@ pub enum FhirError {
     BaseUrl { url: String, message: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+    /// Missing or unreadable credentials: a configuration problem.
+    #[error("FHIR server credentials: {0}")]
+    Credentials(String),
     #[error("{url}: no answer: {message}")]
     Transport { url: String, message: String },
     #[error("{url}: HTTP {status}: {outcome}")]
@@ -113,6 +116,45 @@ pub struct FhirClient {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
+    /// `Bearer ...`, sent only to the base URL's origin.
+    authorization: Option<HeaderValue>,
+}
+
+/// The Authorization header the config asks for.
+fn authorization(settings: &ServerConfig) -> Result<Option<HeaderValue>, FhirError> {
+    let auth = &settings.auth;
+    let token = match auth.method {
+        AuthMethod::None => return Ok(None),
+        AuthMethod::Bearer => match (&auth.token_env, &auth.token_file) {
+            (Some(name), _) => std::env::var(name).map_err(|_| {
+                FhirError::Credentials(format!("environment variable {name} is not set"))
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                FhirError::Credentials(format!("cannot read token file {}: {e}", path.display()))
+            })?,
+            (None, None) => {
+                return Err(FhirError::Credentials(
+                    "server.auth.method = \"bearer\" needs token_env or token_file".into(),
+                ))
+            }
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(FhirError::Credentials("the bearer token is empty".into()));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        FhirError::Credentials("the bearer token has characters a header cannot carry".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// A complete answer: status, headers and the whole body.
@@ -158,6 +200,7 @@ impl FhirClient {
             http,
             base,
             retry: RetryPolicy::default(),
+            authorization: authorization(settings)?,
         })
     }
 
@@ -169,10 +212,20 @@ impl FhirClient {
         idempotent: bool,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Answer, FhirError> {
+        // The token goes to the server's own origin only: never to a `next` link or a
+        // redirect elsewhere (reqwest also drops it on a redirect to another host).
+        let authorization = match (&self.authorization, Url::parse(url)) {
+            (Some(value), Ok(target)) if same_origin(&target, &self.base) => Some(value),
+            _ => None,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match build(&self.http).send().await {
+            let mut request = build(&self.http);
+            if let Some(value) = authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, value.clone());
+            }
+            let result = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();

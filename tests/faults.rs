@@ -1,0 +1,340 @@
+//! Protocol faults a real server cannot be made to produce on demand, against a mock server
+//! (wiremock) or a raw socket: throttling storms, transient errors, a connection cut in the
+//! middle of a body, a page that is not JSON, a bad resource inside a good page, a slow
+//! server, and a `next` link to another host.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::time::Duration;
+use tare_marker_monitor::config::{AuthMethod, ServerConfig};
+use tare_marker_monitor::fhir::client::{FhirClient, FhirError};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
+
+fn bundle(resources: &[Value], next: Option<&str>) -> Value {
+    let mut link = vec![json!({"relation": "self", "url": "http://x/self"})];
+    if let Some(next) = next {
+        link.push(json!({"relation": "next", "url": next}));
+    }
+    json!({
+        "resourceType": "Bundle", "type": "searchset", "link": link,
+        "entry": resources.iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()
+    })
+}
+
+fn fhir_json(body: &Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body.to_string(), "application/fhir+json")
+}
+
+fn client(base: &str) -> FhirClient {
+    FhirClient::new(base, &ServerConfig::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_429_storm_with_retry_after_is_waited_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/Patient"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(3)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Patient"))
+        .respond_with(fhir_json(&bundle(
+            &[json!({"resourceType": "Patient", "id": "p"})],
+            None,
+        )))
+        .mount(&server)
+        .await;
+    let started = std::time::Instant::now();
+    let page = client(&server.uri())
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .unwrap();
+    assert_eq!(page.resources.len(), 1);
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+    // Three waits of the one second the server asked for.
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_503_then_success_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(&[], None)))
+        .mount(&server)
+        .await;
+    let page = client(&server.uri())
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .unwrap();
+    assert!(page.resources.is_empty());
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_400_is_not_retried_and_carries_the_operation_outcome() {
+    let server = MockServer::start().await;
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "details": {"text": "unknown parameter foo"}}]});
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_raw(outcome.to_string(), "application/fhir+json"),
+        )
+        .mount(&server)
+        .await;
+    let error = client(&server.uri())
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::Status { status: 400, .. }));
+    assert!(
+        error
+            .to_string()
+            .contains("error invalid: unknown parameter foo"),
+        "{error}"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_page_that_is_not_json_is_a_clear_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw("<html>maintenance</html>", "text/html"),
+        )
+        .mount(&server)
+        .await;
+    let url = format!("{}/Observation", server.uri());
+    let error = client(&server.uri()).page(&url).await.err().unwrap();
+    assert!(matches!(error, FhirError::NotABundle { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{url}: not a FHIR Bundle")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_server_hits_the_request_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(&[], None)).set_delay(Duration::from_secs(5)))
+        .mount(&server)
+        .await;
+    let settings = ServerConfig {
+        request_timeout_secs: 1,
+        ..ServerConfig::default()
+    };
+    let client = FhirClient::new(&server.uri(), &settings).unwrap();
+    let error = client
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::Transport { .. }), "{error}");
+    // Timeouts are retried like any missing answer: five attempts in all.
+    assert_eq!(server.received_requests().await.unwrap().len(), 5);
+}
+
+/// Answers with headers promising 10,000 bytes, sends 20, and closes the connection.
+fn cut_mid_body_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(5) {
+            let mut stream = stream.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 10000\r\n\r\n{\"resourceType\":\"Bu",
+            );
+            // Dropping the stream cuts the body short.
+        }
+    });
+    (format!("http://{address}"), connections)
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_page_is_retried_then_reported() {
+    let (base, connections) = cut_mid_body_server();
+    let error = client(&base)
+        .page(&format!("{base}/Observation"))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::Transport { .. }), "{error}");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_host_gets_no_authorization() {
+    let home = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    let next = format!("{}/Patient?page=2", elsewhere.uri());
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &[json!({"resourceType": "Patient", "id": "a"})],
+            Some(&next),
+        )))
+        .mount(&home)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &[json!({"resourceType": "Patient", "id": "b"})],
+            None,
+        )))
+        .mount(&elsewhere)
+        .await;
+    std::env::set_var("TMM_TEST_TOKEN_NEXT_LINK", "s3cret-token");
+    let mut settings = ServerConfig::default();
+    settings.auth.method = AuthMethod::Bearer;
+    settings.auth.token_env = Some("TMM_TEST_TOKEN_NEXT_LINK".into());
+    let client = FhirClient::new(&home.uri(), &settings).unwrap();
+    let first = client.search_url("Patient", &[]);
+    let mut ids = Vec::new();
+    let pages = client
+        .search_all(first, |page| {
+            ids.extend(
+                page.resources
+                    .iter()
+                    .map(|r| serde_json::from_str::<Value>(r.get()).unwrap()["id"].clone()),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!((pages, ids), (2, vec![json!("a"), json!("b")]));
+    let home_requests = home.received_requests().await.unwrap();
+    assert_eq!(
+        home_requests[0].headers.get("authorization").unwrap(),
+        "Bearer s3cret-token"
+    );
+    let other_requests = elsewhere.received_requests().await.unwrap();
+    assert!(other_requests[0].headers.get("authorization").is_none());
+}
+
+#[test]
+fn a_missing_token_variable_is_a_configuration_error() {
+    let mut settings = ServerConfig::default();
+    settings.auth.method = AuthMethod::Bearer;
+    settings.auth.token_env = Some("TMM_TEST_TOKEN_THAT_IS_NOT_SET".into());
+    let error = FhirClient::new("http://127.0.0.1:1", &settings)
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::Credentials(_)));
+    assert!(
+        error
+            .to_string()
+            .contains("TMM_TEST_TOKEN_THAT_IS_NOT_SET is not set"),
+        "{error}"
+    );
+}
+
+/// Serves a whole small cohort; the Observation page holds one invalid Observation.
+struct Cohort;
+
+impl Respond for Cohort {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let observation = |id: &str, day: &str, value: Value| {
+            json!({
+                "resourceType": "Observation", "id": id, "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+                "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": day,
+                "valueQuantity": {"value": value, "code": "mAU/mL"}
+            })
+        };
+        let resources = match request.url.path() {
+            "/Procedure" => vec![
+                json!({"resourceType": "Procedure", "id": "t1", "status": "completed",
+                       "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]},
+                       "subject": {"reference": "Patient/p1"}, "performedDateTime": "2026-03-01"}),
+                json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}),
+            ],
+            "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
+                "subject": {"reference": "Patient/p1"}})],
+            "/Observation" => vec![
+                observation("o1", "2026-02-27", json!(88000)),
+                observation("o2", "2026-03-31", json!("lots")),
+                observation("o3", "2026-07-01", json!(6088)),
+            ],
+            _ => vec![],
+        };
+        fhir_json(&bundle(&resources, None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_with_one_invalid_observation_uses_the_rest() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(Cohort)
+        .mount(&server)
+        .await;
+    let out = tempfile::tempdir().unwrap();
+    let base = server.uri();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::cargo_bin("tare-marker-monitor")
+            .unwrap()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--as-of",
+                "2026-07-10",
+                "--dry-run",
+                "--out",
+            ])
+            .arg(out.path())
+            .output()
+            .map(|o| (o, out))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (output, out) = output;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("run-summary.json")).unwrap(),
+    )
+    .unwrap();
+    let observations = &summary["resources"]["by_type"]["Observation"];
+    assert_eq!(observations["accepted"], 2);
+    assert_eq!(
+        observations["left_out"]["invalid_json_or_structure"]["count"],
+        1
+    );
+    assert_eq!(
+        observations["left_out"]["invalid_json_or_structure"]["examples"][0]["resource"],
+        "o2"
+    );
+    let markers = std::fs::read_to_string(out.path().join("markers.csv")).unwrap();
+    assert!(
+        markers.contains(
+            "p1,2026-03-01,pivka2,mAU/mL,88000,2026-02-27,6088,2026-07-01,6088,2026-07-01,1,-93.1,"
+        ),
+        "{markers}"
+    );
+    // A dry run sends nothing but GETs.
+    let requests = server.received_requests().await.unwrap();
+    assert!(requests
+        .iter()
+        .all(|r| r.method == wiremock::http::Method::GET));
+}
