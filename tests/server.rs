@@ -118,19 +118,24 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
+/// GET with the patience the job has: HFS answers 503 while its database is busy writing.
 async fn get_json(url: &str) -> Value {
-    let response = reqwest::Client::new()
-        .get(url)
-        .header("Accept", "application/fhir+json")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{url}: HTTP {}",
-        response.status()
-    );
-    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+    for _ in 0..100 {
+        let response = reqwest::Client::new()
+            .get(url)
+            .header("Accept", "application/fhir+json")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 503 || status == 429 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        assert!(response.status().is_success(), "{url}: HTTP {status}");
+        return serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    }
+    panic!("{url}: still busy after 100 tries");
 }
 
 async fn put_json(url: &str, resource: &Value) {
@@ -290,6 +295,92 @@ async fn server_read_and_write_back_lifecycle() {
     let after = get_json(&issue_url).await;
     assert_eq!(after["status"], "cancelled");
     assert_eq!(after["mitigation"][0]["action"]["text"], "CT booked");
+
+    // 5. Killed (SIGKILL) at several points while writing for 80 new patients, then run to
+    // the end: exactly one DetectedIssue per flag, the same as an uninterrupted run gives.
+    let cohort = tempfile::tempdir().unwrap();
+    Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .args([
+            "generate",
+            "--patients",
+            "80",
+            "--seed",
+            "9",
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(cohort.path())
+        .assert()
+        .success();
+    let mut generated = Vec::new();
+    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
+        let text = std::fs::read_to_string(cohort.path().join(format!("{kind}.ndjson"))).unwrap();
+        generated.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    let total = generated.len();
+    assert_eq!(seed(&base, generated).await.len(), total);
+    let binary = assert_cmd::cargo::cargo_bin("tare-marker-monitor");
+    // Each round kills the job as soon as the server shows that its write-back has begun
+    // (one more of our DetectedIssues than before), so the kill lands mid-write.
+    let mut partial_rounds = 0;
+    for _ in 0..3 {
+        let before = our_issues(&base).await.len();
+        let out = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(&binary)
+            .args(["run", "--server", &base, "--as-of", "2026-11-01", "--out"])
+            .arg(out.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break; // finished before we saw it write: nothing left to interrupt
+            }
+            if our_issues(&base).await.len() > before {
+                let _ = child.kill(); // SIGKILL
+                partial_rounds += 1;
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job neither wrote nor finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = child.wait();
+    }
+    assert!(partial_rounds >= 1, "no kill landed during write-back");
+    let complete = run(&["--server", &base]);
+    let flags = read(complete.path(), "flags.csv");
+    let wanted: std::collections::BTreeSet<String> = csv::Reader::from_reader(flags.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[6].to_owned())
+        .filter(|identifier| !identifier.is_empty())
+        .collect();
+    // our_issues fails on a duplicate identifier.
+    let on_server = our_issues(&base).await;
+    for identifier in &wanted {
+        assert_eq!(
+            on_server[identifier]["status"], "preliminary",
+            "{identifier}"
+        );
+    }
+    for (identifier, issue) in &on_server {
+        if !wanted.contains(identifier) {
+            assert_eq!(issue["status"], "cancelled", "{identifier}");
+        }
+    }
+    // Converged: one more run changes nothing.
+    let after_kills = run(&["--server", &base]);
+    let (created, updated, cancelled, _) = write_back_counts(after_kills.path());
+    assert_eq!((created, updated, cancelled), (0, 0, 0));
 }
 
 #[test]
