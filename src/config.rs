@@ -302,16 +302,46 @@ pub enum AuthMethod {
     None,
     /// A static bearer token from `token_env` or `token_file`.
     Bearer,
+    /// SMART Backend Services: client credentials with a signed JWT assertion.
+    SmartBackend,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub method: AuthMethod,
-    /// Name of the environment variable holding the bearer token.
+    /// bearer: name of the environment variable holding the token.
     pub token_env: Option<String>,
-    /// File holding the bearer token (read at start; surrounding white space ignored).
+    /// bearer: file holding the token (read at start; surrounding white space ignored).
     pub token_file: Option<std::path::PathBuf>,
+    /// smart-backend: the client id registered with the authorization server.
+    pub client_id: Option<String>,
+    /// smart-backend: PEM private key (PKCS#8) that signs the client assertion.
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// smart-backend: `kid` of that key in the JWKS the authorization server knows.
+    pub key_id: Option<String>,
+    /// smart-backend: RS384 or ES384.
+    pub algorithm: String,
+    /// smart-backend: token endpoint; default: from `[base]/.well-known/smart-configuration`.
+    pub token_endpoint: Option<String>,
+    /// smart-backend: the scopes asked for.
+    pub scope: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: AuthMethod::None,
+            token_env: None,
+            token_file: None,
+            client_id: None,
+            private_key_file: None,
+            key_id: None,
+            algorithm: "RS384".into(),
+            token_endpoint: None,
+            scope: "system/Patient.read system/Procedure.read system/Condition.read system/Observation.read system/DetectedIssue.read system/DetectedIssue.write system/Provenance.write system/Device.read system/Device.write".into(),
+        }
+    }
 }
 
 impl Default for ServerConfig {

@@ -2,12 +2,14 @@
 //! search that follows `next` links to the end (a Bundle's `total` is never trusted), and
 //! errors that carry the server's OperationOutcome text.
 
+use super::auth::Credentials;
 use super::retry::{decide, Decision, Outcome, RetryPolicy};
-use crate::config::{AuthMethod, ServerConfig};
+use crate::config::ServerConfig;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Guard against a server whose `next` links never end.
@@ -22,6 +24,9 @@ pub enum FhirError {
     /// Missing or unreadable credentials: a configuration problem.
     #[error("FHIR server credentials: {0}")]
     Credentials(String),
+    /// The token endpoint (or its discovery) failed.
+    #[error("cannot get an access token from {url}: {message}")]
+    Token { url: String, message: String },
     #[error("{url}: no answer: {message}")]
     Transport { url: String, message: String },
     #[error("{url}: HTTP {status}: {outcome}")]
@@ -116,38 +121,8 @@ pub struct FhirClient {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
-    /// `Bearer ...`, sent only to the base URL's origin.
-    authorization: Option<HeaderValue>,
-}
-
-/// The Authorization header the config asks for.
-fn authorization(settings: &ServerConfig) -> Result<Option<HeaderValue>, FhirError> {
-    let auth = &settings.auth;
-    let token = match auth.method {
-        AuthMethod::None => return Ok(None),
-        AuthMethod::Bearer => match (&auth.token_env, &auth.token_file) {
-            (Some(name), _) => std::env::var(name).map_err(|_| {
-                FhirError::Credentials(format!("environment variable {name} is not set"))
-            })?,
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                FhirError::Credentials(format!("cannot read token file {}: {e}", path.display()))
-            })?,
-            (None, None) => {
-                return Err(FhirError::Credentials(
-                    "server.auth.method = \"bearer\" needs token_env or token_file".into(),
-                ))
-            }
-        },
-    };
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(FhirError::Credentials("the bearer token is empty".into()));
-    }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        FhirError::Credentials("the bearer token has characters a header cannot carry".into())
-    })?;
-    value.set_sensitive(true);
-    Ok(Some(value))
+    /// Sent only to the base URL's origin.
+    credentials: Arc<Credentials>,
 }
 
 /// Same scheme, host and port.
@@ -200,8 +175,20 @@ impl FhirClient {
             http,
             base,
             retry: RetryPolicy::default(),
-            authorization: authorization(settings)?,
+            credentials: Arc::new(Credentials::from_config(&settings.auth)?),
         })
+    }
+
+    /// The Authorization header for a request to the server's own origin.
+    async fn authorization(&self, renew: bool) -> Result<Option<HeaderValue>, FhirError> {
+        match self.credentials.as_ref() {
+            Credentials::None => Ok(None),
+            Credentials::Static(value) => Ok(Some(value.clone())),
+            Credentials::Smart(smart) => smart
+                .authorization(&self.http, &self.base, renew)
+                .await
+                .map(Some),
+        }
     }
 
     /// Sends a request, retrying transient failures of idempotent ones per the retry policy.
@@ -214,16 +201,16 @@ impl FhirClient {
     ) -> Result<Answer, FhirError> {
         // The token goes to the server's own origin only: never to a `next` link or a
         // redirect elsewhere (reqwest also drops it on a redirect to another host).
-        let authorization = match (&self.authorization, Url::parse(url)) {
-            (Some(value), Ok(target)) if same_origin(&target, &self.base) => Some(value),
-            _ => None,
-        };
+        let own_origin = Url::parse(url).is_ok_and(|target| same_origin(&target, &self.base));
         let mut attempt = 0;
+        let mut renewed = false;
         loop {
             attempt += 1;
             let mut request = build(&self.http);
-            if let Some(value) = authorization {
-                request = request.header(reqwest::header::AUTHORIZATION, value.clone());
+            if own_origin {
+                if let Some(value) = self.authorization(renewed && attempt == 1).await? {
+                    request = request.header(reqwest::header::AUTHORIZATION, value);
+                }
             }
             let result = match request.send().await {
                 Ok(response) => {
@@ -237,6 +224,14 @@ impl FhirClient {
                 }
                 Err(e) => Err(e),
             };
+            // A SMART token the server no longer accepts: renew it once and try again.
+            if let (Ok(answer), Credentials::Smart(_)) = (&result, self.credentials.as_ref()) {
+                if answer.status == StatusCode::UNAUTHORIZED && !renewed && own_origin {
+                    renewed = true;
+                    attempt = 0;
+                    continue;
+                }
+            }
             let outcome = match &result {
                 Ok(answer) => Outcome::Status(
                     answer.status.as_u16(),

@@ -1,4 +1,5 @@
 //! FHIR REST transport: one client, paged search.
 
+pub mod auth;
 pub mod client;
 pub mod retry;
