@@ -42,12 +42,16 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Output folder (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "fetch_only")]
+        out: Option<PathBuf>,
         /// With --server: send no writes; save each patient's transaction Bundle under
         /// OUT/transactions instead.
         #[arg(long)]
         dry_run: bool,
+        /// Benchmark floor, with --server: run the same searches with the same concurrency and
+        /// discard the pages; evaluate and write nothing. Prints requests and time.
+        #[arg(long, conflicts_with = "dry_run")]
+        fetch_only: bool,
     },
     /// Print one patient's course and findings for a clinician.
     Explain {

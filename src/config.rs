@@ -285,6 +285,10 @@ pub struct ServerConfig {
     pub patient_batch: usize,
     /// Searches in flight at once.
     pub concurrency: usize,
+    /// Write-back transactions in flight at once. 1 by default: HFS (SQLite) answers 503 with
+    /// `Retry-After: 5` to concurrent transactions; a server that takes parallel writes can
+    /// have more.
+    pub write_concurrency: usize,
     pub connect_timeout_secs: u64,
     pub request_timeout_secs: u64,
     /// Send `Prefer: handling=strict`, so a server rejects a search parameter it does not know
@@ -351,6 +355,7 @@ impl Default for ServerConfig {
             page_size: 200,
             patient_batch: 50,
             concurrency: 4,
+            write_concurrency: 1,
             connect_timeout_secs: 10,
             request_timeout_secs: 120,
             strict_search: true,

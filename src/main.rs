@@ -86,8 +86,31 @@ fn dispatch(command: Command) -> Result<(), u8> {
             common,
             out,
             dry_run,
+            fetch_only,
         } => {
             let config = load_config(&common)?;
+            if fetch_only {
+                let Source::Server(url) = source_of(&common, &config)? else {
+                    eprintln!("error: --fetch-only needs a server source (--server URL)");
+                    return Err(EXIT_CONFIG);
+                };
+                let measured = run::fetch_only(&url, &config).map_err(|e| {
+                    eprintln!("error: {e}");
+                    exit_code_of(&e)
+                })?;
+                println!(
+                    "fetch-only: {} resources discarded, {} requests in {:.3} s ({:.1} requests/s)",
+                    measured.resources_discarded,
+                    measured.requests,
+                    measured.seconds,
+                    measured.requests as f64 / measured.seconds
+                );
+                return Ok(());
+            }
+            let Some(out) = out else {
+                eprintln!("error: --out DIR is required");
+                return Err(EXIT_CONFIG);
+            };
             let options = RunOptions {
                 source: source_of(&common, &config)?,
                 dry_run,

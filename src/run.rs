@@ -53,15 +53,58 @@ pub fn load(
     config: &Config,
     pool: &rayon::ThreadPool,
 ) -> Result<Loaded, RunError> {
-    let ingestor = Ingestor::new(config);
+    let client = server_client(source, config)?;
+    load_from(source, client.as_ref(), config, pool)
+}
+
+/// The client of a server source (one per run, so its request count covers the run).
+fn server_client(source: &Source, config: &Config) -> Result<Option<FhirClient>, RunError> {
     match source {
-        Source::Folder(dir) => Ok(pool.install(|| ndjson::load(dir, &ingestor))?),
-        Source::Server(url) => {
-            let client = FhirClient::new(url, &config.server)?;
-            let runtime = runtime(pool.current_num_threads())?;
-            Ok(pool.install(|| runtime.block_on(search::load(&client, &ingestor, config)))?)
-        }
+        Source::Folder(_) => Ok(None),
+        Source::Server(url) => Ok(Some(FhirClient::new(url, &config.server)?)),
     }
+}
+
+fn load_from(
+    source: &Source,
+    client: Option<&FhirClient>,
+    config: &Config,
+    pool: &rayon::ThreadPool,
+) -> Result<Loaded, RunError> {
+    let ingestor = Ingestor::new(config);
+    let read_server = |client: &FhirClient| -> Result<Loaded, RunError> {
+        let runtime = runtime(pool.current_num_threads())?;
+        Ok(pool.install(|| runtime.block_on(search::load(client, &ingestor, config)))?)
+    };
+    match (source, client) {
+        (Source::Folder(dir), _) => Ok(pool.install(|| ndjson::load(dir, &ingestor))?),
+        (Source::Server(_), Some(client)) => read_server(client),
+        (Source::Server(url), None) => read_server(&FhirClient::new(url, &config.server)?),
+    }
+}
+
+/// What `--fetch-only` measured.
+pub struct FetchOnly {
+    pub resources_discarded: u64,
+    pub requests: u64,
+    pub seconds: f64,
+}
+
+/// The benchmark floor of a server run: the same searches with the same concurrency, pages
+/// discarded. Writes nothing.
+pub fn fetch_only(url: &str, config: &Config) -> Result<FetchOnly, RunError> {
+    let pool = thread_pool(config)?;
+    let client = FhirClient::new(url, &config.server)?;
+    let ingestor = Ingestor::new(config);
+    let started = Instant::now();
+    let runtime = runtime(pool.current_num_threads())?;
+    let discarded =
+        pool.install(|| runtime.block_on(search::fetch_only(&client, &ingestor, config)))?;
+    Ok(FetchOnly {
+        resources_discarded: discarded,
+        requests: client.requests_sent(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +178,8 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let pool = thread_pool(config)?;
-    let loaded = load(&options.source, config, &pool)?;
+    let client = server_client(&options.source, config)?;
+    let loaded = load_from(&options.source, client.as_ref(), config, &pool)?;
     let read_ms = started.elapsed().as_millis();
     tracing::info!(
         patients = loaded.timelines.len(),
@@ -181,12 +225,11 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     });
     tables?;
     resources?;
-    let write_back = match &options.source {
-        Source::Server(url) => {
-            let client = FhirClient::new(url, &config.server)?;
+    let write_back = match &client {
+        Some(client) => {
             let dry_run_dir = options.dry_run.then(|| out("transactions"));
             let report = runtime(pool.current_num_threads())?.block_on(server::write_back(
-                &client,
+                client,
                 &findings,
                 config,
                 &started_at,
@@ -194,7 +237,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             ))?;
             Some(report)
         }
-        Source::Folder(_) => None,
+        None => None,
     };
     let write_ms = write_started.elapsed().as_millis();
 
@@ -212,6 +255,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         flags,
         resources: loaded.quality,
         write_back,
+        server_requests: client.as_ref().map(FhirClient::requests_sent),
         timings: Timings {
             read_ms,
             evaluate_ms,

@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -123,6 +124,8 @@ pub struct FhirClient {
     retry: RetryPolicy,
     /// Sent only to the base URL's origin.
     credentials: Arc<Credentials>,
+    /// HTTP requests sent (every attempt counts), for the run summary and benchmarks.
+    requests: Arc<AtomicU64>,
 }
 
 /// Same scheme, host and port.
@@ -176,6 +179,7 @@ impl FhirClient {
             base,
             retry: RetryPolicy::default(),
             credentials: Arc::new(Credentials::from_config(&settings.auth)?),
+            requests: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -212,6 +216,7 @@ impl FhirClient {
                     request = request.header(reqwest::header::AUTHORIZATION, value);
                 }
             }
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let result = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -271,6 +276,11 @@ impl FhirClient {
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// HTTP requests sent so far by this client and its clones (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// `Type?name=value&...` against the base, with the values percent-encoded.

@@ -439,7 +439,7 @@ pub async fn write_back(
                 (patient_id, plan, result)
             }
         })
-        .buffer_unordered(config.server.concurrency)
+        .buffer_unordered(config.server.write_concurrency)
         .collect()
         .await;
     for (patient_id, plan, result) in results {

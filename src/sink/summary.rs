@@ -58,6 +58,9 @@ pub struct RunSummary {
     /// What was written to the FHIR server (server source only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_back: Option<crate::sink::server::WriteReport>,
+    /// HTTP requests sent to the FHIR server, retries included (server source only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_requests: Option<u64>,
     pub timings: Timings,
 }
 

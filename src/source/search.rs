@@ -36,10 +36,18 @@ struct Shared<'a> {
     /// `Type/id` of every resource read, so a repeat is skipped.
     seen: Mutex<FxHashSet<String>>,
     inputs: Mutex<Vec<String>>,
+    /// Fetch-only: pages of the patient searches are counted and discarded.
+    discard: bool,
+    discarded: std::sync::atomic::AtomicU64,
 }
 
 impl Shared<'_> {
     fn add_page(&self, resources: Vec<Box<serde_json::value::RawValue>>, search: &str) {
+        if self.discard && !search.starts_with("Procedure") {
+            self.discarded
+                .fetch_add(resources.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         let mut local = Collected::default();
         for raw in resources {
             let json = raw.get();
@@ -98,12 +106,38 @@ pub async fn load(
     ingestor: &Ingestor,
     config: &Config,
 ) -> Result<Loaded, FhirError> {
+    load_with(client, ingestor, config, false)
+        .await
+        .map(|(loaded, _)| loaded)
+}
+
+/// The benchmark's floor: the same searches, with the same concurrency, whose Condition and
+/// Observation pages are discarded unread (the TARE search is read: it decides the batches).
+/// Returns the number of resources discarded.
+pub async fn fetch_only(
+    client: &FhirClient,
+    ingestor: &Ingestor,
+    config: &Config,
+) -> Result<u64, FhirError> {
+    load_with(client, ingestor, config, true)
+        .await
+        .map(|(_, discarded)| discarded)
+}
+
+async fn load_with(
+    client: &FhirClient,
+    ingestor: &Ingestor,
+    config: &Config,
+    discard: bool,
+) -> Result<(Loaded, u64), FhirError> {
     let server = &config.server;
     let shared = Shared {
         ingestor,
         collected: Mutex::new(Collected::default()),
         seen: Mutex::new(FxHashSet::default()),
         inputs: Mutex::new(Vec::new()),
+        discard,
+        discarded: std::sync::atomic::AtomicU64::new(0),
     };
     let count = server.page_size.to_string();
     let tare_codes: Vec<&Code> = config.codes.tare_procedure.iter().collect();
@@ -183,5 +217,6 @@ pub async fn load(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     inputs.sort();
-    Ok(collected.finish(inputs, Vec::new()))
+    let discarded = shared.discarded.into_inner();
+    Ok((collected.finish(inputs, Vec::new()), discarded))
 }
