@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loads a Bulk Data folder into a FHIR server with batch Bundles of PUTs (standard library only).
 
-    python3 benches/seed_fhir.py BASE_URL FOLDER [--batch 500] [--workers 2]
+    python3 benches/seed_fhir.py BASE_URL FOLDER [--batch 500] [--workers 1]
 Prints how many resources the server accepted and rejected.
 """
 import argparse
@@ -34,7 +34,10 @@ def send(base, entries):
     with urllib.request.urlopen(request, timeout=600) as response:
         reply = json.loads(response.read())
     statuses = [e.get("response", {}).get("status", "") for e in reply.get("entry", [])]
-    return sum(s.startswith("2") for s in statuses), sum(not s.startswith("2") for s in statuses)
+    rejected = [s for s in statuses if not s.startswith("2")]
+    if rejected:
+        print(f"rejected: {rejected[:3]}")
+    return len(statuses) - len(rejected), len(rejected)
 
 
 def main():
@@ -42,7 +45,8 @@ def main():
     parser.add_argument("base")
     parser.add_argument("folder")
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=2)
+    # One at a time: HFS (SQLite) rejects entries of concurrent batches with 503.
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     accepted = rejected = 0
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:

@@ -32,7 +32,7 @@ HFS_VALIDATION_MODE=enforce HFS_UI_ENABLED=false HFS_BASE_URL="http://127.0.0.1:
 HFS_PID=$!
 trap 'kill $HFS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 120); do curl -fsS -o /dev/null "$BASE/metadata" && break; sleep 1; done
+for _ in $(seq 120); do curl -fsS -o /dev/null "$BASE/metadata" 2>/dev/null && break; sleep 1; done
 
 "$BIN" generate --patients "$PATIENTS" --seed 3 --as-of 2026-11-01 --out "$WORK/cohort" >/dev/null
 python3 "$ROOT/benches/seed_fhir.py" "$BASE" "$WORK/cohort"
