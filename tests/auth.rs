@@ -256,3 +256,48 @@ fn a_wrong_key_file_is_a_configuration_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_503_from_the_token_endpoint_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(token("tok-2"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/Patient"))
+        .respond_with(empty_bundle())
+        .mount(&server)
+        .await;
+    let client = FhirClient::new(
+        &format!("{}/fhir", server.uri()),
+        &settings(
+            Some(format!("{}/token", server.uri())),
+            "RS384",
+            "test-rs384-private.pem",
+        ),
+    )
+    .unwrap();
+    client
+        .page(&format!("{}/fhir/Patient", server.uri()))
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let tokens: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.url.path() == "/token")
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    // A fresh assertion each time: never a replayed jti.
+    assert_ne!(
+        form(tokens[0])["client_assertion"],
+        form(tokens[1])["client_assertion"]
+    );
+}
