@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
-use crate::format::{csv_number, csv_percent, date, human_number, human_value};
+use crate::format::{csv_number, csv_percent, date, fixed, human_number, human_value};
 use crate::run::{load, thread_pool, Source};
 use chrono::{Duration, NaiveDate};
 use std::fmt::Write;
@@ -78,8 +78,8 @@ fn course_line(course: &MarkerCourse) -> String {
         course.response.code(),
         course.halflife_days.map_or("-".into(), |d| format!("{} days", csv_number(d, 1))),
         date(course.next_due_date),
-        course.albi_baseline.map_or("-".into(), |a| format!("{a:.2}")),
-        course.albi_latest.map_or("-".into(), |a| format!("{a:.2}")),
+        course.albi_baseline.map_or("-".into(), |a| fixed(a, 2)),
+        course.albi_latest.map_or("-".into(), |a| fixed(a, 2)),
     )
 }
 

@@ -32,6 +32,11 @@ pub fn csv_percent(value: f64) -> String {
     }
 }
 
+/// Exactly `decimals` decimals, rounded as `round_half_away` does (ALBI: `-2.47`).
+pub fn fixed(value: f64, decimals: usize) -> String {
+    format!("{:.decimals$}", round_half_away(value, decimals))
+}
+
 /// Rounds half away from zero, as a person does: `93.05` -> `93.1`, although 93.05 is stored as
 /// 93.04999... A relative nudge of 1e-12, far below any laboratory precision, absorbs that noise.
 pub fn round_half_away(value: f64, decimals: usize) -> f64 {

@@ -228,13 +228,20 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     let write_back = match &client {
         Some(client) => {
             let dry_run_dir = options.dry_run.then(|| out("transactions"));
-            let report = runtime(pool.current_num_threads())?.block_on(server::write_back(
-                client,
-                &findings,
-                config,
-                &started_at,
-                dry_run_dir.as_deref(),
-            ))?;
+            let report = runtime(pool.current_num_threads())?
+                .block_on(server::write_back(
+                    client,
+                    &findings,
+                    config,
+                    &started_at,
+                    dry_run_dir.as_deref(),
+                ))
+                .map_err(|e| match e {
+                    server::WriteBackError::Fhir(e) => RunError::Server(e),
+                    server::WriteBackError::Save { path, source } => {
+                        RunError::Write { path, source }
+                    }
+                })?;
             Some(report)
         }
         None => None,

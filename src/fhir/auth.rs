@@ -4,7 +4,7 @@
 //! Neither tokens nor keys nor assertions ever reach a log or an error message.
 
 use super::client::FhirError;
-use super::retry::{decide, Decision, Outcome, RetryPolicy};
+use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure};
 use crate::config::{AuthConfig, AuthMethod};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderValue;
@@ -217,51 +217,27 @@ impl SmartBackend {
             message,
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
-        let policy = RetryPolicy::default();
-        let mut attempt = 0;
-        let response = loop {
-            attempt += 1;
-            let assertion = self.assertion(endpoint.as_str())?;
-            let sent = http
-                .post(endpoint.clone())
-                .header("Accept", "application/json")
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("scope", self.scope.as_str()),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
-                    ("client_assertion", assertion.as_str()),
-                ])
-                .send()
-                .await;
-            let outcome = match &sent {
-                Ok(response) => Outcome::Status(
-                    response.status().as_u16(),
-                    response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok()),
-                ),
-                Err(_) => Outcome::NoAnswer,
-            };
-            match decide(
-                &policy,
-                attempt,
-                outcome,
-                true,
-                SystemTime::now(),
-                rand::random(),
-            ) {
-                Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
-                Decision::Done | Decision::GiveUp => {
-                    break sent.map_err(|e| failed(e.without_url().to_string()))?
-                }
-            }
-        };
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| failed(e.to_string()))?;
+        let Answer { status, body, .. } =
+            send_with_retries(&RetryPolicy::default(), true, || -> Result<_, FhirError> {
+                let assertion = self.assertion(endpoint.as_str())?;
+                Ok(http
+                    .post(endpoint.clone())
+                    .header("Accept", "application/json")
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("scope", self.scope.as_str()),
+                        (
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        ),
+                        ("client_assertion", assertion.as_str()),
+                    ]))
+            })
+            .await
+            .map_err(|failure| match failure {
+                SendFailure::Build(error) => error,
+                SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            })?;
         if !status.is_success() {
             // An OAuth error body names the problem (`invalid_client`) and holds no secret.
             let reason = serde_json::from_slice::<serde_json::Value>(&body)

@@ -3,15 +3,17 @@
 //! errors that carry the server's OperationOutcome text.
 
 use super::auth::Credentials;
-use super::retry::{decide, Decision, Outcome, RetryPolicy};
+pub use super::retry::Answer;
+use super::retry::{send_with_retries, RetryPolicy, SendFailure};
 use crate::config::ServerConfig;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Guard against a server whose `next` links never end.
 const MAX_PAGES_PER_SEARCH: usize = 100_000;
@@ -38,6 +40,8 @@ pub enum FhirError {
     },
     #[error("{url}: not a FHIR Bundle: {message}")]
     NotABundle { url: String, message: String },
+    #[error("{url}: unexpected answer: {message}")]
+    Unexpected { url: String, message: String },
     #[error("{url}: more than {MAX_PAGES_PER_SEARCH} pages, or a next link that repeats")]
     EndlessPaging { url: String },
 }
@@ -135,13 +139,6 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// A complete answer: status, headers and the whole body.
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: bytes::Bytes,
-}
-
 impl FhirClient {
     pub fn new(base_url: &str, settings: &ServerConfig) -> Result<FhirClient, FhirError> {
         let mut base = Url::parse(base_url).map_err(|e| FhirError::BaseUrl {
@@ -206,71 +203,35 @@ impl FhirClient {
         // The token goes to the server's own origin only: never to a `next` link or a
         // redirect elsewhere (reqwest also drops it on a redirect to another host).
         let own_origin = Url::parse(url).is_ok_and(|target| same_origin(&target, &self.base));
-        let mut attempt = 0;
-        let mut renewed = false;
+        let mut renew = false;
         loop {
-            attempt += 1;
-            let mut request = build(&self.http);
-            if own_origin {
-                if let Some(value) = self.authorization(renewed && attempt == 1).await? {
-                    request = request.header(reqwest::header::AUTHORIZATION, value);
-                }
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let result = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    response.bytes().await.map(|body| Answer {
-                        status,
-                        headers,
-                        body,
-                    })
-                }
-                Err(e) => Err(e),
+            let authorization = match own_origin {
+                true => self.authorization(renew).await?,
+                false => None,
             };
+            let answer = send_with_retries(&self.retry, idempotent, || {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                let request = build(&self.http);
+                Ok::<_, Infallible>(match &authorization {
+                    Some(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
+                    None => request,
+                })
+            })
+            .await
+            .map_err(|failure| match failure {
+                SendFailure::NoAnswer(e) => FhirError::Transport {
+                    url: url.to_owned(),
+                    message: e.without_url().to_string(),
+                },
+                SendFailure::Build(never) => match never {},
+            })?;
             // A SMART token the server no longer accepts: renew it once and try again.
-            if let (Ok(answer), Credentials::Smart(_)) = (&result, self.credentials.as_ref()) {
-                if answer.status == StatusCode::UNAUTHORIZED && !renewed && own_origin {
-                    renewed = true;
-                    attempt = 0;
-                    continue;
-                }
+            let smart = matches!(self.credentials.as_ref(), Credentials::Smart(_));
+            if answer.status == StatusCode::UNAUTHORIZED && smart && own_origin && !renew {
+                renew = true;
+                continue;
             }
-            let outcome = match &result {
-                Ok(answer) => Outcome::Status(
-                    answer.status.as_u16(),
-                    answer
-                        .headers
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok()),
-                ),
-                Err(_) => Outcome::NoAnswer,
-            };
-            let jitter: f64 = rand::random();
-            match decide(
-                &self.retry,
-                attempt,
-                outcome,
-                idempotent,
-                SystemTime::now(),
-                jitter,
-            ) {
-                Decision::RetryAfter(wait) => {
-                    tracing::warn!(
-                        attempt,
-                        wait_ms = wait.as_millis() as u64,
-                        "retrying a FHIR request"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                Decision::Done | Decision::GiveUp => {
-                    return result.map_err(|e| FhirError::Transport {
-                        url: url.to_owned(),
-                        message: e.without_url().to_string(),
-                    })
-                }
-            }
+            return Ok(answer);
         }
     }
 

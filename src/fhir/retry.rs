@@ -90,6 +90,75 @@ pub fn decide(
     Decision::RetryAfter(exponential.mul_f64(jitter.clamp(0.0, 1.0)))
 }
 
+/// A complete answer: status, headers and the whole body.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// Why `send_with_retries` has no answer to give.
+pub enum SendFailure<E> {
+    /// The request could not be built (`build` failed).
+    Build(E),
+    /// The last attempt got no answer (or a body cut short).
+    NoAnswer(reqwest::Error),
+}
+
+/// Sends the request `build` makes, once per attempt, until `decide` says stop. The whole body
+/// is read inside each attempt, so a body cut short counts as a missing answer. Returns the
+/// last answer, whatever its status: the caller judges it.
+pub async fn send_with_retries<E>(
+    policy: &RetryPolicy,
+    idempotent: bool,
+    mut build: impl FnMut() -> Result<reqwest::RequestBuilder, E>,
+) -> Result<Answer, SendFailure<E>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match build().map_err(SendFailure::Build)?.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                response.bytes().await.map(|body| Answer {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(answer) => Outcome::Status(
+                answer.status.as_u16(),
+                answer
+                    .headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            Err(_) => Outcome::NoAnswer,
+        };
+        match decide(
+            policy,
+            attempt,
+            outcome,
+            idempotent,
+            SystemTime::now(),
+            rand::random(),
+        ) {
+            Decision::RetryAfter(wait) => {
+                tracing::warn!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "retrying a request"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Decision::Done | Decision::GiveUp => return result.map_err(SendFailure::NoAnswer),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

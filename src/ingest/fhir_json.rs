@@ -56,6 +56,8 @@ pub(super) struct ReferenceRange<'a> {
 
 #[derive(Deserialize)]
 pub(super) struct Header<'a> {
+    #[serde(borrow, rename = "resourceType")]
+    pub(super) resource_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) id: Option<Cow<'a, str>>,
 }

@@ -28,6 +28,12 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    pub fn from_name(name: &str) -> Option<ResourceType> {
+        ResourceType::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
     pub const ALL: [ResourceType; 4] = [
         ResourceType::Patient,
         ResourceType::Condition,
@@ -185,6 +191,17 @@ impl LineOutcome<'_> {
     }
 }
 
+/// The type and id of a resource, read without the rest of it. `kind` is `None` for a type
+/// the job does not read (an OperationOutcome entry, say); `None` for text that is not JSON.
+pub fn resource_header(json: &str) -> Option<(Option<ResourceType>, Option<Cow<'_, str>>)> {
+    let header: Header = serde_json::from_str(json).ok()?;
+    let kind = header
+        .resource_type
+        .as_deref()
+        .and_then(ResourceType::from_name);
+    Some((kind, header.id))
+}
+
 /// Code lookups built once from the config.
 pub struct Ingestor {
     observation_codes: FxHashMap<String, Vec<(String, CodeFamily)>>,
@@ -284,9 +301,7 @@ impl Ingestor {
             Ok(outcome) => outcome,
             Err(error) => {
                 // Recover the id where the JSON itself is sound, so the data manager can find it.
-                let id = serde_json::from_str::<Header>(line)
-                    .ok()
-                    .and_then(|h| h.id.map(|s| s.into_owned()));
+                let id = resource_header(line).and_then(|(_, id)| id.map(Cow::into_owned));
                 LineOutcome::Skipped(Skip {
                     reason: SkipReason::InvalidJson,
                     resource_id: id,

@@ -19,6 +19,18 @@ pub struct ReasonCount {
     pub by_value: BTreeMap<String, u64>,
 }
 
+impl ReasonCount {
+    /// Adds `n` to the count of one offending value; past 50 distinct values, new ones are
+    /// not listed (the total still counts them).
+    fn count_value(&mut self, value: &str, n: u64) {
+        if let Some(existing) = self.by_value.get_mut(value) {
+            *existing += n;
+        } else if self.by_value.len() < MAX_DISTINCT_DETAILS {
+            self.by_value.insert(value.to_owned(), n);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Example {
     pub resource: String,
@@ -85,12 +97,7 @@ impl DataQuality {
         entry.count += 1;
         if categorical(skip.reason) {
             if let Some(value) = &skip.detail {
-                let distinct = entry.by_value.len();
-                if let Some(n) = entry.by_value.get_mut(value) {
-                    *n += 1;
-                } else if distinct < MAX_DISTINCT_DETAILS {
-                    entry.by_value.insert(value.clone(), 1);
-                }
+                entry.count_value(value, 1);
             }
         }
         let resource = skip.resource_id.unwrap_or_else(location);
@@ -123,12 +130,7 @@ impl DataQuality {
                 let entry = ours.left_out.entry(reason).or_default();
                 entry.count += count.count;
                 for (value, n) in count.by_value {
-                    let distinct = entry.by_value.len();
-                    if let Some(existing) = entry.by_value.get_mut(&value) {
-                        *existing += n;
-                    } else if distinct < MAX_DISTINCT_DETAILS {
-                        entry.by_value.insert(value, n);
-                    }
+                    entry.count_value(&value, n);
                 }
                 entry.examples.extend(count.examples);
                 entry.examples.sort();

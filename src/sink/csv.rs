@@ -3,7 +3,7 @@
 use super::detected_issue::flag_identifier;
 use crate::config::Config;
 use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
-use crate::format::{csv_number, csv_percent, date};
+use crate::format::{csv_number, csv_percent, date, fixed};
 use std::io::Write;
 
 pub const MARKERS_HEADER: [&str; 20] = [
@@ -92,12 +92,8 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     course.response.code().to_owned(),
                     optional(course.halflife_days, |d| csv_number(d, 1)),
                     date(course.next_due_date),
-                    optional(course.albi_baseline, |a| {
-                        format!("{:.2}", crate::format::round_half_away(a, 2))
-                    }),
-                    optional(course.albi_latest, |a| {
-                        format!("{:.2}", crate::format::round_half_away(a, 2))
-                    }),
+                    optional(course.albi_baseline, |a| fixed(a, 2)),
+                    optional(course.albi_latest, |a| fixed(a, 2)),
                     marker_flag_codes(course, &episode.flags),
                 ])?;
             }

@@ -13,6 +13,21 @@ use std::io::Write;
 /// The job's Device id: one Device authors every DetectedIssue.
 pub const DEVICE_ID: &str = "tare-marker-monitor";
 
+/// 32 hex digits of the SHA-256 of `key`: the stable ids of what the job writes (DetectedIssue
+/// identifiers, Provenance ids), the same for the same content on every run.
+pub fn stable_id(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    Sha256::digest(key.as_bytes())[..16]
+        .iter()
+        .flat_map(|b| {
+            [
+                HEX[usize::from(b >> 4)] as char,
+                HEX[usize::from(b & 0xf)] as char,
+            ]
+        })
+        .collect()
+}
+
 /// A stable identifier of (patient, episode index date, flag code, marker): the same flag in
 /// the same episode is always the same resource.
 pub fn flag_identifier(
@@ -27,17 +42,7 @@ pub fn flag_identifier(
         code.code(),
         marker.map_or("", |m| m.key())
     );
-    let digest = Sha256::digest(key.as_bytes());
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    digest[..16]
-        .iter()
-        .flat_map(|b| {
-            [
-                HEX[usize::from(b >> 4)] as char,
-                HEX[usize::from(b & 0xf)] as char,
-            ]
-        })
-        .collect()
+    stable_id(&key)
 }
 
 /// Writes, one NDJSON line each, the resources that would be written for these findings: the

@@ -13,7 +13,7 @@
 //! A patient whose transaction fails is reported with the server's OperationOutcome text, and
 //! the others go on.
 
-use super::detected_issue::{planned_issues, PlannedIssue};
+use super::detected_issue::{planned_issues, stable_id, PlannedIssue};
 use crate::config::Config;
 use crate::domain::PatientFindings;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
@@ -23,7 +23,6 @@ use reqwest::StatusCode;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// The elements of a DetectedIssue the job owns; anything else on the server is kept.
@@ -38,6 +37,18 @@ const OWNED_ELEMENTS: [&str; 9] = [
     "detail",
     "reference",
 ];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    /// A dry run's transaction Bundle could not be saved.
+    #[error("cannot write {path}: {source}")]
+    Save {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WriteReport {
@@ -63,13 +74,6 @@ struct Existing {
     id: String,
     version: Option<String>,
     resource: Value,
-}
-
-fn hex32(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn owned_part(resource: &Value) -> Value {
@@ -110,7 +114,10 @@ async fn ensure_device(
         name: "tare-marker-monitor",
         version: env!("CARGO_PKG_VERSION"),
     })
-    .map_err(|e| FhirError::Client(e.to_string()))?;
+    .map_err(|e| FhirError::Unexpected {
+        url: client.base().to_string(),
+        message: e.to_string(),
+    })?;
     let mut device: Value = serde_json::from_str(&device).expect("built JSON parses");
     device.as_object_mut().expect("an object").remove("id");
     let url = client
@@ -138,7 +145,7 @@ async fn ensure_device(
     let created: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match created["id"].as_str() {
         Some(id) => Ok(format!("Device/{id}")),
-        None => Err(FhirError::NotABundle {
+        None => Err(FhirError::Unexpected {
             url,
             message: "the Device create answered without the Device".into(),
         }),
@@ -208,7 +215,7 @@ fn provenance_entry(
     device: &str,
     recorded: &str,
 ) -> Result<Value, fhir_resources::BuildError> {
-    let id = hex32(format!("{target}\n{content}").as_bytes());
+    let id = stable_id(&format!("{target}\n{content}"));
     let text = fhir_resources::provenance(&ProvenanceSpec {
         id: &id,
         target_reference: target,
@@ -236,14 +243,31 @@ fn uuid_from_hex(hex: &str) -> String {
     )
 }
 
-fn if_match(version: &Option<String>) -> Option<String> {
-    version.as_ref().map(|v| format!("W/\"{v}\""))
+/// A PUT of `resource` over an existing DetectedIssue, guarded by `If-Match` on the version
+/// read, and its Provenance.
+fn update_entries(
+    current: &Existing,
+    resource: Value,
+    sources: &[String],
+    device: &str,
+    recorded: &str,
+) -> Result<[Value; 2], fhir_resources::BuildError> {
+    let target = format!("DetectedIssue/{}", current.id);
+    let mut request = json!({"method": "PUT", "url": target});
+    if let Some(version) = &current.version {
+        request["ifMatch"] = json!(format!("W/\"{version}\""));
+    }
+    let provenance = provenance_entry(&target, &owned_part(&resource), sources, device, recorded)?;
+    Ok([
+        json!({"resource": resource, "request": request}),
+        provenance,
+    ])
 }
 
 /// The entries that bring one patient's DetectedIssues in line with the findings.
 fn plan_patient(
     planned: Vec<PlannedIssue>,
-    existing: &mut FxHashMap<String, Existing>,
+    existing: &FxHashMap<String, Existing>,
     ours_for_patient: Vec<String>,
     config: &Config,
     device: &str,
@@ -289,18 +313,9 @@ fn plan_patient(
                         }
                     }
                 }
-                let mut request =
-                    json!({"method": "PUT", "url": format!("DetectedIssue/{}", current.id)});
-                if let Some(tag) = if_match(&current.version) {
-                    request["ifMatch"] = json!(tag);
-                }
-                let target = format!("DetectedIssue/{}", current.id);
-                let owned = owned_part(&updated);
-                plan.entries
-                    .push(json!({"resource": updated, "request": request}));
-                plan.entries.push(provenance_entry(
-                    &target,
-                    &owned,
+                plan.entries.extend(update_entries(
+                    current,
+                    updated,
                     &issue.sources,
                     device,
                     recorded,
@@ -321,22 +336,14 @@ fn plan_patient(
         }
         let mut cancelled = current.resource.clone();
         cancelled["status"] = json!("cancelled");
-        let mut request = json!({"method": "PUT", "url": format!("DetectedIssue/{}", current.id)});
-        if let Some(tag) = if_match(&current.version) {
-            request["ifMatch"] = json!(tag);
-        }
         let sources: Vec<String> = current.resource["implicated"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|r| r["reference"].as_str().map(str::to_owned))
             .collect();
-        let target = format!("DetectedIssue/{}", current.id);
-        let owned = owned_part(&cancelled);
-        plan.entries
-            .push(json!({"resource": cancelled, "request": request}));
-        plan.entries.push(provenance_entry(
-            &target, &owned, &sources, device, recorded,
+        plan.entries.extend(update_entries(
+            current, cancelled, &sources, device, recorded,
         )?);
         plan.cancelled += 1;
     }
@@ -351,11 +358,11 @@ pub async fn write_back(
     config: &Config,
     recorded: &str,
     dry_run_dir: Option<&Path>,
-) -> Result<WriteReport, FhirError> {
+) -> Result<WriteReport, WriteBackError> {
     let dry_run = dry_run_dir.is_some();
     let device = ensure_device(client, config, dry_run).await?;
     let patient_ids: Vec<&str> = patients.iter().map(|p| p.patient_id.as_str()).collect();
-    let mut existing = existing_issues(client, &patient_ids, config).await?;
+    let existing = existing_issues(client, &patient_ids, config).await?;
     // Which of our identifiers belong to which patient.
     let mut by_patient: FxHashMap<String, Vec<String>> = FxHashMap::default();
     for (identifier, issue) in &existing {
@@ -377,7 +384,7 @@ pub async fn write_back(
         let build = planned_issues(patient, config, &device, false).and_then(|planned| {
             let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
             ours.sort();
-            plan_patient(planned, &mut existing, ours, config, &device, recorded)
+            plan_patient(planned, &existing, ours, config, &device, recorded)
         });
         let plan = match build {
             Ok(plan) => plan,
@@ -396,14 +403,17 @@ pub async fn write_back(
         bundles.push((patient.patient_id.clone(), plan));
     }
     if let Some(dir) = dry_run_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| FhirError::Client(format!("{}: {e}", dir.display())))?;
+        let save_error = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| WriteBackError::Save { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(save_error(dir))?;
         for (patient_id, plan) in bundles {
             let bundle =
                 json!({"resourceType": "Bundle", "type": "transaction", "entry": plan.entries});
             let path = dir.join(format!("{}.json", sanitize(&patient_id)));
             std::fs::write(&path, serde_json::to_string_pretty(&bundle).expect("JSON"))
-                .map_err(|e| FhirError::Client(format!("{}: {e}", path.display())))?;
+                .map_err(save_error(&path))?;
             report.transactions += 1;
             report.created += plan.created;
             report.updated += plan.updated;

@@ -6,19 +6,10 @@
 use super::{Collected, Loaded};
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
-use crate::ingest::{Ingestor, ResourceType};
+use crate::ingest::{resource_header, Ingestor, ResourceType};
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::FxHashSet;
-use serde::Deserialize;
 use std::sync::Mutex;
-
-#[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(rename = "resourceType", borrow)]
-    resource_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
-}
 
 /// `system|code,system|code`, the token list of a `code=` search.
 fn token_list(codes: &[&Code]) -> String {
@@ -48,31 +39,33 @@ impl Shared<'_> {
                 .fetch_add(resources.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        let mut local = Collected::default();
-        for raw in resources {
-            let json = raw.get();
-            let Ok(header) = serde_json::from_str::<Header>(json) else {
-                continue;
-            };
-            let Some(kind) = header
-                .resource_type
-                .as_deref()
-                .and_then(|t| ResourceType::ALL.into_iter().find(|k| k.name() == t))
-            else {
+        // Types and ids first, so the seen-set is locked once per page, not while parsing.
+        let headed: Vec<(ResourceType, &str, Option<String>)> = resources
+            .iter()
+            .filter_map(|raw| {
                 // An OperationOutcome entry (search mode `outcome`) or another type: not data.
-                continue;
-            };
-            if let Some(id) = &header.id {
-                let key = format!("{}/{id}", kind.name());
-                if !self
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key)
-                {
-                    continue;
+                let (Some(kind), id) = resource_header(raw.get())? else {
+                    return None;
+                };
+                Some((
+                    kind,
+                    raw.get(),
+                    id.map(|id| format!("{}/{id}", kind.name())),
+                ))
+            })
+            .collect();
+        let mut fresh: Vec<(ResourceType, &str)> = Vec::with_capacity(headed.len());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for (kind, json, key) in headed {
+                // A resource without an id cannot be recognised again: always read.
+                if key.is_none_or(|key| seen.insert(key)) {
+                    fresh.push((kind, json));
                 }
             }
+        }
+        let mut local = Collected::default();
+        for (kind, json) in fresh {
             local.quality.count_read(kind, 1);
             local.add_resource(self.ingestor, kind, json, || {
                 format!("an entry of {search}")
