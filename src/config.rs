@@ -320,7 +320,9 @@ pub struct AuthConfig {
     pub token_file: Option<std::path::PathBuf>,
     /// smart-backend: the client id registered with the authorization server.
     pub client_id: Option<String>,
-    /// smart-backend: PEM private key (PKCS#8) that signs the client assertion.
+    /// smart-backend: the private key that signs the client assertion: PKCS#8 PEM, or a JWK Set
+    /// (or one JWK) in JSON, from which the key of `key_id` (or the only one for the algorithm)
+    /// is used.
     pub private_key_file: Option<std::path::PathBuf>,
     /// smart-backend: `kid` of that key in the JWKS the authorization server knows.
     pub key_id: Option<String>,

@@ -301,3 +301,132 @@ async fn a_503_from_the_token_endpoint_is_retried() {
         form(tokens[1])["client_assertion"]
     );
 }
+
+/// A token endpoint that answers `tok-jwks`, and a FHIR search read with the given key settings;
+/// returns the token request and the token endpoint (the assertion's audience).
+async fn token_request_with(algorithm: &str, key_id: Option<&str>) -> (Request, String) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(token("tok-jwks"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/Patient"))
+        .respond_with(empty_bundle())
+        .mount(&server)
+        .await;
+    let mut config = settings(
+        Some(format!("{}/token", server.uri())),
+        algorithm,
+        "test-private.jwks.json",
+    );
+    config.auth.key_id = key_id.map(str::to_owned);
+    let client = FhirClient::new(&format!("{}/fhir", server.uri()), &config).unwrap();
+    client
+        .page(&format!("{}/fhir/Patient", server.uri()))
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let request = requests
+        .into_iter()
+        .find(|r| r.url.path() == "/token")
+        .unwrap();
+    (request, format!("{}/token", server.uri()))
+}
+
+fn assertion_header(request: &Request) -> jsonwebtoken::Header {
+    jsonwebtoken::decode_header(&form(request)["client_assertion"]).unwrap()
+}
+
+#[tokio::test]
+async fn an_rs384_key_from_a_jwk_set_signs_the_assertion() {
+    let (request, audience) = token_request_with("RS384", Some("key-1")).await;
+    check_assertion(
+        &request,
+        "test-rs384-public.pem",
+        Algorithm::RS384,
+        &audience,
+    );
+}
+
+#[tokio::test]
+async fn an_es384_key_from_a_jwk_set_is_chosen_by_type_and_keeps_its_kid() {
+    // No key_id configured: the set's only EC key is used, with its own kid in the header.
+    let (request, audience) = token_request_with("ES384", None).await;
+    assert_eq!(assertion_header(&request).kid.as_deref(), Some("key-2"));
+    let pem = std::fs::read(key("test-es384-public.pem")).unwrap();
+    let mut validation = Validation::new(Algorithm::ES384);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(
+        &form(&request)["client_assertion"],
+        &DecodingKey::from_ec_pem(&pem).unwrap(),
+        &validation,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_jwk_set_without_the_configured_kid_is_a_configuration_error() {
+    let mut config = settings(None, "RS384", "test-private.jwks.json");
+    config.auth.key_id = Some("key-9".into());
+    let error = FhirClient::new("http://127.0.0.1:1/fhir", &config)
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::Credentials(_)));
+    assert!(
+        error
+            .to_string()
+            .ends_with("test-private.jwks.json: no private RSA key with kid \"key-9\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_503_from_smart_configuration_discovery_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/.well-known/smart-configuration"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/.well-known/smart-configuration"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"token_endpoint": format!("{}/token", server.uri())})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(token("tok-3"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/Patient"))
+        .respond_with(empty_bundle())
+        .mount(&server)
+        .await;
+    let client = FhirClient::new(
+        &format!("{}/fhir", server.uri()),
+        &settings(None, "RS384", "test-rs384-private.pem"),
+    )
+    .unwrap();
+    client
+        .page(&format!("{}/fhir/Patient", server.uri()))
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let discovery = requests
+        .iter()
+        .filter(|r| r.url.path().ends_with("smart-configuration"))
+        .count();
+    assert_eq!(discovery, 2);
+    let fhir = requests
+        .iter()
+        .find(|r| r.url.path() == "/fhir/Patient")
+        .unwrap();
+    assert_eq!(fhir.headers.get("authorization").unwrap(), "Bearer tok-3");
+}

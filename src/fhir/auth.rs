@@ -4,6 +4,7 @@
 //! Neither tokens nor keys nor assertions ever reach a log or an error message.
 
 use super::client::FhirError;
+use super::jwk;
 use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure};
 use crate::config::{AuthConfig, AuthMethod};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -112,28 +113,40 @@ impl SmartBackend {
             .private_key_file
             .as_ref()
             .ok_or_else(|| credentials_error("smart-backend needs server.auth.private_key_file"))?;
-        let pem = std::fs::read(key_path).map_err(|e| {
+        let bytes = std::fs::read(key_path).map_err(|e| {
             credentials_error(format!(
                 "cannot read private key {}: {e}",
                 key_path.display()
             ))
         })?;
-        let (algorithm, key) = match auth.algorithm.as_str() {
-            "RS384" => (Algorithm::RS384, EncodingKey::from_rsa_pem(&pem)),
-            "ES384" => (Algorithm::ES384, EncodingKey::from_ec_pem(&pem)),
+        let algorithm = match auth.algorithm.as_str() {
+            "RS384" => Algorithm::RS384,
+            "ES384" => Algorithm::ES384,
             other => {
                 return Err(credentials_error(format!(
                     "server.auth.algorithm {other:?}: use RS384 or ES384"
                 )))
             }
         };
-        let key = key.map_err(|_| {
-            credentials_error(format!(
-                "{} is not a PEM private key for {}",
-                key_path.display(),
-                auth.algorithm
-            ))
-        })?;
+        let (key, key_id) = if jwk::looks_like_jwks(&bytes) {
+            let signing = jwk::signing_key(&bytes, algorithm, auth.key_id.as_deref())
+                .map_err(|why| credentials_error(format!("{}: {why}", key_path.display())))?;
+            // The configured kid wins; otherwise the JWK's own.
+            (signing.key, auth.key_id.clone().or(signing.key_id))
+        } else {
+            let key = match algorithm {
+                Algorithm::RS384 => EncodingKey::from_rsa_pem(&bytes),
+                _ => EncodingKey::from_ec_pem(&bytes),
+            }
+            .map_err(|_| {
+                credentials_error(format!(
+                    "{} is not a PEM private key for {}",
+                    key_path.display(),
+                    auth.algorithm
+                ))
+            })?;
+            (key, auth.key_id.clone())
+        };
         let token_endpoint = match &auth.token_endpoint {
             Some(url) => Some(Url::parse(url).map_err(|e| {
                 credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
@@ -144,7 +157,7 @@ impl SmartBackend {
             client_id,
             key,
             algorithm,
-            key_id: auth.key_id.clone(),
+            key_id,
             scope: auth.scope.clone(),
             token_endpoint,
             cached: Mutex::new(None),
@@ -162,16 +175,20 @@ impl SmartBackend {
             url: discovery.to_string(),
             message,
         };
-        let response = http
-            .get(discovery.clone())
-            .header("Accept", "application/json")
-            .send()
+        let Answer { status, body, .. } =
+            send_with_retries(&RetryPolicy::default(), true, || -> Result<_, FhirError> {
+                Ok(http
+                    .get(discovery.clone())
+                    .header("Accept", "application/json"))
+            })
             .await
-            .map_err(|e| failed(e.without_url().to_string()))?;
-        if !response.status().is_success() {
-            return Err(failed(format!("HTTP {}", response.status().as_u16())));
+            .map_err(|failure| match failure {
+                SendFailure::Build(error) => error,
+                SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            })?;
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {}", status.as_u16())));
         }
-        let body = response.bytes().await.map_err(|e| failed(e.to_string()))?;
         let configuration: SmartConfiguration =
             serde_json::from_slice(&body).map_err(|e| failed(format!("no token_endpoint: {e}")))?;
         Url::parse(&configuration.token_endpoint)
