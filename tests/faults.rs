@@ -242,38 +242,141 @@ fn a_missing_token_variable_is_a_configuration_error() {
     );
 }
 
+fn marker_observation(id: &str, day: &str, value: Value) -> Value {
+    json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": day,
+        "valueQuantity": {"value": value, "code": "mAU/mL"}
+    })
+}
+
+/// The TARE with its Patient, or the HCC diagnosis, of patient p1; nothing for other paths.
+fn cohort_resources(path: &str) -> Vec<Value> {
+    match path {
+        "/Procedure" => vec![
+            json!({"resourceType": "Procedure", "id": "t1", "status": "completed",
+                   "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]},
+                   "subject": {"reference": "Patient/p1"}, "performedDateTime": "2026-03-01"}),
+            json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}),
+        ],
+        "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
+            "subject": {"reference": "Patient/p1"}})],
+        _ => vec![],
+    }
+}
+
 /// Serves a whole small cohort; the Observation page holds one invalid Observation.
 struct Cohort;
 
 impl Respond for Cohort {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
-        let observation = |id: &str, day: &str, value: Value| {
-            json!({
-                "resourceType": "Observation", "id": id, "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
-                "subject": {"reference": "Patient/p1"},
-                "effectiveDateTime": day,
-                "valueQuantity": {"value": value, "code": "mAU/mL"}
-            })
-        };
         let resources = match request.url.path() {
-            "/Procedure" => vec![
-                json!({"resourceType": "Procedure", "id": "t1", "status": "completed",
-                       "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]},
-                       "subject": {"reference": "Patient/p1"}, "performedDateTime": "2026-03-01"}),
-                json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}),
-            ],
-            "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
-                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
-                "subject": {"reference": "Patient/p1"}})],
             "/Observation" => vec![
-                observation("o1", "2026-02-27", json!(88000)),
-                observation("o2", "2026-03-31", json!("lots")),
-                observation("o3", "2026-07-01", json!(6088)),
+                marker_observation("o1", "2026-02-27", json!(88000)),
+                marker_observation("o2", "2026-03-31", json!("lots")),
+                marker_observation("o3", "2026-07-01", json!(6088)),
             ],
-            _ => vec![],
+            other => cohort_resources(other),
         };
         fhir_json(&bundle(&resources, None))
+    }
+}
+
+/// Serves the cohort with its Observations over two pages, as a server does when o3 is updated
+/// between the two requests: its first version on page 1, its second on page 2 (or the other
+/// way round when `newest_first`), and o1 on both pages unchanged.
+struct UpdatedWhilePaging {
+    base: String,
+    newest_first: bool,
+}
+
+impl Respond for UpdatedWhilePaging {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let versioned = |version: u64, value: i64, at: &str| {
+            let mut o3 = marker_observation("o3", "2026-07-01", json!(value));
+            o3["meta"] = json!({"versionId": version.to_string(), "lastUpdated": at});
+            o3
+        };
+        let old = versioned(1, 9000, "2026-07-02T10:00:00Z");
+        let new = versioned(2, 6088, "2026-07-02T11:00:00Z");
+        let (first, second) = if self.newest_first {
+            (new, old)
+        } else {
+            (old, new)
+        };
+        let o1 = marker_observation("o1", "2026-02-27", json!(88000));
+        if request.url.path() != "/Observation" {
+            return fhir_json(&bundle(&cohort_resources(request.url.path()), None));
+        }
+        if request.url.query().unwrap_or("").contains("page=2") {
+            fhir_json(&bundle(&[o1, second], None))
+        } else {
+            let next = format!("{}/Observation?page=2", self.base);
+            fhir_json(&bundle(&[o1, first], Some(&next)))
+        }
+    }
+}
+
+/// `run --server BASE --dry-run` as a user would; the exit status, stderr and the output folder.
+async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let as_of = as_of.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::cargo_bin("tare-marker-monitor")
+            .unwrap()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--as-of",
+                &as_of,
+                "--dry-run",
+                "--out",
+            ])
+            .arg(out.path())
+            .output()
+            .unwrap();
+        (output, out)
+    })
+    .await
+    .unwrap()
+}
+
+fn read_summary(out: &tempfile::TempDir) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.path().join("run-summary.json")).unwrap())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_updated_while_paging_is_read_once_in_its_newest_version() {
+    for newest_first in [false, true] {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(UpdatedWhilePaging {
+                base: server.uri(),
+                newest_first,
+            })
+            .mount(&server)
+            .await;
+        let (output, out) = dry_run(server.uri(), "2026-07-10").await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let observations = &read_summary(&out)["resources"]["by_type"]["Observation"];
+        assert_eq!(observations["read"], 2, "newest_first = {newest_first}");
+        assert_eq!(observations["accepted"], 2, "newest_first = {newest_first}");
+        let markers = std::fs::read_to_string(out.path().join("markers.csv")).unwrap();
+        assert!(
+            markers.contains(
+                "p1,2026-03-01,pivka2,mAU/mL,88000,2026-02-27,6088,2026-07-01,6088,2026-07-01,1,-93.1,"
+            ),
+            "newest_first = {newest_first}: {markers}"
+        );
     }
 }
 
@@ -284,37 +387,13 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         .respond_with(Cohort)
         .mount(&server)
         .await;
-    let out = tempfile::tempdir().unwrap();
-    let base = server.uri();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::cargo_bin("tare-marker-monitor")
-            .unwrap()
-            .args([
-                "run",
-                "--server",
-                &base,
-                "--as-of",
-                "2026-07-10",
-                "--dry-run",
-                "--out",
-            ])
-            .arg(out.path())
-            .output()
-            .map(|o| (o, out))
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let (output, out) = output;
+    let (output, out) = dry_run(server.uri(), "2026-07-10").await;
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("run-summary.json")).unwrap(),
-    )
-    .unwrap();
+    let summary = read_summary(&out);
     let observations = &summary["resources"]["by_type"]["Observation"];
     assert_eq!(observations["accepted"], 2);
     assert_eq!(

@@ -35,6 +35,8 @@ pub(super) struct Period<'a> {
 pub(super) struct Meta<'a> {
     #[serde(borrow, rename = "lastUpdated")]
     pub(super) last_updated: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "versionId")]
+    pub(super) version_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +62,8 @@ pub(super) struct Header<'a> {
     pub(super) resource_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) meta: Option<Meta<'a>>,
 }
 
 #[derive(Deserialize)]

@@ -191,15 +191,37 @@ impl LineOutcome<'_> {
     }
 }
 
-/// The type and id of a resource, read without the rest of it. `kind` is `None` for a type
-/// the job does not read (an OperationOutcome entry, say); `None` for text that is not JSON.
-pub fn resource_header(json: &str) -> Option<(Option<ResourceType>, Option<Cow<'_, str>>)> {
+/// The type, id and version of a resource, read without the rest of it.
+pub struct ResourceHeader<'a> {
+    /// `None` for a type the job does not read (an OperationOutcome entry, say).
+    pub kind: Option<ResourceType>,
+    pub id: Option<Cow<'a, str>>,
+    /// Orders two versions of one resource: `meta.lastUpdated`, then a numeric
+    /// `meta.versionId` (a version without them sorts first).
+    pub version: (Option<i64>, Option<u64>),
+}
+
+/// The header of a resource; `None` for text that is not JSON.
+pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
     let header: Header = serde_json::from_str(json).ok()?;
     let kind = header
         .resource_type
         .as_deref()
         .and_then(ResourceType::from_name);
-    Some((kind, header.id))
+    let (last_updated, version_id) = match &header.meta {
+        Some(meta) => (
+            meta.last_updated
+                .as_deref()
+                .and_then(time::parse_instant_ms),
+            meta.version_id.as_deref().and_then(|v| v.parse().ok()),
+        ),
+        None => (None, None),
+    };
+    Some(ResourceHeader {
+        kind,
+        id: header.id,
+        version: (last_updated, version_id),
+    })
 }
 
 /// Code lookups built once from the config.
@@ -301,7 +323,7 @@ impl Ingestor {
             Ok(outcome) => outcome,
             Err(error) => {
                 // Recover the id where the JSON itself is sound, so the data manager can find it.
-                let id = resource_header(line).and_then(|(_, id)| id.map(Cow::into_owned));
+                let id = resource_header(line).and_then(|h| h.id.map(Cow::into_owned));
                 LineOutcome::Skipped(Skip {
                     reason: SkipReason::InvalidJson,
                     resource_id: id,

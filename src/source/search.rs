@@ -1,14 +1,17 @@
 //! A FHIR server as the source: TARE Procedures by code (with their Patients through
 //! `_include`), then the HCC Conditions and the marker Observations of those patients, searched
 //! in patient batches with bounded concurrency. Every resource goes through the same checks as
-//! a Bulk Data line; one seen twice (across pages or searches) is read once.
+//! a Bulk Data line; one seen twice is read once: across the pages of a search in its newest
+//! version (`meta.lastUpdated`, then `meta.versionId`), across searches the first time.
 
 use super::{Collected, Loaded};
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::{resource_header, Ingestor, ResourceType};
 use futures::stream::{self, TryStreamExt};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// `system|code,system|code`, the token list of a `code=` search.
@@ -24,50 +27,65 @@ fn token_list(codes: &[&Code]) -> String {
 struct Shared<'a> {
     ingestor: &'a Ingestor,
     collected: Mutex<Collected>,
-    /// `Type/id` of every resource read, so a repeat is skipped.
+    /// `Type/id` of every resource read, so a repeat in another search is skipped.
     seen: Mutex<FxHashSet<String>>,
     inputs: Mutex<Vec<String>>,
     /// Fetch-only: pages of the patient searches are counted and discarded.
     discard: bool,
-    discarded: std::sync::atomic::AtomicU64,
+    discarded: AtomicU64,
+}
+
+/// The resources of one search, gathered over its pages: one per `Type/id`, the newest version
+/// (a resource updated while we paged can come back on a later page), then read at the end.
+#[derive(Default)]
+struct SearchResult {
+    latest: FxHashMap<String, (Version, ResourceType, Box<RawValue>)>,
+    /// Resources without an id cannot be recognised again: each is read.
+    without_id: Vec<(ResourceType, Box<RawValue>)>,
+}
+
+type Version = (Option<i64>, Option<u64>);
+
+impl SearchResult {
+    fn add_page(&mut self, resources: Vec<Box<RawValue>>) {
+        for raw in resources {
+            // An OperationOutcome entry (search mode `outcome`) or another type: not data.
+            let Some(header) = resource_header(raw.get()) else {
+                continue;
+            };
+            let Some(kind) = header.kind else { continue };
+            let Some(id) = header.id else {
+                self.without_id.push((kind, raw));
+                continue;
+            };
+            let key = format!("{}/{id}", kind.name());
+            let version = header.version;
+            match self.latest.get(&key) {
+                Some((known, _, _)) if *known >= version => {}
+                _ => {
+                    self.latest.insert(key, (version, kind, raw));
+                }
+            }
+        }
+    }
 }
 
 impl Shared<'_> {
-    fn add_page(&self, resources: Vec<Box<serde_json::value::RawValue>>, search: &str) {
-        if self.discard && !search.starts_with("Procedure") {
-            self.discarded
-                .fetch_add(resources.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        // Types and ids first, so the seen-set is locked once per page, not while parsing.
-        let headed: Vec<(ResourceType, &str, Option<String>)> = resources
-            .iter()
-            .filter_map(|raw| {
-                // An OperationOutcome entry (search mode `outcome`) or another type: not data.
-                let (Some(kind), id) = resource_header(raw.get())? else {
-                    return None;
-                };
-                Some((
-                    kind,
-                    raw.get(),
-                    id.map(|id| format!("{}/{id}", kind.name())),
-                ))
-            })
-            .collect();
-        let mut fresh: Vec<(ResourceType, &str)> = Vec::with_capacity(headed.len());
+    /// Reads what one search gathered; resources another search already gave are skipped.
+    fn add_result(&self, result: SearchResult, search: &str) {
+        let mut fresh: Vec<(ResourceType, Box<RawValue>)> = result.without_id;
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            for (kind, json, key) in headed {
-                // A resource without an id cannot be recognised again: always read.
-                if key.is_none_or(|key| seen.insert(key)) {
-                    fresh.push((kind, json));
+            for (key, (_, kind, raw)) in result.latest {
+                if seen.insert(key) {
+                    fresh.push((kind, raw));
                 }
             }
         }
         let mut local = Collected::default();
-        for (kind, json) in fresh {
-            local.quality.count_read(kind, 1);
-            local.add_resource(self.ingestor, kind, json, || {
+        for (kind, raw) in &fresh {
+            local.quality.count_read(*kind, 1);
+            local.add_resource(self.ingestor, *kind, raw.get(), || {
                 format!("an entry of {search}")
             });
         }
@@ -82,9 +100,18 @@ impl Shared<'_> {
         url: reqwest::Url,
         label: String,
     ) -> Result<(), FhirError> {
+        let mut result = SearchResult::default();
         let pages = client
-            .search_all(url, |page| self.add_page(page.resources, &label))
+            .search_all(url, |page| {
+                if self.discard && !label.starts_with("Procedure") {
+                    self.discarded
+                        .fetch_add(page.resources.len() as u64, Ordering::Relaxed);
+                } else {
+                    result.add_page(page.resources);
+                }
+            })
             .await?;
+        self.add_result(result, &label);
         self.inputs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -130,7 +157,7 @@ async fn load_with(
         seen: Mutex::new(FxHashSet::default()),
         inputs: Mutex::new(Vec::new()),
         discard,
-        discarded: std::sync::atomic::AtomicU64::new(0),
+        discarded: AtomicU64::new(0),
     };
     let count = server.page_size.to_string();
     let tare_codes: Vec<&Code> = config.codes.tare_procedure.iter().collect();
