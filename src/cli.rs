@@ -11,8 +11,17 @@ use std::path::PathBuf;
     about = "Evaluates PIVKA-II / AFP courses after TARE and flags cases for clinician review"
 )]
 pub struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +61,34 @@ pub enum Command {
         /// discard the pages; evaluate and write nothing. Prints requests and time.
         #[arg(long, conflicts_with = "dry_run")]
         fetch_only: bool,
+        /// Evaluate and write for this patient only (repeatable); nothing else is touched.
+        #[arg(long, value_name = "ID")]
+        patient: Vec<String>,
+        /// A file of patients: one id, or an identifier `system|value`, per line; blank lines
+        /// and `#` comments allowed (repeatable).
+        #[arg(long, value_name = "FILE")]
+        cohort: Vec<PathBuf>,
+        /// The members of this FHIR Group (repeatable).
+        #[arg(long, value_name = "ID")]
+        group: Vec<String>,
+        /// Run shard I of N (from 0): the patients whose id hashes to I. Default: from
+        /// JOB_COMPLETION_INDEX with schedule.shard_count, else unsharded.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<crate::cohort::Shard>,
+        /// With schedule.state_file: ignore the state and read everyone (the state is written
+        /// afterwards, as after any fully successful run).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Combine the part files of a sharded run into one markers.csv, flags.csv,
+    /// detected-issues.ndjson and run-summary.json.
+    Merge {
+        /// Folders holding the part files (`markers.shard-I-of-N.csv`, ...).
+        #[arg(required = true, value_name = "DIR")]
+        parts: Vec<PathBuf>,
+        /// Output folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Print one patient's course and findings for a clinician.
     Explain {

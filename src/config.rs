@@ -38,6 +38,7 @@ pub struct Config {
     pub rules: FlagRules,
     pub output: OutputConfig,
     pub server: ServerConfig,
+    pub schedule: ScheduleConfig,
 }
 
 /// RULES.md §1 "Which Observations count" and "Conversions".
@@ -297,6 +298,31 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
 }
 
+/// Unattended runs: the incremental state and sharding. Not clinical numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Incremental runs: the state file (watermark and known cohort). Without it every run is
+    /// a full run.
+    pub state_file: Option<std::path::PathBuf>,
+    /// An incremental run asks for what changed since the previous run's start minus this
+    /// overlap (clock skew between us and the server, transactions that commit late).
+    pub overlap_minutes: u32,
+    /// Shards in all, when the shard index comes from `JOB_COMPLETION_INDEX` (a Kubernetes
+    /// Indexed Job); `--shard I/N` overrides both.
+    pub shard_count: u32,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            state_file: None,
+            overlap_minutes: 15,
+            shard_count: 1,
+        }
+    }
+}
+
 /// How the job authenticates to the FHIR server. Secrets come from the environment or files,
 /// never from the command line, and never reach a log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,6 +523,9 @@ impl Config {
                 "server",
                 "page_size, patient_batch and concurrency must be at least 1".into(),
             );
+        }
+        if self.schedule.shard_count == 0 {
+            return invalid("schedule.shard_count", "must be at least 1".into());
         }
         if self.ingest.accepted_statuses.is_empty() {
             return invalid("ingest.accepted_statuses", "must not be empty".into());

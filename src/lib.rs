@@ -4,6 +4,7 @@
 //! `run` wires one run together.
 
 pub mod cli;
+pub mod cohort;
 pub mod config;
 pub mod domain;
 pub mod evaluate;
@@ -12,7 +13,9 @@ pub mod fhir;
 pub mod format;
 pub mod generate;
 pub mod ingest;
+pub mod merge;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod timeline;

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
-use tare_marker_monitor::cli::{Cli, Command, Common};
+use tare_marker_monitor::cli::{Cli, Command, Common, LogFormat};
+use tare_marker_monitor::cohort::Shard;
 use tare_marker_monitor::config::Config;
 use tare_marker_monitor::fhir::client::FhirError;
 use tare_marker_monitor::run::{self, RunError, RunOptions, Source};
@@ -57,7 +58,9 @@ fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
 
 fn exit_code_of(error: &RunError) -> u8 {
     match error {
-        RunError::Server(FhirError::Credentials(_)) => EXIT_CONFIG,
+        RunError::Server(FhirError::Credentials(_)) | RunError::Cohort(_) | RunError::State(_) => {
+            EXIT_CONFIG
+        }
         RunError::Source(_) | RunError::Server(_) => EXIT_SOURCE,
         _ => EXIT_FAILURE,
     }
@@ -65,15 +68,17 @@ fn exit_code_of(error: &RunError) -> u8 {
 
 fn main() -> ExitCode {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match cli.log_format {
+        // One JSON object per line, for a log collector; never colours.
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
@@ -87,6 +92,11 @@ fn dispatch(command: Command) -> Result<(), u8> {
             out,
             dry_run,
             fetch_only,
+            patient,
+            cohort,
+            group,
+            shard,
+            full,
         } => {
             let config = load_config(&common)?;
             if fetch_only {
@@ -111,17 +121,40 @@ fn dispatch(command: Command) -> Result<(), u8> {
                 eprintln!("error: --out DIR is required");
                 return Err(EXIT_CONFIG);
             };
+            let shard = match shard {
+                Some(shard) => Some(shard),
+                None => Shard::from_job_index(
+                    std::env::var("JOB_COMPLETION_INDEX").ok().as_deref(),
+                    config.schedule.shard_count,
+                )
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    EXIT_CONFIG
+                })?,
+            };
             let options = RunOptions {
                 source: source_of(&common, &config)?,
                 dry_run,
                 as_of: as_of(&common, &config),
                 out_dir: out,
+                cohort: run::CohortRequest {
+                    patients: patient,
+                    cohort_files: cohort,
+                    groups: group,
+                },
+                shard,
+                full,
             };
             let outcome = run::run(&options, &config).map_err(|e| {
                 eprintln!("error: {e}");
                 exit_code_of(&e)
             })?;
             let s = &outcome.summary;
+            if let Some(cohort) = &s.cohort {
+                for unknown in &cohort.unknown {
+                    eprintln!("warning: not found: {unknown}");
+                }
+            }
             let observations = s.resources.by_type.get("Observation");
             println!(
                 "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {}",
@@ -153,6 +186,21 @@ fn dispatch(command: Command) -> Result<(), u8> {
                     return Err(EXIT_PATIENTS_FAILED);
                 }
             }
+            Ok(())
+        }
+        Command::Merge { parts, out } => {
+            let merged = tare_marker_monitor::merge::merge(&parts, &out).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_FAILURE
+            })?;
+            println!(
+                "{} shards merged into {}: {} markers rows, {} flags, {} DetectedIssues",
+                merged.shards,
+                out.display(),
+                merged.marker_rows,
+                merged.flag_rows,
+                merged.detected_issues
+            );
             Ok(())
         }
         Command::Explain { common, patient } => {

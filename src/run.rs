@@ -1,15 +1,19 @@
 //! One run: source folder -> timelines -> evaluation -> output files.
 
+use crate::cohort::{parse_cohort_file, CohortEntry, Scope, Selection, Shard};
 use crate::config::Config;
 use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::Ingestor;
+use crate::sink::summary::{CohortReport, Watermark};
 use crate::sink::summary::{RunSummary, Timings};
 use crate::sink::{csv as csv_sink, detected_issue, server};
 use crate::source::{ndjson, search, Loaded};
+use crate::state::{self, RunState, StateError};
 use chrono::NaiveDate;
 use rayon::prelude::*;
+use rustc_hash::FxHashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +31,11 @@ pub enum RunError {
     },
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+    /// A cohort that cannot be read or resolved (exit code 2: the request is wrong).
+    #[error("{0}")]
+    Cohort(String),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Where the resources come from.
@@ -54,7 +63,7 @@ pub fn load(
     pool: &rayon::ThreadPool,
 ) -> Result<Loaded, RunError> {
     let client = server_client(source, config)?;
-    load_from(source, client.as_ref(), config, pool)
+    load_from(source, client.as_ref(), config, &Scope::EVERYONE, pool)
 }
 
 /// The client of a server source (one per run, so its request count covers the run).
@@ -69,15 +78,26 @@ fn load_from(
     source: &Source,
     client: Option<&FhirClient>,
     config: &Config,
+    scope: &Scope,
     pool: &rayon::ThreadPool,
 ) -> Result<Loaded, RunError> {
-    let ingestor = Ingestor::new(config);
+    let ingestor = Ingestor::new(config).for_shard(scope.shard);
     let read_server = |client: &FhirClient| -> Result<Loaded, RunError> {
         let runtime = runtime(pool.current_num_threads())?;
-        Ok(pool.install(|| runtime.block_on(search::load(client, &ingestor, config)))?)
+        Ok(pool.install(|| runtime.block_on(search::load(client, &ingestor, config, scope)))?)
     };
     match (source, client) {
-        (Source::Folder(dir), _) => Ok(pool.install(|| ndjson::load(dir, &ingestor))?),
+        (Source::Folder(dir), _) => {
+            let mut loaded = pool.install(|| ndjson::load(dir, &ingestor))?;
+            // A folder is read whole (and counted whole); a cohort picks its patients from it.
+            if let Some(requested) = scope.requested() {
+                let requested: FxHashSet<String> = requested.into_iter().collect();
+                loaded
+                    .timelines
+                    .retain(|t| requested.contains(&t.patient_id));
+            }
+            Ok(loaded)
+        }
         (Source::Server(_), Some(client)) => read_server(client),
         (Source::Server(url), None) => read_server(&FhirClient::new(url, &config.server)?),
     }
@@ -107,6 +127,20 @@ pub fn fetch_only(url: &str, config: &Config) -> Result<FetchOnly, RunError> {
     })
 }
 
+/// An on-demand cohort: patient ids, cohort files and FHIR Groups (empty: everyone).
+#[derive(Debug, Clone, Default)]
+pub struct CohortRequest {
+    pub patients: Vec<String>,
+    pub cohort_files: Vec<PathBuf>,
+    pub groups: Vec<String>,
+}
+
+impl CohortRequest {
+    pub fn is_empty(&self) -> bool {
+        self.patients.is_empty() && self.cohort_files.is_empty() && self.groups.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub source: Source,
@@ -114,6 +148,10 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub as_of: NaiveDate,
     pub out_dir: PathBuf,
+    pub cohort: CohortRequest,
+    pub shard: Option<Shard>,
+    /// Ignore the incremental state: read everyone (the state is written afterwards).
+    pub full: bool,
 }
 
 pub struct RunOutcome {
@@ -174,29 +212,213 @@ fn csv_io(e: csv::Error) -> std::io::Error {
     std::io::Error::other(e)
 }
 
+/// How this run chose its patients.
+enum Mode {
+    /// Everyone with a TARE; with a state file, the state is (re)written afterwards.
+    Full { state_path: Option<PathBuf> },
+    /// Those changed since the previous run, plus those whose findings change with time.
+    Incremental {
+        state_path: PathBuf,
+        previous: RunState,
+        since: String,
+    },
+    /// An on-demand cohort: the state is neither read nor written.
+    Cohort,
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Full { .. } => "full",
+            Mode::Incremental { .. } => "incremental",
+            Mode::Cohort => "cohort",
+        }
+    }
+}
+
+/// The patient ids of an on-demand cohort, and the entries that matched no patient.
+fn resolve_cohort(
+    request: &CohortRequest,
+    client: Option<&FhirClient>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Vec<String>, Vec<String>), RunError> {
+    let mut ids = request.patients.clone();
+    if let Some(bad) = ids.iter().find(|id| !crate::cohort::is_fhir_id(id)) {
+        return Err(RunError::Cohort(format!(
+            "--patient {bad:?} is not a FHIR id ([A-Za-z0-9.-], up to 64 characters)"
+        )));
+    }
+    let mut identifiers = Vec::new();
+    for file in &request.cohort_files {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| RunError::Cohort(format!("cannot read the cohort file {name}: {e}")))?;
+        for entry in parse_cohort_file(&text, &name).map_err(RunError::Cohort)? {
+            match entry {
+                CohortEntry::PatientId(id) => ids.push(id),
+                CohortEntry::Identifier { system, value } => identifiers.push((system, value)),
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    if identifiers.is_empty() && request.groups.is_empty() {
+        return Ok((ids, unknown));
+    }
+    let Some(client) = client else {
+        return Err(RunError::Cohort(
+            "identifiers (system|value) and --group are resolved on a FHIR server: use --server"
+                .into(),
+        ));
+    };
+    let (found, not_found) = runtime.block_on(search::resolve_identifiers(client, &identifiers))?;
+    ids.extend(found);
+    unknown.extend(not_found);
+    for group in &request.groups {
+        let members = runtime.block_on(search::group_members(client, group))?;
+        if members.is_empty() {
+            unknown.push(format!("Group/{group} (no Patient members)"));
+        }
+        ids.extend(members);
+    }
+    Ok((ids, unknown))
+}
+
+/// Full, incremental or cohort, and the scope that follows.
+fn choose_mode(
+    options: &RunOptions,
+    config: &Config,
+    client: Option<&FhirClient>,
+    runtime: &tokio::runtime::Runtime,
+    cohort: &mut CohortReport,
+) -> Result<(Mode, Scope), RunError> {
+    let scope = |selection| Scope {
+        selection,
+        shard: options.shard,
+    };
+    if !options.cohort.is_empty() {
+        let (ids, unknown) = resolve_cohort(&options.cohort, client, runtime)?;
+        cohort.requested = ids.len();
+        cohort.unknown = unknown;
+        return Ok((Mode::Cohort, scope(Selection::Patients(ids))));
+    }
+    let (Some(state_file), Some(client)) = (&config.schedule.state_file, client) else {
+        return Ok((Mode::Full { state_path: None }, scope(Selection::Everyone)));
+    };
+    let suffix = options.shard.map(|s| s.file_suffix());
+    let state_path = state::shard_path(state_file, suffix.as_deref());
+    let previous = match options.full {
+        true => None,
+        false => RunState::read(&state_path)?,
+    };
+    let shard = options.shard.map(|s| s.to_string());
+    let previous = match previous {
+        Some(p) if p.source == options.source.to_string() && p.shard == shard => p,
+        Some(_) => {
+            tracing::warn!("the state file is for another server or shard: full run");
+            return Ok((
+                Mode::Full {
+                    state_path: Some(state_path),
+                },
+                scope(Selection::Everyone),
+            ));
+        }
+        None => {
+            return Ok((
+                Mode::Full {
+                    state_path: Some(state_path),
+                },
+                scope(Selection::Everyone),
+            ))
+        }
+    };
+    let since = previous.changed_since(config.schedule.overlap_minutes);
+    let mut ids = runtime.block_on(search::changed_patients(client, config, &since))?;
+    let changed = ids.len();
+    ids.extend(previous.time_dependent(options.as_of));
+    ids.sort();
+    ids.dedup();
+    tracing::info!(
+        changed,
+        time_dependent = ids.len() - changed.min(ids.len()),
+        "incremental run"
+    );
+    Ok((
+        Mode::Incremental {
+            state_path,
+            previous,
+            since,
+        },
+        scope(Selection::Patients(ids)),
+    ))
+}
+
+/// `markers.csv`, or `markers.shard-0-of-4.csv` in a sharded run.
+pub fn output_name(stem: &str, extension: &str, shard: Option<Shard>) -> String {
+    match shard {
+        None => format!("{stem}.{extension}"),
+        Some(shard) => format!("{stem}{}.{extension}", shard.file_suffix()),
+    }
+}
+
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let started_utc = chrono::Utc::now();
+    let started_at = started_utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let pool = thread_pool(config)?;
     let client = server_client(&options.source, config)?;
-    let loaded = load_from(&options.source, client.as_ref(), config, &pool)?;
+    let async_runtime = runtime(pool.current_num_threads())?;
+    let mut cohort = CohortReport::default();
+    let (mode, scope) = choose_mode(
+        options,
+        config,
+        client.as_ref(),
+        &async_runtime,
+        &mut cohort,
+    )?;
+    let loaded = load_from(&options.source, client.as_ref(), config, &scope, &pool)?;
     let read_ms = started.elapsed().as_millis();
     tracing::info!(
+        mode = mode.name(),
         patients = loaded.timelines.len(),
         inputs = loaded.inputs.len(),
         read_ms,
         "source read"
     );
+    if let Some(requested) = scope.requested() {
+        let found: FxHashSet<&str> = loaded
+            .timelines
+            .iter()
+            .filter(|t| t.has_patient_resource)
+            .map(|t| t.patient_id.as_str())
+            .collect();
+        if matches!(mode, Mode::Cohort) {
+            cohort.unknown.extend(
+                requested
+                    .iter()
+                    .filter(|id| !found.contains(id.as_str()))
+                    .map(|id| format!("{id} (no Patient)")),
+            );
+        }
+    }
 
     let evaluate_started = Instant::now();
-    // Each timeline is dropped as soon as it is evaluated.
-    let findings: Vec<PatientFindings> = pool.install(|| {
-        loaded
-            .timelines
-            .into_par_iter()
-            .map(|t| evaluate_patient(&t, config, options.as_of))
-            .collect()
-    });
+    // Each timeline is dropped as soon as it is evaluated; a stateful run keeps each patient's
+    // recheck date for the state file.
+    let keeps_state = !matches!(mode, Mode::Cohort | Mode::Full { state_path: None });
+    let (findings, rechecks): (Vec<PatientFindings>, Vec<(String, Option<NaiveDate>)>) = pool
+        .install(|| {
+            loaded
+                .timelines
+                .into_par_iter()
+                .map(|t| {
+                    let recheck = keeps_state.then(|| state::recheck_until(&t, config));
+                    (
+                        evaluate_patient(&t, config, options.as_of),
+                        (t.patient_id, recheck.flatten()),
+                    )
+                })
+                .unzip()
+        });
     let evaluate_ms = evaluate_started.elapsed().as_millis();
 
     let write_started = Instant::now();
@@ -204,20 +426,24 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         path: options.out_dir.display().to_string(),
         source,
     })?;
-    let out = |name: &str| options.out_dir.join(name);
+    let out = |stem: &str, extension: &str| {
+        options
+            .out_dir
+            .join(output_name(stem, extension, options.shard))
+    };
     // The CSV files and the FHIR resources are independent: write them side by side.
     let (tables, resources) = pool.install(|| {
         rayon::join(
             || -> Result<(), RunError> {
-                write_atomically(&out("markers.csv"), |w| {
+                write_atomically(&out("markers", "csv"), |w| {
                     csv_sink::write_markers(w, &findings).map_err(csv_io)
                 })?;
-                write_atomically(&out("flags.csv"), |w| {
+                write_atomically(&out("flags", "csv"), |w| {
                     csv_sink::write_flags(w, &findings, config).map_err(csv_io)
                 })
             },
             || {
-                write_atomically(&out("detected-issues.ndjson"), |w| {
+                write_atomically(&out("detected-issues", "ndjson"), |w| {
                     detected_issue::write_ndjson(w, &findings, config, &started_at).map(|_| ())
                 })
             },
@@ -227,13 +453,16 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     resources?;
     let write_back = match &client {
         Some(client) => {
-            let dry_run_dir = options.dry_run.then(|| out("transactions"));
-            let report = runtime(pool.current_num_threads())?
+            let dry_run_dir = options
+                .dry_run
+                .then(|| options.out_dir.join("transactions"));
+            let report = async_runtime
                 .block_on(server::write_back(
                     client,
                     &findings,
                     config,
                     &started_at,
+                    &scope,
                     dry_run_dir.as_deref(),
                 ))
                 .map_err(|e| match e {
@@ -248,12 +477,77 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     };
     let write_ms = write_started.elapsed().as_millis();
 
+    // The state moves on only after a run that fully succeeded and wrote for real.
+    let fully_succeeded = !options.dry_run
+        && write_back
+            .as_ref()
+            .is_none_or(|report| report.failed.is_empty());
+    let watermark = match &mode {
+        Mode::Cohort | Mode::Full { state_path: None } => None,
+        Mode::Full {
+            state_path: Some(path),
+        }
+        | Mode::Incremental {
+            state_path: path, ..
+        } => {
+            let since = match &mode {
+                Mode::Incremental { since, .. } => Some(since.clone()),
+                _ => None,
+            };
+            let next = fully_succeeded
+                .then(|| started_utc.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            if fully_succeeded {
+                let mut next_state = match &mode {
+                    Mode::Incremental { previous, .. } => previous.clone(),
+                    _ => RunState::new(
+                        options.source.to_string(),
+                        options.shard.map(|s| s.to_string()),
+                        started_utc,
+                    ),
+                };
+                next_state.watermark = started_utc;
+                next_state.as_of = options.as_of;
+                for (patient_id, recheck) in &rechecks {
+                    match recheck {
+                        Some(until) => {
+                            next_state.patients.insert(patient_id.clone(), *until);
+                        }
+                        None => next_state.forget(patient_id),
+                    }
+                }
+                if let Some(requested) = scope.requested() {
+                    let evaluated: FxHashSet<&str> =
+                        rechecks.iter().map(|(id, _)| id.as_str()).collect();
+                    for id in requested
+                        .iter()
+                        .filter(|id| !evaluated.contains(id.as_str()))
+                    {
+                        next_state.forget(id);
+                    }
+                }
+                write_atomically(path, |w| {
+                    serde_json::to_writer_pretty(&mut *w, &next_state)?;
+                    w.write_all(b"\n")
+                })?;
+            }
+            Some(Watermark {
+                state_file: path.display().to_string(),
+                used: since,
+                next,
+            })
+        }
+    };
+
     let (patients, responses, flags) = RunSummary::count(&findings, config);
     let summary = RunSummary {
         tool_version: env!("CARGO_PKG_VERSION"),
+        mode: mode.name(),
         as_of: options.as_of.to_string(),
         started_at,
         source: options.source.to_string(),
+        shard: options.shard.map(|s| s.to_string()),
+        cohort: matches!(mode, Mode::Cohort).then_some(cohort),
+        watermark,
         inputs: loaded.inputs,
         inputs_ignored: loaded.ignored_inputs,
         threads: pool.current_num_threads(),
@@ -270,7 +564,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             total_ms: started.elapsed().as_millis(),
         },
     };
-    write_atomically(&out("run-summary.json"), |w| {
+    write_atomically(&out("run-summary", "json"), |w| {
         serde_json::to_writer_pretty(&mut *w, &summary)?;
         w.write_all(b"\n")
     })?;

@@ -57,6 +57,11 @@ impl CohortBuilder {
             .collect()
     }
 
+    /// Keeps only the patients for whom `keep` holds (a shard, a requested cohort).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.patients.retain(|id, _| keep(id));
+    }
+
     /// Adds what another builder collected (another worker's share of the files).
     pub fn merge(&mut self, other: CohortBuilder) {
         if self.patients.len() < other.patients.len() {

@@ -255,6 +255,23 @@ impl FhirClient {
         url
     }
 
+    /// Reads one resource (`Group/ID`, say) as JSON; any answer but 200 is an error with the
+    /// server's OperationOutcome text.
+    pub async fn read(&self, url: &str) -> Result<serde_json::Value, FhirError> {
+        let Answer { status, body, .. } = self.send(url, true, |http| http.get(url)).await?;
+        if status != StatusCode::OK {
+            return Err(FhirError::Status {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                outcome: outcome_text(&body),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| FhirError::Unexpected {
+            url: url.to_owned(),
+            message: format!("not JSON: {e}"),
+        })
+    }
+
     /// Fetches one search page.
     pub async fn page(&self, url: &str) -> Result<SearchPage, FhirError> {
         let Answer { status, body, .. } = self.send(url, true, |http| http.get(url)).await?;

@@ -232,6 +232,35 @@ pub struct Ingestor {
     accepted_statuses: Vec<String>,
     tz: Tz,
     config: crate::config::IngestConfig,
+    /// In a sharded run, only the resources of this shard's patients are read and counted.
+    shard: Option<crate::cohort::Shard>,
+}
+
+/// The patient a resource is about: a Patient's own id, else its `subject` (or `patient`)
+/// reference. Read on its own, for resources the ingest did not turn into a record.
+pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct Reference<'a> {
+        #[serde(borrow)]
+        reference: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct About<'a> {
+        #[serde(borrow, rename = "resourceType")]
+        resource_type: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        subject: Option<Reference<'a>>,
+        #[serde(borrow)]
+        patient: Option<Reference<'a>>,
+    }
+    let about: About = serde_json::from_str(json).ok()?;
+    if about.resource_type.as_deref() == Some("Patient") {
+        return about.id;
+    }
+    let reference = about.subject.or(about.patient)?.reference?;
+    patient_id_of(&reference).map(|id| Cow::Owned(id.to_owned()))
 }
 
 /// `Patient/123`, `https://host/fhir/Patient/123` or `Patient/123/_history/2` -> `123`.
@@ -300,6 +329,28 @@ impl Ingestor {
             accepted_statuses: config.ingest.accepted_statuses.clone(),
             tz: config.time_zone(),
             config: config.ingest.clone(),
+            shard: None,
+        }
+    }
+
+    /// An ingestor that keeps only the resources of one shard's patients.
+    pub fn for_shard(mut self, shard: Option<crate::cohort::Shard>) -> Ingestor {
+        self.shard = shard;
+        self
+    }
+
+    /// Whether a resource read as `outcome` belongs to this run's shard: by its patient, or,
+    /// when no patient can be told (a line that is not JSON), to shard 0 only, so that the
+    /// counts of all shards add up to those of one unsharded run.
+    pub fn in_shard(&self, outcome: &LineOutcome<'_>, json: &str) -> bool {
+        let Some(shard) = self.shard else { return true };
+        let patient = match outcome {
+            LineOutcome::Record(record) => Some(Cow::Borrowed(record.patient_id())),
+            _ => patient_of_resource(json),
+        };
+        match patient {
+            Some(id) => shard.contains(&id),
+            None => shard.index == 0,
         }
     }
 

@@ -14,6 +14,7 @@
 //! the others go on.
 
 use super::detected_issue::{planned_issues, stable_id, PlannedIssue};
+use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::PatientFindings;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
@@ -152,23 +153,34 @@ async fn ensure_device(
     }
 }
 
-/// Our DetectedIssues of these patients, by identifier value.
+/// Our DetectedIssues (those with our identifier system), by identifier value: of these
+/// patients, or with `None` of everyone (one search over all of them).
 async fn existing_issues(
     client: &FhirClient,
-    patient_ids: &[&str],
+    patient_ids: Option<&[&str]>,
     config: &Config,
 ) -> Result<FxHashMap<String, Existing>, FhirError> {
     let system = &config.output.identifier_system;
+    let identifier = ("identifier", format!("{system}|"));
+    let count = ("_count", config.server.page_size.to_string());
+    let searches: Vec<reqwest::Url> = match patient_ids {
+        None => vec![client.search_url("DetectedIssue", &[identifier, count])],
+        Some(ids) => ids
+            .chunks(config.server.patient_batch)
+            .map(|batch| {
+                client.search_url(
+                    "DetectedIssue",
+                    &[
+                        ("patient", batch.join(",")),
+                        identifier.clone(),
+                        count.clone(),
+                    ],
+                )
+            })
+            .collect(),
+    };
     let mut found = FxHashMap::default();
-    for batch in patient_ids.chunks(config.server.patient_batch) {
-        let url = client.search_url(
-            "DetectedIssue",
-            &[
-                ("patient", batch.join(",")),
-                ("identifier", format!("{system}|")),
-                ("_count", config.server.page_size.to_string()),
-            ],
-        );
+    for url in searches {
         let mut resources = Vec::new();
         client
             .search_all(url, |page| resources.extend(page.resources))
@@ -190,7 +202,7 @@ async fn existing_issues(
                     Existing {
                         id: id.to_owned(),
                         version: resource["meta"]["versionId"].as_str().map(str::to_owned),
-                        resource: resource.clone(),
+                        resource,
                     },
                 );
             }
@@ -357,21 +369,35 @@ pub async fn write_back(
     patients: &[PatientFindings],
     config: &Config,
     recorded: &str,
+    scope: &Scope,
     dry_run_dir: Option<&Path>,
 ) -> Result<WriteReport, WriteBackError> {
     let dry_run = dry_run_dir.is_some();
     let device = ensure_device(client, config, dry_run).await?;
-    let patient_ids: Vec<&str> = patients.iter().map(|p| p.patient_id.as_str()).collect();
-    let existing = existing_issues(client, &patient_ids, config).await?;
-    // Which of our identifiers belong to which patient.
+    // Everyone: all our DetectedIssues, so those of a patient who no longer has a TARE (one
+    // entered in error) are cancelled too. A cohort: those of its patients only.
+    let requested = scope.requested();
+    let existing = match &requested {
+        None => existing_issues(client, None, config).await?,
+        Some(ids) => {
+            let mut patient_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            patient_ids.extend(patients.iter().map(|p| p.patient_id.as_str()));
+            patient_ids.sort_unstable();
+            patient_ids.dedup();
+            existing_issues(client, Some(&patient_ids), config).await?
+        }
+    };
+    // Which of our identifiers belong to which patient (of this shard).
     let mut by_patient: FxHashMap<String, Vec<String>> = FxHashMap::default();
     for (identifier, issue) in &existing {
         if let Some(reference) = issue.resource["patient"]["reference"].as_str() {
             let patient = reference.rsplit('/').next().unwrap_or(reference).to_owned();
-            by_patient
-                .entry(patient)
-                .or_default()
-                .push(identifier.clone());
+            if scope.in_shard(&patient) {
+                by_patient
+                    .entry(patient)
+                    .or_default()
+                    .push(identifier.clone());
+            }
         }
     }
     let mut report = WriteReport {
@@ -380,17 +406,31 @@ pub async fn write_back(
         ..WriteReport::default()
     };
     let mut bundles = Vec::new();
-    for patient in patients {
-        let build = planned_issues(patient, config, &device, false).and_then(|planned| {
-            let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
-            ours.sort();
-            plan_patient(planned, &existing, ours, config, &device, recorded)
-        });
-        let plan = match build {
+    let mut plans: Vec<(String, Result<Plan, fhir_resources::BuildError>)> = patients
+        .iter()
+        .map(|patient| {
+            let plan = planned_issues(patient, config, &device, false).and_then(|planned| {
+                let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
+                ours.sort();
+                plan_patient(planned, &existing, ours, config, &device, recorded)
+            });
+            (patient.patient_id.clone(), plan)
+        })
+        .collect();
+    // Patients with DetectedIssues of ours but no findings any more: each is cancelled.
+    let mut without_findings: Vec<(String, Vec<String>)> = by_patient.into_iter().collect();
+    without_findings.sort();
+    for (patient_id, mut ours) in without_findings {
+        ours.sort();
+        let plan = plan_patient(Vec::new(), &existing, ours, config, &device, recorded);
+        plans.push((patient_id, plan));
+    }
+    for (patient_id, plan) in plans {
+        let plan = match plan {
             Ok(plan) => plan,
             Err(e) => {
                 report.failed.push(PatientFailure {
-                    patient_id: patient.patient_id.clone(),
+                    patient_id,
                     message: e.to_string(),
                 });
                 continue;
@@ -400,7 +440,7 @@ pub async fn write_back(
         if plan.entries.is_empty() {
             continue;
         }
-        bundles.push((patient.patient_id.clone(), plan));
+        bundles.push((patient_id, plan));
     }
     if let Some(dir) = dry_run_dir {
         let save_error = |path: &Path| {

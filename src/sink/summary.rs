@@ -38,12 +38,41 @@ pub struct Timings {
     pub total_ms: u128,
 }
 
+/// An on-demand cohort: how many patients were asked for, and what matched no patient.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CohortReport {
+    pub requested: usize,
+    /// Ids without a Patient resource, identifiers without exactly one Patient, empty Groups.
+    pub unknown: Vec<String>,
+}
+
+/// The incremental watermark: what this run asked for, and where the next run starts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Watermark {
+    pub state_file: String,
+    /// `_lastUpdated=gt` of this run (the previous run's start minus the overlap); `null` in a
+    /// full run.
+    pub used: Option<String>,
+    /// This run's start, saved for the next run; `null` when the run did not fully succeed
+    /// (or was a dry run) and the state was left as it was.
+    pub next: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub tool_version: &'static str,
+    /// `full`, `incremental` or `cohort`.
+    pub mode: &'static str,
     pub as_of: String,
     pub started_at: String,
     pub source: String,
+    /// `I/N` of a sharded run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<CohortReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<Watermark>,
     /// Files read, or searches run with their page counts.
     pub inputs: Vec<String>,
     /// Files in the source folder that are not Bulk Data files the job reads.

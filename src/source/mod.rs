@@ -27,8 +27,9 @@ pub(crate) struct Collected {
 }
 
 impl Collected {
-    /// Reads one resource's JSON text and files its record or its reason for being left out.
-    /// `location` names it (file and line, or search) when it has no id.
+    /// Reads one resource's JSON text and files its record or its reason for being left out,
+    /// counting it as read. `location` names it (file and line, or search) when it has no id.
+    /// A resource of another shard's patient is neither filed nor counted.
     pub(crate) fn add_resource(
         &mut self,
         ingestor: &Ingestor,
@@ -36,7 +37,12 @@ impl Collected {
         json: &str,
         location: impl FnOnce() -> String,
     ) {
-        match ingestor.read_line(kind, json) {
+        let outcome = ingestor.read_line(kind, json);
+        if !ingestor.in_shard(&outcome, json) {
+            return;
+        }
+        self.quality.count_read(kind, 1);
+        match outcome {
             LineOutcome::Record(record) => {
                 if !matches!(record, Record::Value { .. }) {
                     // Observations are counted as accepted after duplicates are removed.

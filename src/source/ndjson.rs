@@ -244,9 +244,7 @@ pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
 }
 
 fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &mut Collected) {
-    let mut read = 0;
     for (line_no, line) in lines(block) {
-        read += 1;
         let location = || {
             format!(
                 "line {line_no} of {}",
@@ -259,18 +257,22 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
         };
         match std::str::from_utf8(line) {
             Ok(text) => into.add_resource(ingestor, block.kind, text, location),
-            Err(e) => into.quality.count_skip(
-                block.kind,
-                crate::ingest::Skip {
-                    reason: crate::ingest::SkipReason::InvalidJson,
-                    resource_id: None,
-                    detail: Some(format!("not UTF-8: {e}")),
-                },
-                location,
-            ),
+            // Not text: no patient can be told, so it is shard 0's to count.
+            Err(_) if !ingestor.in_shard(&LineOutcome::NotRelevant, "") => {}
+            Err(e) => {
+                into.quality.count_read(block.kind, 1);
+                into.quality.count_skip(
+                    block.kind,
+                    crate::ingest::Skip {
+                        reason: crate::ingest::SkipReason::InvalidJson,
+                        resource_id: None,
+                        detail: Some(format!("not UTF-8: {e}")),
+                    },
+                    location,
+                )
+            }
         }
     }
-    into.quality.count_read(block.kind, read);
 }
 
 /// Reads every file of the folder on the current rayon pool into patient timelines.

@@ -5,9 +5,10 @@
 //! version (`meta.lastUpdated`, then `meta.versionId`), across searches the first time.
 
 use super::{Collected, Loaded};
+use crate::cohort::Scope;
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
-use crate::ingest::{resource_header, Ingestor, ResourceType};
+use crate::ingest::{patient_id_of, patient_of_resource, resource_header, Ingestor, ResourceType};
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
@@ -84,7 +85,6 @@ impl Shared<'_> {
         }
         let mut local = Collected::default();
         for (kind, raw) in &fresh {
-            local.quality.count_read(*kind, 1);
             local.add_resource(self.ingestor, *kind, raw.get(), || {
                 format!("an entry of {search}")
             });
@@ -120,13 +120,14 @@ impl Shared<'_> {
     }
 }
 
-/// Reads the cohort from the server.
+/// Reads the patients of `scope` from the server.
 pub async fn load(
     client: &FhirClient,
     ingestor: &Ingestor,
     config: &Config,
+    scope: &Scope,
 ) -> Result<Loaded, FhirError> {
-    load_with(client, ingestor, config, false)
+    load_with(client, ingestor, config, scope, false)
         .await
         .map(|(loaded, _)| loaded)
 }
@@ -139,15 +140,44 @@ pub async fn fetch_only(
     ingestor: &Ingestor,
     config: &Config,
 ) -> Result<u64, FhirError> {
-    load_with(client, ingestor, config, true)
+    load_with(client, ingestor, config, &Scope::EVERYONE, true)
         .await
         .map(|(_, discarded)| discarded)
+}
+
+/// The code lists of the searches.
+struct Codes {
+    tare: String,
+    hcc: String,
+    markers: String,
+}
+
+impl Codes {
+    fn of(config: &Config) -> Codes {
+        let codes = &config.codes;
+        let markers: Vec<&Code> = [
+            &codes.pivka,
+            &codes.afp,
+            &codes.afp_l3,
+            &codes.albumin,
+            &codes.bilirubin,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Codes {
+            tare: token_list(&codes.tare_procedure.iter().collect::<Vec<_>>()),
+            hcc: token_list(&codes.hcc_condition.iter().collect::<Vec<_>>()),
+            markers: token_list(&markers),
+        }
+    }
 }
 
 async fn load_with(
     client: &FhirClient,
     ingestor: &Ingestor,
     config: &Config,
+    scope: &Scope,
     discard: bool,
 ) -> Result<(Loaded, u64), FhirError> {
     let server = &config.server;
@@ -160,67 +190,90 @@ async fn load_with(
         discarded: AtomicU64::new(0),
     };
     let count = server.page_size.to_string();
-    let tare_codes: Vec<&Code> = config.codes.tare_procedure.iter().collect();
-    let tare_search = client.search_url(
-        "Procedure",
-        &[
-            ("code", token_list(&tare_codes)),
-            ("_include", "Procedure:subject".into()),
-            ("_count", count.clone()),
-        ],
-    );
-    shared
-        .search(
-            client,
-            tare_search,
-            "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
-        )
-        .await?;
+    let codes = Codes::of(config);
 
-    // The patients with a TARE, in a stable order, in batches.
-    let mut patient_ids = shared
-        .collected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .cohort
-        .patients_with_procedures();
-    patient_ids.sort();
-    let hcc_codes: Vec<&Code> = config.codes.hcc_condition.iter().collect();
-    let marker_codes: Vec<&Code> = [
-        &config.codes.pivka,
-        &config.codes.afp,
-        &config.codes.afp_l3,
-        &config.codes.albumin,
-        &config.codes.bilirubin,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    // Everyone: the patients with a TARE, found by the TARE search (which brings their
+    // Patients). A cohort: the requested patients, whose TAREs and Patients are searched per
+    // batch like the rest.
+    let requested = scope.requested();
+    let patient_ids = match &requested {
+        Some(ids) => ids.clone(),
+        None => {
+            let tare_search = client.search_url(
+                "Procedure",
+                &[
+                    ("code", codes.tare.clone()),
+                    ("_include", "Procedure:subject".into()),
+                    ("_count", count.clone()),
+                ],
+            );
+            shared
+                .search(
+                    client,
+                    tare_search,
+                    "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
+                )
+                .await?;
+            let mut ids = shared
+                .collected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cohort
+                .patients_with_procedures();
+            ids.retain(|id| scope.in_shard(id));
+            ids.sort();
+            ids
+        }
+    };
+
     let mut searches = Vec::new();
     for (n, batch) in patient_ids.chunks(server.patient_batch).enumerate() {
         let patients = batch.join(",");
-        searches.push((
-            client.search_url(
-                "Condition",
-                &[
-                    ("patient", patients.clone()),
-                    ("code", token_list(&hcc_codes)),
-                    ("_count", count.clone()),
-                ],
-            ),
+        let mut batch_search = |kind: &str, code: Option<&String>, label: String| {
+            let mut params = vec![("patient", patients.clone())];
+            if let Some(code) = code {
+                params.push(("code", code.clone()));
+            }
+            params.push(("_count", count.clone()));
+            searches.push((client.search_url(kind, &params), label));
+        };
+        if requested.is_some() {
+            batch_search(
+                "Procedure",
+                Some(&codes.tare),
+                format!("Procedure?patient=<batch {n}>&code=<TARE codes>"),
+            );
+            searches.push((
+                client.search_url(
+                    "Patient",
+                    &[("_id", patients.clone()), ("_count", count.clone())],
+                ),
+                format!("Patient?_id=<batch {n}>"),
+            ));
+        }
+        let mut batch_search = |kind: &str, code: &String, label: String| {
+            searches.push((
+                client.search_url(
+                    kind,
+                    &[
+                        ("patient", patients.clone()),
+                        ("code", code.clone()),
+                        ("_count", count.clone()),
+                    ],
+                ),
+                label,
+            ));
+        };
+        batch_search(
+            "Condition",
+            &codes.hcc,
             format!("Condition?patient=<batch {n}>&code=<HCC codes>"),
-        ));
-        searches.push((
-            client.search_url(
-                "Observation",
-                &[
-                    ("patient", patients),
-                    ("code", token_list(&marker_codes)),
-                    ("_count", count.clone()),
-                ],
-            ),
+        );
+        batch_search(
+            "Observation",
+            &codes.markers,
             format!("Observation?patient=<batch {n}>&code=<marker codes>"),
-        ));
+        );
     }
     stream::iter(searches.into_iter().map(Ok))
         .try_for_each_concurrent(server.concurrency, |(url, label)| {
@@ -228,6 +281,7 @@ async fn load_with(
         })
         .await?;
 
+    // The ingestor has kept only this shard's patients.
     let collected = shared
         .collected
         .into_inner()
@@ -239,4 +293,108 @@ async fn load_with(
     inputs.sort();
     let discarded = shared.discarded.into_inner();
     Ok((collected.finish(inputs, Vec::new()), discarded))
+}
+
+/// The patients whose TARE Procedures, HCC Conditions or marker Observations changed after
+/// `since` (`_lastUpdated=gt`), sorted. A status change (entered-in-error, corrected) is a
+/// change like any other.
+pub async fn changed_patients(
+    client: &FhirClient,
+    config: &Config,
+    since: &str,
+) -> Result<Vec<String>, FhirError> {
+    let codes = Codes::of(config);
+    let count = config.server.page_size.to_string();
+    let searches = [
+        ("Procedure", codes.tare),
+        ("Condition", codes.hcc),
+        ("Observation", codes.markers),
+    ];
+    let patients = Mutex::new(FxHashSet::default());
+    stream::iter(searches.into_iter().map(Ok))
+        .try_for_each_concurrent(config.server.concurrency, |(kind, code)| {
+            let url = client.search_url(
+                kind,
+                &[
+                    ("code", code),
+                    ("_lastUpdated", format!("gt{since}")),
+                    ("_count", count.clone()),
+                ],
+            );
+            let patients = &patients;
+            async move {
+                client
+                    .search_all(url, |page| {
+                        let mut patients = patients.lock().unwrap_or_else(|p| p.into_inner());
+                        for raw in &page.resources {
+                            if let Some(id) = patient_of_resource(raw.get()) {
+                                patients.insert(id.into_owned());
+                            }
+                        }
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await?;
+    let mut ids: Vec<String> = patients
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Resolves `system|value` identifiers through `Patient?identifier=`: the patient ids found,
+/// and the identifiers that matched no Patient (or more than one, which is reported too).
+pub async fn resolve_identifiers(
+    client: &FhirClient,
+    identifiers: &[(String, String)],
+) -> Result<(Vec<String>, Vec<String>), FhirError> {
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
+    for (system, value) in identifiers {
+        let url = client.search_url("Patient", &[("identifier", format!("{system}|{value}"))]);
+        let mut ids = Vec::new();
+        client
+            .search_all(url, |page| {
+                ids.extend(page.resources.iter().filter_map(|raw| {
+                    resource_header(raw.get())
+                        .filter(|h| h.kind == Some(ResourceType::Patient))
+                        .and_then(|h| h.id.map(|id| id.into_owned()))
+                }))
+            })
+            .await?;
+        ids.sort();
+        ids.dedup();
+        match ids.as_slice() {
+            [id] => found.push(id.clone()),
+            [] => unknown.push(format!("{system}|{value} (no Patient)")),
+            _ => unknown.push(format!("{system}|{value} ({} Patients)", ids.len())),
+        }
+    }
+    Ok((found, unknown))
+}
+
+/// The patient ids of a FHIR Group's members (`member.entity` references to Patients).
+pub async fn group_members(client: &FhirClient, group_id: &str) -> Result<Vec<String>, FhirError> {
+    let url = client
+        .base()
+        .join(&format!("Group/{group_id}"))
+        .map_err(|e| FhirError::Unexpected {
+            url: group_id.to_owned(),
+            message: e.to_string(),
+        })?;
+    let answer = client.read(url.as_str()).await?;
+    let members = answer["member"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["inactive"].as_bool() != Some(true))
+        .filter_map(|m| m["entity"]["reference"].as_str())
+        .filter_map(patient_id_of)
+        .map(str::to_owned)
+        .collect();
+    Ok(members)
 }

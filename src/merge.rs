@@ -1,0 +1,320 @@
+//! `merge`: the part files of a sharded run (`markers.shard-I-of-N.csv`, ...) combined into
+//! the files one unsharded run writes. Each patient is in exactly one shard and each part
+//! lists its patients in id order, so a stable sort by patient id of all rows gives the
+//! unsharded order; the run summaries' counts add up (each resource is counted by one shard).
+
+use crate::run::{write_atomically, RunError};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{0}")]
+    Parts(String),
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error(transparent)]
+    Write(#[from] RunError),
+}
+
+pub struct Merged {
+    pub shards: u32,
+    pub marker_rows: usize,
+    pub flag_rows: usize,
+    pub detected_issues: usize,
+}
+
+/// The four part files of one shard.
+struct Part {
+    index: u32,
+    files: BTreeMap<&'static str, PathBuf>,
+}
+
+const OUTPUTS: [(&str, &str); 4] = [
+    ("markers", "csv"),
+    ("flags", "csv"),
+    ("detected-issues", "ndjson"),
+    ("run-summary", "json"),
+];
+
+/// Finds the part files in the folders: every shard of one count, each exactly once, each
+/// with all four files.
+fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
+    let mut found: BTreeMap<(u32, u32), BTreeMap<&'static str, PathBuf>> = BTreeMap::new();
+    for dir in dirs {
+        let entries = std::fs::read_dir(dir).map_err(|e| MergeError::Read {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            for (stem, extension) in OUTPUTS {
+                let Some(middle) = name
+                    .strip_prefix(&format!("{stem}.shard-"))
+                    .and_then(|rest| rest.strip_suffix(&format!(".{extension}")))
+                else {
+                    continue;
+                };
+                let Some((index, count)) = middle.split_once("-of-") else {
+                    continue;
+                };
+                let (Ok(index), Ok(count)) = (index.parse::<u32>(), count.parse::<u32>()) else {
+                    continue;
+                };
+                let previous = found
+                    .entry((count, index))
+                    .or_default()
+                    .insert(stem, entry.path());
+                if let Some(previous) = previous {
+                    return Err(MergeError::Parts(format!(
+                        "{name} is there twice: {} and {}",
+                        previous.display(),
+                        entry.path().display()
+                    )));
+                }
+            }
+        }
+    }
+    let counts: std::collections::BTreeSet<u32> = found.keys().map(|(count, _)| *count).collect();
+    let count = match counts.iter().collect::<Vec<_>>().as_slice() {
+        [count] => **count,
+        [] => {
+            return Err(MergeError::Parts(
+                "no part files (NAME.shard-I-of-N.EXT) found".into(),
+            ))
+        }
+        many => {
+            return Err(MergeError::Parts(format!(
+                "parts of runs with different shard counts: {many:?}"
+            )))
+        }
+    };
+    let mut parts = Vec::new();
+    for index in 0..count {
+        let files = found.remove(&(count, index)).unwrap_or_default();
+        let missing: Vec<String> = OUTPUTS
+            .iter()
+            .filter(|(stem, _)| !files.contains_key(stem))
+            .map(|(stem, extension)| format!("{stem}.shard-{index}-of-{count}.{extension}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(MergeError::Parts(format!(
+                "shard {index}/{count} is incomplete: missing {}",
+                missing.join(", ")
+            )));
+        }
+        parts.push(Part { index, files });
+    }
+    Ok((count, parts))
+}
+
+fn read(path: &Path) -> Result<String, MergeError> {
+    std::fs::read_to_string(path).map_err(|e| MergeError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The rows of all parts' CSV files under one header, stably sorted by the first column
+/// (`patient_id`).
+fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
+    let mut header: Option<csv::StringRecord> = None;
+    let mut rows: Vec<csv::StringRecord> = Vec::new();
+    for path in paths {
+        let bad = |e: csv::Error| MergeError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut reader = csv::Reader::from_path(path).map_err(bad)?;
+        let this_header = reader.headers().map_err(bad)?.clone();
+        match &header {
+            None => header = Some(this_header),
+            Some(first) if *first != this_header => {
+                return Err(MergeError::Parts(format!(
+                    "{} has other columns than the first part",
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        for row in reader.records() {
+            rows.push(row.map_err(bad)?);
+        }
+    }
+    rows.sort_by(|a, b| a.get(0).cmp(&b.get(0)));
+    let header = header.unwrap_or_default();
+    write_atomically(out, |w| {
+        let mut writer = csv::Writer::from_writer(w);
+        writer.write_record(&header)?;
+        for row in &rows {
+            writer.write_record(row)?;
+        }
+        writer.flush()
+    })?;
+    Ok(rows.len())
+}
+
+/// The Device line once, then every DetectedIssue with the Provenance lines after it, stably
+/// sorted by patient.
+fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
+    let mut device: Option<String> = None;
+    let mut units: Vec<(String, String)> = Vec::new();
+    for path in paths {
+        let text = read(path)?;
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default();
+        device.get_or_insert_with(|| first.to_owned());
+        for line in lines {
+            let resource: Value = serde_json::from_str(line).map_err(|e| MergeError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            if resource["resourceType"] == "DetectedIssue" {
+                let patient = resource["patient"]["reference"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                units.push((patient, String::new()));
+            }
+            match units.last_mut() {
+                Some((_, unit)) => {
+                    unit.push_str(line);
+                    unit.push('\n');
+                }
+                None => {
+                    return Err(MergeError::Parts(format!(
+                        "{}: a {} before any DetectedIssue",
+                        path.display(),
+                        resource["resourceType"]
+                    )))
+                }
+            }
+        }
+    }
+    units.sort_by(|a, b| a.0.cmp(&b.0));
+    write_atomically(out, |w| {
+        use std::io::Write;
+        if let Some(device) = &device {
+            writeln!(w, "{device}")?;
+        }
+        for (_, unit) in &units {
+            w.write_all(unit.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    Ok(units.len())
+}
+
+/// Adds `other` into `into`: numbers add up, lists are joined, objects merge key by key; for
+/// anything else the first part's value stays.
+fn add_json(into: &mut Value, other: Value) {
+    match (into, other) {
+        (Value::Number(a), Value::Number(b)) => {
+            *a = match (a.as_u64(), b.as_u64()) {
+                (Some(x), Some(y)) => (x + y).into(),
+                _ => serde_json::Number::from_f64(
+                    a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0),
+                )
+                .unwrap_or_else(|| 0.into()),
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => a.extend(b),
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in b {
+                match a.get_mut(&key) {
+                    Some(mine) => add_json(mine, value),
+                    None => {
+                        a.insert(key, value);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Run summaries added up. Examples stay at most five per reason (those of the first shards);
+/// timings are the slowest shard's (the shards ran side by side).
+fn merge_summaries(paths: &[&Path], count: u32, out: &Path) -> Result<(), MergeError> {
+    let mut merged: Option<Value> = None;
+    let mut slowest = serde_json::Map::new();
+    for path in paths {
+        let mut summary: Value =
+            serde_json::from_str(&read(path)?).map_err(|e| MergeError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        if let Some(Value::Object(timings)) =
+            summary.as_object_mut().and_then(|s| s.remove("timings"))
+        {
+            for (key, value) in timings {
+                let ms = value.as_u64().unwrap_or(0);
+                let entry = slowest.entry(key).or_insert(0.into());
+                if entry.as_u64().unwrap_or(0) < ms {
+                    *entry = ms.into();
+                }
+            }
+        }
+        match &mut merged {
+            None => merged = Some(summary),
+            Some(into) => add_json(into, summary),
+        }
+    }
+    let mut merged = merged.unwrap_or(Value::Null);
+    trim_examples(&mut merged);
+    // Every shard of a folder run lists the same files.
+    for key in ["inputs", "inputs_ignored"] {
+        if let Some(Value::Array(list)) = merged.get_mut(key) {
+            list.sort_by_key(|v| v.to_string());
+            list.dedup();
+        }
+    }
+    merged["shard"] = format!("merged from {count} shards").into();
+    merged["timings"] = Value::Object(slowest);
+    write_atomically(out, |w| {
+        use std::io::Write;
+        serde_json::to_writer_pretty(&mut *w, &merged)?;
+        w.write_all(b"\n")
+    })?;
+    Ok(())
+}
+
+fn trim_examples(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::Array(list) if key == "examples" => list.truncate(5),
+                    _ => trim_examples(child),
+                }
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(trim_examples),
+        _ => {}
+    }
+}
+
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
+    let (count, parts) = find_parts(dirs)?;
+    std::fs::create_dir_all(out).map_err(|source| RunError::Write {
+        path: out.display().to_string(),
+        source,
+    })?;
+    let files =
+        |stem: &str| -> Vec<&Path> { parts.iter().map(|p| p.files[stem].as_path()).collect() };
+    debug_assert!(parts.iter().enumerate().all(|(i, p)| p.index as usize == i));
+    let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"))?;
+    let flag_rows = merge_csv(&files("flags"), &out.join("flags.csv"))?;
+    let detected_issues = merge_ndjson(
+        &files("detected-issues"),
+        &out.join("detected-issues.ndjson"),
+    )?;
+    merge_summaries(&files("run-summary"), count, &out.join("run-summary.json"))?;
+    Ok(Merged {
+        shards: count,
+        marker_rows,
+        flag_rows,
+        detected_issues,
+    })
+}
