@@ -362,7 +362,8 @@ pub fn output_name(stem: &str, extension: &str, shard: Option<Shard>) -> String 
 
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
-    let started_utc = chrono::Utc::now();
+    // Milliseconds, as servers keep `meta.lastUpdated`.
+    let started_utc = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
     let started_at = started_utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let pool = thread_pool(config)?;
     let client = server_client(&options.source, config)?;

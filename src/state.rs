@@ -84,7 +84,7 @@ impl RunState {
     /// `_lastUpdated=gt` of the next incremental search: the watermark minus the overlap.
     pub fn changed_since(&self, overlap_minutes: u32) -> String {
         (self.watermark - Duration::minutes(i64::from(overlap_minutes)))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
     }
 
     /// Known patients whose findings may change on `as_of` with no new data, sorted.
@@ -173,7 +173,7 @@ mod tests {
             None,
             "2026-11-27T02:00:00Z".parse().unwrap(),
         );
-        assert_eq!(state.changed_since(15), "2026-11-27T01:45:00.000Z");
+        assert_eq!(state.changed_since(15), "2026-11-27T01:45:00Z");
     }
 
     #[test]

@@ -1,0 +1,306 @@
+//! Nightly and on-demand runs against a real FHIR server (a private HFS per test, since full
+//! runs reconcile every patient on the server): incremental runs after random changes leave
+//! the server as a full run would; a cohort run touches only its patients; shards together
+//! write what one run writes.
+
+mod support;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use support::*;
+
+const PIVKA: &str = "34444-0";
+
+fn observation(id: &str, patient: &str, day: &str, value: f64) -> Value {
+    json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": PIVKA}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": format!("{day}T09:00:00Z"),
+        "valueQuantity": {"value": value, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}
+    })
+}
+
+fn tare(id: &str, patient: &str, day: &str) -> Value {
+    json!({
+        "resourceType": "Procedure", "id": id, "status": "completed",
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "performedDateTime": day
+    })
+}
+
+/// A new TARE patient whose PIVKA-II fell and then rose: a marker-rise DetectedIssue.
+fn new_patient(id: &str) -> Vec<Value> {
+    vec![
+        json!({"resourceType": "Patient", "id": id, "birthDate": "1950-02-02"}),
+        json!({"resourceType": "Condition", "id": format!("{id}-hcc"),
+               "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
+               "subject": {"reference": format!("Patient/{id}")}}),
+        tare(&format!("{id}-tare"), id, "2026-05-01"),
+        observation(&format!("{id}-o1"), id, "2026-04-30", 9000.0),
+        observation(&format!("{id}-o2"), id, "2026-07-01", 800.0),
+        observation(&format!("{id}-o3"), id, "2026-09-15", 2400.0),
+    ]
+}
+
+/// One random change of the kinds a hospital's data sees between two nightly runs.
+fn random_change(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    data: &mut Vec<Value>,
+    round: usize,
+    n: usize,
+) -> Vec<Value> {
+    let patients: Vec<String> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let patient = patients.choose(rng).unwrap().clone();
+    let id = format!("change-{round}-{n}");
+    let changed = match rng.gen_range(0..7) {
+        // A new high PIVKA-II value.
+        0 => vec![observation(
+            &id,
+            &patient,
+            "2026-10-20",
+            rng.gen_range(3000.0..90000.0),
+        )],
+        // A new normal value.
+        1 => vec![observation(&id, &patient, "2026-10-25", 12.0)],
+        // An Observation entered in error, or corrected to another value.
+        kind @ (2 | 3) => {
+            let observations: Vec<&Value> = data
+                .iter()
+                .filter(|r| r["resourceType"] == "Observation" && r["status"] != "entered-in-error")
+                .collect();
+            let mut changed = (*observations.choose(rng).unwrap()).clone();
+            if kind == 2 {
+                changed["status"] = json!("entered-in-error");
+            } else {
+                changed["status"] = json!("corrected");
+                let value = changed["valueQuantity"]["value"].as_f64().unwrap_or(100.0);
+                changed["valueQuantity"]["value"] = json!((value * 3.0).round());
+            }
+            vec![changed]
+        }
+        // A new TARE for a known patient.
+        4 => vec![tare(&id, &patient, "2026-08-01")],
+        // A TARE entered in error.
+        5 => {
+            let procedures: Vec<&Value> = data
+                .iter()
+                .filter(|r| r["resourceType"] == "Procedure" && r["status"] == "completed")
+                .collect();
+            let mut changed = (*procedures.choose(rng).unwrap()).clone();
+            changed["status"] = json!("entered-in-error");
+            vec![changed]
+        }
+        // A new TARE patient.
+        _ => new_patient(&format!("new-{round}-{n}")),
+    };
+    for resource in &changed {
+        data.retain(|r| {
+            !(r["resourceType"] == resource["resourceType"] && r["id"] == resource["id"])
+        });
+        data.push(resource.clone());
+    }
+    changed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incremental_runs_after_random_changes_leave_the_server_as_a_full_run_would() {
+    let Some(hfs) = start_hfs().await else { return };
+    let mut data = generated(40, 21);
+    put_all(&hfs.base, &data).await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    // No overlap: the changes of this test come seconds after each run.
+    let config = config_file(
+        work.path(),
+        &format!(
+            "[schedule]\nstate_file = {:?}\noverlap_minutes = 0\n",
+            state
+        ),
+    );
+    let stateless = work.path().join("stateless");
+    std::fs::create_dir(&stateless).unwrap();
+    let full_config = config_file(&stateless, "");
+    let server = ["--server", &hfs.base, "--config"];
+
+    let first = run_ok(
+        &[&server[..], &[config.to_str().unwrap()]].concat(),
+        &work.path().join("run-0"),
+    );
+    assert_eq!(first["mode"], "full");
+    assert_eq!(first["watermark"]["used"], Value::Null);
+    assert_eq!(first["watermark"]["next"], first_state_watermark(&state));
+    let everyone = first["patients"]["seen"].as_u64().unwrap();
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut incremental_changes = (0, 0, 0);
+    for round in 1..=3 {
+        let changes_now: Vec<Value> = (0..4)
+            .flat_map(|n| random_change(&mut rng, &mut data, round, n))
+            .collect();
+        // Strictly after the previous run's start (the watermark), in the server's clock.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        put_all(&hfs.base, &changes_now).await;
+        let before = first_state_watermark(&state);
+        let summary = run_ok(
+            &[&server[..], &[config.to_str().unwrap()]].concat(),
+            &work.path().join(format!("run-{round}")),
+        );
+        assert_eq!(summary["mode"], "incremental");
+        assert_eq!(summary["watermark"]["used"], before);
+        assert!(
+            summary["patients"]["seen"].as_u64().unwrap() < everyone,
+            "round {round}: an incremental run read everyone"
+        );
+        let (c, u, x) = changes(&summary);
+        incremental_changes = (
+            incremental_changes.0 + c,
+            incremental_changes.1 + u,
+            incremental_changes.2 + x,
+        );
+
+        // A full run (no state) now finds nothing to change: the server is as it would have it.
+        let full = run_ok(
+            &[
+                &["--server", &hfs.base, "--config"][..],
+                &[full_config.to_str().unwrap()],
+            ]
+            .concat(),
+            &work.path().join(format!("full-{round}")),
+        );
+        assert_eq!(full["mode"], "full");
+        assert_eq!(changes(&full), (0, 0, 0), "round {round}");
+    }
+    // The changes did reach the server through the incremental runs.
+    assert!(
+        incremental_changes.0 > 0 && incremental_changes.2 > 0,
+        "{incremental_changes:?}"
+    );
+}
+
+fn first_state_watermark(state: &std::path::Path) -> Value {
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    state["watermark"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
+    let Some(hfs) = start_hfs().await else { return };
+    let mut data = generated(12, 5);
+    // Patient identifiers (MRNs), to be found by the cohort file.
+    for resource in data.iter_mut().filter(|r| r["resourceType"] == "Patient") {
+        let id = resource["id"].as_str().unwrap().to_owned();
+        resource["identifier"] =
+            json!([{"system": "urn:example:mrn", "value": format!("mrn-{id}")}]);
+    }
+    let ids: Vec<String> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    data.push(
+        json!({"resourceType": "Group", "id": "tare-review", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{}", ids[2])}}]}),
+    );
+    put_all(&hfs.base, &data).await;
+    let work = tempfile::tempdir().unwrap();
+    let cohort = work.path().join("cohort.txt");
+    std::fs::write(
+        &cohort,
+        format!("# review list\n\nurn:example:mrn|mrn-{}  # by MRN\nurn:example:mrn|mrn-nobody\nnot-a-patient\n", ids[1]),
+    )
+    .unwrap();
+    let summary = run_ok(
+        &[
+            "--server",
+            &hfs.base,
+            "--patient",
+            &ids[0],
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--group",
+            "tare-review",
+        ],
+        &work.path().join("cohort-run"),
+    );
+    assert_eq!(summary["mode"], "cohort");
+    assert_eq!(summary["cohort"]["requested"], 4);
+    assert_eq!(
+        summary["cohort"]["unknown"],
+        json!([
+            "urn:example:mrn|mrn-nobody (no Patient)",
+            "not-a-patient (no Patient)"
+        ])
+    );
+    let chosen: std::collections::BTreeSet<&str> = ids[..3].iter().map(String::as_str).collect();
+    let issues = our_issues(&hfs.base).await;
+    assert!(!issues.is_empty());
+    assert!(
+        issues
+            .values()
+            .all(|(patient, _, _)| chosen.contains(patient.as_str())),
+        "{issues:?}"
+    );
+    let markers = std::fs::read_to_string(work.path().join("cohort-run/markers.csv")).unwrap();
+    let rows: std::collections::BTreeSet<&str> = markers
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert!(rows.iter().all(|p| chosen.contains(p)), "{rows:?}");
+
+    // A full run afterwards leaves the cohort's DetectedIssues alone and adds the others'.
+    let full = run_ok(&["--server", &hfs.base], &work.path().join("full"));
+    let (created, updated, cancelled) = changes(&full);
+    assert_eq!((updated, cancelled), (0, 0));
+    assert_eq!(
+        created as usize + issues.len(),
+        our_issues(&hfs.base).await.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_on_the_server_together_write_what_one_run_writes() {
+    let Some(hfs) = start_hfs().await else { return };
+    put_all(&hfs.base, &generated(30, 8)).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut parts = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let dir = work.path().join(format!("part-{}", &shard[..1]));
+        let summary = run_ok(&["--server", &hfs.base, "--shard", shard], &dir);
+        assert_eq!(summary["shard"], shard);
+        parts.push(dir);
+    }
+    let merged = work.path().join("merged");
+    assert_cmd::Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .arg("merge")
+        .args(&parts)
+        .arg("--out")
+        .arg(&merged)
+        .assert()
+        .success();
+    // One unsharded run finds everything written, and reports what the shards reported.
+    let single = work.path().join("single");
+    let full = run_ok(&["--server", &hfs.base], &single);
+    assert_eq!(changes(&full), (0, 0, 0));
+    for name in ["markers.csv", "flags.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(merged.join(name)).unwrap(),
+            std::fs::read_to_string(single.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let merged_summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("run-summary.json")).unwrap())
+            .unwrap();
+    for key in ["patients", "responses", "flags"] {
+        assert_eq!(merged_summary[key], full[key], "{key}");
+    }
+}

@@ -1,0 +1,234 @@
+//! A private Helios FHIR Server per test, for tests whose full runs reconcile every patient on
+//! the server (they cannot share one with other tests), plus helpers to seed and read it.
+//! `.ci/run` names the binary and its data folder in TMM_TEST_HFS_BIN and TMM_TEST_HFS_DATA.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+pub const FLAG_SYSTEM: &str = "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id";
+
+/// A running HFS with an in-memory database, stopped (by PID) when dropped.
+pub struct Hfs {
+    pub base: String,
+    child: Child,
+}
+
+impl Drop for Hfs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a private HFS; `None` (the test says it is skipped) outside CI without one.
+pub async fn start_hfs() -> Option<Hfs> {
+    let (Ok(bin), Ok(data)) = (
+        std::env::var("TMM_TEST_HFS_BIN"),
+        std::env::var("TMM_TEST_HFS_DATA"),
+    ) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("TMM_TEST_HFS_BIN / TMM_TEST_HFS_DATA not set: .ci/run must set them");
+        }
+        eprintln!("TMM_TEST_HFS_BIN not set: skipping (run bash .ci/run)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = std::process::Command::new(bin)
+        .args(["--port", &port.to_string(), "--database-url", ":memory:"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("HFS_BASE_URL", &base)
+        .env("HFS_UI_ENABLED", "false")
+        .env("HFS_VALIDATION_MODE", "enforce")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hfs = Hfs { base, child };
+    for _ in 0..240 {
+        if let Ok(response) = reqwest::get(format!("{}/metadata", hfs.base)).await {
+            if response.status().is_success() {
+                return Some(hfs);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("the private HFS on {} did not answer /metadata", hfs.base);
+}
+
+/// A generated cohort's resources (Patient, Condition, Procedure, Observation order).
+pub fn generated(patients: usize, seed: u64) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .args(["generate", "--patients", &patients.to_string()])
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let mut resources = Vec::new();
+    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
+        let text = std::fs::read_to_string(dir.path().join(format!("{kind}.ndjson"))).unwrap();
+        resources.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    resources
+}
+
+/// Sends a batch of PUTs, one per resource; every one must be accepted.
+pub async fn put_all(base: &str, resources: &[Value]) {
+    let http = reqwest::Client::new();
+    for chunk in resources.chunks(200) {
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|r| {
+                let url = format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap(),
+                    r["id"].as_str().unwrap()
+                );
+                json!({"resource": r, "request": {"method": "PUT", "url": url}})
+            })
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+        let reply: Value = loop {
+            let response = http
+                .post(base)
+                .header("Content-Type", "application/fhir+json")
+                .body(bundle.to_string())
+                .send()
+                .await
+                .unwrap();
+            if response.status().as_u16() == 503 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            assert!(
+                response.status().is_success(),
+                "batch: HTTP {}",
+                response.status()
+            );
+            break serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        };
+        for entry in reply["entry"].as_array().unwrap() {
+            let status = entry["response"]["status"].as_str().unwrap_or("");
+            assert!(status.starts_with('2'), "rejected: {entry}");
+        }
+    }
+}
+
+/// GET with the patience the job has: HFS answers 503 while its database is busy writing.
+pub async fn get_json(url: &str) -> Value {
+    for _ in 0..100 {
+        let response = reqwest::Client::new()
+            .get(url)
+            .header("Accept", "application/fhir+json")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 503 || status == 429 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        assert!(response.status().is_success(), "{url}: HTTP {status}");
+        return serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    }
+    panic!("{url}: still busy after 100 tries");
+}
+
+/// Our DetectedIssues on the server by identifier value: (patient, status, owned content).
+pub async fn our_issues(base: &str) -> std::collections::BTreeMap<String, (String, String, Value)> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut url = format!("{base}/DetectedIssue?identifier={FLAG_SYSTEM}|&_count=500");
+    loop {
+        let page = get_json(&url).await;
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            let r = &entry["resource"];
+            let identifier = r["identifier"][0]["value"].as_str().unwrap().to_owned();
+            let patient = r["patient"]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("Patient/")
+                .to_owned();
+            let content = json!({"code": r["code"], "severity": r["severity"], "detail": r["detail"],
+                "identified": r["identifiedDateTime"], "implicated": r["implicated"]});
+            let previous = found.insert(
+                identifier,
+                (patient, r["status"].as_str().unwrap().to_owned(), content),
+            );
+            assert!(previous.is_none(), "duplicate DetectedIssue");
+        }
+        match page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => return found,
+        }
+    }
+}
+
+/// Runs the binary as a user would; panics with its stderr unless it exits 0.
+pub fn run_ok(args: &[&str], out: &Path) -> Value {
+    let output = Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .arg("run")
+        .args(args)
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("run-summary")
+        })
+        .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap()
+}
+
+/// (created, updated, cancelled) of a run summary's write-back; no patient may have failed.
+pub fn changes(summary: &Value) -> (u64, u64, u64) {
+    let w = &summary["write_back"];
+    assert_eq!(w["failed"].as_array().unwrap().len(), 0, "{w}");
+    (
+        w["created"].as_u64().unwrap(),
+        w["updated"].as_u64().unwrap(),
+        w["cancelled"].as_u64().unwrap(),
+    )
+}
+
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
