@@ -79,6 +79,13 @@ pub enum Command {
         /// afterwards, as after any fully successful run).
         #[arg(long)]
         full: bool,
+        /// With --server: read through a Bulk Data `$export` instead of searches
+        /// (server.read_with = "export").
+        #[arg(long)]
+        export: bool,
+        /// With --export: export the members of this Group (`Group/ID/$export`).
+        #[arg(long, value_name = "ID", requires = "export")]
+        export_group: Option<String>,
     },
     /// Combine the part files of a sharded run into one markers.csv, flags.csv,
     /// detected-issues.ndjson and run-summary.json.

@@ -295,7 +295,27 @@ pub struct ServerConfig {
     /// Send `Prefer: handling=strict`, so a server rejects a search parameter it does not know
     /// instead of silently ignoring it (and returning everything).
     pub strict_search: bool,
+    /// How a full run reads: `search` (paged searches) or `export` (Bulk Data `$export`).
+    pub read_with: ReadWith,
+    /// With `export`: export the members of this Group (`Group/ID/$export`) instead of the
+    /// whole system.
+    pub export_group: Option<String>,
+    /// With `export`: status polls wait this long when the server gives no `Retry-After`...
+    pub export_poll_secs: u64,
+    /// ... and at most this long whatever `Retry-After` says (HFS asks for 120 s even for an
+    /// export that is ready in one) ...
+    pub export_max_poll_interval_secs: u64,
+    /// ... and the export is abandoned (and deleted) when not ready after this long.
+    pub export_max_wait_secs: u64,
     pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadWith {
+    #[default]
+    Search,
+    Export,
 }
 
 /// Unattended runs: the incremental state and sharding. Not clinical numbers.
@@ -387,6 +407,11 @@ impl Default for ServerConfig {
             connect_timeout_secs: 10,
             request_timeout_secs: 120,
             strict_search: true,
+            read_with: ReadWith::Search,
+            export_group: None,
+            export_poll_secs: 10,
+            export_max_poll_interval_secs: 300,
+            export_max_wait_secs: 3600,
             auth: AuthConfig::default(),
         }
     }

@@ -97,8 +97,16 @@ fn dispatch(command: Command) -> Result<(), u8> {
             group,
             shard,
             full,
+            export,
+            export_group,
         } => {
-            let config = load_config(&common)?;
+            let mut config = load_config(&common)?;
+            if export {
+                config.server.read_with = tare_marker_monitor::config::ReadWith::Export;
+            }
+            if export_group.is_some() {
+                config.server.export_group = export_group;
+            }
             if fetch_only {
                 let Source::Server(url) = source_of(&common, &config)? else {
                     eprintln!("error: --fetch-only needs a server source (--server URL)");

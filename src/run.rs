@@ -1,7 +1,7 @@
 //! One run: source folder -> timelines -> evaluation -> output files.
 
 use crate::cohort::{parse_cohort_file, CohortEntry, Scope, Selection, Shard};
-use crate::config::Config;
+use crate::config::{Config, ReadWith};
 use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
@@ -9,7 +9,7 @@ use crate::ingest::Ingestor;
 use crate::sink::summary::{CohortReport, Watermark};
 use crate::sink::summary::{RunSummary, Timings};
 use crate::sink::{csv as csv_sink, detected_issue, server};
-use crate::source::{ndjson, search, Loaded};
+use crate::source::{bulk, ndjson, search, Loaded};
 use crate::state::{self, RunState, StateError};
 use chrono::NaiveDate;
 use rayon::prelude::*;
@@ -98,9 +98,64 @@ fn load_from(
             }
             Ok(loaded)
         }
+        (Source::Server(_), Some(client))
+            if config.server.read_with == ReadWith::Export && scope.requested().is_none() =>
+        {
+            read_export(client, config, &ingestor, pool)
+        }
         (Source::Server(_), Some(client)) => read_server(client),
         (Source::Server(url), None) => read_server(&FhirClient::new(url, &config.server)?),
     }
+}
+
+/// A private temporary folder for Bulk Data files (readable by us only; removed on drop).
+fn export_folder() -> Result<tempfile::TempDir, RunError> {
+    tempfile::Builder::new()
+        .prefix("tare-export-")
+        .tempdir()
+        .map_err(|source| RunError::Write {
+            path: std::env::temp_dir().display().to_string(),
+            source,
+        })
+}
+
+/// Everyone, by Bulk Data `$export`: the files are downloaded, then read like a folder.
+fn read_export(
+    client: &FhirClient,
+    config: &Config,
+    ingestor: &Ingestor,
+    pool: &rayon::ThreadPool,
+) -> Result<Loaded, RunError> {
+    let folder = export_folder()?;
+    let runtime = runtime(pool.current_num_threads())?;
+    let exported = runtime.block_on(bulk::export(
+        client,
+        config,
+        &["Patient", "Procedure", "Condition", "Observation"],
+        None,
+        folder.path(),
+    ))?;
+    tracing::info!(
+        files = exported.files.len(),
+        bytes = exported.bytes,
+        error_files = exported.error_files,
+        "export downloaded"
+    );
+    let mut loaded = pool.install(|| ndjson::load(folder.path(), ingestor))?;
+    loaded.inputs = vec![format!(
+        "$export ({} files, {} bytes{}{})",
+        exported.files.len(),
+        exported.bytes,
+        exported
+            .transaction_time
+            .map(|t| format!(", transactionTime {t}"))
+            .unwrap_or_default(),
+        match exported.error_files {
+            0 => String::new(),
+            n => format!(", {n} error files"),
+        }
+    )];
+    Ok(loaded)
 }
 
 /// What `--fetch-only` measured.
@@ -332,7 +387,18 @@ fn choose_mode(
         }
     };
     let since = previous.changed_since(config.schedule.overlap_minutes);
-    let mut ids = runtime.block_on(search::changed_patients(client, config, &since))?;
+    let mut ids = match config.server.read_with {
+        ReadWith::Search => runtime.block_on(search::changed_patients(client, config, &since))?,
+        ReadWith::Export => {
+            let folder = export_folder()?;
+            runtime.block_on(bulk::changed_patients(
+                client,
+                config,
+                &since,
+                folder.path(),
+            ))?
+        }
+    };
     let changed = ids.len();
     ids.extend(previous.time_dependent(options.as_of));
     ids.sort();

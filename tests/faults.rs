@@ -417,3 +417,165 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         .iter()
         .all(|r| r.method == wiremock::http::Method::GET));
 }
+
+/// A Bulk Data server: kick-off, a status that is not ready on the first poll (asking for a
+/// one-second wait), then a manifest that requires a token, with one file on the export
+/// server and one on a file host elsewhere.
+async fn bulk_server(home: &MockServer, files_elsewhere: &MockServer, ready_after_polls: u64) {
+    Mock::given(method("GET"))
+        .and(path("/$export"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("Content-Location", format!("{}/status/1", home.uri())),
+        )
+        .mount(home)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(202).insert_header("Retry-After", "1"))
+        .up_to_n_times(ready_after_polls)
+        .mount(home)
+        .await;
+    let manifest = json!({
+        "transactionTime": "2026-11-27T02:00:00Z", "requiresAccessToken": true,
+        "output": [
+            {"type": "Patient", "url": format!("{}/files/patients", home.uri())},
+            {"type": "Observation", "url": format!("{}/files/observations", files_elsewhere.uri())},
+            {"type": "Encounter", "url": format!("{}/files/encounters", home.uri())}
+        ],
+        "error": []
+    });
+    Mock::given(method("GET"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(manifest))
+        .mount(home)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(home)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files/patients"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n"),
+        )
+        .mount(home)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files/observations"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            marker_observation("o1", "2026-02-27", json!(88000)).to_string() + "\n",
+        ))
+        .mount(files_elsewhere)
+        .await;
+}
+
+fn bearer_settings(variable: &str) -> ServerConfig {
+    std::env::set_var(variable, "s3cret-bulk-token");
+    let mut settings = ServerConfig::default();
+    settings.auth.method = AuthMethod::Bearer;
+    settings.auth.token_env = Some(variable.into());
+    settings
+}
+
+#[tokio::test]
+async fn a_bulk_export_waits_as_asked_sends_the_token_home_only_and_deletes_the_job() {
+    let home = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    bulk_server(&home, &elsewhere, 1).await;
+    let config = tare_marker_monitor::config::Config {
+        server: bearer_settings("TMM_TEST_TOKEN_BULK"),
+        ..Default::default()
+    };
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let exported = tare_marker_monitor::source::bulk::export(
+        &client,
+        &config,
+        &["Patient", "Observation"],
+        Some("2026-11-26T02:00:00Z"),
+        folder.path(),
+    )
+    .await
+    .unwrap();
+    // One poll was told to wait a second.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Our two types are downloaded (the Encounter file is not), named for the folder source.
+    let names: Vec<String> = exported
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["Observation-0001.ndjson", "Patient-0000.ndjson"]);
+    assert_eq!(
+        exported.transaction_time.as_deref(),
+        Some("2026-11-27T02:00:00Z")
+    );
+    let requests = home.received_requests().await.unwrap();
+    let kickoff = requests
+        .iter()
+        .find(|r| r.url.path() == "/$export")
+        .unwrap();
+    let query: std::collections::HashMap<String, Vec<String>> =
+        kickoff
+            .url
+            .query_pairs()
+            .fold(Default::default(), |mut map, (k, v)| {
+                map.entry(k.into_owned()).or_default().push(v.into_owned());
+                map
+            });
+    assert_eq!(query["_type"], ["Patient,Observation"]);
+    assert_eq!(query["_since"], ["2026-11-26T02:00:00Z"]);
+    assert!(query["_typeFilter"][0].starts_with("Observation?code=http%3A%2F%2Floinc.org%7C"));
+    assert_eq!(
+        kickoff.headers.get("prefer").unwrap(),
+        "respond-async, handling=strict"
+    );
+    let patients_file = requests
+        .iter()
+        .find(|r| r.url.path() == "/files/patients")
+        .unwrap();
+    assert_eq!(
+        patients_file.headers.get("authorization").unwrap(),
+        "Bearer s3cret-bulk-token"
+    );
+    let other = elsewhere.received_requests().await.unwrap();
+    assert!(other[0].headers.get("authorization").is_none());
+    assert!(requests
+        .iter()
+        .any(|r| r.method == wiremock::http::Method::DELETE && r.url.path() == "/status/1"));
+}
+
+#[tokio::test]
+async fn a_bulk_export_not_ready_in_time_is_abandoned_and_deleted() {
+    let home = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    bulk_server(&home, &elsewhere, 100).await;
+    let mut config = tare_marker_monitor::config::Config::default();
+    config.server.export_max_wait_secs = 2;
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let error = tare_marker_monitor::source::bulk::export(
+        &client,
+        &config,
+        &["Patient"],
+        None,
+        folder.path(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error
+            .to_string()
+            .ends_with("the export is not ready within 2 s (server.export_max_wait_secs)"),
+        "{error}"
+    );
+    let requests = home.received_requests().await.unwrap();
+    assert!(requests
+        .iter()
+        .any(|r| r.method == wiremock::http::Method::DELETE && r.url.path() == "/status/1"));
+}

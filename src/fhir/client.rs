@@ -4,7 +4,7 @@
 
 use super::auth::Credentials;
 pub use super::retry::Answer;
-use super::retry::{send_with_retries, RetryPolicy, SendFailure};
+use super::retry::{decide, send_with_retries, Decision, Outcome, RetryPolicy, SendFailure};
 use crate::config::ServerConfig;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// Guard against a server whose `next` links never end.
 const MAX_PAGES_PER_SEARCH: usize = 100_000;
+/// A Bulk Data file may be large: its download gets longer than a search request.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
@@ -130,6 +132,57 @@ pub struct FhirClient {
     credentials: Arc<Credentials>,
     /// HTTP requests sent (every attempt counts), for the run summary and benchmarks.
     requests: Arc<AtomicU64>,
+}
+
+/// Why one download attempt failed.
+enum DownloadFailure {
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+        outcome: String,
+    },
+    /// No answer, or the body cut short.
+    NoAnswer(String),
+    /// Our own disk: not worth a retry.
+    Disk(String),
+}
+
+/// One attempt: the body streamed to `to` chunk by chunk.
+async fn download_once(
+    request: reqwest::RequestBuilder,
+    to: &std::path::Path,
+) -> Result<u64, DownloadFailure> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| DownloadFailure::NoAnswer(e.without_url().to_string()))?;
+    let status = response.status();
+    if status != StatusCode::OK {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.unwrap_or_default();
+        return Err(DownloadFailure::Status {
+            status: status.as_u16(),
+            retry_after,
+            outcome: outcome_text(&body),
+        });
+    }
+    let disk = |e: std::io::Error| DownloadFailure::Disk(e.to_string());
+    let mut file = tokio::fs::File::create(to).await.map_err(disk)?;
+    let mut written = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| DownloadFailure::NoAnswer(e.without_url().to_string()))?;
+        file.write_all(&chunk).await.map_err(disk)?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await.map_err(disk)?;
+    Ok(written)
 }
 
 /// Same scheme, host and port.
@@ -270,6 +323,84 @@ impl FhirClient {
             url: url.to_owned(),
             message: format!("not JSON: {e}"),
         })
+    }
+
+    /// Downloads a file (a Bulk Data output) to `to`, streaming it to disk, retried per the
+    /// policy from the start when it fails or is cut short. The Authorization header goes only
+    /// with `with_token` and only to the server's own origin. Returns the bytes written.
+    pub async fn download(
+        &self,
+        url: &str,
+        to: &std::path::Path,
+        with_token: bool,
+    ) -> Result<u64, FhirError> {
+        let target = Url::parse(url).map_err(|e| FhirError::Unexpected {
+            url: url.to_owned(),
+            message: format!("not a URL: {e}"),
+        })?;
+        let send_token = with_token && same_origin(&target, &self.base);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let authorization = match send_token {
+                true => self.authorization(false).await?,
+                false => None,
+            };
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = self
+                .http
+                .get(target.clone())
+                .header(ACCEPT, "application/fhir+ndjson, application/ndjson;q=0.9")
+                .timeout(DOWNLOAD_TIMEOUT);
+            if let Some(value) = authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            let failure = match download_once(request, to).await {
+                Ok(written) => return Ok(written),
+                Err(DownloadFailure::Disk(e)) => {
+                    return Err(FhirError::Unexpected {
+                        url: url.to_owned(),
+                        message: format!("cannot write {}: {e}", to.display()),
+                    })
+                }
+                Err(failure) => failure,
+            };
+            let outcome = match &failure {
+                DownloadFailure::Status {
+                    status,
+                    retry_after,
+                    ..
+                } => Outcome::Status(*status, retry_after.as_deref()),
+                _ => Outcome::NoAnswer,
+            };
+            match decide(
+                &self.retry,
+                attempt,
+                outcome,
+                true,
+                std::time::SystemTime::now(),
+                rand::random(),
+            ) {
+                Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
+                Decision::Done | Decision::GiveUp => {
+                    return Err(match failure {
+                        DownloadFailure::Status {
+                            status, outcome, ..
+                        } => FhirError::Status {
+                            url: url.to_owned(),
+                            status,
+                            outcome,
+                        },
+                        DownloadFailure::NoAnswer(message) | DownloadFailure::Disk(message) => {
+                            FhirError::Transport {
+                                url: url.to_owned(),
+                                message,
+                            }
+                        }
+                    })
+                }
+            }
+        }
     }
 
     /// Fetches one search page.

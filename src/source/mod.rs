@@ -2,6 +2,7 @@
 //! server's search API (`search`). Both feed the same `Ingestor` checks and the same
 //! `CohortBuilder`, so a resource counts the same way whichever way it arrived.
 
+pub mod bulk;
 pub mod ndjson;
 pub mod search;
 

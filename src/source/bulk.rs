@@ -1,0 +1,303 @@
+//! A FHIR Bulk Data `$export` as the source: kick-off (system or `Group/ID` level, with
+//! `_type`, a `_typeFilter` per type for our codes and `_since` for incremental runs), status
+//! polls that honour `Retry-After` up to a maximum wait, streaming downloads with retries, and
+//! the export job deleted at the end. The files land in a folder in the Bulk Data layout and
+//! are read by the folder source, so every resource is filtered again here (a server may
+//! ignore `_typeFilter`).
+
+use crate::config::{Code, Config};
+use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
+use futures::stream::{self, TryStreamExt};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The resource types the job reads.
+const TYPES: [&str; 4] = ["Patient", "Procedure", "Condition", "Observation"];
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "transactionTime")]
+    transaction_time: Option<String>,
+    #[serde(rename = "requiresAccessToken", default)]
+    requires_access_token: bool,
+    #[serde(default)]
+    output: Vec<OutputFile>,
+    #[serde(default)]
+    error: Vec<OutputFile>,
+}
+
+#[derive(Deserialize)]
+struct OutputFile {
+    #[serde(rename = "type")]
+    kind: String,
+    url: String,
+}
+
+/// What an export gave.
+pub struct Exported {
+    /// The files, in the Bulk Data layout, in `dir`.
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    /// The server's `transactionTime`: everything up to it is in the files.
+    pub transaction_time: Option<String>,
+    /// OperationOutcome files the server listed under `error`.
+    pub error_files: usize,
+}
+
+fn token_list(codes: &[Code]) -> String {
+    codes
+        .iter()
+        .map(|c| format!("{}|{}", c.system, c.code))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `Type?code=...`, the query of one `_typeFilter` (its value percent-encoded).
+fn type_filter(kind: &str, codes: &[Code]) -> String {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("code", &token_list(codes))
+        .finish();
+    format!("{kind}?{query}")
+}
+
+/// The kick-off URL: `_type`, one `_typeFilter` per coded type, and `_since`.
+fn kickoff_url(
+    client: &FhirClient,
+    config: &Config,
+    types: &[&str],
+    since: Option<&str>,
+) -> Result<reqwest::Url, FhirError> {
+    let path = match &config.server.export_group {
+        Some(group) => format!("Group/{group}/$export"),
+        None => "$export".to_owned(),
+    };
+    let mut url = client
+        .base()
+        .join(&path)
+        .map_err(|e| FhirError::Unexpected {
+            url: path.clone(),
+            message: e.to_string(),
+        })?;
+    let codes = &config.codes;
+    let markers: Vec<Code> = [
+        &codes.pivka,
+        &codes.afp,
+        &codes.afp_l3,
+        &codes.albumin,
+        &codes.bilirubin,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    {
+        let mut query = url.query_pairs_mut();
+        query.append_pair("_outputFormat", "application/fhir+ndjson");
+        query.append_pair("_type", &types.join(","));
+        for kind in types {
+            let filter = match *kind {
+                "Procedure" => type_filter("Procedure", &codes.tare_procedure),
+                "Condition" => type_filter("Condition", &codes.hcc_condition),
+                "Observation" => type_filter("Observation", &markers),
+                _ => continue,
+            };
+            query.append_pair("_typeFilter", &filter);
+        }
+        if let Some(since) = since {
+            query.append_pair("_since", since);
+        }
+    }
+    Ok(url)
+}
+
+fn unexpected(url: &str, answer: &Answer) -> FhirError {
+    FhirError::Status {
+        url: url.to_owned(),
+        status: answer.status.as_u16(),
+        outcome: outcome_text(&answer.body),
+    }
+}
+
+/// Deletes the export job; a failure is logged, not fatal (the server expires jobs too).
+async fn delete_job(client: &FhirClient, status_url: &str) {
+    let deleted = client
+        .send(status_url, true, |http| http.delete(status_url))
+        .await;
+    match deleted {
+        Ok(answer) if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND => {}
+        Ok(answer) => tracing::warn!(
+            status = answer.status.as_u16(),
+            "cannot delete the export job"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot delete the export job"),
+    }
+}
+
+/// Polls until the manifest is ready, honouring `Retry-After`, at most `max_wait` in all.
+async fn wait_for_manifest(
+    client: &FhirClient,
+    status_url: &str,
+    config: &Config,
+) -> Result<Manifest, FhirError> {
+    let started = Instant::now();
+    let max_wait = Duration::from_secs(config.server.export_max_wait_secs);
+    loop {
+        let answer = client
+            .send(status_url, true, |http| {
+                http.get(status_url).header("Accept", "application/json")
+            })
+            .await?;
+        match answer.status {
+            StatusCode::OK => {
+                return serde_json::from_slice(&answer.body).map_err(|e| FhirError::Unexpected {
+                    url: status_url.to_owned(),
+                    message: format!("not a Bulk Data manifest: {e}"),
+                })
+            }
+            StatusCode::ACCEPTED => {
+                let wait = answer
+                    .headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::from_secs(config.server.export_poll_secs))
+                    .min(Duration::from_secs(
+                        config.server.export_max_poll_interval_secs,
+                    ));
+                if started.elapsed() + wait > max_wait {
+                    return Err(FhirError::Unexpected {
+                        url: status_url.to_owned(),
+                        message: format!(
+                            "the export is not ready within {} s (server.export_max_wait_secs)",
+                            max_wait.as_secs()
+                        ),
+                    });
+                }
+                tracing::info!(wait_s = wait.as_secs(), "export in progress");
+                tokio::time::sleep(wait).await;
+            }
+            _ => return Err(unexpected(status_url, &answer)),
+        }
+    }
+}
+
+/// Runs an export of `types` into `dir` (created if missing); with `since`, only what changed
+/// after it. The export job is deleted when done, whether or not the download worked.
+pub async fn export(
+    client: &FhirClient,
+    config: &Config,
+    types: &[&str],
+    since: Option<&str>,
+    dir: &Path,
+) -> Result<Exported, FhirError> {
+    let kickoff = kickoff_url(client, config, types, since)?;
+    let kickoff_text = kickoff.to_string();
+    let prefer = match config.server.strict_search {
+        true => "respond-async, handling=strict",
+        false => "respond-async",
+    };
+    let answer = client
+        .send(&kickoff_text, true, |http| {
+            http.get(kickoff.clone())
+                .header("Accept", "application/fhir+json")
+                .header("Prefer", prefer)
+        })
+        .await?;
+    if answer.status != StatusCode::ACCEPTED {
+        return Err(unexpected(&kickoff_text, &answer));
+    }
+    let status_url = answer
+        .headers
+        .get(reqwest::header::CONTENT_LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| FhirError::Unexpected {
+            url: kickoff_text.clone(),
+            message: "202 without Content-Location".into(),
+        })?;
+    let result = async {
+        let manifest = wait_for_manifest(client, &status_url, config).await?;
+        download_all(client, config, &manifest, dir).await
+    }
+    .await;
+    delete_job(client, &status_url).await;
+    result
+}
+
+async fn download_all(
+    client: &FhirClient,
+    config: &Config,
+    manifest: &Manifest,
+    dir: &Path,
+) -> Result<Exported, FhirError> {
+    std::fs::create_dir_all(dir).map_err(|e| FhirError::Unexpected {
+        url: dir.display().to_string(),
+        message: format!("cannot create the download folder: {e}"),
+    })?;
+    // Only our types (a server may send more); each file named for the folder source.
+    let wanted: Vec<(usize, &OutputFile)> = manifest
+        .output
+        .iter()
+        .filter(|o| TYPES.contains(&o.kind.as_str()))
+        .enumerate()
+        .collect();
+    let files: Vec<(PathBuf, u64)> = stream::iter(wanted.into_iter().map(Ok))
+        .map_ok(|(n, output)| async move {
+            let path = dir.join(format!("{}-{n:04}.ndjson", output.kind));
+            let bytes = client
+                .download(&output.url, &path, manifest.requires_access_token)
+                .await?;
+            Ok::<_, FhirError>((path, bytes))
+        })
+        .try_buffer_unordered(config.server.concurrency)
+        .try_collect()
+        .await?;
+    let mut paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+    paths.sort();
+    if !manifest.error.is_empty() {
+        tracing::warn!(
+            files = manifest.error.len(),
+            "the export lists OperationOutcome error files"
+        );
+    }
+    Ok(Exported {
+        files: paths,
+        bytes: files.iter().map(|(_, b)| b).sum(),
+        transaction_time: manifest.transaction_time.clone(),
+        error_files: manifest.error.len(),
+    })
+}
+
+/// The patients whose TARE Procedures, HCC Conditions or marker Observations changed after
+/// `since`, by an export with `_since`, sorted.
+pub async fn changed_patients(
+    client: &FhirClient,
+    config: &Config,
+    since: &str,
+    dir: &Path,
+) -> Result<Vec<String>, FhirError> {
+    let exported = export(
+        client,
+        config,
+        &["Procedure", "Condition", "Observation"],
+        Some(since),
+        dir,
+    )
+    .await?;
+    let mut ids = std::collections::BTreeSet::new();
+    for path in &exported.files {
+        let text = std::fs::read_to_string(path).map_err(|e| FhirError::Unexpected {
+            url: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for line in text.lines() {
+            if let Some(id) = crate::ingest::patient_of_resource(line) {
+                ids.insert(id.into_owned());
+            }
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
