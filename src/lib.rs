@@ -14,6 +14,7 @@ pub mod format;
 pub mod generate;
 pub mod ingest;
 pub mod merge;
+pub mod progress;
 pub mod run;
 pub mod sink;
 pub mod source;

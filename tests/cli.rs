@@ -395,3 +395,184 @@ fn parse_floor_counts_the_lines_that_are_json() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("1179 lines parsed in "));
 }
+
+/// The DetectedIssue file without its `recorded` times (they differ between runs).
+fn without_recorded(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut resource: Value = serde_json::from_str(line).unwrap();
+            if let Some(object) = resource.as_object_mut() {
+                object.remove("recorded");
+            }
+            resource.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
+    let (single, output) = run_demo(&[]);
+    assert!(output.status.success());
+    let parts = tempfile::tempdir().unwrap();
+    for shard in 0..3 {
+        let (part, output) = run_demo(&["--shard", &format!("{shard}/3")]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for entry in std::fs::read_dir(part.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(name.contains(&format!(".shard-{shard}-of-3.")), "{name}");
+            std::fs::copy(entry.path(), parts.path().join(name)).unwrap();
+        }
+    }
+    let merged = tempfile::tempdir().unwrap();
+    let output = binary()
+        .arg("merge")
+        .arg(parts.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["markers.csv", "flags.csv"] {
+        assert_eq!(
+            read(merged.path(), name),
+            read(single.path(), name),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        without_recorded(&read(merged.path(), "detected-issues.ndjson")),
+        without_recorded(&read(single.path(), "detected-issues.ndjson"))
+    );
+    let merged: Value = serde_json::from_str(&read(merged.path(), "run-summary.json")).unwrap();
+    let single: Value = serde_json::from_str(&read(single.path(), "run-summary.json")).unwrap();
+    // Each resource is counted by exactly one shard: the counts add up to one run's.
+    for key in ["patients", "responses", "flags"] {
+        assert_eq!(merged[key], single[key], "{key}");
+    }
+    for (kind, counts) in single["resources"]["by_type"].as_object().unwrap() {
+        let theirs = &merged["resources"]["by_type"][kind];
+        assert_eq!(theirs["read"], counts["read"], "{kind}");
+        assert_eq!(theirs["accepted"], counts["accepted"], "{kind}");
+        for (reason, count) in counts["left_out"].as_object().unwrap() {
+            assert_eq!(
+                theirs["left_out"][reason]["count"], count["count"],
+                "{kind} {reason}"
+            );
+        }
+    }
+    assert_eq!(merged["shard"], "merged from 3 shards");
+}
+
+#[test]
+fn merge_names_a_missing_shard() {
+    let (part, output) = run_demo(&["--shard", "0/2"]);
+    assert!(output.status.success());
+    let output = binary()
+        .arg("merge")
+        .arg(part.path())
+        .args(["--out", "/tmp/never-written"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: shard 1/2 is incomplete: missing markers.shard-1-of-2.csv, flags.shard-1-of-2.csv, detected-issues.shard-1-of-2.ndjson, run-summary.shard-1-of-2.json\n"
+    );
+}
+
+#[test]
+fn a_shard_outside_its_count_exits_2() {
+    let (_, output) = run_demo(&["--shard", "3/3"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("shard 3/3: the index counts from 0 and must be below the count"));
+}
+
+#[test]
+fn a_cohort_on_a_folder_reports_only_its_patients() {
+    let dir = tempfile::tempdir().unwrap();
+    let cohort = dir.path().join("cohort.txt");
+    std::fs::write(
+        &cohort,
+        "# two of the demo\ndemo-01-seed-partial-response\n\nnobody-here\n",
+    )
+    .unwrap();
+    let (out, output) = run_demo(&[
+        "--cohort",
+        cohort.to_str().unwrap(),
+        "--patient",
+        "demo-04-pivka-unconfirmed-rise",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "warning: not found: nobody-here (no Patient)\n"
+    );
+    let patients: BTreeSet<String> = csv_rows(&read(out.path(), "markers.csv"))
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    assert_eq!(
+        patients,
+        BTreeSet::from([
+            "demo-01-seed-partial-response".to_owned(),
+            "demo-04-pivka-unconfirmed-rise".to_owned()
+        ])
+    );
+    let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
+    assert_eq!(summary["mode"], "cohort");
+    assert_eq!(summary["cohort"]["requested"], 3);
+}
+
+#[test]
+fn identifiers_in_a_cohort_need_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cohort = dir.path().join("cohort.txt");
+    std::fs::write(&cohort, "urn:example:mrn|12345\n").unwrap();
+    let (_, output) = run_demo(&["--cohort", cohort.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: identifiers (system|value) and --group are resolved on a FHIR server: use --server\n"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_patient_data() {
+    let out = tempfile::tempdir().unwrap();
+    let output = binary()
+        .env("RUST_LOG", "info")
+        .args(["--log-format", "json", "run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "run finished"));
+    assert!(lines.iter().all(|l| l["level"] == "INFO"));
+    assert!(
+        !stderr.contains("demo-"),
+        "patient ids in the log: {stderr}"
+    );
+}

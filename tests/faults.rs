@@ -264,6 +264,7 @@ fn cohort_resources(path: &str) -> Vec<Value> {
         "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
             "subject": {"reference": "Patient/p1"}})],
+        "/Device" => vec![json!({"resourceType": "Device", "id": "dev-1"})],
         _ => vec![],
     }
 }
@@ -393,6 +394,8 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Stderr is not a terminal: no progress bar, and nothing else at the default log level.
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     let summary = read_summary(&out);
     let observations = &summary["resources"]["by_type"]["Observation"];
     assert_eq!(observations["accepted"], 2);
@@ -578,4 +581,109 @@ async fn a_bulk_export_not_ready_in_time_is_abandoned_and_deleted() {
     assert!(requests
         .iter()
         .any(|r| r.method == wiremock::http::Method::DELETE && r.url.path() == "/status/1"));
+}
+
+/// `run --server BASE --config CONFIG` (writing for real); the exit code and the summary.
+async fn run_with_config(
+    base: String,
+    config: std::path::PathBuf,
+    out: std::path::PathBuf,
+) -> (Option<i32>, Value) {
+    tokio::task::spawn_blocking(move || {
+        let output = Command::cargo_bin("tare-marker-monitor")
+            .unwrap()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--as-of",
+                "2026-07-10",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
+                .unwrap();
+        (output.status.code(), summary)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_moves_on_only_after_a_run_whose_writes_all_succeeded() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(Cohort)
+        .mount(&server)
+        .await;
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "rejected"}]});
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(outcome))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .respond_with(fhir_json(
+            &json!({"resourceType": "Bundle", "type": "transaction-response"}),
+        ))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let config = work.path().join("config.toml");
+    // The seed case's only flag is the low incomplete-response: written here, so p1 has a
+    // transaction to fail.
+    std::fs::write(
+        &config,
+        format!("[schedule]\nstate_file = {state:?}\n[output]\nmin_severity_written = \"low\"\n"),
+    )
+    .unwrap();
+
+    let (code, summary) =
+        run_with_config(server.uri(), config.clone(), work.path().join("a")).await;
+    assert_eq!(code, Some(4));
+    assert_eq!(summary["write_back"]["failed"][0]["patient_id"], "p1");
+    assert_eq!(summary["watermark"]["next"], Value::Null);
+    assert!(!state.exists(), "a failed run must not move the watermark");
+
+    let (code, summary) =
+        run_with_config(server.uri(), config.clone(), work.path().join("b")).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(summary["mode"], "full");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["watermark"], summary["watermark"]["next"]);
+    assert_eq!(
+        saved["patients"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["p1"]
+    );
+
+    // The next run is incremental: it asks for what changed since that watermark.
+    let (code, summary) = run_with_config(server.uri(), config, work.path().join("c")).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(summary["mode"], "incremental");
+    let requests = server.received_requests().await.unwrap();
+    let since = format!("gt{}", saved["watermark"].as_str().unwrap());
+    let since =
+        chrono::DateTime::parse_from_rfc3339(&since[2..]).unwrap() - chrono::Duration::minutes(15);
+    let expected = format!(
+        "gt{}",
+        since
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert!(requests.iter().any(|r| r.url.path() == "/Observation"
+        && r.url
+            .query_pairs()
+            .any(|(k, v)| k == "_lastUpdated" && v == expected)));
 }

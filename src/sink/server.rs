@@ -18,6 +18,7 @@ use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::PatientFindings;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
+use crate::progress::Progress;
 use fhir_resources::{DeviceSpec, ProvenanceSpec};
 use futures::stream::{self, StreamExt};
 use reqwest::StatusCode;
@@ -462,9 +463,11 @@ pub async fn write_back(
         return Ok(report);
     }
     let url = client.base().to_string();
+    let progress = Progress::start("writing", bundles.len() as u64);
     let results: Vec<(String, Plan, Result<(), String>)> = stream::iter(bundles)
         .map(|(patient_id, mut plan)| {
             let url = url.clone();
+            let progress = &progress;
             async move {
                 let entries = std::mem::take(&mut plan.entries);
                 let bundle =
@@ -486,12 +489,14 @@ pub async fn write_back(
                     )),
                     Err(e) => Err(e.to_string()),
                 };
+                progress.advance(1);
                 (patient_id, plan, result)
             }
         })
         .buffer_unordered(config.server.write_concurrency)
         .collect()
         .await;
+    progress.finish();
     for (patient_id, plan, result) in results {
         match result {
             Ok(()) => {

@@ -9,6 +9,7 @@ use crate::cohort::Scope;
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::{patient_id_of, patient_of_resource, resource_header, Ingestor, ResourceType};
+use crate::progress::Progress;
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
@@ -226,60 +227,58 @@ async fn load_with(
         }
     };
 
-    let mut searches = Vec::new();
+    // Per batch: (search, label, patients it completes for the progress bar).
+    let mut searches: Vec<(reqwest::Url, String, u64)> = Vec::new();
     for (n, batch) in patient_ids.chunks(server.patient_batch).enumerate() {
         let patients = batch.join(",");
-        let mut batch_search = |kind: &str, code: Option<&String>, label: String| {
-            let mut params = vec![("patient", patients.clone())];
-            if let Some(code) = code {
-                params.push(("code", code.clone()));
-            }
-            params.push(("_count", count.clone()));
-            searches.push((client.search_url(kind, &params), label));
+        let by_patient = |kind: &str, code: &str| {
+            client.search_url(
+                kind,
+                &[
+                    ("patient", patients.clone()),
+                    ("code", code.to_owned()),
+                    ("_count", count.clone()),
+                ],
+            )
         };
         if requested.is_some() {
-            batch_search(
-                "Procedure",
-                Some(&codes.tare),
+            searches.push((
+                by_patient("Procedure", &codes.tare),
                 format!("Procedure?patient=<batch {n}>&code=<TARE codes>"),
-            );
+                0,
+            ));
             searches.push((
                 client.search_url(
                     "Patient",
                     &[("_id", patients.clone()), ("_count", count.clone())],
                 ),
                 format!("Patient?_id=<batch {n}>"),
+                0,
             ));
         }
-        let mut batch_search = |kind: &str, code: &String, label: String| {
-            searches.push((
-                client.search_url(
-                    kind,
-                    &[
-                        ("patient", patients.clone()),
-                        ("code", code.clone()),
-                        ("_count", count.clone()),
-                    ],
-                ),
-                label,
-            ));
-        };
-        batch_search(
-            "Condition",
-            &codes.hcc,
+        searches.push((
+            by_patient("Condition", &codes.hcc),
             format!("Condition?patient=<batch {n}>&code=<HCC codes>"),
-        );
-        batch_search(
-            "Observation",
-            &codes.markers,
+            0,
+        ));
+        searches.push((
+            by_patient("Observation", &codes.markers),
             format!("Observation?patient=<batch {n}>&code=<marker codes>"),
-        );
+            batch.len() as u64,
+        ));
     }
+    let progress = Progress::start("reading", patient_ids.len() as u64);
     stream::iter(searches.into_iter().map(Ok))
-        .try_for_each_concurrent(server.concurrency, |(url, label)| {
-            shared.search(client, url, label)
+        .try_for_each_concurrent(server.concurrency, |(url, label, patients)| {
+            let (progress, shared) = (&progress, &shared);
+            async move {
+                shared.search(client, url, label).await?;
+                progress.advance(patients);
+                Ok(())
+            }
         })
         .await?;
+    progress.finish();
 
     // The ingestor has kept only this shard's patients.
     let collected = shared

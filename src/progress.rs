@@ -1,0 +1,46 @@
+//! A progress bar on stderr, with patients per second and the time left, only when stderr is
+//! a terminal: a scheduler's log gets nothing of it.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+
+#[derive(Clone, Default)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar for `total` patients, or nothing when stderr is not a terminal.
+    pub fn start(stage: &'static str, total: u64) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::default();
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{msg:>8} [{bar:30}] {pos}/{len} patients, {rate} patients/s, {eta} left",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}", state.per_sec());
+            },
+        )
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(stage);
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn advance(&self, patients: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(patients);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

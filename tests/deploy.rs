@@ -1,0 +1,128 @@
+//! The deployment files in deploy/ are what the README says: parsed, and their commands parsed
+//! by the job's own command line and their config by the job's own config reader.
+
+use clap::Parser;
+use serde_yaml::Value;
+use std::path::Path;
+use tare_marker_monitor::cli::{Cli, Command};
+use tare_marker_monitor::config::Config;
+
+fn deploy(path: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy")
+            .join(path),
+    )
+    .unwrap()
+}
+
+fn kubernetes() -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(&deploy("kubernetes/tare-marker-monitor.yaml"))
+        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+        .collect()
+}
+
+fn args_of(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_cronjob_starts_an_indexed_job_with_one_pod_per_configured_shard() {
+    let documents = kubernetes();
+    let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let config = Config::from_toml(config_map["data"]["config.toml"].as_str().unwrap()).unwrap();
+    config.validate().unwrap();
+    assert!(config.schedule.state_file.is_some());
+
+    let run = documents
+        .iter()
+        .find(|d| d["kind"] == "CronJob" && d["metadata"]["name"] == "tare-marker-monitor")
+        .unwrap();
+    assert_eq!(run["spec"]["concurrencyPolicy"], "Forbid");
+    assert!(run["spec"]["timeZone"]
+        .as_str()
+        .is_some_and(|tz| tz.parse::<chrono_tz::Tz>().is_ok()));
+    let job = &run["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["completionMode"], "Indexed");
+    let shards = u64::from(config.schedule.shard_count);
+    assert_eq!(job["completions"].as_u64(), Some(shards));
+    assert_eq!(job["parallelism"].as_u64(), Some(shards));
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let container = &pod["containers"][0];
+    let cli = Cli::try_parse_from(
+        std::iter::once("tare-marker-monitor".to_owned()).chain(args_of(container)),
+    )
+    .unwrap();
+    let Command::Run { out, shard, .. } = cli.command else {
+        panic!("the CronJob must run `run`")
+    };
+    // The shard comes from JOB_COMPLETION_INDEX, not from a fixed --shard.
+    assert_eq!(shard, None);
+    // The token comes from a Secret through the variable the config names.
+    let token_variable = config.server.auth.token_env.clone().unwrap();
+    let env = container["env"].as_sequence().unwrap();
+    assert!(env.iter().any(
+        |e| e["name"] == token_variable.as_str() && e["valueFrom"]["secretKeyRef"].is_mapping()
+    ));
+
+    let merge = documents
+        .iter()
+        .find(|d| d["kind"] == "CronJob" && d["metadata"]["name"] == "tare-marker-monitor-merge")
+        .unwrap();
+    let merge_cli = Cli::try_parse_from(std::iter::once("tare-marker-monitor".to_owned()).chain(
+        args_of(&merge["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
+    ))
+    .unwrap();
+    let Command::Merge { parts, .. } = merge_cli.command else {
+        panic!("the second CronJob must run `merge`")
+    };
+    assert_eq!(parts, [out.unwrap()]);
+}
+
+/// `[Section]` -> key -> value of a systemd unit file.
+fn unit_file(
+    text: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let mut sections = std::collections::BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.to_owned();
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("key=value");
+        sections
+            .entry(current.clone())
+            .or_insert_with(std::collections::BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+    }
+    sections
+}
+
+#[test]
+fn the_systemd_timer_starts_a_oneshot_service_whose_command_the_job_accepts() {
+    let service = unit_file(&deploy("systemd/tare-marker-monitor.service"));
+    assert_eq!(service["Service"]["Type"], "oneshot");
+    assert_eq!(service["Service"]["UMask"], "0077");
+    let exec = &service["Service"]["ExecStart"];
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/tare-marker-monitor"));
+    let cli = Cli::try_parse_from(std::iter::once("tare-marker-monitor").chain(words)).unwrap();
+    assert!(matches!(cli.command, Command::Run { .. }));
+    assert_eq!(cli.log_format, tare_marker_monitor::cli::LogFormat::Json);
+
+    let timer = unit_file(&deploy("systemd/tare-marker-monitor.timer"));
+    assert_eq!(timer["Timer"]["OnCalendar"], "*-*-* 02:30:00");
+    assert_eq!(timer["Timer"]["Persistent"], "true");
+    assert_eq!(timer["Timer"]["Unit"], "tare-marker-monitor.service");
+    assert_eq!(timer["Install"]["WantedBy"], "timers.target");
+}
