@@ -335,7 +335,7 @@ impl LeftOutReason {
 }
 
 /// The evaluation of one patient.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PatientFindings {
     pub patient_id: String,
     pub left_out: Option<LeftOutReason>,

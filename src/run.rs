@@ -367,9 +367,17 @@ fn choose_mode(
     };
     let shard = options.shard.map(|s| s.to_string());
     let previous = match previous {
-        Some(p) if p.source == options.source.to_string() && p.shard == shard => p,
+        Some(p)
+            if p.source == options.source.to_string()
+                && p.shard == shard
+                && p.config_fingerprint == state::config_fingerprint(config) =>
+        {
+            p
+        }
         Some(_) => {
-            tracing::warn!("the state file is for another server or shard: full run");
+            tracing::warn!(
+                "the state file is for another server, shard or configuration: full run"
+            );
             return Ok((
                 Mode::Full {
                     state_path: Some(state_path),
@@ -472,20 +480,20 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     // Each timeline is dropped as soon as it is evaluated; a stateful run keeps each patient's
     // recheck date for the state file.
     let keeps_state = !matches!(mode, Mode::Cohort | Mode::Full { state_path: None });
-    let (findings, rechecks): (Vec<PatientFindings>, Vec<(String, Option<NaiveDate>)>) = pool
-        .install(|| {
-            loaded
-                .timelines
-                .into_par_iter()
-                .map(|t| {
-                    let recheck = keeps_state.then(|| state::recheck_until(&t, config));
-                    (
-                        evaluate_patient(&t, config, options.as_of),
-                        (t.patient_id, recheck.flatten()),
-                    )
-                })
-                .unzip()
-        });
+    type Recheck = (String, Option<Option<NaiveDate>>);
+    let (findings, rechecks): (Vec<PatientFindings>, Vec<Recheck>) = pool.install(|| {
+        loaded
+            .timelines
+            .into_par_iter()
+            .map(|t| {
+                let findings = evaluate_patient(&t, config, options.as_of);
+                let recheck = keeps_state
+                    .then(|| state::recheck_on(&t, &findings, config, options.as_of))
+                    .flatten();
+                (findings, (t.patient_id, recheck))
+            })
+            .unzip()
+    });
     let evaluate_ms = evaluate_started.elapsed().as_millis();
 
     let write_started = Instant::now();
@@ -570,17 +578,13 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
                         options.source.to_string(),
                         options.shard.map(|s| s.to_string()),
                         started_utc,
+                        config,
                     ),
                 };
                 next_state.watermark = started_utc;
                 next_state.as_of = options.as_of;
                 for (patient_id, recheck) in &rechecks {
-                    match recheck {
-                        Some(until) => {
-                            next_state.patients.insert(patient_id.clone(), *until);
-                        }
-                        None => next_state.forget(patient_id),
-                    }
+                    next_state.record(patient_id, *recheck);
                 }
                 if let Some(requested) = scope.requested() {
                     let evaluated: FxHashSet<&str> =

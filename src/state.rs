@@ -4,7 +4,7 @@
 //! so a killed or failed run is simply done again.
 
 use crate::config::Config;
-use crate::domain::PatientTimeline;
+use crate::domain::{PatientFindings, PatientTimeline};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,9 +22,12 @@ pub struct RunState {
     /// When the last fully successful run started (RFC 3339, UTC).
     pub watermark: DateTime<Utc>,
     pub as_of: NaiveDate,
-    /// Patient id -> the last as-of date on which their findings can still change with no new
-    /// data (surveillance windows, values or TAREs dated in the future).
-    pub patients: BTreeMap<String, NaiveDate>,
+    /// A hash of the configuration that decides the findings (codes, rules, limits, outputs):
+    /// another one means a full run, since every finding may change.
+    pub config_fingerprint: String,
+    /// The known cohort: every patient with a TARE -> the first as-of date on which their
+    /// findings change with no new data (`null`: never).
+    pub patients: BTreeMap<String, Option<NaiveDate>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +73,19 @@ impl RunState {
         Ok(Some(state))
     }
 
-    pub fn new(source: String, shard: Option<String>, watermark: DateTime<Utc>) -> RunState {
+    pub fn new(
+        source: String,
+        shard: Option<String>,
+        watermark: DateTime<Utc>,
+        config: &Config,
+    ) -> RunState {
         RunState {
             format: FORMAT,
             source,
             shard,
             watermark,
             as_of: NaiveDate::MIN,
+            config_fingerprint: config_fingerprint(config),
             patients: BTreeMap::new(),
         }
     }
@@ -87,21 +96,21 @@ impl RunState {
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
     }
 
-    /// Known patients whose findings may change on `as_of` with no new data, sorted.
+    /// Known patients whose findings change by `as_of` with no new data, sorted.
     pub fn time_dependent(&self, as_of: NaiveDate) -> Vec<String> {
         self.patients
             .iter()
-            .filter(|(_, until)| **until >= as_of)
+            .filter(|(_, on)| on.is_some_and(|on| on <= as_of))
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Records a re-evaluated patient: kept with their recheck date while they have a TARE,
+    /// Records a re-evaluated patient: kept, with their recheck date, while they have a TARE;
     /// dropped otherwise.
-    pub fn record(&mut self, timeline: &PatientTimeline, config: &Config) {
-        match recheck_until(timeline, config) {
-            Some(until) => self.patients.insert(timeline.patient_id.clone(), until),
-            None => self.patients.remove(&timeline.patient_id),
+    pub fn record(&mut self, patient_id: &str, recheck: Option<Option<NaiveDate>>) {
+        match recheck {
+            Some(on) => self.patients.insert(patient_id.to_owned(), on),
+            None => self.patients.remove(patient_id),
         };
     }
 
@@ -111,16 +120,52 @@ impl RunState {
     }
 }
 
-/// The last as-of date on which the patient's findings can change with no new data: the day
-/// after the surveillance window of the latest TARE closes (RULES §3 `surveillance-overdue`,
-/// as-of <= index + max days), or the latest date in the record when that is later (a value
-/// or TARE dated after the as-of date counts only once the as-of date reaches it). `None` for a
-/// patient without a TARE.
-pub fn recheck_until(timeline: &PatientTimeline, config: &Config) -> Option<NaiveDate> {
-    let latest_tare = timeline.procedures.iter().map(|p| p.date).max()?;
-    let window_closes = latest_tare + Duration::days(config.rules.overdue_max_days + 1);
-    let latest_value = timeline.values.iter().map(|v| v.date).max();
-    Some(window_closes.max(latest_value.unwrap_or(NaiveDate::MIN)))
+/// The configuration that decides findings, hashed: codes, units, episodes, eligibility,
+/// rules and outputs (not the server or schedule settings).
+pub fn config_fingerprint(config: &Config) -> String {
+    let decisive = serde_json::json!({
+        "ingest": config.ingest, "codes": config.codes, "markers": config.markers,
+        "episodes": config.episodes, "eligibility": config.eligibility,
+        "rules": config.rules, "output": config.output,
+    });
+    crate::sink::detected_issue::stable_id(&decisive.to_string())
+}
+
+/// For a patient with a TARE, the first as-of date after `as_of` on which the findings change
+/// with no new data: `Some(None)` when there is none; `None` for a patient without a TARE (not
+/// in the known cohort). Findings depend on the as-of date in two ways only (RULES §1-§3):
+/// - values and TAREs dated after it count once it reaches them;
+/// - `surveillance-overdue` (latest episode, markers with a baseline) holds from next due +
+///   grace + 1 to index + max days, and while it holds its text counts the days overdue, so
+///   such a patient is re-evaluated every day until it ends.
+pub fn recheck_on(
+    timeline: &PatientTimeline,
+    findings: &PatientFindings,
+    config: &Config,
+    as_of: NaiveDate,
+) -> Option<Option<NaiveDate>> {
+    if timeline.procedures.is_empty() {
+        return None;
+    }
+    let dated_later = timeline
+        .procedures
+        .iter()
+        .map(|p| p.date)
+        .chain(timeline.values.iter().map(|v| v.date))
+        .filter(|date| *date > as_of);
+    let mut overdue_changes = Vec::new();
+    if let Some(latest) = findings.episodes.last() {
+        let ends = latest.index_date + Duration::days(config.rules.overdue_max_days + 1);
+        for course in latest.courses.iter().filter(|c| c.baseline.is_some()) {
+            let starts = course.next_due_date + Duration::days(config.rules.overdue_grace_days + 1);
+            if as_of < starts && starts < ends {
+                overdue_changes.push(starts);
+            } else if starts <= as_of && as_of < ends {
+                overdue_changes.push(as_of + Duration::days(1));
+            }
+        }
+    }
+    Some(dated_later.chain(overdue_changes).min())
 }
 
 #[cfg(test)]
@@ -142,28 +187,115 @@ mod tests {
         }
     }
 
-    #[test]
-    fn recheck_runs_to_the_day_after_the_latest_surveillance_window() {
-        let config = Config::default();
-        // Latest TARE 2026-01-10; overdue holds up to index + 365 = 2027-01-10; on 2027-01-11
-        // it stops holding, so that run must still re-evaluate.
-        assert_eq!(
-            recheck_until(&timeline(&["2025-06-01", "2026-01-10"]), &config),
-            Some("2027-01-11".parse().unwrap())
-        );
-        assert_eq!(recheck_until(&timeline(&[]), &config), None);
+    /// One PIVKA-II course in an episode on 2026-01-10 whose next value was due `next_due`.
+    fn findings(next_due: &str) -> PatientFindings {
+        use crate::domain::*;
+        let point = ValuePoint {
+            value: 900.0,
+            date: "2026-01-05".parse().unwrap(),
+            observation_id: "o".into(),
+            censoring: Censoring::Exact,
+        };
+        PatientFindings {
+            patient_id: "p1".into(),
+            episodes: vec![EpisodeFindings {
+                index_date: "2026-01-10".parse().unwrap(),
+                procedure_ids: vec![],
+                post_window_last_date: "2026-11-01".parse().unwrap(),
+                age_years: None,
+                courses: vec![MarkerCourse {
+                    marker: Marker::Pivka2,
+                    baseline: Some(point.clone()),
+                    nadir: None,
+                    latest: None,
+                    reference_nadir: None,
+                    n_post: 0,
+                    pct_change: None,
+                    rise_from_nadir_pct: None,
+                    uln: 40.0,
+                    response: Response::NotEvaluable,
+                    halflife_days: None,
+                    next_due_date: next_due.parse().unwrap(),
+                    albi_baseline: None,
+                    albi_latest: None,
+                }],
+                flags: vec![],
+            }],
+            ..PatientFindings::default()
+        }
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
     }
 
     #[test]
-    fn time_dependent_patients_are_those_still_inside_their_window() {
-        let mut state = RunState::new("http://x".into(), None, Utc::now());
-        state
-            .patients
-            .insert("a".into(), "2026-11-27".parse().unwrap());
-        state
-            .patients
-            .insert("b".into(), "2026-11-26".parse().unwrap());
-        assert_eq!(state.time_dependent("2026-11-27".parse().unwrap()), ["a"]);
+    fn recheck_on_the_day_surveillance_overdue_starts() {
+        // Due 2026-06-01, grace 14 days: the flag holds from 2026-06-16.
+        let on = recheck_on(
+            &timeline(&["2026-01-10"]),
+            &findings("2026-06-01"),
+            &Config::default(),
+            day("2026-05-20"),
+        );
+        assert_eq!(on, Some(Some(day("2026-06-16"))));
+    }
+
+    #[test]
+    fn recheck_daily_while_overdue_and_not_after_the_window() {
+        let config = Config::default();
+        // Holding (its text counts the days): the next day.
+        let on = recheck_on(
+            &timeline(&["2026-01-10"]),
+            &findings("2026-06-01"),
+            &config,
+            day("2026-08-01"),
+        );
+        assert_eq!(on, Some(Some(day("2026-08-02"))));
+        // The last day it holds is index + 365 = 2027-01-10: rechecked on 2027-01-11, then never.
+        let on = recheck_on(
+            &timeline(&["2026-01-10"]),
+            &findings("2026-06-01"),
+            &config,
+            day("2027-01-10"),
+        );
+        assert_eq!(on, Some(Some(day("2027-01-11"))));
+        let on = recheck_on(
+            &timeline(&["2026-01-10"]),
+            &findings("2026-06-01"),
+            &config,
+            day("2027-01-11"),
+        );
+        assert_eq!(on, Some(None));
+    }
+
+    #[test]
+    fn a_tare_dated_after_the_as_of_date_is_a_recheck_date_and_no_tare_is_no_cohort() {
+        let on = recheck_on(
+            &timeline(&["2025-01-10", "2027-03-01"]),
+            &PatientFindings::default(),
+            &Config::default(),
+            day("2026-11-01"),
+        );
+        assert_eq!(on, Some(Some(day("2027-03-01"))));
+        assert_eq!(
+            recheck_on(
+                &timeline(&[]),
+                &PatientFindings::default(),
+                &Config::default(),
+                day("2026-11-01")
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn time_dependent_patients_are_those_whose_recheck_date_has_come() {
+        let mut state = RunState::new("http://x".into(), None, Utc::now(), &Config::default());
+        state.patients.insert("a".into(), Some(day("2026-11-27")));
+        state.patients.insert("b".into(), Some(day("2026-11-28")));
+        state.patients.insert("c".into(), None);
+        assert_eq!(state.time_dependent(day("2026-11-27")), ["a"]);
     }
 
     #[test]
@@ -172,6 +304,7 @@ mod tests {
             "http://x".into(),
             None,
             "2026-11-27T02:00:00Z".parse().unwrap(),
+            &Config::default(),
         );
         assert_eq!(state.changed_since(15), "2026-11-27T01:45:00Z");
     }

@@ -14,6 +14,9 @@ const PIVKA: &str = "34444-0";
 /// HFS answers every export status poll with `Retry-After: 120`, even for an export that is
 /// ready within a second: the tests poll every second instead.
 const POLL_FAST: &str = "export_max_poll_interval_secs = 1\n";
+/// Every flag written, the time-dependent low `surveillance-overdue` included, so the server
+/// shows whether an incremental run re-evaluated everyone whose findings moved with the date.
+const ALL_FLAGS: &str = "[output]\nmin_severity_written = \"low\"\n";
 
 fn observation(id: &str, patient: &str, day: &str, value: f64) -> Value {
     json!({
@@ -127,6 +130,9 @@ async fn incremental_runs_through_bulk_export_since_leave_the_server_as_a_full_r
 async fn incremental_runs_match_full_runs(read_with: &str) {
     let Some(hfs) = start_hfs().await else { return };
     let mut data = generated(40, 21);
+    // Never changed after this: its PIVKA-II was next due 2026-12-14 (last value + 90 days), so
+    // surveillance-overdue starts on 2026-12-29 with no new data (the third round's date).
+    data.extend(new_patient("steady"));
     put_all(&hfs.base, &data).await;
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state.json");
@@ -134,12 +140,12 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
     let config = config_file(
         work.path(),
         &format!(
-            "[schedule]\nstate_file = {state:?}\noverlap_minutes = 0\n[server]\nread_with = {read_with:?}\n{POLL_FAST}"
+            "[schedule]\nstate_file = {state:?}\noverlap_minutes = 0\n[server]\nread_with = {read_with:?}\n{POLL_FAST}{ALL_FLAGS}"
         ),
     );
     let stateless = work.path().join("stateless");
     std::fs::create_dir(&stateless).unwrap();
-    let full_config = config_file(&stateless, "");
+    let full_config = config_file(&stateless, ALL_FLAGS);
     let server = ["--server", &hfs.base, "--config"];
 
     let first = run_ok(
@@ -171,9 +177,14 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         put_all(&hfs.base, &changes_now).await;
         let before = first_state_watermark(&state);
-        let summary = run_ok(
+        // Each night a few weeks later: surveillance-overdue flags start, count on and end.
+        let as_of = (chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+            + chrono::Duration::days(25 * round as i64))
+        .to_string();
+        let summary = run_ok_as_of(
             &[&server[..], &[config.to_str().unwrap()]].concat(),
             &work.path().join(format!("run-{round}")),
+            &as_of,
         );
         assert_eq!(summary["mode"], "incremental");
         assert_eq!(summary["watermark"]["used"], before);
@@ -189,13 +200,14 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
         );
 
         // A full run (no state) now finds nothing to change: the server is as it would have it.
-        let full = run_ok(
+        let full = run_ok_as_of(
             &[
                 &["--server", &hfs.base, "--config"][..],
                 &[full_config.to_str().unwrap()],
             ]
             .concat(),
             &work.path().join(format!("full-{round}")),
+            &as_of,
         );
         assert_eq!(full["mode"], "full");
         assert_eq!(changes(&full), (0, 0, 0), "round {round}");

@@ -187,13 +187,18 @@ pub async fn our_issues(base: &str) -> std::collections::BTreeMap<String, (Strin
     }
 }
 
-/// Runs the binary as a user would; panics with its stderr unless it exits 0.
+/// Runs the binary as a user would, as of 2026-11-01; panics with its stderr unless it exits
+/// 0. Returns the run summary.
 pub fn run_ok(args: &[&str], out: &Path) -> Value {
+    run_ok_as_of(args, out, "2026-11-01")
+}
+
+pub fn run_ok_as_of(args: &[&str], out: &Path, as_of: &str) -> Value {
     let output = Command::cargo_bin("tare-marker-monitor")
         .unwrap()
         .arg("run")
         .args(args)
-        .args(["--as-of", "2026-11-01", "--out"])
+        .args(["--as-of", as_of, "--out"])
         .arg(out)
         .output()
         .unwrap();
