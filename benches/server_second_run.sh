@@ -6,33 +6,18 @@
 #
 #   PATIENTS=5000 ROUNDS=3 bash benches/server_second_run.sh
 #
-# Uses a release build of HFS from ~/.cache/tare-hfs-release when there is one (build it with
-# `cargo install helios-hfs --version 0.2.7 --locked --root ~/.cache/tare-hfs-release`,
-# 30-50 minutes); else the debug build that .ci/run installs, which answers about 4x slower:
-# its figures say little about the job.
+# HFS: see benches/hfs.sh (the release build when there is one).
 set -euo pipefail
 
 PATIENTS=${PATIENTS:-5000}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-HFS_BIN=$HOME/.cache/tare-hfs-release/bin/hfs
-if [ ! -x "$HFS_BIN" ]; then
-    HFS_BIN=${HFS_CACHE:-$HOME/.cache/tare-hfs}/bin/hfs
-    echo "warning: no release HFS; using the debug build $HFS_BIN"
-fi
-HFS_DATA=${HFS_CACHE:-$HOME/.cache/tare-hfs}/data-r4
-[ -s "$HFS_DATA/search-parameters-r4.json" ] || { echo "run bash .ci/run once first (it fetches the search parameters)"; exit 1; }
-
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 BIN="$ROOT/target/release/tare-marker-monitor"
 WORK=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-HFS_VALIDATION_MODE=enforce HFS_UI_ENABLED=false HFS_BASE_URL="http://127.0.0.1:$PORT" \
-    "$HFS_BIN" --port "$PORT" --database-url :memory: --data-dir "$HFS_DATA" >"$WORK/hfs.log" 2>&1 &
-HFS_PID=$!
+# shellcheck source=benches/hfs.sh
+. "$ROOT/benches/hfs.sh"
 trap 'kill $HFS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
-BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 120); do curl -fsS -o /dev/null "$BASE/metadata" 2>/dev/null && break; sleep 1; done
 
 "$BIN" generate --patients "$PATIENTS" --seed 3 --as-of 2026-11-01 --out "$WORK/cohort" >/dev/null
 python3 "$ROOT/benches/seed_fhir.py" "$BASE" "$WORK/cohort"
