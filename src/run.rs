@@ -235,7 +235,7 @@ pub fn thread_pool(config: &Config) -> Result<rayon::ThreadPool, RunError> {
         .map_err(|e| RunError::Threads(e.to_string()))
 }
 
-/// Writes a file whole or not at all: a temp file beside it, then a rename.
+/// Writes a file whole or not at all: a temp file beside it, fsync, rename, fsync of the folder.
 pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
@@ -252,7 +252,14 @@ pub fn write_atomically(
         .into_inner()
         .map_err(|e| write_error(e.into_error()))?;
     file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temp, path).map_err(write_error)
+    std::fs::rename(&temp, path).map_err(write_error)?;
+    // The rename itself survives a crash only once the folder is synced too.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(folder) = std::fs::File::open(parent) {
+            let _ = folder.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
