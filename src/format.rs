@@ -86,6 +86,18 @@ pub fn date(d: NaiveDate) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
+/// A text cell a spreadsheet will not run: one that begins with `=`, `+`, `-`, `@`, a tab or
+/// a carriage return gets a leading `'` (OWASP's advice against CSV formula injection), unless
+/// it is a plain number (`-93.1` stays a number).
+pub fn csv_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let risky = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && text.parse::<f64>().is_err() {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +113,24 @@ mod tests {
         assert_eq!(csv_number(10.0 * 1.21, 3), "12.1");
         assert_eq!(csv_number(-2.345, 2), "-2.35");
         assert_eq!(csv_percent(40.0), "40.0");
+    }
+
+    #[test]
+    fn formula_like_text_is_neutralised_and_numbers_stay_numbers() {
+        for (cell, expected) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+cmd", "'+cmd"),
+            ("-A1", "'-A1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("-93.1", "-93.1"),
+            ("+40", "+40"),
+            ("demo-01", "demo-01"),
+            ("PIVKA-II rose 140%", "PIVKA-II rose 140%"),
+        ] {
+            assert_eq!(csv_text(cell), expected, "{cell:?}");
+        }
     }
 
     #[test]

@@ -245,7 +245,12 @@ pub fn write_atomically(
         source,
     };
     let temp = path.with_extension("partial");
-    let file = std::fs::File::create(&temp).map_err(write_error)?;
+    // Reports carry patient data: readable and writable by the owner only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&temp).map_err(write_error)?;
     let mut writer = std::io::BufWriter::new(file);
     fill(&mut writer).map_err(write_error)?;
     let file = writer

@@ -576,3 +576,52 @@ fn json_logs_are_one_object_per_line_without_patient_data() {
         "patient ids in the log: {stderr}"
     );
 }
+
+#[test]
+fn outputs_are_owner_only_and_formula_like_ids_are_neutralised_in_csv() {
+    // The seed patient under an id a spreadsheet would read as a formula (`-` + text).
+    let folder = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(demo()).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        std::fs::write(
+            folder.path().join(entry.file_name()),
+            text.replace("demo-01-seed-partial-response", "-01-seed"),
+        )
+        .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let output = binary()
+        .args(["run", "--source-dir"])
+        .arg(folder.path())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let markers = read(out.path(), "markers.csv");
+    // The id is neutralised; the negative percentages stay numbers.
+    assert!(markers.lines().any(|l| l.starts_with(
+        "'-01-seed,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,"
+    )), "{markers}");
+    assert!(read(out.path(), "flags.csv")
+        .lines()
+        .any(|l| l.starts_with("'-01-seed,")));
+    #[cfg(unix)]
+    for name in [
+        "markers.csv",
+        "flags.csv",
+        "detected-issues.ndjson",
+        "run-summary.json",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+}

@@ -3,7 +3,7 @@
 use super::detected_issue::flag_identifier;
 use crate::config::Config;
 use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
-use crate::format::{csv_number, csv_percent, date, fixed};
+use crate::format::{csv_number, csv_percent, csv_text, date, fixed};
 use std::io::Write;
 
 pub const MARKERS_HEADER: [&str; 20] = [
@@ -75,7 +75,7 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                 let (nadir_value, nadir_date) = value(&course.nadir);
                 let (latest_value, latest_date) = value(&course.latest);
                 writer.write_record([
-                    patient.patient_id.clone(),
+                    csv_text(&patient.patient_id).into_owned(),
                     date(episode.index_date),
                     course.marker.key().to_owned(),
                     course.marker.canonical_unit().to_owned(),
@@ -123,13 +123,14 @@ pub fn write_flags<W: Write>(
                 } else {
                     String::new()
                 };
+                let index_date = date(episode.index_date);
                 writer.write_record([
-                    patient.patient_id.as_str(),
-                    &date(episode.index_date),
+                    csv_text(&patient.patient_id).as_ref(),
+                    &index_date,
                     flag.code.code(),
                     flag.marker.map(|m| m.key()).unwrap_or(""),
                     flag.severity.code(),
-                    &flag.detail,
+                    csv_text(&flag.detail).as_ref(),
                     &identifier,
                 ])?;
             }
