@@ -111,6 +111,9 @@ pub struct MarkerValue {
     pub reference_high: Option<f64>,
     /// `meta.lastUpdated` in Unix milliseconds, to resolve duplicates.
     pub last_updated_ms: Option<i64>,
+    /// The Observation's notes (`note.text`, joined), shown in the audit report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Box<str>>,
 }
 
 /// A completed TARE procedure.
@@ -127,6 +130,8 @@ pub struct PatientTimeline {
     /// False when no `Patient` resource was found: the patient is left out (RULES.md §1).
     pub has_patient_resource: bool,
     pub birth_date: Option<NaiveDate>,
+    /// `Patient.name` as text, shown in the audit report.
+    pub name: Option<String>,
     pub has_hcc: bool,
     pub procedures: Vec<TareProcedure>,
     /// All accepted values of all markers, de-duplicated, sorted by (marker, instant).

@@ -33,9 +33,13 @@ impl CohortBuilder {
             Record::Patient {
                 patient_id,
                 birth_date,
+                name,
             } => {
                 let timeline = self.entry(&patient_id);
                 timeline.has_patient_resource = true;
+                if name.is_some() {
+                    timeline.name = name;
+                }
                 // Two copies of a Patient: keep a known birth date over an unknown one.
                 timeline.birth_date = timeline.birth_date.max(birth_date);
             }
@@ -76,6 +80,7 @@ impl CohortBuilder {
                 Some(ours) => {
                     ours.has_patient_resource |= theirs.has_patient_resource;
                     ours.birth_date = ours.birth_date.max(theirs.birth_date);
+                    ours.name = ours.name.take().or(theirs.name);
                     ours.has_hcc |= theirs.has_hcc;
                     ours.procedures.extend(theirs.procedures);
                     ours.values.extend(theirs.values);
@@ -161,6 +166,7 @@ mod tests {
             observation_id: id.into(),
             reference_high: None,
             last_updated_ms,
+            note: None,
         }
     }
 

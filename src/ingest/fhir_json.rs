@@ -94,6 +94,9 @@ pub(super) struct ObservationIn<'a> {
     pub(super) data_absent_reason: Option<serde::de::IgnoredAny>,
     #[serde(borrow, rename = "referenceRange", default)]
     pub(super) reference_range: Vec<ReferenceRange<'a>>,
+    /// For the audit report only.
+    #[serde(borrow, default)]
+    pub(super) note: Vec<Annotation<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +107,25 @@ pub(super) struct PatientIn<'a> {
     pub(super) id: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "birthDate")]
     pub(super) birth_date: Option<Cow<'a, str>>,
+    /// For the audit report only.
+    #[serde(borrow, default)]
+    pub(super) name: Vec<HumanName<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct HumanName<'a> {
+    #[serde(borrow)]
+    pub(super) text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) family: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(super) given: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Annotation<'a> {
+    #[serde(borrow)]
+    pub(super) text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]

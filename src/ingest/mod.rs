@@ -58,6 +58,7 @@ pub enum Record<'a> {
     Patient {
         patient_id: Cow<'a, str>,
         birth_date: Option<NaiveDate>,
+        name: Option<String>,
     },
     /// A qualifying HCC diagnosis.
     HccCondition { patient_id: Cow<'a, str> },
@@ -79,9 +80,11 @@ impl Record<'_> {
             Record::Patient {
                 patient_id,
                 birth_date,
+                name,
             } => Record::Patient {
                 patient_id: own(patient_id),
                 birth_date,
+                name,
             },
             Record::HccCondition { patient_id } => Record::HccCondition {
                 patient_id: own(patient_id),
@@ -222,6 +225,12 @@ pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
         id: header.id,
         version: (last_updated, version_id),
     })
+}
+
+/// An Observation's notes as one text, or `None`.
+fn note_text(notes: &[fhir_json::Annotation<'_>]) -> Option<Box<str>> {
+    let texts: Vec<&str> = notes.iter().filter_map(|n| n.text.as_deref()).collect();
+    (!texts.is_empty()).then(|| texts.join(" / ").into_boxed_str())
 }
 
 /// Code lookups built once from the config.
@@ -527,6 +536,7 @@ impl Ingestor {
                 observation_id: observation_id.as_ref().into(),
                 reference_high,
                 last_updated_ms,
+                note: note_text(&o.note),
             },
         })
     }
@@ -541,9 +551,23 @@ impl Ingestor {
         };
         let birth_date = p.birth_date.as_deref().and_then(time::parse_date);
         // A partial or invalid birth date is kept as unknown (evaluated and noted).
+        // The first name as text, or given names and family name.
+        let name = p.name.first().and_then(|n| match &n.text {
+            Some(text) => Some(text.to_string()),
+            None => {
+                let parts: Vec<&str> = n
+                    .given
+                    .iter()
+                    .map(|g| g.as_ref())
+                    .chain(n.family.as_deref())
+                    .collect();
+                (!parts.is_empty()).then(|| parts.join(" "))
+            }
+        });
         LineOutcome::Record(Record::Patient {
             patient_id: Cow::Owned(patient_id.to_string()),
             birth_date,
+            name,
         })
     }
 

@@ -31,6 +31,7 @@ impl Case {
                 patient_id: "p1".into(),
                 has_patient_resource: true,
                 birth_date: Some(date("1960-01-01")),
+                name: None,
                 has_hcc: true,
                 procedures: vec![TareProcedure {
                     procedure_id: "tare-1".into(),
@@ -70,6 +71,7 @@ impl Case {
             observation_id: format!("obs-{:03}", self.next_id).into(),
             reference_high,
             last_updated_ms: None,
+            note: None,
         });
         self.timeline
             .values
