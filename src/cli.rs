@@ -97,6 +97,22 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Write the audit report: report.html (self-contained: cohort summary, flagged patients,
+    /// a chart per flagged patient, the flag trail from the server, data quality) and its CSV
+    /// twins.
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// Output folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Flags and trail entries identified on or after this date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: Option<NaiveDate>,
+        /// Flags and trail entries identified on or before this date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: Option<NaiveDate>,
+    },
     /// Print one patient's course and findings for a clinician.
     Explain {
         #[command(flatten)]

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod ingest;
 pub mod merge;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod sink;
 pub mod source;

@@ -196,6 +196,39 @@ fn dispatch(command: Command) -> Result<(), u8> {
             }
             Ok(())
         }
+        Command::Report {
+            common,
+            out,
+            from,
+            to,
+        } => {
+            let config = load_config(&common)?;
+            let options = tare_marker_monitor::report::ReportOptions {
+                source: source_of(&common, &config)?,
+                as_of: as_of(&common, &config),
+                from,
+                to,
+                out_dir: out,
+            };
+            let fail = |e: RunError| {
+                eprintln!("error: {e}");
+                exit_code_of(&e)
+            };
+            let report = tare_marker_monitor::report::build(&options, &config).map_err(fail)?;
+            let written = tare_marker_monitor::report::write(&report, &config).map_err(fail)?;
+            println!(
+                "report as of {}: {} flagged patients, {} trail entries; written: {}",
+                options.as_of,
+                report.flagged.len(),
+                report.trail.as_ref().map_or(0, Vec::len),
+                written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
         Command::Merge { parts, out } => {
             let merged = tare_marker_monitor::merge::merge(&parts, &out).map_err(|e| {
                 eprintln!("error: {e}");

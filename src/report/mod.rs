@@ -1,0 +1,394 @@
+//! `report`: the audit report for hepatology teams. One self-contained HTML file (cohort
+//! summary, flagged patients, a marker chart per flagged patient, the flag trail, data quality)
+//! and its CSV twins, from files or from the server, as of a date and for a date range.
+
+mod html;
+mod trail;
+
+use crate::config::Config;
+use crate::domain::{Censoring, Flag, Marker, PatientFindings, PatientTimeline, Severity};
+use crate::evaluate::evaluate_patient;
+use crate::format::csv_text;
+use crate::ingest::DataQuality;
+use crate::run::{self, RunError, Source};
+use crate::sink::summary::{FlagCounts, PatientCounts, RunSummary};
+use chrono::NaiveDate;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+pub use trail::TrailEntry;
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub source: Source,
+    pub as_of: NaiveDate,
+    /// Flags and trail entries identified from this date (inclusive) ...
+    pub from: Option<NaiveDate>,
+    /// ... up to this one (inclusive).
+    pub to: Option<NaiveDate>,
+    pub out_dir: PathBuf,
+}
+
+impl ReportOptions {
+    fn in_range(&self, date: NaiveDate) -> bool {
+        self.from.is_none_or(|from| date >= from) && self.to.is_none_or(|to| date <= to)
+    }
+}
+
+/// One point of a chart: days since the TARE, the value, and how to draw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChartPoint {
+    pub day: i64,
+    pub date: String,
+    pub value: f64,
+    /// `<` or `>` for a censored value, empty otherwise.
+    pub censored: &'static str,
+    /// Evidence of a flag.
+    pub flagged: bool,
+    /// `baseline`, `nadir`, `baseline nadir` or empty.
+    pub role: String,
+    pub observation: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChartSeries {
+    pub marker: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub uln: f64,
+    pub points: Vec<ChartPoint>,
+}
+
+/// A tumor-marker chart: values against days since the index TARE of the latest episode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Chart {
+    pub index_date: String,
+    /// Every TARE, in days since the index date (earlier episodes are negative).
+    pub tares: Vec<i64>,
+    pub series: Vec<ChartSeries>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlaggedPatient {
+    pub patient_id: String,
+    pub name: Option<String>,
+    pub worst: Severity,
+    pub latest_identified: NaiveDate,
+    /// (episode index date, flag), most severe and most recent first.
+    pub flags: Vec<(NaiveDate, Flag)>,
+    pub chart: Chart,
+}
+
+pub struct Report {
+    pub options: ReportOptions,
+    pub generated_at: String,
+    pub patients: PatientCounts,
+    pub responses: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    pub flags: FlagCounts,
+    pub quality: DataQuality,
+    pub flagged: Vec<FlaggedPatient>,
+    /// From the server's DetectedIssues; `None` on a folder source.
+    pub trail: Option<Vec<TrailEntry>>,
+}
+
+const CHART_MARKERS: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
+
+/// The chart of one patient, around the latest episode of their findings.
+pub fn chart(
+    timeline: &PatientTimeline,
+    findings: &PatientFindings,
+    as_of: NaiveDate,
+    config: &Config,
+) -> Option<Chart> {
+    let episode = findings.episodes.last()?;
+    let origin = episode.index_date;
+    let evidence: HashSet<&str> = findings
+        .episodes
+        .iter()
+        .flat_map(|e| &e.flags)
+        .flat_map(|f| f.evidence_observation_ids.iter().map(|id| id.as_ref()))
+        .collect();
+    let mut series = Vec::new();
+    for marker in CHART_MARKERS {
+        let values: Vec<_> = timeline
+            .series(marker)
+            .iter()
+            .filter(|v| v.date <= as_of)
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let course = episode.courses.iter().find(|c| c.marker == marker);
+        let id_of = |p: &Option<crate::domain::ValuePoint>| {
+            p.as_ref().map(|p| p.observation_id.as_ref().to_owned())
+        };
+        let baseline = course.and_then(|c| id_of(&c.baseline));
+        let nadir = course.and_then(|c| id_of(&c.nadir));
+        let uln = course
+            .map(|c| c.uln)
+            .or(config.markers.get(marker).uln)
+            .unwrap_or(0.0);
+        let points = values
+            .into_iter()
+            .map(|v| {
+                let id: &str = v.observation_id.as_ref();
+                let mut roles = Vec::new();
+                if baseline.as_deref() == Some(id) {
+                    roles.push("baseline");
+                }
+                if nadir.as_deref() == Some(id) {
+                    roles.push("nadir");
+                }
+                ChartPoint {
+                    day: (v.date - origin).num_days(),
+                    date: crate::format::date(v.date),
+                    value: v.value,
+                    censored: match v.censoring {
+                        Censoring::Exact => "",
+                        Censoring::Low => "<",
+                        Censoring::High => ">",
+                    },
+                    flagged: evidence.contains(id),
+                    role: roles.join(" "),
+                    observation: id.to_owned(),
+                    note: v.note.as_deref().map(str::to_owned),
+                }
+            })
+            .collect();
+        series.push(ChartSeries {
+            marker: marker.key(),
+            label: marker.display_name(),
+            unit: marker.canonical_unit(),
+            uln,
+            points,
+        });
+    }
+    Some(Chart {
+        index_date: crate::format::date(origin),
+        tares: timeline
+            .procedures
+            .iter()
+            .filter(|p| p.date <= as_of)
+            .map(|p| (p.date - origin).num_days())
+            .collect(),
+        series,
+    })
+}
+
+/// Builds the report's content: reads the source, evaluates everyone, keeps the flagged ones
+/// (flags identified in the range) with their charts, and the trail from the server.
+pub fn build(options: &ReportOptions, config: &Config) -> Result<Report, RunError> {
+    let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pool = run::thread_pool(config)?;
+    let loaded = run::load(&options.source, config, &pool)?;
+    let as_of = options.as_of;
+    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = pool.install(|| {
+        loaded
+            .timelines
+            .into_par_iter()
+            .map(|timeline| {
+                let findings = evaluate_patient(&timeline, config, as_of);
+                let flagged = flagged_patient(&timeline, &findings, options, config);
+                (findings, flagged)
+            })
+            .collect()
+    });
+    let (findings, flagged): (Vec<PatientFindings>, Vec<Option<FlaggedPatient>>) =
+        evaluated.into_iter().unzip();
+    let mut flagged: Vec<FlaggedPatient> = flagged.into_iter().flatten().collect();
+    // Most severe first, then the most recent.
+    flagged.sort_by(|a, b| {
+        (b.worst, b.latest_identified, &a.patient_id).cmp(&(
+            a.worst,
+            a.latest_identified,
+            &b.patient_id,
+        ))
+    });
+    let (patients, responses, flags) = RunSummary::count(&findings, config);
+    let trail = match &options.source {
+        Source::Folder(_) => None,
+        Source::Server(url) => Some(trail::fetch(url, options, config, &pool)?),
+    };
+    Ok(Report {
+        options: options.clone(),
+        generated_at,
+        patients,
+        responses,
+        flags,
+        quality: loaded.quality,
+        flagged,
+        trail,
+    })
+}
+
+fn flagged_patient(
+    timeline: &PatientTimeline,
+    findings: &PatientFindings,
+    options: &ReportOptions,
+    config: &Config,
+) -> Option<FlaggedPatient> {
+    let mut flags: Vec<(NaiveDate, Flag)> = findings
+        .episodes
+        .iter()
+        .flat_map(|e| e.flags.iter().map(move |f| (e.index_date, f.clone())))
+        .filter(|(_, f)| options.in_range(f.identified_date))
+        .collect();
+    if flags.is_empty() {
+        return None;
+    }
+    flags.sort_by(|(_, a), (_, b)| {
+        (b.severity, b.identified_date, a.code.code()).cmp(&(
+            a.severity,
+            a.identified_date,
+            b.code.code(),
+        ))
+    });
+    Some(FlaggedPatient {
+        patient_id: findings.patient_id.clone(),
+        name: timeline.name.clone(),
+        worst: flags[0].1.severity,
+        latest_identified: flags.iter().map(|(_, f)| f.identified_date).max()?,
+        chart: chart(timeline, findings, options.as_of, config)?,
+        flags,
+    })
+}
+
+/// Writes `report.html` and its CSV twins; returns the paths written.
+pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError> {
+    let dir = &report.options.out_dir;
+    std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut written = Vec::new();
+    let html_path = dir.join("report.html");
+    run::write_atomically(&html_path, |w| html::write(w, report, config))?;
+    written.push(html_path);
+    for (name, fill) in [
+        ("report-cohort.csv", cohort_csv as CsvFiller),
+        ("report-flagged-patients.csv", flagged_csv),
+        ("report-flag-trail.csv", trail_csv),
+        ("report-data-quality.csv", quality_csv),
+    ] {
+        let path = dir.join(name);
+        run::write_atomically(&path, |w| {
+            let mut writer = csv::Writer::from_writer(w);
+            fill(&mut writer, report).map_err(std::io::Error::other)?;
+            writer.flush()
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+type CsvWriter<'a> = csv::Writer<&'a mut std::io::BufWriter<std::fs::File>>;
+type CsvFiller = fn(&mut CsvWriter<'_>, &Report) -> csv::Result<()>;
+
+fn cohort_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.write_record(["section", "item", "detail", "count"])?;
+    let p = &r.patients;
+    for (item, count) in [
+        ("seen", p.seen),
+        ("evaluated", p.evaluated),
+        ("birth_date_unknown", p.birth_date_unknown),
+        ("episodes_evaluated", p.episodes_evaluated),
+    ] {
+        w.write_record(["patients", item, "", &count.to_string()])?;
+    }
+    for (reason, count) in &p.left_out {
+        w.write_record(["patients_left_out", reason, "", &count.to_string()])?;
+    }
+    for (marker, by_response) in &r.responses {
+        for (response, count) in by_response {
+            w.write_record(["responses", marker, response, &count.to_string()])?;
+        }
+    }
+    for (code, by_severity) in &r.flags.by_code {
+        for (severity, count) in by_severity {
+            w.write_record(["flags", code, severity, &count.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
+fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.write_record([
+        "patient_id",
+        "name",
+        "worst_severity",
+        "latest_identified",
+        "flags",
+    ])?;
+    for p in &r.flagged {
+        let codes: Vec<String> = p
+            .flags
+            .iter()
+            .map(|(_, f)| match f.marker {
+                Some(m) => format!("{} ({})", f.code.code(), m.key()),
+                None => f.code.code().to_owned(),
+            })
+            .collect();
+        w.write_record([
+            csv_text(&p.patient_id).as_ref(),
+            csv_text(p.name.as_deref().unwrap_or("")).as_ref(),
+            p.worst.code(),
+            &crate::format::date(p.latest_identified),
+            csv_text(&codes.join("; ")).as_ref(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn trail_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.write_record([
+        "identifier",
+        "patient_id",
+        "flag",
+        "severity",
+        "status",
+        "identified",
+        "last_updated",
+        "annotation",
+        "annotated_on",
+        "detail",
+        "evidence",
+    ])?;
+    for t in r.trail.iter().flatten() {
+        w.write_record([
+            csv_text(&t.identifier).as_ref(),
+            csv_text(&t.patient_id).as_ref(),
+            csv_text(&t.code).as_ref(),
+            csv_text(&t.severity).as_ref(),
+            t.status_today(),
+            &t.identified,
+            &t.last_updated,
+            csv_text(t.annotation.as_deref().unwrap_or("")).as_ref(),
+            t.annotated_on.as_deref().unwrap_or(""),
+            csv_text(&t.detail).as_ref(),
+            csv_text(&t.evidence.join(" ")).as_ref(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn quality_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.write_record(["resource_type", "reason", "count", "examples"])?;
+    for (kind, counts) in &r.quality.by_type {
+        w.write_record([*kind, "read", &counts.read.to_string(), ""])?;
+        w.write_record([*kind, "accepted", &counts.accepted.to_string(), ""])?;
+        for (reason, count) in &counts.left_out {
+            let examples: Vec<&str> = count.examples.iter().map(|e| e.resource.as_str()).collect();
+            w.write_record([
+                *kind,
+                *reason,
+                &count.count.to_string(),
+                csv_text(&examples.join(" ")).as_ref(),
+            ])?;
+        }
+    }
+    Ok(())
+}
