@@ -339,3 +339,96 @@ async fn shards_on_the_server_together_write_what_one_run_writes() {
         assert_eq!(merged_summary[key], full[key], "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotations() {
+    let Some(hfs) = start_hfs().await else { return };
+    let mut data = new_patient("trail-a");
+    data.extend(new_patient("trail-b"));
+    put_all(&hfs.base, &data).await;
+    let work = tempfile::tempdir().unwrap();
+    run_ok(&["--server", &hfs.base], &work.path().join("run-1"));
+    let issues = our_issues(&hfs.base).await;
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    // A clinician annotates trail-a's DetectedIssue ...
+    let (identifier_a, _) = issues.iter().find(|(_, (p, _, _))| p == "trail-a").unwrap();
+    let search = get_json(&format!(
+        "{}/DetectedIssue?identifier={FLAG_SYSTEM}|{identifier_a}",
+        hfs.base
+    ))
+    .await;
+    let mut annotated = search["entry"][0]["resource"].clone();
+    annotated["mitigation"] =
+        json!([{"action": {"text": "MRI booked <b>urgently</b>"}, "date": "2026-10-20"}]);
+    let url = format!(
+        "{}/DetectedIssue/{}",
+        hfs.base,
+        annotated["id"].as_str().unwrap()
+    );
+    put_all(&hfs.base, &[annotated]).await;
+    let _ = url;
+    // ... and trail-b's rise ends with a new low value: cancelled by the next run.
+    put_all(
+        &hfs.base,
+        &[observation("trail-b-o4", "trail-b", "2026-10-01", 300.0)],
+    )
+    .await;
+    run_ok(&["--server", &hfs.base], &work.path().join("run-2"));
+
+    let out = work.path().join("report");
+    assert_cmd::Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .args([
+            "report",
+            "--server",
+            &hfs.base,
+            "--as-of",
+            "2026-11-01",
+            "--from",
+            "2026-09-01",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let trail: Vec<csv::StringRecord> = csv::Reader::from_path(out.join("report-flag-trail.csv"))
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    let by_patient: std::collections::BTreeMap<&str, (&str, &str, &str)> = trail
+        .iter()
+        .map(|r| (&r[1], (&r[4], &r[7], &r[8])))
+        .collect();
+    assert_eq!(
+        by_patient,
+        std::collections::BTreeMap::from([
+            (
+                "trail-a",
+                ("annotated", "MRI booked <b>urgently</b>", "2026-10-20")
+            ),
+            ("trail-b", ("cancelled", "", "")),
+        ])
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("MRI booked &lt;b&gt;urgently&lt;/b&gt;"));
+    // A range that ends before the flags were identified holds none of them.
+    let early = work.path().join("early");
+    assert_cmd::Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .args([
+            "report",
+            "--server",
+            &hfs.base,
+            "--as-of",
+            "2026-11-01",
+            "--to",
+            "2026-08-01",
+            "--out",
+        ])
+        .arg(&early)
+        .assert()
+        .success();
+    let rows = std::fs::read_to_string(early.join("report-flag-trail.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+}
