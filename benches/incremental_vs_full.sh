@@ -19,10 +19,8 @@ BIN="$ROOT/target/release/tare-marker-monitor"
 WORK=$(mktemp -d)
 # shellcheck source=benches/hfs.sh
 . "$ROOT/benches/hfs.sh"
-trap 'kill $HFS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap '[ -n "$HFS_PID" ] && kill $HFS_PID 2>/dev/null; rm -rf "$WORK"' EXIT
 
-"$BIN" generate --patients "$PATIENTS" --seed 3 --as-of 2026-11-01 --out "$WORK/cohort" >/dev/null
-python3 "$ROOT/benches/seed_fhir.py" "$BASE" "$WORK/cohort"
 printf '[schedule]\nstate_file = "%s/state.json"\noverlap_minutes = 0\n' "$WORK" >"$WORK/config.toml"
 "$BIN" run --server "$BASE" --config "$WORK/config.toml" --as-of 2026-11-01 --out "$WORK/first" | tail -1
 
@@ -37,13 +35,13 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1
 inc=(); full=(); inc_req=(); full_req=(); inc_seen=(); full_seen=()
 for i in $(seq "$ROUNDS"); do
     sleep 1
-    python3 "$ROOT/benches/change_patients.py" "$BASE" "$WORK/cohort" "$CHANGED" "$((2 * i))" >/dev/null
+    python3 "$ROOT/benches/change_patients.py" "$BASE" "$COHORT_DIR" "$CHANGED" "$((2 * i))" >/dev/null
     inc+=("$(timed_run "$WORK/inc-$i")")
     [ "$(field "$WORK/inc-$i/run-summary.json" 's["mode"]')" = incremental ] || { echo "not incremental"; exit 1; }
     inc_req+=("$(field "$WORK/inc-$i/run-summary.json" 's["server_requests"]')")
     inc_seen+=("$(field "$WORK/inc-$i/run-summary.json" 's["patients"]["seen"]')")
     sleep 1
-    python3 "$ROOT/benches/change_patients.py" "$BASE" "$WORK/cohort" "$CHANGED" "$((2 * i + 1))" >/dev/null
+    python3 "$ROOT/benches/change_patients.py" "$BASE" "$COHORT_DIR" "$CHANGED" "$((2 * i + 1))" >/dev/null
     full+=("$(timed_run "$WORK/full-$i" --full)")
     full_req+=("$(field "$WORK/full-$i/run-summary.json" 's["server_requests"]')")
     full_seen+=("$(field "$WORK/full-$i/run-summary.json" 's["patients"]["seen"]')")

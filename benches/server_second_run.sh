@@ -17,10 +17,8 @@ BIN="$ROOT/target/release/tare-marker-monitor"
 WORK=$(mktemp -d)
 # shellcheck source=benches/hfs.sh
 . "$ROOT/benches/hfs.sh"
-trap 'kill $HFS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap '[ -n "$HFS_PID" ] && kill $HFS_PID 2>/dev/null; rm -rf "$WORK"' EXIT
 
-"$BIN" generate --patients "$PATIENTS" --seed 3 --as-of 2026-11-01 --out "$WORK/cohort" >/dev/null
-python3 "$ROOT/benches/seed_fhir.py" "$BASE" "$WORK/cohort"
 "$BIN" run --server "$BASE" --as-of 2026-11-01 --out "$WORK/first" | tail -1
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
