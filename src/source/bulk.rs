@@ -5,7 +5,7 @@
 //! are read by the folder source, so every resource is filtered again here (a server may
 //! ignore `_typeFilter`).
 
-use crate::config::{Code, Config};
+use crate::config::Config;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
 use futures::stream::{self, TryStreamExt};
 use reqwest::StatusCode;
@@ -46,18 +46,10 @@ pub struct Exported {
     pub error_files: usize,
 }
 
-fn token_list(codes: &[Code]) -> String {
-    codes
-        .iter()
-        .map(|c| format!("{}|{}", c.system, c.code))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// `Type?code=...`, the query of one `_typeFilter` (its value percent-encoded).
-fn type_filter(kind: &str, codes: &[Code]) -> String {
+fn type_filter(kind: &str, tokens: &str) -> String {
     let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("code", &token_list(codes))
+        .append_pair("code", tokens)
         .finish();
     format!("{kind}?{query}")
 }
@@ -80,27 +72,16 @@ fn kickoff_url(
             url: path.clone(),
             message: e.to_string(),
         })?;
-    let codes = &config.codes;
-    let markers: Vec<Code> = [
-        &codes.pivka,
-        &codes.afp,
-        &codes.afp_l3,
-        &codes.albumin,
-        &codes.bilirubin,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let codes = super::search::Codes::of(config);
     {
         let mut query = url.query_pairs_mut();
         query.append_pair("_outputFormat", "application/fhir+ndjson");
         query.append_pair("_type", &types.join(","));
         for kind in types {
             let filter = match *kind {
-                "Procedure" => type_filter("Procedure", &codes.tare_procedure),
-                "Condition" => type_filter("Condition", &codes.hcc_condition),
-                "Observation" => type_filter("Observation", &markers),
+                "Procedure" => type_filter("Procedure", &codes.tare),
+                "Condition" => type_filter("Condition", &codes.hcc),
+                "Observation" => type_filter("Observation", &codes.markers),
                 _ => continue,
             };
             query.append_pair("_typeFilter", &filter);

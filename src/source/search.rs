@@ -146,15 +146,15 @@ pub async fn fetch_only(
         .map(|(_, discarded)| discarded)
 }
 
-/// The code lists of the searches.
-struct Codes {
-    tare: String,
-    hcc: String,
-    markers: String,
+/// The code lists of the searches (`system|code,...`), also used by the Bulk Data export.
+pub(crate) struct Codes {
+    pub(crate) tare: String,
+    pub(crate) hcc: String,
+    pub(crate) markers: String,
 }
 
 impl Codes {
-    fn of(config: &Config) -> Codes {
+    pub(crate) fn of(config: &Config) -> Codes {
         let codes = &config.codes;
         let markers: Vec<&Code> = [
             &codes.pivka,
