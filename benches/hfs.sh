@@ -6,6 +6,7 @@
 if [ -n "${BASE:-}" ] && [ -n "${COHORT:-}" ]; then
     COHORT_DIR=$COHORT
     HFS_PID=
+    HFS_BIN=${HFS_BIN:-"(started by the caller)"}
     return 0
 fi
 COHORT_DIR=$WORK/cohort

@@ -14,6 +14,6 @@ WORK=$(mktemp -d)
 . "$ROOT/benches/hfs.sh"
 trap 'kill $HFS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 echo "== issue 3: second run vs fetch-only"
-BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS bash "$ROOT/benches/server_second_run.sh"
+BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS HFS_BIN=$HFS_BIN bash "$ROOT/benches/server_second_run.sh" || echo "failed: $?"
 echo "== issue 4: incremental vs full"
-BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS bash "$ROOT/benches/incremental_vs_full.sh"
+BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS HFS_BIN=$HFS_BIN bash "$ROOT/benches/incremental_vs_full.sh"

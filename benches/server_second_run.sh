@@ -31,6 +31,7 @@ for i in $(seq "$ROUNDS"); do
     "$BIN" run --server "$BASE" --as-of 2026-11-01 --out "$WORK/second-$i" >/dev/null
     runs+=("$(python3 -c "import time; print(round(time.time() - $start, 3))")")
     requests=$(grep -o '"server_requests": [0-9]*' "$WORK/second-$i/run-summary.json" | grep -o '[0-9]*$')
+    echo "round $i: fetch-only ${fetches[-1]} s ($fetch_requests requests), second run ${runs[-1]} s ($requests requests)"
 done
 RUN=$(median "${runs[@]}"); FETCH=$(median "${fetches[@]}")
 echo "patients: $PATIENTS; HFS: $HFS_BIN"
