@@ -9,6 +9,9 @@ use crate::format::{date, human_number};
 use std::io::{self, Write};
 
 const STYLE: &str = include_str!("assets/report.css");
+/// Rows of the flagged-patients table written as HTML; the rest are added from the data on
+/// request, so a report of thousands of patients opens quickly.
+const TABLE_ROWS: usize = 500;
 const SCRIPT: &str = include_str!("assets/report.js");
 
 /// Text for HTML content and attribute values.
@@ -25,6 +28,93 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// What the page's script needs of a flagged patient, compact: a report of 16,000 patients is
+/// mostly this. Points are `[day, value, bits]` (1: `<`, 2: `>`, 4: evidence of a flag,
+/// 8: baseline, 16: nadir); dates are the index date plus the day.
+#[derive(serde::Serialize)]
+struct PatientView<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    worst: &'static str,
+    latest: String,
+    /// `[severity, code, marker, episode index date, identified date, detail]`.
+    flags: Vec<[String; 6]>,
+    index: &'a str,
+    tares: &'a [i64],
+    series: Vec<SeriesView<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SeriesView<'a> {
+    m: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    uln: f64,
+    points: Vec<(i64, f64, u8)>,
+    /// `[point index, observation id, note]` for the points with a note.
+    notes: Vec<(usize, &'a str, &'a str)>,
+}
+
+impl<'a> PatientView<'a> {
+    fn of(p: &'a FlaggedPatient) -> PatientView<'a> {
+        PatientView {
+            id: &p.patient_id,
+            name: p.name.as_deref(),
+            worst: p.worst.code(),
+            latest: date(p.latest_identified),
+            flags: p
+                .flags
+                .iter()
+                .map(|(index, f)| {
+                    [
+                        f.severity.code().to_owned(),
+                        f.code.code().to_owned(),
+                        f.marker.map(|m| m.display_name()).unwrap_or("").to_owned(),
+                        date(*index),
+                        date(f.identified_date),
+                        f.detail.clone(),
+                    ]
+                })
+                .collect(),
+            index: &p.chart.index_date,
+            tares: &p.chart.tares,
+            series: p
+                .chart
+                .series
+                .iter()
+                .map(|s| SeriesView {
+                    m: s.marker,
+                    label: s.label,
+                    unit: s.unit,
+                    uln: s.uln,
+                    points: s
+                        .points
+                        .iter()
+                        .map(|pt| {
+                            let bits = match pt.censored {
+                                "<" => 1,
+                                ">" => 2,
+                                _ => 0,
+                            } | if pt.flagged { 4 } else { 0 }
+                                | if pt.role.contains("baseline") { 8 } else { 0 }
+                                | if pt.role.contains("nadir") { 16 } else { 0 };
+                            (pt.day, pt.value, bits)
+                        })
+                        .collect(),
+                    notes: s
+                        .points
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, pt)| {
+                            pt.note.as_deref().map(|n| (i, pt.observation.as_str(), n))
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// JSON safe inside a `<script>` element.
@@ -81,14 +171,14 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
     )?;
     summary(out, report)?;
     flagged_table(out, report)?;
-    charts(out, report)?;
+    charts(out)?;
     trail(out, report)?;
     quality(out, report)?;
-    let charts: Vec<&super::Chart> = report.flagged.iter().map(|p| &p.chart).collect();
+    let views: Vec<PatientView> = report.flagged.iter().map(PatientView::of).collect();
     writeln!(
         out,
         "</main><script id=\"chart-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script></body></html>",
-        script_json(&charts)?
+        script_json(&views)?
     )
 }
 
@@ -180,9 +270,9 @@ fn flagged_table(out: &mut dyn Write, r: &Report) -> io::Result<()> {
         out,
         "<h2 id=\"flagged\">Flagged patients</h2><p class=\"muted\">Most severe first, then most recent. \
          Each links to the patient's chart.</p><table><thead><tr><th>patient</th><th>worst</th>\
-         <th>latest flag</th><th>flags</th></tr></thead><tbody>"
+         <th>latest flag</th><th>flags</th></tr></thead><tbody id=\"flagged-rows\">"
     )?;
-    for p in &r.flagged {
+    for p in r.flagged.iter().take(TABLE_ROWS) {
         let codes: Vec<String> = p
             .flags
             .iter()
@@ -201,59 +291,28 @@ fn flagged_table(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             escape(&codes.join(", "))
         )?;
     }
-    writeln!(out, "</tbody></table>")
+    writeln!(out, "</tbody></table>")?;
+    if r.flagged.len() > TABLE_ROWS {
+        writeln!(
+            out,
+            "<p><button id=\"more-rows\">Show all {} flagged patients</button></p>",
+            r.flagged.len()
+        )?;
+    }
+    Ok(())
 }
 
-fn charts(out: &mut dyn Write, r: &Report) -> io::Result<()> {
+fn charts(out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "<h2 id=\"charts\">Charts</h2><p class=\"legend muted\">Log scale; days since the TARE of the latest episode. \
          <span><i style=\"background:#1f5fa8\"></i>PIVKA-II (mAU/mL)</span><span><i style=\"background:#0f8a7e\"></i>DCP (ng/mL)</span>\
          <span><i style=\"background:#c2571a\"></i>AFP (ng/mL)</span><span><i style=\"background:#8a3fa0\"></i>AFP-L3 (%)</span> \
          Dashed purple: TARE; dotted: upper limit of normal; square: baseline; diamond: nadir; red ring: evidence of a flag; \
-         open triangle: a censored value (&lt; or &gt;).</p>"
+         open triangle: a censored value (&lt; or &gt;).</p>\
+         <div id=\"patients\"></div><p><button id=\"more-patients\" hidden>Show the next patients</button></p>\
+         <noscript><p>The charts need JavaScript; the tables and the CSV files do not.</p></noscript>"
     )?;
-    for (i, p) in r.flagged.iter().enumerate() {
-        writeln!(
-            out,
-            "<section class=\"patient\" id=\"{}\"><h3>{}</h3>\
-             <div class=\"chart-box\" data-chart=\"{i}\" data-patient=\"{}\"></div><ul>",
-            anchor(&p.patient_id),
-            patient_label(p),
-            escape(&p.patient_id)
-        )?;
-        for (index, flag) in &p.flags {
-            writeln!(
-                out,
-                "<li>{} <b>{}</b> (episode of {}, identified {}): <span class=\"detail\">{}</span></li>",
-                severity(flag.severity.code()),
-                escape(flag.code.code()),
-                date(*index),
-                date(flag.identified_date),
-                escape(&flag.detail)
-            )?;
-        }
-        let notes: Vec<String> = p
-            .chart
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(move |pt| (s.label, pt)))
-            .filter_map(|(label, pt)| {
-                pt.note.as_ref().map(|n| {
-                    format!(
-                        "{label} {} ({}): {}",
-                        pt.date,
-                        escape(&pt.observation),
-                        escape(n)
-                    )
-                })
-            })
-            .collect();
-        for note in notes {
-            writeln!(out, "<li class=\"muted\">Note on {note}</li>")?;
-        }
-        writeln!(out, "</ul></section>")?;
-    }
     Ok(())
 }
 
