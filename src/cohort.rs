@@ -45,14 +45,6 @@ impl Scope {
             }
         }
     }
-
-    pub fn includes(&self, patient_id: &str) -> bool {
-        self.in_shard(patient_id)
-            && match &self.selection {
-                Selection::Everyone => true,
-                Selection::Patients(ids) => ids.iter().any(|id| id == patient_id),
-            }
-    }
 }
 
 /// One of `count` disjoint parts of the cohort (`index` counts from 0).

@@ -25,11 +25,8 @@ pub struct Merged {
     pub detected_issues: usize,
 }
 
-/// The four part files of one shard.
-struct Part {
-    index: u32,
-    files: BTreeMap<&'static str, PathBuf>,
-}
+/// The four part files of one shard, by output stem.
+type Part = BTreeMap<&'static str, PathBuf>;
 
 const OUTPUTS: [(&str, &str); 4] = [
     ("markers", "csv"),
@@ -39,7 +36,7 @@ const OUTPUTS: [(&str, &str); 4] = [
 ];
 
 /// Finds the part files in the folders: every shard of one count, each exactly once, each
-/// with all four files.
+/// with all four files; in shard order.
 fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
     let mut found: BTreeMap<(u32, u32), BTreeMap<&'static str, PathBuf>> = BTreeMap::new();
     for dir in dirs {
@@ -104,7 +101,7 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
                 missing.join(", ")
             )));
         }
-        parts.push(Part { index, files });
+        parts.push(files);
     }
     Ok((count, parts))
 }
@@ -302,8 +299,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
         source,
     })?;
     let files =
-        |stem: &str| -> Vec<&Path> { parts.iter().map(|p| p.files[stem].as_path()).collect() };
-    debug_assert!(parts.iter().enumerate().all(|(i, p)| p.index as usize == i));
+        |stem: &str| -> Vec<&Path> { parts.iter().map(|files| files[stem].as_path()).collect() };
     let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"))?;
     let flag_rows = merge_csv(&files("flags"), &out.join("flags.csv"))?;
     let detected_issues = merge_ndjson(

@@ -267,7 +267,8 @@ pub fn write_atomically(
     Ok(())
 }
 
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
+/// A tokio runtime with `threads` workers, for the FHIR client.
+pub(crate) fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, RunError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -294,6 +295,23 @@ enum Mode {
 }
 
 impl Mode {
+    /// The state file this run reads or writes.
+    fn state_path(&self) -> Option<&Path> {
+        match self {
+            Mode::Full { state_path } => state_path.as_deref(),
+            Mode::Incremental { state_path, .. } => Some(state_path),
+            Mode::Cohort => None,
+        }
+    }
+
+    /// The `_lastUpdated` bound of an incremental run.
+    fn since(&self) -> Option<&str> {
+        match self {
+            Mode::Incremental { since, .. } => Some(since),
+            _ => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Mode::Full { .. } => "full",
@@ -378,32 +396,23 @@ fn choose_mode(
         false => RunState::read(&state_path)?,
     };
     let shard = options.shard.map(|s| s.to_string());
+    let matching = |p: &RunState| {
+        p.source == options.source.to_string()
+            && p.shard == shard
+            && p.config_fingerprint == state::config_fingerprint(config)
+    };
     let previous = match previous {
-        Some(p)
-            if p.source == options.source.to_string()
-                && p.shard == shard
-                && p.config_fingerprint == state::config_fingerprint(config) =>
-        {
-            p
-        }
-        Some(_) => {
-            tracing::warn!(
-                "the state file is for another server, shard or configuration: full run"
-            );
-            return Ok((
-                Mode::Full {
-                    state_path: Some(state_path),
-                },
-                scope(Selection::Everyone),
-            ));
-        }
-        None => {
-            return Ok((
-                Mode::Full {
-                    state_path: Some(state_path),
-                },
-                scope(Selection::Everyone),
-            ))
+        Some(p) if matching(&p) => p,
+        stale => {
+            if stale.is_some() {
+                tracing::warn!(
+                    "the state file is for another server, shard or configuration: full run"
+                );
+            }
+            let mode = Mode::Full {
+                state_path: Some(state_path),
+            };
+            return Ok((mode, scope(Selection::Everyone)));
         }
     };
     let since = previous.changed_since(config.schedule.overlap_minutes);
@@ -436,6 +445,43 @@ fn choose_mode(
         },
         scope(Selection::Patients(ids)),
     ))
+}
+
+/// The state after a fully successful run: the previous one (or a new one) with this run's
+/// start as the watermark and the re-evaluated patients recorded; a requested patient of whom
+/// the source had nothing leaves the known cohort.
+fn next_state(
+    mode: &Mode,
+    options: &RunOptions,
+    config: &Config,
+    started: chrono::DateTime<chrono::Utc>,
+    rechecks: &[(String, Option<Option<NaiveDate>>)],
+    scope: &Scope,
+) -> RunState {
+    let mut state = match mode {
+        Mode::Incremental { previous, .. } => previous.clone(),
+        _ => RunState::new(
+            options.source.to_string(),
+            options.shard.map(|s| s.to_string()),
+            started,
+            config,
+        ),
+    };
+    state.watermark = started;
+    state.as_of = options.as_of;
+    for (patient_id, recheck) in rechecks {
+        state.record(patient_id, *recheck);
+    }
+    if let Some(requested) = scope.requested() {
+        let evaluated: FxHashSet<&str> = rechecks.iter().map(|(id, _)| id.as_str()).collect();
+        for id in requested
+            .iter()
+            .filter(|id| !evaluated.contains(id.as_str()))
+        {
+            state.record(id, None);
+        }
+    }
+    state
 }
 
 /// `markers.csv`, or `markers.shard-0-of-4.csv` in a sharded run.
@@ -471,21 +517,19 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         read_ms,
         "source read"
     );
-    if let Some(requested) = scope.requested() {
+    if let (Mode::Cohort, Some(requested)) = (&mode, scope.requested()) {
         let found: FxHashSet<&str> = loaded
             .timelines
             .iter()
             .filter(|t| t.has_patient_resource)
             .map(|t| t.patient_id.as_str())
             .collect();
-        if matches!(mode, Mode::Cohort) {
-            cohort.unknown.extend(
-                requested
-                    .iter()
-                    .filter(|id| !found.contains(id.as_str()))
-                    .map(|id| format!("{id} (no Patient)")),
-            );
-        }
+        cohort.unknown.extend(
+            requested
+                .iter()
+                .filter(|id| !found.contains(id.as_str()))
+                .map(|id| format!("{id} (no Patient)")),
+        );
     }
 
     let evaluate_started = Instant::now();
@@ -569,45 +613,11 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         && write_back
             .as_ref()
             .is_none_or(|report| report.failed.is_empty());
-    let watermark = match &mode {
-        Mode::Cohort | Mode::Full { state_path: None } => None,
-        Mode::Full {
-            state_path: Some(path),
-        }
-        | Mode::Incremental {
-            state_path: path, ..
-        } => {
-            let since = match &mode {
-                Mode::Incremental { since, .. } => Some(since.clone()),
-                _ => None,
-            };
-            let next = fully_succeeded
-                .then(|| started_utc.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let watermark = match mode.state_path() {
+        None => None,
+        Some(path) => {
             if fully_succeeded {
-                let mut next_state = match &mode {
-                    Mode::Incremental { previous, .. } => previous.clone(),
-                    _ => RunState::new(
-                        options.source.to_string(),
-                        options.shard.map(|s| s.to_string()),
-                        started_utc,
-                        config,
-                    ),
-                };
-                next_state.watermark = started_utc;
-                next_state.as_of = options.as_of;
-                for (patient_id, recheck) in &rechecks {
-                    next_state.record(patient_id, *recheck);
-                }
-                if let Some(requested) = scope.requested() {
-                    let evaluated: FxHashSet<&str> =
-                        rechecks.iter().map(|(id, _)| id.as_str()).collect();
-                    for id in requested
-                        .iter()
-                        .filter(|id| !evaluated.contains(id.as_str()))
-                    {
-                        next_state.forget(id);
-                    }
-                }
+                let next_state = next_state(&mode, options, config, started_utc, &rechecks, &scope);
                 write_atomically(path, |w| {
                     serde_json::to_writer_pretty(&mut *w, &next_state)?;
                     w.write_all(b"\n")
@@ -615,8 +625,8 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             }
             Some(Watermark {
                 state_file: path.display().to_string(),
-                used: since,
-                next,
+                used: mode.since().map(str::to_owned),
+                next: fully_succeeded.then_some(started_utc),
             })
         }
     };

@@ -113,11 +113,6 @@ impl RunState {
             None => self.patients.remove(patient_id),
         };
     }
-
-    /// Drops a requested patient of whom the server had nothing.
-    pub fn forget(&mut self, patient_id: &str) {
-        self.patients.remove(patient_id);
-    }
 }
 
 /// The configuration that decides findings, hashed: codes, units, episodes, eligibility,

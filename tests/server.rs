@@ -6,6 +6,9 @@ use assert_cmd::Command;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::get_json;
+
 fn server_url() -> Option<String> {
     match std::env::var("TMM_TEST_FHIR_URL") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -116,26 +119,6 @@ fn run(source: &[&str]) -> tempfile::TempDir {
 
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap()
-}
-
-/// GET with the patience the job has: HFS answers 503 while its database is busy writing.
-async fn get_json(url: &str) -> Value {
-    for _ in 0..100 {
-        let response = reqwest::Client::new()
-            .get(url)
-            .header("Accept", "application/fhir+json")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        if status == 503 || status == 429 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        }
-        assert!(response.status().is_success(), "{url}: HTTP {status}");
-        return serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    }
-    panic!("{url}: still busy after 100 tries");
 }
 
 async fn put_json(url: &str, resource: &Value) {

@@ -31,8 +31,8 @@ pub fn escape(text: &str) -> String {
 }
 
 /// What the page's script needs of a flagged patient, compact: a report of 16,000 patients is
-/// mostly this. Points are `[day, value, bits]` (1: `<`, 2: `>`, 4: evidence of a flag,
-/// 8: baseline, 16: nadir); dates are the index date plus the day.
+/// mostly this. Points are `[day, value, bits]` (`super::point`); dates are the index date
+/// plus the day.
 #[derive(serde::Serialize)]
 struct PatientView<'a> {
     id: &'a str,
@@ -92,16 +92,7 @@ impl<'a> PatientView<'a> {
                     points: s
                         .points
                         .iter()
-                        .map(|pt| {
-                            let bits = match pt.censored {
-                                "<" => 1,
-                                ">" => 2,
-                                _ => 0,
-                            } | if pt.flagged { 4 } else { 0 }
-                                | if pt.role.contains("baseline") { 8 } else { 0 }
-                                | if pt.role.contains("nadir") { 16 } else { 0 };
-                            (pt.day, pt.value, bits)
-                        })
+                        .map(|pt| (pt.day, pt.value, pt.bits))
                         .collect(),
                     notes: s
                         .points

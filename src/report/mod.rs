@@ -14,7 +14,6 @@ use crate::run::{self, RunError, Source};
 use crate::sink::summary::{FlagCounts, PatientCounts, RunSummary};
 use chrono::NaiveDate;
 use rayon::prelude::*;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
@@ -38,23 +37,27 @@ impl ReportOptions {
 }
 
 /// One point of a chart: days since the TARE, the value, and how to draw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChartPoint {
     pub day: i64,
-    pub date: String,
     pub value: f64,
-    /// `<` or `>` for a censored value, empty otherwise.
-    pub censored: &'static str,
-    /// Evidence of a flag.
-    pub flagged: bool,
-    /// `baseline`, `nadir`, `baseline nadir` or empty.
-    pub role: String,
+    /// `point::*` bits: censored `<` or `>`, evidence of a flag, baseline, nadir. The page's
+    /// script reads the same bits.
+    pub bits: u8,
     pub observation: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The bits of `ChartPoint::bits`.
+pub mod point {
+    pub const BELOW: u8 = 1;
+    pub const ABOVE: u8 = 2;
+    pub const FLAGGED: u8 = 4;
+    pub const BASELINE: u8 = 8;
+    pub const NADIR: u8 = 16;
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChartSeries {
     pub marker: &'static str,
     pub label: &'static str,
@@ -64,7 +67,7 @@ pub struct ChartSeries {
 }
 
 /// A tumor-marker chart: values against days since the index TARE of the latest episode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
     pub index_date: String,
     /// Every TARE, in days since the index date (earlier episodes are negative).
@@ -72,7 +75,7 @@ pub struct Chart {
     pub series: Vec<ChartSeries>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct FlaggedPatient {
     pub patient_id: String,
     pub name: Option<String>,
@@ -136,24 +139,15 @@ pub fn chart(
             .into_iter()
             .map(|v| {
                 let id: &str = v.observation_id.as_ref();
-                let mut roles = Vec::new();
-                if baseline.as_deref() == Some(id) {
-                    roles.push("baseline");
-                }
-                if nadir.as_deref() == Some(id) {
-                    roles.push("nadir");
-                }
+                let bit = |holds: bool, bit: u8| if holds { bit } else { 0 };
                 ChartPoint {
                     day: (v.date - origin).num_days(),
-                    date: crate::format::date(v.date),
                     value: v.value,
-                    censored: match v.censoring {
-                        Censoring::Exact => "",
-                        Censoring::Low => "<",
-                        Censoring::High => ">",
-                    },
-                    flagged: evidence.contains(id),
-                    role: roles.join(" "),
+                    bits: bit(v.censoring == Censoring::Low, point::BELOW)
+                        | bit(v.censoring == Censoring::High, point::ABOVE)
+                        | bit(evidence.contains(id), point::FLAGGED)
+                        | bit(baseline.as_deref() == Some(id), point::BASELINE)
+                        | bit(nadir.as_deref() == Some(id), point::NADIR),
                     observation: id.to_owned(),
                     note: v.note.as_deref().map(str::to_owned),
                 }

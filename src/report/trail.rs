@@ -4,8 +4,9 @@
 
 use super::ReportOptions;
 use crate::config::Config;
-use crate::fhir::client::{FhirClient, FhirError};
-use crate::run::RunError;
+use crate::fhir::client::FhirClient;
+use crate::run::{self, RunError};
+use crate::sink::server::{identifier_in, our_detected_issues};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -40,11 +41,7 @@ impl TrailEntry {
 
     fn from_resource(resource: &Value, system: &str) -> Option<TrailEntry> {
         let text = |v: &Value| v.as_str().map(str::to_owned);
-        let identifier = resource["identifier"]
-            .as_array()?
-            .iter()
-            .find(|i| i["system"].as_str() == Some(system))
-            .and_then(|i| text(&i["value"]))?;
+        let identifier = identifier_in(resource, system)?.to_owned();
         let mitigations: Vec<&Value> = resource["mitigation"]
             .as_array()
             .into_iter()
@@ -102,34 +99,13 @@ pub fn fetch(
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<TrailEntry>, RunError> {
     let client = FhirClient::new(url, &config.server)?;
-    let system = config.output.identifier_system.clone();
-    let search = client.search_url(
-        "DetectedIssue",
-        &[
-            ("identifier", format!("{system}|")),
-            ("_count", config.server.page_size.to_string()),
-        ],
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(pool.current_num_threads().max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| RunError::Threads(e.to_string()))?;
-    let mut entries = Vec::new();
-    runtime
-        .block_on(async {
-            client
-                .search_all(search, |page| {
-                    for raw in page.resources {
-                        if let Ok(resource) = serde_json::from_str::<Value>(raw.get()) {
-                            entries.extend(TrailEntry::from_resource(&resource, &system));
-                        }
-                    }
-                })
-                .await
-                .map(|_| ())
-        })
-        .map_err(|e: FhirError| RunError::Server(e))?;
+    let system = &config.output.identifier_system;
+    let resources = run::runtime(pool.current_num_threads())?
+        .block_on(our_detected_issues(&client, None, config))?;
+    let mut entries: Vec<TrailEntry> = resources
+        .iter()
+        .filter_map(|r| TrailEntry::from_resource(r, system))
+        .collect();
     entries.retain(|e| {
         crate::ingest::time::parse_date(e.identified.get(..10).unwrap_or(""))
             .is_some_and(|d| options.in_range(d))

@@ -154,13 +154,13 @@ async fn ensure_device(
     }
 }
 
-/// Our DetectedIssues (those with our identifier system), by identifier value: of these
-/// patients, or with `None` of everyone (one search over all of them).
-async fn existing_issues(
+/// Our DetectedIssues (those with our identifier system) as JSON: of these patients, or with
+/// `None` of everyone (one search over all of them). Also the audit report's flag trail.
+pub async fn our_detected_issues(
     client: &FhirClient,
     patient_ids: Option<&[&str]>,
     config: &Config,
-) -> Result<FxHashMap<String, Existing>, FhirError> {
+) -> Result<Vec<Value>, FhirError> {
     let system = &config.output.identifier_system;
     let identifier = ("identifier", format!("{system}|"));
     let count = ("_count", config.server.page_size.to_string());
@@ -180,33 +180,49 @@ async fn existing_issues(
             })
             .collect(),
     };
-    let mut found = FxHashMap::default();
+    let mut found = Vec::new();
     for url in searches {
-        let mut resources = Vec::new();
         client
-            .search_all(url, |page| resources.extend(page.resources))
+            .search_all(url, |page| {
+                found.extend(
+                    page.resources
+                        .iter()
+                        .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok()),
+                )
+            })
             .await?;
-        for raw in resources {
-            let Ok(resource) = serde_json::from_str::<Value>(raw.get()) else {
-                continue;
-            };
-            let identifier = resource["identifier"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|i| i["system"].as_str() == Some(system))
-                .and_then(|i| i["value"].as_str())
-                .map(str::to_owned);
-            if let (Some(identifier), Some(id)) = (identifier, resource["id"].as_str()) {
-                found.insert(
-                    identifier,
-                    Existing {
-                        id: id.to_owned(),
-                        version: resource["meta"]["versionId"].as_str().map(str::to_owned),
-                        resource,
-                    },
-                );
-            }
+    }
+    Ok(found)
+}
+
+/// The value of a resource's identifier in `system`.
+pub fn identifier_in<'a>(resource: &'a Value, system: &str) -> Option<&'a str> {
+    resource["identifier"]
+        .as_array()?
+        .iter()
+        .find(|i| i["system"].as_str() == Some(system))?["value"]
+        .as_str()
+}
+
+/// Our DetectedIssues, by identifier value.
+async fn existing_issues(
+    client: &FhirClient,
+    patient_ids: Option<&[&str]>,
+    config: &Config,
+) -> Result<FxHashMap<String, Existing>, FhirError> {
+    let system = &config.output.identifier_system;
+    let mut found = FxHashMap::default();
+    for resource in our_detected_issues(client, patient_ids, config).await? {
+        let identifier = identifier_in(&resource, system).map(str::to_owned);
+        if let (Some(identifier), Some(id)) = (identifier, resource["id"].as_str()) {
+            found.insert(
+                identifier,
+                Existing {
+                    id: id.to_owned(),
+                    version: resource["meta"]["versionId"].as_str().map(str::to_owned),
+                    resource,
+                },
+            );
         }
     }
     Ok(found)

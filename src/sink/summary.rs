@@ -53,9 +53,9 @@ pub struct Watermark {
     /// `_lastUpdated=gt` of this run (the previous run's start minus the overlap); `null` in a
     /// full run.
     pub used: Option<String>,
-    /// This run's start, saved for the next run; `null` when the run did not fully succeed
-    /// (or was a dry run) and the state was left as it was.
-    pub next: Option<String>,
+    /// This run's start, saved for the next run (written as in the state file); `null` when
+    /// the run did not fully succeed (or was a dry run) and the state was left as it was.
+    pub next: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
