@@ -2,7 +2,10 @@
 //! (`config/default.toml` documents every key with its RULES.md source). Validated once at start.
 
 use crate::domain::{Marker, Severity};
+use crate::ingest::CodeSystems;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A `system` + `code` pair of a value set.
@@ -31,6 +34,7 @@ fn loinc(codes: &[&str]) -> Vec<Code> {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub ingest: IngestConfig,
+    pub code_systems: CodeSystemsConfig,
     pub codes: CodeSets,
     pub markers: MarkerLimits,
     pub episodes: EpisodeRules,
@@ -56,6 +60,12 @@ pub struct IngestConfig {
     pub bilirubin_umol_l_per_mg_dl: f64,
     /// Worker threads for parsing and evaluation; 0 means one per core.
     pub threads: usize,
+    /// Procedures and results dated before this are left out (implausible).
+    pub earliest_plausible_date: NaiveDate,
+    /// ... and so are those dated more than this many days after the as-of date.
+    pub latest_plausible_days_after_as_of: i64,
+    /// A Bulk Data line longer than this is skipped unread and counted (file and line).
+    pub max_line_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -67,8 +77,20 @@ impl Default for IngestConfig {
             albumin_g_l_per_g_dl: 10.0,
             bilirubin_umol_l_per_mg_dl: 17.1,
             threads: 0,
+            earliest_plausible_date: NaiveDate::from_ymd_opt(1900, 1, 1).expect("a date"),
+            latest_plausible_days_after_as_of: 365,
+            max_line_bytes: 16 << 20,
         }
     }
+}
+
+/// Code systems by every name (docs/rules.md "Code systems"): names a site adds to the
+/// built-in table. A key naming a built-in system (by any of its names) adds aliases to it;
+/// any other key is a new system with those aliases.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeSystemsConfig {
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// RULES.md §1 "Markers and codes", "Patients and episodes" and "Eligibility".
@@ -85,6 +107,21 @@ pub struct CodeSets {
     pub hcc_condition: Vec<Code>,
 }
 
+impl CodeSets {
+    /// Every value set with its config key.
+    pub fn named(&self) -> [(&'static str, &Vec<Code>); 7] {
+        [
+            ("codes.pivka", &self.pivka),
+            ("codes.afp", &self.afp),
+            ("codes.afp_l3", &self.afp_l3),
+            ("codes.albumin", &self.albumin),
+            ("codes.bilirubin", &self.bilirubin),
+            ("codes.tare_procedure", &self.tare_procedure),
+            ("codes.hcc_condition", &self.hcc_condition),
+        ]
+    }
+}
+
 impl Default for CodeSets {
     fn default() -> Self {
         CodeSets {
@@ -97,7 +134,10 @@ impl Default for CodeSets {
             bilirubin: loinc(&["1975-2"]),
             tare_procedure: vec![
                 Code::new("http://www.ama-assn.org/go/cpt", "79445"),
-                Code::new("urn:oid:2.16.840.1.113883.6.285", "S2095"),
+                Code::new(
+                    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                    "S2095",
+                ),
             ],
             hcc_condition: vec![
                 Code::new("http://hl7.org/fhir/sid/icd-10-cm", "C22.0"),
@@ -117,6 +157,8 @@ pub struct MarkerLimit {
     /// `marker-plateau` level in the canonical unit; none disables the flag for the marker.
     #[serde(default)]
     pub plateau_level: Option<f64>,
+    /// A value above this (canonical unit) is not a measurement: left out and counted.
+    pub plausible_max: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,14 +175,20 @@ pub struct MarkerLimits {
 impl Default for MarkerLimits {
     fn default() -> Self {
         let limit =
-            |uln: Option<f64>, plateau_level: Option<f64>| MarkerLimit { uln, plateau_level };
+            |uln: Option<f64>, plateau_level: Option<f64>, plausible_max: f64| MarkerLimit {
+                uln,
+                plateau_level,
+                plausible_max,
+            };
+        // Plausible maxima: far above the highest values reported in the literature (PIVKA-II
+        // and AFP run into the millions in advanced HCC), low enough to stop 1e308.
         MarkerLimits {
-            pivka2: limit(Some(40.0), Some(1000.0)),
-            dcp: limit(Some(7.5), None),
-            afp: limit(Some(20.0), None),
-            afp_l3: limit(Some(10.0), None),
-            albumin: limit(None, None),
-            bilirubin: limit(Some(21.0), None),
+            pivka2: limit(Some(40.0), Some(1000.0), 1e8),
+            dcp: limit(Some(7.5), None, 1e7),
+            afp: limit(Some(20.0), None, 1e8),
+            afp_l3: limit(Some(10.0), None, 100.0),
+            albumin: limit(None, None, 100.0),
+            bilirubin: limit(Some(21.0), None, 2000.0),
         }
     }
 }
@@ -258,6 +306,10 @@ pub struct OutputConfig {
     pub flag_code_system: String,
     pub rules_url: String,
     pub device_identifier_system: String,
+    /// The write-back safety valve: a run that would cancel more than this share of the job's
+    /// active DetectedIssues (or any, when it read no TARE patient) writes nothing unless
+    /// `--allow-mass-cancel` is given.
+    pub max_cancel_fraction: f64,
 }
 
 impl Default for OutputConfig {
@@ -270,6 +322,7 @@ impl Default for OutputConfig {
             rules_url: "https://tare-marker-monitor.example.org/docs/RULES.md".into(),
             device_identifier_system:
                 "https://tare-marker-monitor.example.org/fhir/NamingSystem/device".into(),
+            max_cancel_fraction: 0.25,
         }
     }
 }
@@ -307,6 +360,25 @@ pub struct ServerConfig {
     pub export_max_poll_interval_secs: u64,
     /// ... and the export is abandoned (and deleted) when not ready after this long.
     pub export_max_wait_secs: u64,
+    /// A response body larger than this is refused with an error (a search page of 200
+    /// Observations is well under a megabyte). Bulk Data files stream to disk and are not
+    /// bound by it.
+    pub max_response_bytes: u64,
+    /// A search that runs to more pages than this stops with an error.
+    pub max_pages_per_search: usize,
+    /// Reading from the server (searches, or an export) stops with an error after this long;
+    /// 0: no limit.
+    pub max_read_minutes: u64,
+    /// Retries of one request stop once this long has passed since its first attempt.
+    pub max_retry_secs: u64,
+    /// An internal certificate authority (PEM) trusted besides the operating system's store
+    /// and the bundled web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Mutual TLS: the client certificate chain (PEM) and its private key (PEM).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// `http://` is refused for any host but loopback unless this is set.
+    pub allow_insecure_http: bool,
     pub auth: AuthConfig,
 }
 
@@ -412,6 +484,14 @@ impl Default for ServerConfig {
             export_poll_secs: 10,
             export_max_poll_interval_secs: 300,
             export_max_wait_secs: 3600,
+            max_response_bytes: 256 << 20,
+            max_pages_per_search: 100_000,
+            max_read_minutes: 720,
+            max_retry_secs: 600,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            allow_insecure_http: false,
             auth: AuthConfig::default(),
         }
     }
@@ -429,6 +509,9 @@ pub enum ConfigError {
     #[error("config value {key} is not valid: {message}")]
     Invalid { key: &'static str, message: String },
 }
+
+/// The longest span, in days, any day-count setting may have: a century.
+const MAX_DAYS: i64 = 36_525;
 
 fn merge(base: &mut toml::Table, overrides: toml::Table) {
     for (key, value) in overrides {
@@ -467,6 +550,13 @@ impl Config {
         merged
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())
+    }
+
+    /// The code systems: the built-in table with the site's aliases.
+    pub fn code_systems(
+        &self,
+    ) -> Result<CodeSystems, crate::ingest::code_systems::CodeSystemError> {
+        CodeSystems::new(&self.code_systems.aliases)
     }
 
     pub fn time_zone(&self) -> chrono_tz::Tz {
@@ -513,25 +603,31 @@ impl Config {
                 format!("{} must lie between 0 and 1", self.rules.response_fraction),
             );
         }
+        // Day counts are bounded by a century, so no date arithmetic can leave the calendar.
+        let rules = &self.rules;
         for (key, days) in [
             ("episodes.merge_days", self.episodes.merge_days),
             ("episodes.baseline_days", self.episodes.baseline_days),
-            (
-                "rules.plateau_min_days_apart",
-                self.rules.plateau_min_days_apart,
-            ),
+            ("rules.plateau_min_days_apart", rules.plateau_min_days_apart),
+            ("rules.no_response_min_day", rules.no_response_min_day),
             (
                 "rules.due_interval_early_days",
-                self.rules.due_interval_early_days,
+                rules.due_interval_early_days,
             ),
+            ("rules.due_early_period_days", rules.due_early_period_days),
+            ("rules.due_interval_late_days", rules.due_interval_late_days),
+            ("rules.overdue_grace_days", rules.overdue_grace_days),
+            ("rules.overdue_max_days", rules.overdue_max_days),
+            ("rules.reild_from_day", rules.reild_from_day),
+            ("rules.reild_to_day", rules.reild_to_day),
+            ("rules.albi_max_days", rules.albi_max_days),
             (
-                "rules.due_interval_late_days",
-                self.rules.due_interval_late_days,
+                "ingest.latest_plausible_days_after_as_of",
+                self.ingest.latest_plausible_days_after_as_of,
             ),
-            ("rules.albi_max_days", self.rules.albi_max_days),
         ] {
-            if days < 0 {
-                return invalid(key, format!("{days} must not be negative"));
+            if !(0..=MAX_DAYS).contains(&days) {
+                return invalid(key, format!("{days} must lie between 0 and {MAX_DAYS}"));
             }
         }
         if self.rules.reild_from_day > self.rules.reild_to_day {
@@ -540,17 +636,91 @@ impl Config {
                 "must not be after rules.reild_to_day".into(),
             );
         }
-        if self.server.page_size == 0
-            || self.server.patient_batch == 0
-            || self.server.concurrency == 0
-        {
+        for (key, value, max) in [
+            ("server.page_size", self.server.page_size as u64, 1000),
+            (
+                "server.patient_batch",
+                self.server.patient_batch as u64,
+                1000,
+            ),
+            ("server.concurrency", self.server.concurrency as u64, 64),
+            (
+                "server.write_concurrency",
+                self.server.write_concurrency as u64,
+                64,
+            ),
+            (
+                "server.max_pages_per_search",
+                self.server.max_pages_per_search as u64,
+                10_000_000,
+            ),
+            (
+                "server.max_response_bytes",
+                self.server.max_response_bytes,
+                1 << 40,
+            ),
+            (
+                "server.connect_timeout_secs",
+                self.server.connect_timeout_secs,
+                3600,
+            ),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+                86_400,
+            ),
+            (
+                "schedule.shard_count",
+                u64::from(self.schedule.shard_count),
+                10_000,
+            ),
+            (
+                "ingest.max_line_bytes",
+                self.ingest.max_line_bytes as u64,
+                1 << 32,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return invalid(key, format!("{value} must lie between 1 and {max}"));
+            }
+        }
+        if self.ingest.threads > 1024 {
             return invalid(
-                "server",
-                "page_size, patient_batch and concurrency must be at least 1".into(),
+                "ingest.threads",
+                format!(
+                    "{} must lie between 0 (one per core) and 1024",
+                    self.ingest.threads
+                ),
             );
         }
-        if self.schedule.shard_count == 0 {
-            return invalid("schedule.shard_count", "must be at least 1".into());
+        if self.ingest.earliest_plausible_date.year() < 1 {
+            return invalid(
+                "ingest.earliest_plausible_date",
+                "must be in year 1 or later".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.output.max_cancel_fraction) {
+            return invalid(
+                "output.max_cancel_fraction",
+                format!(
+                    "{} must lie between 0 and 1",
+                    self.output.max_cancel_fraction
+                ),
+            );
+        }
+        if let Err(e) = self.code_systems() {
+            return invalid("code_systems.aliases", e.to_string());
+        }
+        for (set, codes) in self.codes.named() {
+            if let Some(code) = codes
+                .iter()
+                .find(|c| c.system.trim().is_empty() || c.code.trim().is_empty())
+            {
+                return invalid(
+                    "codes",
+                    format!("{set}: {code:?} needs both a system and a code"),
+                );
+            }
         }
         if self.ingest.accepted_statuses.is_empty() {
             return invalid("ingest.accepted_statuses", "must not be empty".into());
@@ -561,6 +731,18 @@ impl Config {
                 if !(uln.is_finite() && uln >= 0.0) {
                     return invalid("markers.*.uln", format!("{}: {uln}", marker.key()));
                 }
+            }
+            if !(limit.plausible_max.is_finite() && limit.plausible_max > 0.0)
+                || limit.uln.is_some_and(|uln| uln >= limit.plausible_max)
+            {
+                return invalid(
+                    "markers.*.plausible_max",
+                    format!(
+                        "{}: {} must be a positive number above the ULN",
+                        marker.key(),
+                        limit.plausible_max
+                    ),
+                );
             }
             if marker.is_tumor_marker() && limit.uln.is_none() {
                 return invalid(

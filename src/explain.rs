@@ -16,7 +16,7 @@ pub fn explain(
     config: &Config,
 ) -> anyhow::Result<String> {
     let pool = thread_pool(config)?;
-    let loaded = load(source, config, &pool)?;
+    let loaded = load(source, config, as_of, &pool)?;
     let timeline = loaded
         .timelines
         .iter()

@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod format;
 pub mod generate;
 pub mod ingest;
+pub mod interrupt;
 pub mod merge;
 pub mod progress;
 pub mod report;

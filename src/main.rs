@@ -302,7 +302,10 @@ fn dispatch(command: Command) -> Result<(), u8> {
             let started = std::time::Instant::now();
             let lines = pool
                 .install(|| {
-                    let ingestor = tare_marker_monitor::ingest::Ingestor::new(&config);
+                    let ingestor = tare_marker_monitor::ingest::Ingestor::new(
+                        &config,
+                        chrono::Utc::now().date_naive(),
+                    );
                     source::ndjson::parse_floor(&source_dir, lean.then_some(&ingestor))
                 })
                 .map_err(|e| {

@@ -60,10 +60,18 @@ impl std::fmt::Display for Source {
 pub fn load(
     source: &Source,
     config: &Config,
+    as_of: NaiveDate,
     pool: &rayon::ThreadPool,
 ) -> Result<Loaded, RunError> {
     let client = server_client(source, config)?;
-    load_from(source, client.as_ref(), config, &Scope::EVERYONE, pool)
+    load_from(
+        source,
+        client.as_ref(),
+        config,
+        as_of,
+        &Scope::EVERYONE,
+        pool,
+    )
 }
 
 /// The client of a server source (one per run, so its request count covers the run).
@@ -78,10 +86,11 @@ fn load_from(
     source: &Source,
     client: Option<&FhirClient>,
     config: &Config,
+    as_of: NaiveDate,
     scope: &Scope,
     pool: &rayon::ThreadPool,
 ) -> Result<Loaded, RunError> {
-    let ingestor = Ingestor::new(config).for_shard(scope.shard);
+    let ingestor = Ingestor::new(config, as_of).for_shard(scope.shard);
     let read_server = |client: &FhirClient| -> Result<Loaded, RunError> {
         let runtime = runtime(pool.current_num_threads())?;
         Ok(pool.install(|| runtime.block_on(search::load(client, &ingestor, config, scope)))?)
@@ -141,7 +150,7 @@ fn read_export(
         error_files = exported.error_files,
         "export downloaded"
     );
-    let mut loaded = pool.install(|| ndjson::load(folder.path(), ingestor))?;
+    let mut loaded = pool.install(|| ndjson::load_export(folder.path(), ingestor))?;
     loaded.inputs = vec![format!(
         "$export ({} files, {} bytes{}{})",
         exported.files.len(),
@@ -170,7 +179,10 @@ pub struct FetchOnly {
 pub fn fetch_only(url: &str, config: &Config) -> Result<FetchOnly, RunError> {
     let pool = thread_pool(config)?;
     let client = FhirClient::new(url, &config.server)?;
-    let ingestor = Ingestor::new(config);
+    let today = chrono::Utc::now()
+        .with_timezone(&config.time_zone())
+        .date_naive();
+    let ingestor = Ingestor::new(config, today);
     let started = Instant::now();
     let runtime = runtime(pool.current_num_threads())?;
     let discarded =
@@ -508,7 +520,14 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         &async_runtime,
         &mut cohort,
     )?;
-    let loaded = load_from(&options.source, client.as_ref(), config, &scope, &pool)?;
+    let loaded = load_from(
+        &options.source,
+        client.as_ref(),
+        config,
+        options.as_of,
+        &scope,
+        &pool,
+    )?;
     let read_ms = started.elapsed().as_millis();
     tracing::info!(
         mode = mode.name(),

@@ -1,29 +1,62 @@
-//! Records -> one timeline per patient: values grouped and de-duplicated (RULES.md §1
-//! "Duplicates"), procedures and diagnoses attached.
+//! Records -> one timeline per patient. Two steps, each independent of the order the records
+//! came in (docs/rules.md "One resource, one answer" and "Duplicates"):
+//! 1. copies of one resource id (a feed that re-sends, a file read twice, a resource updated
+//!    between two exports) resolve to one: the newest `meta.lastUpdated`, then `versionId`,
+//!    then content order; a copy left out for a reason (entered in error) competes like any
+//!    other, so a newer cancelled copy removes an older value;
+//! 2. values of one marker at one instant resolve to one (the latest `meta.lastUpdated`, then
+//!    the larger id).
+//!
+//! Every copy or duplicate dropped is counted.
 
-use crate::domain::{MarkerValue, PatientTimeline};
-use crate::ingest::{DataQuality, Record, ResourceType, Skip, SkipReason};
+use crate::domain::{MarkerValue, PatientTimeline, ResourceId, TareProcedure};
+use crate::ingest::{CopyRank, DataQuality, Record, ResourceType, Skip, SkipReason};
+use chrono::NaiveDate;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::hash::{Hash, Hasher};
+
+/// One copy of a Patient resource.
+struct PatientCopy {
+    birth_date: Option<NaiveDate>,
+    name: Option<String>,
+    rank: CopyRank,
+}
+
+/// One patient's records as they are collected, every copy kept until `finish`.
+#[derive(Default)]
+struct PatientRecords {
+    patient_copies: Vec<PatientCopy>,
+    hcc_conditions: Vec<(ResourceId, CopyRank)>,
+    procedures: Vec<(TareProcedure, CopyRank)>,
+    values: Vec<(MarkerValue, CopyRank)>,
+}
+
+impl PatientRecords {
+    fn extend(&mut self, other: PatientRecords) {
+        self.patient_copies.extend(other.patient_copies);
+        self.hcc_conditions.extend(other.hcc_conditions);
+        self.procedures.extend(other.procedures);
+        self.values.extend(other.values);
+    }
+}
 
 /// Collects records in any order; `finish` gives the same timelines whatever that order was.
 #[derive(Default)]
 pub struct CohortBuilder {
     // FxHash: patient ids are not attacker-chosen here, and SipHash showed in profiles.
-    patients: FxHashMap<String, PatientTimeline>,
+    patients: FxHashMap<String, PatientRecords>,
+    /// Left-out copies of resources the job follows, by type: each competes with the other
+    /// copies of its id, and only the kept copy's reason is counted.
+    skipped_copies: Vec<(ResourceType, Skip)>,
 }
 
 impl CohortBuilder {
-    /// The patient's timeline; the id is copied only the first time a patient is seen.
-    fn entry(&mut self, patient_id: &str) -> &mut PatientTimeline {
+    /// The patient's records; the id is copied only the first time a patient is seen.
+    fn entry(&mut self, patient_id: &str) -> &mut PatientRecords {
         if !self.patients.contains_key(patient_id) {
-            self.patients.insert(
-                patient_id.to_owned(),
-                PatientTimeline {
-                    patient_id: patient_id.to_owned(),
-                    ..PatientTimeline::default()
-                },
-            );
+            self.patients
+                .insert(patient_id.to_owned(), PatientRecords::default());
         }
         self.patients.get_mut(patient_id).expect("inserted above")
     }
@@ -34,36 +67,45 @@ impl CohortBuilder {
                 patient_id,
                 birth_date,
                 name,
-            } => {
-                let timeline = self.entry(&patient_id);
-                timeline.has_patient_resource = true;
-                if name.is_some() {
-                    timeline.name = name;
-                }
-                // Two copies of a Patient: keep a known birth date over an unknown one.
-                timeline.birth_date = timeline.birth_date.max(birth_date);
-            }
-            Record::HccCondition { patient_id } => self.entry(&patient_id).has_hcc = true,
+                rank,
+            } => self.entry(&patient_id).patient_copies.push(PatientCopy {
+                birth_date,
+                name,
+                rank,
+            }),
+            Record::HccCondition {
+                patient_id,
+                condition_id,
+                rank,
+            } => self
+                .entry(&patient_id)
+                .hcc_conditions
+                .push((condition_id, rank)),
             Record::Tare {
                 patient_id,
                 procedure,
-            } => self.entry(&patient_id).procedures.push(procedure),
-            Record::Value { patient_id, value } => self.entry(&patient_id).values.push(value),
+                rank,
+            } => self.entry(&patient_id).procedures.push((procedure, rank)),
+            Record::Value {
+                patient_id,
+                value,
+                rank,
+            } => self.entry(&patient_id).values.push((value, rank)),
         }
+    }
+
+    /// A left-out copy of a resource the job follows (`skip.copy` is set).
+    pub fn add_skipped_copy(&mut self, kind: ResourceType, skip: Skip) {
+        self.skipped_copies.push((kind, skip));
     }
 
     /// The patients with at least one TARE procedure read so far.
     pub fn patients_with_procedures(&self) -> Vec<String> {
         self.patients
-            .values()
-            .filter(|t| !t.procedures.is_empty())
-            .map(|t| t.patient_id.clone())
+            .iter()
+            .filter(|(_, records)| !records.procedures.is_empty())
+            .map(|(id, _)| id.clone())
             .collect()
-    }
-
-    /// Keeps only the patients for whom `keep` holds (a shard, a requested cohort).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.patients.retain(|id, _| keep(id));
     }
 
     /// Adds what another builder collected (another worker's share of the files).
@@ -72,54 +114,323 @@ impl CohortBuilder {
             let mine = std::mem::replace(self, other);
             return self.merge(mine);
         }
+        self.skipped_copies.extend(other.skipped_copies);
         for (patient_id, theirs) in other.patients {
             match self.patients.get_mut(&patient_id) {
                 None => {
                     self.patients.insert(patient_id, theirs);
                 }
-                Some(ours) => {
-                    ours.has_patient_resource |= theirs.has_patient_resource;
-                    ours.birth_date = ours.birth_date.max(theirs.birth_date);
-                    ours.name = ours.name.take().or(theirs.name);
-                    ours.has_hcc |= theirs.has_hcc;
-                    ours.procedures.extend(theirs.procedures);
-                    ours.values.extend(theirs.values);
-                }
+                Some(ours) => ours.extend(theirs),
             }
         }
     }
 
-    /// Sorts and de-duplicates (on the current rayon pool); duplicates and accepted counts go to
-    /// `quality`. Timelines come back sorted by patient id.
+    /// Resolves copies and duplicates (on the current rayon pool); what is dropped, what is
+    /// left out and what is accepted is counted in `quality`. Timelines come back sorted by
+    /// patient id.
     pub fn finish(self, quality: &mut DataQuality) -> Vec<PatientTimeline> {
-        let mut timelines: Vec<PatientTimeline> = self.patients.into_values().collect();
-        timelines.par_sort_unstable_by(|a, b| a.patient_id.cmp(&b.patient_id));
-        let duplicates: Vec<Vec<String>> = timelines
-            .par_iter_mut()
-            .map(|timeline| {
-                timeline
-                    .procedures
-                    .sort_by(|a, b| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
-                timeline
-                    .procedures
-                    .dedup_by(|a, b| a.procedure_id == b.procedure_id);
-                deduplicate(&mut timeline.values)
-            })
-            .collect();
-        let accepted: usize = timelines.iter().map(|t| t.values.len()).sum();
-        quality.count_accepted(ResourceType::Observation, accepted as u64);
-        for observation_id in duplicates.into_iter().flatten() {
+        let mut patients: Vec<(String, PatientRecords)> = self.patients.into_iter().collect();
+        patients.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut skipped = self.skipped_copies;
+        let losers = superseded_copies(&patients, &skipped);
+        let mut superseded: Vec<(ResourceType, String)> = Vec::new();
+        for loser in &losers {
+            let (kind, id) = match loser.place {
+                Place::Skipped => (skipped[loser.item].0, skipped[loser.item].1.resource_id()),
+                place => (
+                    place.kind(),
+                    patients[loser.patient].1.resource_id(place, loser.item),
+                ),
+            };
+            superseded.push((kind, id.to_owned()));
+        }
+        remove_losers(&mut patients, &mut skipped, losers);
+        for (kind, skip) in skipped {
+            quality.count_skip(kind, skip, String::new);
+        }
+        for (kind, id) in superseded {
             quality.count_skip(
-                ResourceType::Observation,
+                kind,
                 Skip {
-                    reason: SkipReason::Duplicate,
-                    resource_id: Some(observation_id),
+                    reason: SkipReason::SupersededCopy,
+                    resource_id: Some(id),
                     detail: None,
+                    copy: None,
                 },
                 String::new,
             );
         }
+        let built: Vec<Built> = patients
+            .into_par_iter()
+            .map(|(patient_id, records)| timeline(patient_id, records))
+            .collect();
+        let mut timelines = Vec::with_capacity(built.len());
+        for Built {
+            timeline,
+            duplicates,
+            superseded_patients,
+            hcc_conditions,
+        } in built
+        {
+            quality.count_accepted(
+                ResourceType::Patient,
+                u64::from(timeline.has_patient_resource),
+            );
+            quality.count_accepted(ResourceType::Condition, hcc_conditions);
+            quality.count_accepted(ResourceType::Procedure, timeline.procedures.len() as u64);
+            quality.count_accepted(ResourceType::Observation, timeline.values.len() as u64);
+            for _ in 0..superseded_patients {
+                quality.count_skip(
+                    ResourceType::Patient,
+                    Skip {
+                        reason: SkipReason::SupersededCopy,
+                        resource_id: Some(timeline.patient_id.clone()),
+                        detail: None,
+                        copy: None,
+                    },
+                    String::new,
+                );
+            }
+            for observation_id in duplicates {
+                quality.count_skip(
+                    ResourceType::Observation,
+                    Skip {
+                        reason: SkipReason::Duplicate,
+                        resource_id: Some(observation_id),
+                        detail: None,
+                        copy: None,
+                    },
+                    String::new,
+                );
+            }
+            timelines.push(timeline);
+        }
         timelines
+    }
+}
+
+impl Skip {
+    fn resource_id(&self) -> &str {
+        self.resource_id.as_deref().unwrap_or("")
+    }
+}
+
+/// Where a copy sits: in a patient's records, or among the skipped copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Condition,
+    Procedure,
+    Value,
+    Skipped,
+}
+
+impl Place {
+    fn kind(self) -> ResourceType {
+        match self {
+            Place::Condition => ResourceType::Condition,
+            Place::Procedure => ResourceType::Procedure,
+            Place::Value | Place::Skipped => ResourceType::Observation,
+        }
+    }
+}
+
+impl PatientRecords {
+    fn resource_id(&self, place: Place, item: usize) -> &str {
+        match place {
+            Place::Condition => &self.hcc_conditions[item].0,
+            Place::Procedure => &self.procedures[item].0.procedure_id,
+            Place::Value => &self.values[item].0.observation_id,
+            Place::Skipped => "",
+        }
+    }
+
+    fn rank(&self, place: Place, item: usize) -> CopyRank {
+        match place {
+            Place::Condition => self.hcc_conditions[item].1,
+            Place::Procedure => self.procedures[item].1,
+            Place::Value => self.values[item].1,
+            Place::Skipped => CopyRank::default(),
+        }
+    }
+}
+
+/// One copy of a resource: a key (hash of type and id), and where it sits.
+#[derive(Debug, Clone, Copy)]
+struct CopyRef {
+    key: u64,
+    place: Place,
+    /// Index of the patient (unused for skipped copies).
+    patient: usize,
+    item: usize,
+}
+
+fn copy_key(kind: ResourceType, id: &str) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    kind.hash(&mut hasher);
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Every copy that another copy of the same resource (type and id) outranks, in any patient.
+fn superseded_copies(
+    patients: &[(String, PatientRecords)],
+    skipped: &[(ResourceType, Skip)],
+) -> Vec<CopyRef> {
+    let mut refs: Vec<CopyRef> = patients
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(patient, (_, records))| {
+            let at = move |place: Place, item: usize, id: &str| CopyRef {
+                key: copy_key(place.kind(), id),
+                place,
+                patient,
+                item,
+            };
+            let conditions = records
+                .hcc_conditions
+                .iter()
+                .enumerate()
+                .map(move |(i, (id, _))| at(Place::Condition, i, id));
+            let procedures = records
+                .procedures
+                .iter()
+                .enumerate()
+                .map(move |(i, (p, _))| at(Place::Procedure, i, &p.procedure_id));
+            let values = records
+                .values
+                .iter()
+                .enumerate()
+                .map(move |(i, (v, _))| at(Place::Value, i, &v.observation_id));
+            conditions.chain(procedures).chain(values)
+        })
+        .collect();
+    refs.extend(skipped.iter().enumerate().map(|(i, (kind, skip))| CopyRef {
+        key: copy_key(*kind, skip.resource_id()),
+        place: Place::Skipped,
+        patient: usize::MAX,
+        item: i,
+    }));
+    refs.par_sort_unstable_by_key(|r| r.key);
+    let id_of = |r: &CopyRef| match r.place {
+        Place::Skipped => skipped[r.item].1.resource_id(),
+        place => patients[r.patient].1.resource_id(place, r.item),
+    };
+    let kind_of = |r: &CopyRef| match r.place {
+        Place::Skipped => skipped[r.item].0,
+        place => place.kind(),
+    };
+    let rank_of = |r: &CopyRef| match r.place {
+        Place::Skipped => skipped[r.item].1.copy.unwrap_or_default(),
+        place => patients[r.patient].1.rank(place, r.item),
+    };
+    let mut losers = Vec::new();
+    for group in refs.chunk_by_mut(|a, b| a.key == b.key) {
+        if group.len() < 2 {
+            continue;
+        }
+        // Same key: sort by type and id (a hash collision keeps them apart), newest first;
+        // the order of equal copies is made total by their place, so nothing depends on the
+        // order the files were read in.
+        group.sort_by(|a, b| {
+            (kind_of(a), id_of(a))
+                .cmp(&(kind_of(b), id_of(b)))
+                .then_with(|| rank_of(b).cmp(&rank_of(a)))
+        });
+        for same in group.chunk_by(|a, b| kind_of(a) == kind_of(b) && id_of(a) == id_of(b)) {
+            losers.extend_from_slice(&same[1..]);
+        }
+    }
+    losers
+}
+
+/// Removes the superseded copies from the records and the skipped copies.
+fn remove_losers(
+    patients: &mut [(String, PatientRecords)],
+    skipped: &mut Vec<(ResourceType, Skip)>,
+    losers: Vec<CopyRef>,
+) {
+    let mut skipped_losers: FxHashSet<usize> = FxHashSet::default();
+    let mut by_patient: FxHashMap<usize, Vec<(Place, usize)>> = FxHashMap::default();
+    for loser in losers {
+        match loser.place {
+            Place::Skipped => {
+                skipped_losers.insert(loser.item);
+            }
+            place => by_patient
+                .entry(loser.patient)
+                .or_default()
+                .push((place, loser.item)),
+        }
+    }
+    for (patient, places) in by_patient {
+        let records = &mut patients[patient].1;
+        let gone = |place: Place| -> FxHashSet<usize> {
+            places
+                .iter()
+                .filter(|(p, _)| *p == place)
+                .map(|(_, i)| *i)
+                .collect()
+        };
+        retain_indexed(&mut records.hcc_conditions, &gone(Place::Condition));
+        retain_indexed(&mut records.procedures, &gone(Place::Procedure));
+        retain_indexed(&mut records.values, &gone(Place::Value));
+    }
+    if !skipped_losers.is_empty() {
+        retain_indexed(skipped, &skipped_losers);
+    }
+}
+
+fn retain_indexed<T>(items: &mut Vec<T>, gone: &FxHashSet<usize>) {
+    if gone.is_empty() {
+        return;
+    }
+    let mut index = 0;
+    items.retain(|_| {
+        let keep = !gone.contains(&index);
+        index += 1;
+        keep
+    });
+}
+
+/// A patient's timeline and what building it dropped.
+struct Built {
+    timeline: PatientTimeline,
+    /// Observations dropped as duplicates of another at the same instant.
+    duplicates: Vec<String>,
+    /// Copies of the Patient resource other than the newest.
+    superseded_patients: u64,
+    hcc_conditions: u64,
+}
+
+/// One patient's timeline from their resolved records: the newest Patient copy, the TAREs in
+/// date order, the values de-duplicated by instant.
+fn timeline(patient_id: String, records: PatientRecords) -> Built {
+    let PatientRecords {
+        patient_copies,
+        hcc_conditions,
+        mut procedures,
+        values,
+    } = records;
+    let superseded_patients = patient_copies.len().saturating_sub(1) as u64;
+    let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
+    procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
+    let mut values: Vec<MarkerValue> = values.into_iter().map(|(value, _)| value).collect();
+    let duplicates = deduplicate(&mut values);
+    let hcc_count = hcc_conditions.len() as u64;
+    let timeline = PatientTimeline {
+        patient_id,
+        has_patient_resource: newest.is_some(),
+        birth_date: newest.as_ref().and_then(|copy| copy.birth_date),
+        name: newest.and_then(|copy| copy.name),
+        has_hcc: !hcc_conditions.is_empty(),
+        procedures: procedures.into_iter().map(|(p, _)| p).collect(),
+        values,
+    };
+    Built {
+        timeline,
+        duplicates,
+        superseded_patients,
+        hcc_conditions: hcc_count,
     }
 }
 
@@ -138,10 +449,7 @@ pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
     for value in values.drain(..) {
         match kept.last() {
             Some(last) if last.marker == value.marker && last.instant_ms == value.instant_ms => {
-                // The same resource read twice is not a duplicate result.
-                if last.observation_id != value.observation_id {
-                    dropped.push(value.observation_id.to_string());
-                }
+                dropped.push(value.observation_id.to_string());
             }
             _ => kept.push(value),
         }
@@ -154,7 +462,7 @@ pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::domain::{Censoring, Marker};
-    use chrono::NaiveDate;
+    use std::borrow::Cow;
 
     fn value(id: &str, instant_ms: i64, last_updated_ms: Option<i64>, v: f64) -> MarkerValue {
         MarkerValue {
@@ -190,5 +498,30 @@ mod tests {
         let mut values = vec![value("a", 10, Some(1), 1.0), value("b", 10, Some(1), 2.0)];
         assert_eq!(deduplicate(&mut values), vec!["a".to_string()]);
         assert_eq!(&*values[0].observation_id, "b");
+    }
+
+    fn record(patient: &str, id: &str, instant_ms: i64, rank: CopyRank) -> Record<'static> {
+        Record::Value {
+            patient_id: Cow::Owned(patient.to_owned()),
+            value: value(id, instant_ms, rank.last_updated_ms(), instant_ms as f64),
+            rank,
+        }
+    }
+
+    #[test]
+    fn copies_of_one_id_under_two_patients_resolve_to_the_newest() {
+        let mut builder = CohortBuilder::default();
+        builder.add(record("p1", "o1", 10, CopyRank::new(Some(1), None, 5)));
+        builder.add(record("p2", "o1", 20, CopyRank::new(Some(2), None, 1)));
+        let mut quality = DataQuality::default();
+        let timelines = builder.finish(&mut quality);
+        let p1 = timelines.iter().find(|t| t.patient_id == "p1").unwrap();
+        let p2 = timelines.iter().find(|t| t.patient_id == "p2").unwrap();
+        assert!(p1.values.is_empty());
+        assert_eq!(p2.values[0].value, 20.0);
+        assert_eq!(
+            quality.left_out_count(ResourceType::Observation, SkipReason::SupersededCopy),
+            1
+        );
     }
 }

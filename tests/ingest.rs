@@ -31,15 +31,25 @@ fn pivka(value: Value) -> Value {
     observation("34444-0", json!("2026-03-01T10:00:00Z"), value)
 }
 
+/// The ingestor as a run on 2026-11-01 builds it.
+fn ingestor(config: &Config) -> Ingestor {
+    Ingestor::new(
+        config,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+    )
+}
+
 fn read(resource: &Value) -> LineOutcome<'static> {
-    Ingestor::new(&Config::default())
+    ingestor(&Config::default())
         .read_line(ResourceType::Observation, &resource.to_string())
         .into_owned()
 }
 
 fn accepted(resource: &Value) -> MarkerValue {
     match read(resource) {
-        LineOutcome::Record(Record::Value { value, patient_id }) => {
+        LineOutcome::Record(Record::Value {
+            value, patient_id, ..
+        }) => {
             assert_eq!(patient_id, "p1");
             value
         }
@@ -157,7 +167,7 @@ fn configured_time_zone_decides_the_calendar_date() {
         json!("2026-01-01T23:30:00-05:00"),
         quantity(1.0, "mAU/mL"),
     );
-    match Ingestor::new(&config).read_line(ResourceType::Observation, &o.to_string()) {
+    match ingestor(&config).read_line(ResourceType::Observation, &o.to_string()) {
         LineOutcome::Record(Record::Value { value, .. }) => {
             assert_eq!(value.date.to_string(), "2026-01-01")
         }
@@ -378,7 +388,7 @@ fn duplicates_are_resolved_by_last_updated_and_counted() {
             obs_line("c", "2026-03-01T10:00:00Z", 110.0, "2026-03-01T00:00:00Z"),
         ],
     )]);
-    let loaded = ndjson::load(dir.path(), &Ingestor::new(&Config::default())).unwrap();
+    let loaded = ndjson::load(dir.path(), &ingestor(&Config::default())).unwrap();
     let values = &loaded.timelines[0].values;
     assert_eq!(values.len(), 1);
     assert_eq!((&*values[0].observation_id, values[0].value), ("b", 120.0));
@@ -402,7 +412,7 @@ fn one_bad_line_never_stops_the_file() {
             obs_line("b", "2026-04-01T10:00:00Z", 90.0, "2026-04-02T00:00:00Z"),
         ],
     )]);
-    let loaded = ndjson::load(dir.path(), &Ingestor::new(&Config::default())).unwrap();
+    let loaded = ndjson::load(dir.path(), &ingestor(&Config::default())).unwrap();
     assert_eq!(loaded.timelines[0].values.len(), 2);
     let observations = &loaded.quality.by_type["Observation"];
     assert_eq!(observations.read, 4);
@@ -425,14 +435,14 @@ fn gzip_files_are_read_like_plain_ones() {
     )
     .unwrap();
     gz.finish().unwrap();
-    let loaded = ndjson::load(dir.path(), &Ingestor::new(&Config::default())).unwrap();
+    let loaded = ndjson::load(dir.path(), &ingestor(&Config::default())).unwrap();
     assert_eq!(loaded.timelines[0].values[0].value, 100.0);
 }
 
 #[test]
 fn folder_without_bulk_files_is_a_clear_error() {
     let dir = write_folder(&[("notes.txt", vec!["hello".into()])]);
-    let error = ndjson::load(dir.path(), &Ingestor::new(&Config::default()))
+    let error = ndjson::load(dir.path(), &ingestor(&Config::default()))
         .err()
         .unwrap();
     assert!(
@@ -441,4 +451,484 @@ fn folder_without_bulk_files_is_a_clear_error() {
             .contains("holds no Patient, Condition, Procedure or Observation"),
         "{error}"
     );
+}
+
+// ---- code systems by every name (docs/rules.md "Code systems") ----
+
+fn procedure(system: Option<&str>, code: &str) -> Value {
+    let mut coding = json!({"code": code});
+    if let Some(system) = system {
+        coding["system"] = json!(system);
+    }
+    json!({
+        "resourceType": "Procedure", "id": "t1", "status": "completed",
+        "code": {"coding": [coding]},
+        "subject": {"reference": "Patient/p1"},
+        "performedDateTime": "2026-01-10"
+    })
+}
+
+fn read_as(kind: ResourceType, resource: &Value, config: &Config) -> LineOutcome<'static> {
+    ingestor(config)
+        .read_line(kind, &resource.to_string())
+        .into_owned()
+}
+
+#[test]
+fn hcpcs_s2095_is_a_tare_under_every_name_of_hcpcs() {
+    for system in [
+        "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+        "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+        "urn:oid:2.16.840.1.113883.6.285",
+    ] {
+        let outcome = read_as(
+            ResourceType::Procedure,
+            &procedure(Some(system), "S2095"),
+            &Config::default(),
+        );
+        assert!(
+            matches!(outcome, LineOutcome::Record(Record::Tare { .. })),
+            "{system}: {outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn loinc_by_its_oid_is_loinc() {
+    let mut o = pivka(quantity(100.0, "mAU/mL"));
+    o["code"]["coding"][0]["system"] = json!("urn:oid:2.16.840.1.113883.6.1");
+    assert_eq!(accepted(&o).value, 100.0);
+}
+
+#[test]
+fn a_configured_code_under_an_unknown_system_is_a_near_miss_naming_the_system() {
+    let config = Config::default();
+    let cases = [
+        (
+            ResourceType::Procedure,
+            procedure(Some("http://hospital.example/cpt"), "79445"),
+            "http://hospital.example/cpt",
+        ),
+        (
+            ResourceType::Procedure,
+            procedure(None, "S2095"),
+            "(no system)",
+        ),
+        (
+            ResourceType::Condition,
+            json!({"resourceType": "Condition", "id": "c1",
+                   "code": {"coding": [{"system": "ICD10", "code": "C22.0"}]},
+                   "subject": {"reference": "Patient/p1"}}),
+            "ICD10",
+        ),
+        (
+            ResourceType::Observation,
+            {
+                let mut o = pivka(quantity(100.0, "mAU/mL"));
+                o["code"]["coding"][0]["system"] = json!("LN");
+                o
+            },
+            "LN",
+        ),
+    ];
+    for (kind, resource, system) in cases {
+        match read_as(kind, &resource, &config) {
+            LineOutcome::Skipped(skip) => {
+                assert_eq!(skip.reason, SkipReason::CodeUnderUnknownSystem, "{system}");
+                assert_eq!(skip.detail.as_deref(), Some(system));
+            }
+            other => panic!("{system}: {other:?}"),
+        }
+    }
+    // The same code under a known but different system is another code, not a near miss.
+    assert_eq!(
+        read_as(
+            ResourceType::Procedure,
+            &procedure(Some("http://snomed.info/sct"), "79445"),
+            &config
+        ),
+        LineOutcome::NotRelevant
+    );
+}
+
+#[test]
+fn a_site_alias_makes_its_local_system_name_match() {
+    let config = Config::from_toml(
+        "[code_systems.aliases]\n\"http://www.ama-assn.org/go/cpt\" = [\"http://hospital.example/cpt\"]\n",
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let outcome = read_as(
+        ResourceType::Procedure,
+        &procedure(Some("http://hospital.example/cpt"), "79445"),
+        &config,
+    );
+    assert!(
+        matches!(outcome, LineOutcome::Record(Record::Tare { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_ucum_code_under_another_system_is_not_read_as_ucum() {
+    // `code` under a system that is not UCUM says nothing; the printed unit decides.
+    let o = pivka(
+        json!({"value": 5.0, "unit": "ng/mL", "system": "http://example.org/units", "code": "mAU/mL"}),
+    );
+    assert_eq!(accepted(&o).marker, Marker::Dcp);
+    let o =
+        pivka(json!({"value": 5.0, "system": "urn:oid:2.16.840.1.113883.6.8", "code": "mAU/mL"}));
+    assert_eq!(accepted(&o).marker, Marker::Pivka2);
+}
+
+// ---- implausible dates and values ----
+
+#[test]
+fn dates_outside_the_plausible_range_are_left_out() {
+    for effective in [
+        "1899-12-31",
+        "2027-11-02T00:00:00Z",
+        "-262143-01-01",
+        "0000-01-01",
+    ] {
+        let o = observation("34444-0", json!(effective), quantity(100.0, "mAU/mL"));
+        let (reason, detail) = skipped(&o);
+        assert!(
+            matches!(
+                reason,
+                SkipReason::DateOutsidePlausibleRange | SkipReason::InvalidEffectiveTime
+            ),
+            "{effective}: {reason:?}"
+        );
+        assert_eq!(detail.as_deref(), Some(effective));
+    }
+    // The first and the last plausible dates (as-of 2026-11-01 + 365 days).
+    for effective in ["1900-01-01", "2027-11-01"] {
+        let o = observation("34444-0", json!(effective), quantity(100.0, "mAU/mL"));
+        assert_eq!(accepted(&o).date.to_string(), effective);
+    }
+    let mut p = procedure(Some("http://www.ama-assn.org/go/cpt"), "79445");
+    p["performedDateTime"] = json!("-262143-01-01");
+    match read_as(ResourceType::Procedure, &p, &Config::default()) {
+        LineOutcome::Skipped(skip) => {
+            assert_eq!(skip.reason, SkipReason::DateOutsidePlausibleRange)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn negative_non_finite_and_absurd_values_are_implausible_and_zero_is_a_value() {
+    for value in [-5.0, -0.001, 1e308] {
+        let (reason, _) = skipped(&pivka(quantity(value, "mAU/mL")));
+        assert_eq!(reason, SkipReason::ImplausibleValue, "{value}");
+    }
+    let (reason, detail) = skipped(&observation(
+        "34444-0",
+        json!("2026-03-01"),
+        json!({"value": 1.5e8, "code": "mAU/mL"}),
+    ));
+    assert_eq!(reason, SkipReason::ImplausibleValue);
+    assert_eq!(
+        detail.as_deref(),
+        Some("150000000 mAU/mL is above the plausible maximum of 100000000 (markers.pivka2.plausible_max)")
+    );
+    assert_eq!(accepted(&pivka(quantity(0.0, "mAU/mL"))).value, 0.0);
+    // A real extreme is kept.
+    assert_eq!(
+        accepted(&pivka(quantity(2_340_000.0, "mAU/mL"))).value,
+        2_340_000.0
+    );
+}
+
+#[test]
+fn a_converted_value_keeps_the_precision_of_its_source() {
+    let o = observation("19176-7", json!("2026-03-01"), quantity(1300.3, "[IU]/mL"));
+    assert_eq!(accepted(&o).value, 1573.363);
+    let o = observation("1975-2", json!("2026-03-01"), quantity(1.2, "mg/dL"));
+    assert_eq!(accepted(&o).value, 20.52);
+}
+
+// ---- ids ----
+
+#[test]
+fn ids_that_are_not_fhir_ids_are_left_out_and_never_echoed_raw() {
+    let o = with(pivka(quantity(1.0, "mAU/mL")), "id", json!("é1"));
+    match read(&o) {
+        LineOutcome::Skipped(skip) => {
+            assert_eq!(skip.reason, SkipReason::InvalidId);
+            assert_eq!(skip.resource_id, None);
+            assert_eq!(skip.detail.as_deref(), Some("id \"é1\""));
+        }
+        other => panic!("{other:?}"),
+    }
+    let long = "a".repeat(300);
+    let o = with(
+        pivka(quantity(1.0, "mAU/mL")),
+        "subject",
+        json!({"reference": format!("Patient/{long}")}),
+    );
+    assert_eq!(skipped(&o).0, SkipReason::InvalidId);
+}
+
+// ---- one resource id, one answer ----
+
+fn obs_copy(
+    id: &str,
+    patient: &str,
+    value: f64,
+    last_updated: Option<&str>,
+    version: Option<&str>,
+) -> String {
+    let mut o = json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": "2026-03-01T10:00:00Z",
+        "valueQuantity": {"value": value, "code": "mAU/mL"}
+    });
+    if let Some(t) = last_updated {
+        o["meta"]["lastUpdated"] = json!(t);
+    }
+    if let Some(v) = version {
+        o["meta"]["versionId"] = json!(v);
+    }
+    o.to_string()
+}
+
+fn kept_values(
+    lines: Vec<String>,
+) -> (Vec<(String, f64)>, tare_marker_monitor::ingest::DataQuality) {
+    let dir = write_folder(&[("Observation.ndjson", lines)]);
+    let loaded = ndjson::load(dir.path(), &ingestor(&Config::default())).unwrap();
+    let values = loaded
+        .timelines
+        .iter()
+        .flat_map(|t| t.values.iter().map(|v| (t.patient_id.clone(), v.value)))
+        .collect();
+    (values, loaded.quality)
+}
+
+#[test]
+fn copies_of_one_observation_id_keep_the_newest_and_count_the_others() {
+    let lines = vec![
+        obs_copy("o1", "p1", 100.0, Some("2026-03-02T00:00:00Z"), Some("1")),
+        obs_copy("o1", "p1", 120.0, Some("2026-03-02T00:00:00Z"), Some("2")),
+        obs_copy("o1", "p1", 90.0, Some("2026-03-01T00:00:00Z"), Some("9")),
+    ];
+    for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+        let (values, quality) = kept_values(order.iter().map(|&i| lines[i].clone()).collect());
+        assert_eq!(values, vec![("p1".to_string(), 120.0)], "{order:?}");
+        assert_eq!(
+            quality.left_out_count(ResourceType::Observation, SkipReason::SupersededCopy),
+            2
+        );
+        assert_eq!(quality.by_type["Observation"].read, 3);
+        assert_eq!(quality.by_type["Observation"].accepted, 1);
+    }
+}
+
+#[test]
+fn copies_with_equal_versions_resolve_by_content_whatever_the_order() {
+    let a = obs_copy("o1", "p1", 100.0, None, None);
+    let b = obs_copy("o1", "p1", 200.0, None, None);
+    let (forward, _) = kept_values(vec![a.clone(), b.clone()]);
+    let (backward, quality) = kept_values(vec![b, a]);
+    assert_eq!(forward, backward);
+    assert_eq!(forward.len(), 1);
+    assert_eq!(
+        quality.left_out_count(ResourceType::Observation, SkipReason::SupersededCopy),
+        1
+    );
+}
+
+#[test]
+fn a_newer_copy_entered_in_error_removes_the_older_value() {
+    let older = obs_copy("o1", "p1", 100.0, Some("2026-03-02T00:00:00Z"), None);
+    let mut newer: Value = serde_json::from_str(&obs_copy(
+        "o1",
+        "p1",
+        100.0,
+        Some("2026-03-05T00:00:00Z"),
+        None,
+    ))
+    .unwrap();
+    newer["status"] = json!("entered-in-error");
+    let (values, quality) = kept_values(vec![newer.to_string(), older]);
+    assert!(values.is_empty());
+    assert_eq!(
+        quality.left_out_count(ResourceType::Observation, SkipReason::StatusNotAccepted),
+        1
+    );
+    assert_eq!(
+        quality.left_out_count(ResourceType::Observation, SkipReason::SupersededCopy),
+        1
+    );
+}
+
+#[test]
+fn one_observation_id_under_two_patients_belongs_to_the_newest_copy_only() {
+    let (values, _) = kept_values(vec![
+        obs_copy("o1", "p2", 300.0, Some("2026-03-09T00:00:00Z"), None),
+        obs_copy("o1", "p1", 100.0, Some("2026-03-02T00:00:00Z"), None),
+    ]);
+    assert_eq!(values, vec![("p2".to_string(), 300.0)]);
+}
+
+#[test]
+fn the_same_line_twice_is_one_value_and_one_counted_copy() {
+    let line = obs_copy("o1", "p1", 100.0, None, None);
+    let (values, quality) = kept_values(vec![line.clone(), line]);
+    assert_eq!(values.len(), 1);
+    let observations = &quality.by_type["Observation"];
+    assert_eq!(observations.read, 2);
+    assert_eq!(observations.accepted, 1);
+    assert_eq!(observations.left_out["superseded_copy"].count, 1);
+}
+
+// ---- every input file seen ----
+
+#[test]
+fn a_symlinked_file_is_read_and_broken_names_are_listed_with_their_reason() {
+    use std::os::unix::fs::symlink;
+    let store = tempfile::tempdir().unwrap();
+    let target = store.path().join("observations-export.ndjson");
+    std::fs::write(
+        &target,
+        obs_line("a", "2026-03-01T10:00:00Z", 100.0, "2026-03-02T00:00:00Z") + "\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    symlink(&target, dir.path().join("Observation.ndjson")).unwrap();
+    symlink(
+        dir.path().join("Observation.ndjson"),
+        dir.path().join("Observation-copy.ndjson"),
+    )
+    .unwrap();
+    symlink(
+        store.path().join("missing.ndjson"),
+        dir.path().join("Observation-2.ndjson"),
+    )
+    .unwrap();
+    symlink(
+        dir.path().join("Patient.ndjson"),
+        dir.path().join("Patient.ndjson"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("Condition.ndjson")).unwrap();
+    std::fs::write(dir.path().join("README.txt"), "notes").unwrap();
+    let loaded = ndjson::load(dir.path(), &ingestor(&Config::default())).unwrap();
+    assert_eq!(loaded.timelines[0].values[0].value, 100.0);
+    let ignored: Vec<(String, String)> = loaded
+        .ignored_inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.reason.clone()))
+        .collect();
+    let reason = |name: &str| {
+        ignored
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.as_str())
+            .unwrap_or_else(|| panic!("{name} not listed: {ignored:?}"))
+    };
+    assert_eq!(
+        reason("Observation-2.ndjson"),
+        "a symbolic link whose target is missing"
+    );
+    assert_eq!(reason("Patient.ndjson"), "a loop of symbolic links");
+    assert_eq!(reason("Condition.ndjson"), "a folder, not a file");
+    assert_eq!(
+        reason("README.txt"),
+        "not a Bulk Data file of a type the job reads"
+    );
+    // Two names for one file: the file is read once (the first name in name order).
+    assert_eq!(
+        reason("Observation.ndjson"),
+        "the same file as Observation-copy.ndjson, which is read"
+    );
+    assert_eq!(loaded.quality.by_type["Observation"].read, 1);
+}
+
+#[test]
+fn a_folder_without_observation_data_is_an_error_naming_it() {
+    let dir = write_folder(&[(
+        "Patient.ndjson",
+        vec![json!({"resourceType": "Patient", "id": "p1"}).to_string()],
+    )]);
+    let error = ndjson::load(dir.path(), &ingestor(&Config::default()))
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "source folder {} holds no Observation data (no Observation*.ndjson file with a line in it)",
+            dir.path().display()
+        )
+    );
+    std::fs::write(dir.path().join("Observation.ndjson"), "\n\n").unwrap();
+    assert!(ndjson::load(dir.path(), &ingestor(&Config::default())).is_err());
+}
+
+// ---- bounded memory: long lines ----
+
+fn long_line_folder(gzip: bool, config: &Config) -> tare_marker_monitor::source::Loaded {
+    use std::io::Write;
+    let mut text = Vec::new();
+    writeln!(
+        text,
+        "{}",
+        obs_line("a", "2026-03-01T10:00:00Z", 100.0, "2026-03-02T00:00:00Z")
+    )
+    .unwrap();
+    // 3 MB without a newline, then a line end, a normal line, and a long last line with no end.
+    text.extend(std::iter::repeat_n(b'x', 3 << 20));
+    text.push(b'\n');
+    writeln!(
+        text,
+        "{}",
+        obs_line("b", "2026-04-01T10:00:00Z", 90.0, "2026-04-02T00:00:00Z")
+    )
+    .unwrap();
+    text.extend(std::iter::repeat_n(b'{', 2 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    if gzip {
+        let file = std::fs::File::create(dir.path().join("Observation.ndjson.gz")).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        gz.write_all(&text).unwrap();
+        gz.finish().unwrap();
+    } else {
+        std::fs::write(dir.path().join("Observation.ndjson"), &text).unwrap();
+    }
+    ndjson::load(dir.path(), &ingestor(config)).unwrap()
+}
+
+#[test]
+fn lines_over_the_limit_are_skipped_with_file_and_line_and_the_rest_is_read() {
+    let config = Config::from_toml("[ingest]\nmax_line_bytes = 1048576\n").unwrap();
+    for gzip in [false, true] {
+        let loaded = long_line_folder(gzip, &config);
+        assert_eq!(loaded.timelines[0].values.len(), 2, "gzip {gzip}");
+        let observations = &loaded.quality.by_type["Observation"];
+        assert_eq!(observations.read, 4);
+        let too_long = &observations.left_out["line_too_long"];
+        assert_eq!(too_long.count, 2);
+        let name = if gzip {
+            "Observation.ndjson.gz"
+        } else {
+            "Observation.ndjson"
+        };
+        let places: Vec<&str> = too_long
+            .examples
+            .iter()
+            .map(|e| e.resource.as_str())
+            .collect();
+        assert_eq!(
+            places,
+            vec![format!("line 2 of {name}"), format!("line 4 of {name}")]
+        );
+        assert_eq!(
+            too_long.examples[0].detail.as_deref(),
+            Some("longer than 1048576 bytes (ingest.max_line_bytes)")
+        );
+    }
 }

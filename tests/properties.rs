@@ -63,7 +63,7 @@ fn evaluate(files: &[(&str, Vec<String>)], files_per_type: usize) -> Vec<Patient
         }
     }
     let config = Config::default();
-    let loaded = ndjson::load(dir.path(), &Ingestor::new(&config)).unwrap();
+    let loaded = ndjson::load(dir.path(), &Ingestor::new(&config, as_of())).unwrap();
     evaluate_cohort(&loaded.timelines, &config, as_of())
 }
 

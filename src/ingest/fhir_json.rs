@@ -43,6 +43,8 @@ pub(super) struct Meta<'a> {
 pub(super) struct Quantity<'a> {
     pub(super) value: Option<f64>,
     #[serde(borrow)]
+    pub(super) system: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     pub(super) comparator: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) unit: Option<Cow<'a, str>>,
@@ -105,6 +107,8 @@ pub(super) struct PatientIn<'a> {
     pub(super) resource_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) meta: Option<Meta<'a>>,
     #[serde(borrow, rename = "birthDate")]
     pub(super) birth_date: Option<Cow<'a, str>>,
     /// For the audit report only.
@@ -135,6 +139,8 @@ pub(super) struct ProcedureIn<'a> {
     #[serde(borrow)]
     pub(super) id: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    pub(super) meta: Option<Meta<'a>>,
+    #[serde(borrow)]
     pub(super) status: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) code: Option<CodeableConcept<'a>>,
@@ -152,6 +158,8 @@ pub(super) struct ConditionIn<'a> {
     pub(super) resource_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) meta: Option<Meta<'a>>,
     #[serde(borrow)]
     pub(super) code: Option<CodeableConcept<'a>>,
     #[serde(borrow)]

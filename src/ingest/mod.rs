@@ -1,17 +1,20 @@
 //! FHIR R4 JSON -> domain records. Lean, borrowed read structs with explicit checks: a resource
-//! that cannot be used is counted under its reason (RULES.md §1) and the rest goes on.
+//! that cannot be used is counted under its reason (docs/rules.md "What goes in") and the rest
+//! goes on.
 
+pub mod code_systems;
 mod fhir_json;
 pub mod quality;
 pub mod time;
 pub mod units;
 
 use crate::config::{Code, Config};
-use crate::domain::{MarkerValue, TareProcedure};
-use chrono::NaiveDate;
+use crate::domain::{Marker, MarkerValue, ResourceId, TareProcedure};
+use chrono::{Duration, NaiveDate};
 use chrono_tz::Tz;
+pub use code_systems::{CodeSystems, SystemId};
 use fhir_json::{
-    CodeableConcept, ConditionIn, Header, ObservationIn, PatientIn, ProcedureIn, Reference,
+    CodeableConcept, ConditionIn, Header, Meta, ObservationIn, PatientIn, ProcedureIn, Reference,
 };
 pub use quality::DataQuality;
 use rustc_hash::FxHashMap;
@@ -51,24 +54,65 @@ impl ResourceType {
     }
 }
 
+/// Orders the copies of one resource id (docs/rules.md "One resource, one answer"): the newest
+/// `meta.lastUpdated`, then the larger numeric `meta.versionId`, then a fingerprint of the
+/// content, so the copy kept never depends on file order or thread count. Packed: an absent
+/// `lastUpdated` or `versionId` sorts before any present one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CopyRank {
+    last_updated_ms: i64,
+    /// `versionId + 1`, 0 when absent or not a number.
+    version: u64,
+    content: u64,
+}
+
+impl CopyRank {
+    pub fn new(last_updated_ms: Option<i64>, version_id: Option<u64>, content: u64) -> CopyRank {
+        CopyRank {
+            last_updated_ms: last_updated_ms.unwrap_or(i64::MIN),
+            version: version_id.map_or(0, |v| v.saturating_add(1)),
+            content,
+        }
+    }
+
+    pub fn last_updated_ms(&self) -> Option<i64> {
+        (self.last_updated_ms != i64::MIN).then_some(self.last_updated_ms)
+    }
+}
+
+/// A 64-bit fingerprint of a resource's text: the last tie-break between two copies.
+pub fn content_fingerprint(json: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(json.as_bytes());
+    hasher.finish()
+}
+
 /// What one resource contributes. The patient id borrows from the line where it can, so the
-/// common case allocates nothing for it.
+/// common case allocates nothing for it. `rank` orders copies of the same resource id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record<'a> {
     Patient {
         patient_id: Cow<'a, str>,
         birth_date: Option<NaiveDate>,
         name: Option<String>,
+        rank: CopyRank,
     },
     /// A qualifying HCC diagnosis.
-    HccCondition { patient_id: Cow<'a, str> },
+    HccCondition {
+        patient_id: Cow<'a, str>,
+        condition_id: ResourceId,
+        rank: CopyRank,
+    },
     Tare {
         patient_id: Cow<'a, str>,
         procedure: TareProcedure,
+        rank: CopyRank,
     },
     Value {
         patient_id: Cow<'a, str>,
         value: MarkerValue,
+        rank: CopyRank,
     },
 }
 
@@ -81,24 +125,39 @@ impl Record<'_> {
                 patient_id,
                 birth_date,
                 name,
+                rank,
             } => Record::Patient {
                 patient_id: own(patient_id),
                 birth_date,
                 name,
+                rank,
             },
-            Record::HccCondition { patient_id } => Record::HccCondition {
+            Record::HccCondition {
+                patient_id,
+                condition_id,
+                rank,
+            } => Record::HccCondition {
                 patient_id: own(patient_id),
+                condition_id,
+                rank,
             },
             Record::Tare {
                 patient_id,
                 procedure,
+                rank,
             } => Record::Tare {
                 patient_id: own(patient_id),
                 procedure,
+                rank,
             },
-            Record::Value { patient_id, value } => Record::Value {
+            Record::Value {
+                patient_id,
+                value,
+                rank,
+            } => Record::Value {
                 patient_id: own(patient_id),
                 value,
+                rank,
             },
         }
     }
@@ -106,7 +165,7 @@ impl Record<'_> {
     pub fn patient_id(&self) -> &str {
         match self {
             Record::Patient { patient_id, .. }
-            | Record::HccCondition { patient_id }
+            | Record::HccCondition { patient_id, .. }
             | Record::Tare { patient_id, .. }
             | Record::Value { patient_id, .. } => patient_id,
         }
@@ -119,24 +178,38 @@ pub enum SkipReason {
     InvalidJson,
     UnexpectedResourceType,
     NoId,
+    /// An id, or a patient reference, that is not a FHIR id (`[A-Za-z0-9.-]{1,64}`): never
+    /// used to build a URL or a file name.
+    InvalidId,
     NoPatientReference,
     /// Not a code of any monitored value set: not an error, counted for completeness.
     NotMonitoredCode,
+    /// A configured code under a code system the job does not know by that name (or under
+    /// no system): a site that codes this way needs an alias (`[code_systems.aliases]`).
+    CodeUnderUnknownSystem,
     StatusNotAccepted,
     NoEffectiveTime,
     EffectiveTimeNotAFullDate,
     InvalidEffectiveTime,
+    /// A date before `ingest.earliest_plausible_date` or too far after the as-of date.
+    DateOutsidePlausibleRange,
     DataAbsentReason,
     NoValue,
+    /// Negative, not finite, or above the marker's `plausible_max`.
+    ImplausibleValue,
     ValueStringWithoutUnit,
     ValueStringNotANumber,
     UnknownComparator,
     UnknownUnit,
+    /// Another Observation of the same marker at the same instant was kept.
     Duplicate,
+    /// Another copy of the same resource id was kept (newer, or first in content order).
+    SupersededCopy,
     ProcedureNotCompleted,
     ProcedureNoPerformedDate,
     ConditionRefutedOrEnteredInError,
-    BirthDateInvalid,
+    /// A line longer than `ingest.max_line_bytes`, skipped unread.
+    LineTooLong,
 }
 
 impl SkipReason {
@@ -145,23 +218,28 @@ impl SkipReason {
             SkipReason::InvalidJson => "invalid_json_or_structure",
             SkipReason::UnexpectedResourceType => "unexpected_resource_type",
             SkipReason::NoId => "no_id",
+            SkipReason::InvalidId => "invalid_id",
             SkipReason::NoPatientReference => "no_patient_reference",
             SkipReason::NotMonitoredCode => "not_a_monitored_code",
+            SkipReason::CodeUnderUnknownSystem => "code_under_unknown_system",
             SkipReason::StatusNotAccepted => "status_not_accepted",
             SkipReason::NoEffectiveTime => "no_effective_time",
             SkipReason::EffectiveTimeNotAFullDate => "effective_time_not_a_full_date",
             SkipReason::InvalidEffectiveTime => "invalid_effective_time",
+            SkipReason::DateOutsidePlausibleRange => "date_outside_plausible_range",
             SkipReason::DataAbsentReason => "data_absent_reason",
             SkipReason::NoValue => "no_value",
+            SkipReason::ImplausibleValue => "implausible_value",
             SkipReason::ValueStringWithoutUnit => "value_string_without_unit",
             SkipReason::ValueStringNotANumber => "value_string_not_a_number",
             SkipReason::UnknownComparator => "unknown_comparator",
             SkipReason::UnknownUnit => "unknown_unit",
             SkipReason::Duplicate => "duplicate",
+            SkipReason::SupersededCopy => "superseded_copy",
             SkipReason::ProcedureNotCompleted => "procedure_not_completed",
             SkipReason::ProcedureNoPerformedDate => "procedure_no_performed_date",
             SkipReason::ConditionRefutedOrEnteredInError => "condition_refuted_or_entered_in_error",
-            SkipReason::BirthDateInvalid => "birth_date_not_a_full_date",
+            SkipReason::LineTooLong => "line_too_long",
         }
     }
 }
@@ -173,6 +251,10 @@ pub struct Skip {
     pub resource_id: Option<String>,
     /// The offending value where it helps (the unit, the status, the parse error).
     pub detail: Option<String>,
+    /// Set when the resource is one the job follows (a monitored code) with a valid id: this
+    /// copy then competes with the other copies of the same id, and only the kept copy's
+    /// reason is counted.
+    pub copy: Option<CopyRank>,
 }
 
 /// The outcome of reading one line.
@@ -204,14 +286,8 @@ pub struct ResourceHeader<'a> {
     pub version: (Option<i64>, Option<u64>),
 }
 
-/// The header of a resource; `None` for text that is not JSON.
-pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
-    let header: Header = serde_json::from_str(json).ok()?;
-    let kind = header
-        .resource_type
-        .as_deref()
-        .and_then(ResourceType::from_name);
-    let (last_updated, version_id) = match &header.meta {
+fn version_of(meta: Option<&Meta<'_>>) -> (Option<i64>, Option<u64>) {
+    match meta {
         Some(meta) => (
             meta.last_updated
                 .as_deref()
@@ -219,11 +295,20 @@ pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
             meta.version_id.as_deref().and_then(|v| v.parse().ok()),
         ),
         None => (None, None),
-    };
+    }
+}
+
+/// The header of a resource; `None` for text that is not JSON.
+pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
+    let header: Header = serde_json::from_str(json).ok()?;
+    let kind = header
+        .resource_type
+        .as_deref()
+        .and_then(ResourceType::from_name);
     Some(ResourceHeader {
         kind,
         id: header.id,
-        version: (last_updated, version_id),
+        version: version_of(header.meta.as_ref()),
     })
 }
 
@@ -233,20 +318,9 @@ fn note_text(notes: &[fhir_json::Annotation<'_>]) -> Option<Box<str>> {
     (!texts.is_empty()).then(|| texts.join(" / ").into_boxed_str())
 }
 
-/// Code lookups built once from the config.
-pub struct Ingestor {
-    observation_codes: FxHashMap<String, Vec<(String, CodeFamily)>>,
-    tare_codes: Vec<Code>,
-    hcc_codes: Vec<Code>,
-    accepted_statuses: Vec<String>,
-    tz: Tz,
-    config: crate::config::IngestConfig,
-    /// In a sharded run, only the resources of this shard's patients are read and counted.
-    shard: Option<crate::cohort::Shard>,
-}
-
 /// The patient a resource is about: a Patient's own id, else its `subject` (or `patient`)
-/// reference. Read on its own, for resources the ingest did not turn into a record.
+/// reference. Read on its own, for resources the ingest did not turn into a record. Only a
+/// valid FHIR id is returned.
 pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct Reference<'a> {
@@ -266,10 +340,12 @@ pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
     }
     let about: About = serde_json::from_str(json).ok()?;
     if about.resource_type.as_deref() == Some("Patient") {
-        return about.id;
+        return about.id.filter(|id| is_fhir_id(id));
     }
     let reference = about.subject.or(about.patient)?.reference?;
-    patient_id_of(&reference).map(|id| Cow::Owned(id.to_owned()))
+    patient_id_of(&reference)
+        .filter(|id| is_fhir_id(id))
+        .map(|id| Cow::Owned(id.to_owned()))
 }
 
 /// `Patient/123`, `https://host/fhir/Patient/123` or `Patient/123/_history/2` -> `123`.
@@ -279,6 +355,22 @@ pub fn patient_id_of(reference: &str) -> Option<&str> {
     let id = parts.next()?;
     let kind = parts.next()?;
     (kind == "Patient" && !id.is_empty()).then_some(id)
+}
+
+/// A FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`. Anything else is never put into a URL or a file name.
+pub fn is_fhir_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// An id that is not a FHIR id, shown safely: escaped, and cut to 80 characters.
+pub fn describe_bad_id(text: &str) -> String {
+    let shown: String = text.chars().take(80).collect();
+    let more = if text.chars().count() > 80 { "..." } else { "" };
+    format!("{shown:?}{more}")
 }
 
 /// The patient id of a subject reference, borrowed from the line when the JSON had no escapes.
@@ -298,46 +390,164 @@ fn skip<'a>(
         reason,
         resource_id: id.map(|s| s.to_string()),
         detail,
+        copy: None,
     })
 }
 
-fn codes_match(concept: Option<&CodeableConcept<'_>>, set: &[Code]) -> bool {
-    concept.is_some_and(|c| {
-        c.coding.iter().any(|coding| {
-            set.iter().any(|code| {
-                coding.system.as_deref() == Some(code.system.as_str())
-                    && coding.code.as_deref() == Some(code.code.as_str())
-            })
-        })
+/// A skip of a resource the job follows: it competes with the other copies of its id.
+fn skip_copy<'a>(
+    reason: SkipReason,
+    id: &str,
+    detail: Option<String>,
+    rank: CopyRank,
+) -> LineOutcome<'a> {
+    LineOutcome::Skipped(Skip {
+        reason,
+        resource_id: Some(id.to_owned()),
+        detail,
+        copy: Some(rank),
     })
+}
+
+/// How a coded element relates to a value set.
+enum CodeMatch<T> {
+    Found(T),
+    /// A configured code under a system the job does not know by that name (or no system).
+    NearMiss(String),
+    NotInSet,
+}
+
+/// Configured codes, by code, with the system each is configured under.
+struct ValueSet<T> {
+    by_code: FxHashMap<String, Vec<(SystemId, T)>>,
+}
+
+impl<T: Copy> ValueSet<T> {
+    fn new<'c>(systems: &mut CodeSystems, codes: impl IntoIterator<Item = (&'c Code, T)>) -> Self {
+        let mut by_code: FxHashMap<String, Vec<(SystemId, T)>> = FxHashMap::default();
+        for (code, tag) in codes {
+            // validate() refuses an empty system, the only name intern() turns down.
+            if let Ok(system) = systems.intern(&code.system) {
+                by_code
+                    .entry(code.code.clone())
+                    .or_default()
+                    .push((system, tag));
+            }
+        }
+        ValueSet { by_code }
+    }
+
+    /// The first coding whose code and system (by any of its names) are in the set; else the
+    /// first configured code under an unknown system, as a near miss.
+    fn classify(
+        &self,
+        systems: &CodeSystems,
+        concept: Option<&CodeableConcept<'_>>,
+    ) -> CodeMatch<T> {
+        let Some(concept) = concept else {
+            return CodeMatch::NotInSet;
+        };
+        let mut near_miss = None;
+        for coding in &concept.coding {
+            let Some(candidates) = coding.code.as_deref().and_then(|c| self.by_code.get(c)) else {
+                continue;
+            };
+            match coding.system.as_deref() {
+                None => {
+                    near_miss.get_or_insert_with(|| "(no system)".to_owned());
+                }
+                Some(name) => match systems.identify(name) {
+                    Some(system) => {
+                        if let Some((_, tag)) = candidates.iter().find(|(s, _)| *s == system) {
+                            return CodeMatch::Found(*tag);
+                        }
+                    }
+                    None => {
+                        near_miss.get_or_insert_with(|| name.to_owned());
+                    }
+                },
+            }
+        }
+        match near_miss {
+            Some(system) => CodeMatch::NearMiss(system),
+            None => CodeMatch::NotInSet,
+        }
+    }
+}
+
+/// The calendar dates a procedure or result may plausibly carry.
+#[derive(Debug, Clone, Copy)]
+struct PlausibleDates {
+    earliest: NaiveDate,
+    latest: NaiveDate,
+}
+
+impl PlausibleDates {
+    fn contain(&self, date: NaiveDate) -> bool {
+        (self.earliest..=self.latest).contains(&date)
+    }
+}
+
+/// Code lookups and limits built once from the config and the as-of date.
+pub struct Ingestor {
+    systems: CodeSystems,
+    observation_codes: ValueSet<CodeFamily>,
+    tare_codes: ValueSet<()>,
+    hcc_codes: ValueSet<()>,
+    accepted_statuses: Vec<String>,
+    tz: Tz,
+    config: crate::config::IngestConfig,
+    dates: PlausibleDates,
+    /// `markers.*.plausible_max`, in the canonical unit.
+    plausible_max: FxHashMap<Marker, f64>,
+    /// In a sharded run, only the resources of this shard's patients are read and counted.
+    shard: Option<crate::cohort::Shard>,
 }
 
 impl Ingestor {
-    pub fn new(config: &Config) -> Ingestor {
-        let mut observation_codes: FxHashMap<String, Vec<(String, CodeFamily)>> =
-            FxHashMap::default();
-        let families = [
-            (&config.codes.pivka, CodeFamily::Pivka),
-            (&config.codes.afp, CodeFamily::Afp),
-            (&config.codes.afp_l3, CodeFamily::AfpL3),
-            (&config.codes.albumin, CodeFamily::Albumin),
-            (&config.codes.bilirubin, CodeFamily::Bilirubin),
-        ];
-        for (codes, family) in families {
-            for code in codes {
-                observation_codes
-                    .entry(code.code.clone())
-                    .or_default()
-                    .push((code.system.clone(), family));
-            }
-        }
+    /// Dates are plausible from `ingest.earliest_plausible_date` to `as_of` plus
+    /// `ingest.latest_plausible_days_after_as_of`.
+    pub fn new(config: &Config, as_of: NaiveDate) -> Ingestor {
+        // validate() has refused a configuration whose aliases conflict.
+        let mut systems = config
+            .code_systems()
+            .unwrap_or_else(|_| CodeSystems::built_in());
+        let codes = &config.codes;
+        let observation_codes = ValueSet::new(
+            &mut systems,
+            [
+                (&codes.pivka, CodeFamily::Pivka),
+                (&codes.afp, CodeFamily::Afp),
+                (&codes.afp_l3, CodeFamily::AfpL3),
+                (&codes.albumin, CodeFamily::Albumin),
+                (&codes.bilirubin, CodeFamily::Bilirubin),
+            ]
+            .into_iter()
+            .flat_map(|(set, family)| set.iter().map(move |code| (code, family))),
+        );
+        let tare_codes = ValueSet::new(&mut systems, codes.tare_procedure.iter().map(|c| (c, ())));
+        let hcc_codes = ValueSet::new(&mut systems, codes.hcc_condition.iter().map(|c| (c, ())));
+        let latest = as_of
+            .checked_add_signed(Duration::days(
+                config.ingest.latest_plausible_days_after_as_of,
+            ))
+            .unwrap_or(NaiveDate::MAX);
         Ingestor {
+            systems,
             observation_codes,
-            tare_codes: config.codes.tare_procedure.clone(),
-            hcc_codes: config.codes.hcc_condition.clone(),
+            tare_codes,
+            hcc_codes,
             accepted_statuses: config.ingest.accepted_statuses.clone(),
             tz: config.time_zone(),
             config: config.ingest.clone(),
+            dates: PlausibleDates {
+                earliest: config.ingest.earliest_plausible_date,
+                latest,
+            },
+            plausible_max: Marker::ALL
+                .into_iter()
+                .map(|m| (m, config.markers.get(m).plausible_max))
+                .collect(),
             shard: None,
         }
     }
@@ -363,34 +573,53 @@ impl Ingestor {
         }
     }
 
+    /// `ingest.max_line_bytes`: a longer line is skipped unread.
+    pub fn max_line_bytes(&self) -> usize {
+        self.config.max_line_bytes
+    }
+
+    /// Whether this run's shard counts what cannot be tied to a patient (a line that is not
+    /// text, a line too long to read).
+    pub fn counts_unattributable(&self) -> bool {
+        self.shard.is_none_or(|shard| shard.index == 0)
+    }
+
     /// Reads one NDJSON line expected to hold a resource of `expected`.
     pub fn read_line<'a>(&self, expected: ResourceType, line: &'a str) -> LineOutcome<'a> {
         let parsed = match expected {
             ResourceType::Observation => {
-                serde_json::from_str::<ObservationIn>(line).map(|o| self.observation(o))
+                serde_json::from_str::<ObservationIn>(line).map(|o| self.observation(o, line))
             }
             ResourceType::Patient => {
-                serde_json::from_str::<PatientIn>(line).map(|p| self.patient(p))
+                serde_json::from_str::<PatientIn>(line).map(|p| self.patient(p, line))
             }
             ResourceType::Procedure => {
-                serde_json::from_str::<ProcedureIn>(line).map(|p| self.procedure(p))
+                serde_json::from_str::<ProcedureIn>(line).map(|p| self.procedure(p, line))
             }
             ResourceType::Condition => {
-                serde_json::from_str::<ConditionIn>(line).map(|c| self.condition(c))
+                serde_json::from_str::<ConditionIn>(line).map(|c| self.condition(c, line))
             }
         };
         match parsed {
             Ok(outcome) => outcome,
             Err(error) => {
                 // Recover the id where the JSON itself is sound, so the data manager can find it.
-                let id = resource_header(line).and_then(|h| h.id.map(Cow::into_owned));
+                let id = resource_header(line)
+                    .and_then(|h| h.id.map(Cow::into_owned))
+                    .filter(|id| is_fhir_id(id));
                 LineOutcome::Skipped(Skip {
                     reason: SkipReason::InvalidJson,
                     resource_id: id,
                     detail: Some(error.to_string()),
+                    copy: None,
                 })
             }
         }
+    }
+
+    fn rank(meta: Option<&Meta<'_>>, line: &str) -> CopyRank {
+        let (last_updated, version_id) = version_of(meta);
+        CopyRank::new(last_updated, version_id, content_fingerprint(line))
     }
 
     fn check_type(
@@ -402,48 +631,98 @@ impl Ingestor {
             Some(t) if t == expected.name() => None,
             other => Some(skip(
                 SkipReason::UnexpectedResourceType,
-                id,
+                id.filter(|id| is_fhir_id(id)),
                 Some(format!(
                     "expected {}, found {}",
                     expected.name(),
-                    other.map(|s| s.as_ref()).unwrap_or("no resourceType")
+                    other
+                        .map(|s| describe_bad_id(s))
+                        .unwrap_or_else(|| "no resourceType".into())
                 )),
             )),
         }
     }
 
-    fn observation_family(&self, code: Option<&CodeableConcept<'_>>) -> Option<CodeFamily> {
-        code?.coding.iter().find_map(|coding| {
-            let candidates = self.observation_codes.get(coding.code.as_deref()?)?;
-            candidates
-                .iter()
-                .find(|(system, _)| coding.system.as_deref() == Some(system.as_str()))
-                .map(|(_, family)| *family)
-        })
+    /// The resource's own id, when it is a FHIR id; else why it is left out.
+    fn own_id<'i>(id: Option<&'i Cow<'_, str>>) -> Result<&'i str, Skip> {
+        let left_out = |reason, detail| Skip {
+            reason,
+            resource_id: None,
+            detail,
+            copy: None,
+        };
+        match id {
+            None => Err(left_out(SkipReason::NoId, None)),
+            Some(id) if !is_fhir_id(id) => Err(left_out(
+                SkipReason::InvalidId,
+                Some(format!("id {}", describe_bad_id(id))),
+            )),
+            Some(id) => Ok(id),
+        }
     }
 
-    fn observation<'a>(&self, o: ObservationIn<'a>) -> LineOutcome<'a> {
+    /// The subject's patient id, when it is a FHIR id; else why the resource is left out.
+    fn subject<'a>(
+        subject: Option<&Reference<'a>>,
+        id: &str,
+        rank: CopyRank,
+    ) -> Result<Cow<'a, str>, Skip> {
+        let left_out = |reason, detail| Skip {
+            reason,
+            resource_id: Some(id.to_owned()),
+            detail,
+            copy: Some(rank),
+        };
+        match subject_patient_id(subject) {
+            None => Err(left_out(SkipReason::NoPatientReference, None)),
+            Some(patient) if !is_fhir_id(&patient) => Err(left_out(
+                SkipReason::InvalidId,
+                Some(format!("subject Patient/{}", describe_bad_id(&patient))),
+            )),
+            Some(patient) => Ok(patient),
+        }
+    }
+
+    fn near_miss<'a>(id: Option<&Cow<'_, str>>, system: String) -> LineOutcome<'a> {
+        skip(
+            SkipReason::CodeUnderUnknownSystem,
+            id.filter(|id| is_fhir_id(id)),
+            Some(system),
+        )
+    }
+
+    fn observation<'a>(&self, o: ObservationIn<'a>, line: &str) -> LineOutcome<'a> {
         let id = o.id.as_ref();
         if let Some(wrong) =
             Self::check_type(ResourceType::Observation, o.resource_type.as_ref(), id)
         {
             return wrong;
         }
-        let Some(family) = self.observation_family(o.code.as_ref()) else {
-            return skip(SkipReason::NotMonitoredCode, id, None);
+        let family = match self
+            .observation_codes
+            .classify(&self.systems, o.code.as_ref())
+        {
+            CodeMatch::Found(family) => family,
+            CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
+            CodeMatch::NotInSet => return skip(SkipReason::NotMonitoredCode, id, None),
         };
-        let Some(observation_id) = id else {
-            return skip(SkipReason::NoId, None, None);
+        let observation_id = match Self::own_id(id) {
+            Ok(id) => id,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
-        let Some(patient_id) = subject_patient_id(o.subject.as_ref()) else {
-            return skip(SkipReason::NoPatientReference, id, None);
+        let rank = Self::rank(o.meta.as_ref(), line);
+        let left_out =
+            |reason, detail: Option<String>| skip_copy(reason, observation_id, detail, rank);
+        let patient_id = match Self::subject(o.subject.as_ref(), observation_id, rank) {
+            Ok(patient) => patient,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
         let status = o.status.as_deref().unwrap_or("");
         if !self.accepted_statuses.iter().any(|s| s == status) {
-            return skip(SkipReason::StatusNotAccepted, id, Some(status.to_owned()));
+            return left_out(SkipReason::StatusNotAccepted, Some(status.to_owned()));
         }
         if o.data_absent_reason.is_some() {
-            return skip(SkipReason::DataAbsentReason, id, None);
+            return left_out(SkipReason::DataAbsentReason, None);
         }
         let time_text = o
             .effective_date_time
@@ -451,106 +730,123 @@ impl Ingestor {
             .or(o.effective_period.as_ref().and_then(|p| p.start.as_deref()))
             .or(o.effective_instant.as_deref());
         let Some(time_text) = time_text else {
-            return skip(SkipReason::NoEffectiveTime, id, None);
+            return left_out(SkipReason::NoEffectiveTime, None);
         };
         let moment = match time::parse_moment(time_text, self.tz) {
             Ok(m) => m,
             Err(time::TimeError::NotAFullDate) => {
-                return skip(
+                return left_out(
                     SkipReason::EffectiveTimeNotAFullDate,
-                    id,
                     Some(time_text.to_owned()),
                 )
             }
             Err(time::TimeError::Invalid) => {
-                return skip(
-                    SkipReason::InvalidEffectiveTime,
-                    id,
-                    Some(time_text.to_owned()),
-                )
+                return left_out(SkipReason::InvalidEffectiveTime, Some(time_text.to_owned()))
             }
         };
+        if !self.dates.contain(moment.date) {
+            return left_out(
+                SkipReason::DateOutsidePlausibleRange,
+                Some(time_text.to_owned()),
+            );
+        }
         // The number, its censoring and its unit, from valueQuantity or valueString.
         let (number, censoring, ucum, printed) = if let Some(q) = &o.value_quantity {
             let Some(number) = q.value else {
-                return skip(SkipReason::NoValue, id, None);
+                return left_out(SkipReason::NoValue, None);
             };
             let Some(censoring) = units::censoring_of(q.comparator.as_deref()) else {
-                return skip(
+                return left_out(
                     SkipReason::UnknownComparator,
-                    id,
                     q.comparator.as_deref().map(str::to_owned),
                 );
             };
-            (number, censoring, q.code.as_deref(), q.unit.as_deref())
+            // `code` is a UCUM code only under UCUM (by any of its names) or no system.
+            let ucum = q
+                .code
+                .as_deref()
+                .filter(|_| self.systems.is_ucum(q.system.as_deref()));
+            (number, censoring, ucum, q.unit.as_deref())
         } else if let Some(text) = o.value_string.as_deref() {
             match units::parse_value_string(text) {
                 Ok(p) => (p.number, p.censoring, None, Some(p.unit)),
                 Err(units::ValueStringError::NoUnit) => {
-                    return skip(
-                        SkipReason::ValueStringWithoutUnit,
-                        id,
-                        Some(text.to_owned()),
-                    )
+                    return left_out(SkipReason::ValueStringWithoutUnit, Some(text.to_owned()))
                 }
                 Err(units::ValueStringError::NotANumber) => {
-                    return skip(SkipReason::ValueStringNotANumber, id, Some(text.to_owned()))
+                    return left_out(SkipReason::ValueStringNotANumber, Some(text.to_owned()))
                 }
             }
         } else {
-            return skip(SkipReason::NoValue, id, None);
+            return left_out(SkipReason::NoValue, None);
         };
-        if !number.is_finite() {
-            return skip(SkipReason::NoValue, id, Some(number.to_string()));
+        if !number.is_finite() || number < 0.0 {
+            return left_out(SkipReason::ImplausibleValue, Some(number.to_string()));
         }
         let Some((marker, factor)) = units::resolve_unit(family, ucum, printed, &self.config)
         else {
             let unit = ucum.or(printed).unwrap_or("(none)");
-            return skip(SkipReason::UnknownUnit, id, Some(unit.to_owned()));
+            return left_out(SkipReason::UnknownUnit, Some(unit.to_owned()));
         };
+        let value = units::in_canonical_unit(number, factor);
+        let plausible_max = self.plausible_max[&marker];
+        if value > plausible_max {
+            return left_out(
+                SkipReason::ImplausibleValue,
+                Some(format!(
+                    "{} {} is above the plausible maximum of {} (markers.{}.plausible_max)",
+                    value,
+                    marker.canonical_unit(),
+                    plausible_max,
+                    marker.key()
+                )),
+            );
+        }
         // referenceRange.high counts only when it converts into the same marker.
         let reference_high = o.reference_range.iter().find_map(|range| {
             let high = range.high.as_ref()?;
-            let value = high.value?;
+            let value = high.value.filter(|v| v.is_finite() && *v >= 0.0)?;
             let (range_marker, range_factor) = units::resolve_unit(
                 family,
                 high.code.as_deref().or(ucum),
                 high.unit.as_deref().or(printed),
                 &self.config,
             )?;
-            (range_marker == marker).then_some(value * range_factor)
+            (range_marker == marker).then(|| units::in_canonical_unit(value, range_factor))
         });
-        let last_updated_ms = o
-            .meta
-            .as_ref()
-            .and_then(|m| m.last_updated.as_deref())
-            .and_then(time::parse_instant_ms);
         LineOutcome::Record(Record::Value {
             patient_id,
             value: MarkerValue {
                 marker,
-                value: number * factor,
+                value,
                 censoring,
                 date: moment.date,
                 instant_ms: moment.instant_ms,
-                observation_id: observation_id.as_ref().into(),
+                observation_id: observation_id.into(),
                 reference_high,
-                last_updated_ms,
+                last_updated_ms: rank.last_updated_ms(),
                 note: note_text(&o.note),
             },
+            rank,
         })
     }
 
-    fn patient<'a>(&self, p: PatientIn<'a>) -> LineOutcome<'a> {
+    fn patient<'a>(&self, p: PatientIn<'a>, line: &str) -> LineOutcome<'a> {
         let id = p.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Patient, p.resource_type.as_ref(), id) {
             return wrong;
         }
-        let Some(patient_id) = id else {
-            return skip(SkipReason::NoId, None, None);
+        let patient_id = match Self::own_id(id) {
+            Ok(id) => id,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
-        let birth_date = p.birth_date.as_deref().and_then(time::parse_date);
-        // A partial or invalid birth date is kept as unknown (evaluated and noted).
+        // A partial, invalid or implausible birth date is kept as unknown (evaluated and
+        // noted).
+        let birth_date = p
+            .birth_date
+            .as_deref()
+            .and_then(time::parse_date)
+            .filter(|d| *d >= self.dates.earliest && *d <= self.dates.latest);
         // The first name as text, or given names and family name.
         let name = p.name.first().and_then(|n| match &n.text {
             Some(text) => Some(text.to_string()),
@@ -565,69 +861,85 @@ impl Ingestor {
             }
         });
         LineOutcome::Record(Record::Patient {
-            patient_id: Cow::Owned(patient_id.to_string()),
+            patient_id: Cow::Owned(patient_id.to_owned()),
             birth_date,
             name,
+            rank: Self::rank(p.meta.as_ref(), line),
         })
     }
 
-    fn procedure<'a>(&self, p: ProcedureIn<'a>) -> LineOutcome<'a> {
+    fn procedure<'a>(&self, p: ProcedureIn<'a>, line: &str) -> LineOutcome<'a> {
         let id = p.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Procedure, p.resource_type.as_ref(), id)
         {
             return wrong;
         }
-        if !codes_match(p.code.as_ref(), &self.tare_codes) {
-            return LineOutcome::NotRelevant;
+        match self.tare_codes.classify(&self.systems, p.code.as_ref()) {
+            CodeMatch::Found(()) => {}
+            CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
+            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
         }
-        let Some(procedure_id) = id else {
-            return skip(SkipReason::NoId, None, None);
+        let procedure_id = match Self::own_id(id) {
+            Ok(id) => id,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
-        let Some(patient_id) = subject_patient_id(p.subject.as_ref()) else {
-            return skip(SkipReason::NoPatientReference, id, None);
+        let rank = Self::rank(p.meta.as_ref(), line);
+        let left_out =
+            |reason, detail: Option<String>| skip_copy(reason, procedure_id, detail, rank);
+        let patient_id = match Self::subject(p.subject.as_ref(), procedure_id, rank) {
+            Ok(patient) => patient,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
         let status = p.status.as_deref().unwrap_or("");
         if status != "completed" {
-            return skip(
-                SkipReason::ProcedureNotCompleted,
-                id,
-                Some(status.to_owned()),
-            );
+            return left_out(SkipReason::ProcedureNotCompleted, Some(status.to_owned()));
         }
         let performed = p.performed_date_time.as_deref().or(p
             .performed_period
             .as_ref()
             .and_then(|pp| pp.start.as_deref()));
         let Some(performed) = performed else {
-            return skip(SkipReason::ProcedureNoPerformedDate, id, None);
+            return left_out(SkipReason::ProcedureNoPerformedDate, None);
         };
         match time::parse_moment(performed, self.tz) {
+            Ok(moment) if !self.dates.contain(moment.date) => left_out(
+                SkipReason::DateOutsidePlausibleRange,
+                Some(performed.to_owned()),
+            ),
             Ok(moment) => LineOutcome::Record(Record::Tare {
                 patient_id,
                 procedure: TareProcedure {
-                    procedure_id: procedure_id.to_string(),
+                    procedure_id: procedure_id.to_owned(),
                     date: moment.date,
                 },
+                rank,
             }),
-            Err(_) => skip(
+            Err(_) => left_out(
                 SkipReason::ProcedureNoPerformedDate,
-                id,
                 Some(performed.to_owned()),
             ),
         }
     }
 
-    fn condition<'a>(&self, c: ConditionIn<'a>) -> LineOutcome<'a> {
+    fn condition<'a>(&self, c: ConditionIn<'a>, line: &str) -> LineOutcome<'a> {
         let id = c.id.as_ref();
         if let Some(wrong) = Self::check_type(ResourceType::Condition, c.resource_type.as_ref(), id)
         {
             return wrong;
         }
-        if !codes_match(c.code.as_ref(), &self.hcc_codes) {
-            return LineOutcome::NotRelevant;
+        match self.hcc_codes.classify(&self.systems, c.code.as_ref()) {
+            CodeMatch::Found(()) => {}
+            CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
+            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
         }
-        let Some(patient_id) = subject_patient_id(c.subject.as_ref()) else {
-            return skip(SkipReason::NoPatientReference, id, None);
+        let condition_id = match Self::own_id(id) {
+            Ok(id) => id,
+            Err(skip) => return LineOutcome::Skipped(skip),
+        };
+        let rank = Self::rank(c.meta.as_ref(), line);
+        let patient_id = match Self::subject(c.subject.as_ref(), condition_id, rank) {
+            Ok(patient) => patient,
+            Err(skip) => return LineOutcome::Skipped(skip),
         };
         let refuted = c.verification_status.as_ref().is_some_and(|v| {
             v.coding.iter().any(|coding| {
@@ -638,9 +950,18 @@ impl Ingestor {
             })
         });
         if refuted {
-            return skip(SkipReason::ConditionRefutedOrEnteredInError, id, None);
+            return skip_copy(
+                SkipReason::ConditionRefutedOrEnteredInError,
+                condition_id,
+                None,
+                rank,
+            );
         }
-        LineOutcome::Record(Record::HccCondition { patient_id })
+        LineOutcome::Record(Record::HccCondition {
+            patient_id,
+            condition_id: condition_id.into(),
+            rank,
+        })
     }
 }
 
@@ -661,5 +982,27 @@ mod tests {
     #[test]
     fn censoring_is_exact_without_comparator() {
         assert_eq!(units::censoring_of(None), Some(Censoring::Exact));
+    }
+
+    #[test]
+    fn copy_rank_orders_last_updated_then_version_then_content() {
+        let rank = CopyRank::new;
+        assert!(rank(None, Some(9), 9) < rank(Some(0), None, 0));
+        assert!(rank(Some(5), None, 9) < rank(Some(5), Some(0), 0));
+        assert!(rank(Some(5), Some(1), 9) < rank(Some(5), Some(2), 0));
+        assert!(rank(Some(5), Some(2), 1) < rank(Some(5), Some(2), 2));
+        assert_eq!(rank(Some(7), None, 0).last_updated_ms(), Some(7));
+        assert_eq!(rank(None, None, 0).last_updated_ms(), None);
+    }
+
+    #[test]
+    fn fhir_ids_are_checked_by_their_grammar() {
+        assert!(is_fhir_id("demo-01.a"));
+        assert!(is_fhir_id(&"a".repeat(64)));
+        assert!(!is_fhir_id(&"a".repeat(65)));
+        for bad in ["", "é1", "a/b", "a b", "a\u{0}"] {
+            assert!(!is_fhir_id(bad), "{bad:?}");
+        }
+        assert_eq!(describe_bad_id("a\u{0}b"), "\"a\\0b\"");
     }
 }

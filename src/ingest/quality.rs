@@ -62,6 +62,7 @@ fn categorical(reason: SkipReason) -> bool {
             | SkipReason::UnknownComparator
             | SkipReason::ProcedureNotCompleted
             | SkipReason::UnexpectedResourceType
+            | SkipReason::CodeUnderUnknownSystem
     )
 }
 
@@ -110,6 +111,11 @@ impl DataQuality {
             entry.examples.sort();
             entry.examples.truncate(MAX_EXAMPLES);
         }
+    }
+
+    /// Resources of a type read (non-blank lines, search entries).
+    pub fn read_of(&self, kind: ResourceType) -> u64 {
+        self.by_type.get(kind.name()).map_or(0, |t| t.read)
     }
 
     pub fn left_out_count(&self, kind: ResourceType, reason: SkipReason) -> u64 {

@@ -102,6 +102,31 @@ pub fn resolve_unit(
     }
 }
 
+/// Decimals in the shortest text that reads back as `x` (`1300.3` -> 1, `17.1` -> 1, `40` -> 0).
+fn decimals(x: f64) -> u32 {
+    let text = x.to_string();
+    text.split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len() as u32)
+}
+
+/// `number` x `factor`, rounded to the decimals the exact decimal product has (the number's
+/// plus the factor's): 1300.3 IU/mL x 1.21 is 1573.363 ng/mL, not 1573.3629999999998. A value
+/// a person reads never carries more digits than its source and the conversion.
+pub fn in_canonical_unit(number: f64, factor: f64) -> f64 {
+    let product = number * factor;
+    if factor == 1.0 {
+        return product;
+    }
+    let places = decimals(number) + decimals(factor);
+    let scale = 10f64.powi(places as i32);
+    let scaled = product * scale;
+    // Past 2^53 a float has no fractional digits to clean (and the scale could overflow).
+    if places > 15 || !scaled.is_finite() || scaled.abs() >= 9_007_199_254_740_992.0 {
+        return product;
+    }
+    scaled.round() / scale
+}
+
 /// Maps a FHIR `Quantity.comparator`.
 pub fn censoring_of(comparator: Option<&str>) -> Option<Censoring> {
     match comparator {
@@ -260,6 +285,17 @@ mod tests {
             resolve_unit(CodeFamily::Bilirubin, None, Some("µmol/L"), &conv()),
             Some((Marker::Bilirubin, 1.0))
         );
+    }
+
+    #[test]
+    fn converted_values_keep_the_precision_of_their_source() {
+        assert_eq!(in_canonical_unit(1300.3, 1.21), 1573.363);
+        assert_eq!(in_canonical_unit(1.2, 17.1), 20.52);
+        assert_eq!(in_canonical_unit(3.5, 10.0), 35.0);
+        assert_eq!(in_canonical_unit(88000.0, 1.0), 88000.0);
+        assert_eq!(in_canonical_unit(0.0, 1.21), 0.0);
+        // Numbers too large to have fractional digits are left as they are.
+        assert_eq!(in_canonical_unit(1e300, 1.21), 1e300 * 1.21);
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn chart(
 pub fn build(options: &ReportOptions, config: &Config) -> Result<Report, RunError> {
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let pool = run::thread_pool(config)?;
-    let loaded = run::load(&options.source, config, &pool)?;
+    let loaded = run::load(&options.source, config, options.as_of, &pool)?;
     let as_of = options.as_of;
     let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = pool.install(|| {
         loaded

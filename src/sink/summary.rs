@@ -75,8 +75,8 @@ pub struct RunSummary {
     pub watermark: Option<Watermark>,
     /// Files read, or searches run with their page counts.
     pub inputs: Vec<String>,
-    /// Files in the source folder that are not Bulk Data files the job reads.
-    pub inputs_ignored: Vec<String>,
+    /// Names in the source folder that were not read, each with the reason.
+    pub inputs_ignored: Vec<crate::source::ndjson::IgnoredInput>,
     pub threads: usize,
     pub patients: PatientCounts,
     /// marker -> response code -> number of episode rows.

@@ -7,7 +7,7 @@ pub mod ndjson;
 pub mod search;
 
 use crate::domain::PatientTimeline;
-use crate::ingest::{DataQuality, Ingestor, LineOutcome, Record, ResourceType};
+use crate::ingest::{DataQuality, Ingestor, LineOutcome, ResourceType};
 use crate::timeline::CohortBuilder;
 
 /// What a source read: one timeline per patient, and the counts of what was used and left out.
@@ -16,8 +16,8 @@ pub struct Loaded {
     pub quality: DataQuality,
     /// Files read, or searches run (with their page counts).
     pub inputs: Vec<String>,
-    /// Files in the folder that are not Bulk Data files of a type the job reads.
-    pub ignored_inputs: Vec<String>,
+    /// Names in the folder that were not read, with the reason.
+    pub ignored_inputs: Vec<ndjson::IgnoredInput>,
 }
 
 /// Records and counts collected by one worker.
@@ -44,12 +44,11 @@ impl Collected {
         }
         self.quality.count_read(kind, 1);
         match outcome {
-            LineOutcome::Record(record) => {
-                if !matches!(record, Record::Value { .. }) {
-                    // Observations are counted as accepted after duplicates are removed.
-                    self.quality.count_accepted(kind, 1);
-                }
-                self.cohort.add(record);
+            // Records are counted as accepted once copies and duplicates are resolved.
+            LineOutcome::Record(record) => self.cohort.add(record),
+            // A copy of a resource the job follows competes with the other copies of its id.
+            LineOutcome::Skipped(skip) if skip.copy.is_some() => {
+                self.cohort.add_skipped_copy(kind, skip)
             }
             LineOutcome::Skipped(skip) => self.quality.count_skip(kind, skip, location),
             LineOutcome::NotRelevant => self.quality.count_not_relevant(kind),
@@ -63,7 +62,11 @@ impl Collected {
     }
 
     /// Sorts, de-duplicates and counts (on the current rayon pool).
-    pub(crate) fn finish(self, inputs: Vec<String>, ignored_inputs: Vec<String>) -> Loaded {
+    pub(crate) fn finish(
+        self,
+        inputs: Vec<String>,
+        ignored_inputs: Vec<ndjson::IgnoredInput>,
+    ) -> Loaded {
         let mut quality = self.quality;
         let timelines = self.cohort.finish(&mut quality);
         Loaded {

@@ -3,7 +3,7 @@
 //! into one cohort as they finish, so memory holds compact records, not the files.
 
 use super::{Collected, Loaded};
-use crate::ingest::{Ingestor, LineOutcome, ResourceType};
+use crate::ingest::{Ingestor, LineOutcome, ResourceType, Skip, SkipReason};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -23,12 +23,18 @@ pub enum SourceError {
         "source folder {0} holds no Patient, Condition, Procedure or Observation .ndjson files"
     )]
     NoFiles(String),
+    /// Without Observations nothing can be evaluated: a wrong folder, an export that failed.
+    #[error("source folder {0} holds no Observation data (no Observation*.ndjson file with a line in it)")]
+    NoObservations(String),
     #[error("cannot read {path} after line {line}: {source}")]
     File {
         path: String,
         line: u64,
         source: std::io::Error,
     },
+    /// SIGINT or SIGTERM: the read stopped between two blocks.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// One input file and the resource type its name declares.
@@ -39,11 +45,18 @@ pub struct SourceFile {
     pub gzip: bool,
 }
 
+/// A name in the folder that is not read, and why (listed in the run summary).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct IgnoredInput {
+    pub name: String,
+    pub reason: String,
+}
+
 /// The files of a Bulk Data folder, sorted by name, and the names it ignored.
 #[derive(Debug, Clone, Default)]
 pub struct Discovered {
     pub files: Vec<SourceFile>,
-    pub ignored: Vec<String>,
+    pub ignored: Vec<IgnoredInput>,
 }
 
 /// `Observation.ndjson`, `Observation-2.ndjson.gz`, `Observation.000.ndjson`: the type is the
@@ -60,32 +73,86 @@ fn classify(name: &str) -> Option<(ResourceType, bool)> {
     })
 }
 
+/// Why a Bulk Data name cannot be read as a file, following symbolic links (as Kubernetes
+/// volumes and many export tools present files); `None` when it can.
+fn unreadable(path: &Path) -> Option<String> {
+    let link = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) if meta.is_dir() => Some("a folder, not a file".into()),
+        Ok(_) => Some("not a regular file".into()),
+        Err(e) if link && e.kind() == std::io::ErrorKind::NotFound => {
+            Some("a symbolic link whose target is missing".into())
+        }
+        // ELOOP: the link leads back to itself.
+        Err(e) if link && e.raw_os_error() == Some(40) => Some("a loop of symbolic links".into()),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    }
+}
+
+/// The identity of the file a path leads to, so two names for one file are read once.
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    let _ = path;
+    None
+}
+
 pub fn discover(dir: &Path) -> Result<Discovered, SourceError> {
     let folder_error = |source| SourceError::Folder {
         path: dir.display().to_string(),
         source,
     };
     let mut discovered = Discovered::default();
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(folder_error)? {
         let entry = entry.map_err(folder_error)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.file_type().map_err(folder_error)?.is_file() {
+        names.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    // Sorted first, so of two names for one file the first in name order is the one read.
+    names.sort();
+    let mut seen: rustc_hash::FxHashMap<(u64, u64), String> = Default::default();
+    for (name, path) in names {
+        let ignore = |reason: String| IgnoredInput {
+            name: name.clone(),
+            reason,
+        };
+        let Some((kind, gzip)) = classify(&name) else {
+            let reason = match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => "a folder: the job reads the files of one folder",
+                _ => "not a Bulk Data file of a type the job reads",
+            };
+            discovered.ignored.push(ignore(reason.into()));
+            continue;
+        };
+        if let Some(reason) = unreadable(&path) {
+            discovered.ignored.push(ignore(reason));
             continue;
         }
-        match classify(&name) {
-            Some((kind, gzip)) => discovered.files.push(SourceFile {
-                path: entry.path(),
-                kind,
-                gzip,
-            }),
-            None => discovered.ignored.push(name),
+        if let Some(identity) = file_identity(&path) {
+            if let Some(first) = seen.get(&identity) {
+                discovered
+                    .ignored
+                    .push(ignore(format!("the same file as {first}, which is read")));
+                continue;
+            }
+            seen.insert(identity, name.clone());
         }
+        discovered.files.push(SourceFile { path, kind, gzip });
     }
     if discovered.files.is_empty() {
         return Err(SourceError::NoFiles(dir.display().to_string()));
     }
-    discovered.files.sort_by(|a, b| a.path.cmp(&b.path));
-    discovered.ignored.sort();
     Ok(discovered)
 }
 
@@ -96,6 +163,8 @@ pub struct Block {
     /// 1-based number of the block's first line in its file.
     pub first_line: u64,
     pub bytes: Vec<u8>,
+    /// Lines longer than the limit, skipped unread before this block's lines (numbers).
+    pub too_long: Vec<u64>,
 }
 
 /// Block buffers handed back after parsing, so a large run reuses a few megabytes instead of
@@ -121,10 +190,14 @@ impl BufferPool {
     }
 }
 
-/// Reads the files one after another as blocks of whole lines.
+/// Reads the files one after another as blocks of whole lines. A line longer than
+/// `max_line` is never held whole: it is read past and its number reported, so memory stays
+/// within a few blocks and time grows linearly whatever the input (a gzip stream that expands
+/// to gigabytes without a newline included).
 pub struct BlockReader<'a> {
     files: &'a [SourceFile],
     pool: &'a BufferPool,
+    max_line: usize,
     file_index: usize,
     reader: Option<Box<dyn Read + Send>>,
     carry: Vec<u8>,
@@ -132,11 +205,17 @@ pub struct BlockReader<'a> {
     failed: bool,
 }
 
+/// Appends up to `limit` bytes from `reader` to `bytes`; returns how many.
+fn read_chunk(reader: &mut dyn Read, bytes: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    reader.take(limit as u64).read_to_end(bytes)
+}
+
 impl<'a> BlockReader<'a> {
-    pub fn new(files: &'a [SourceFile], pool: &'a BufferPool) -> Self {
+    pub fn new(files: &'a [SourceFile], pool: &'a BufferPool, max_line: usize) -> Self {
         BlockReader {
             files,
             pool,
+            max_line: max_line.max(1),
             file_index: 0,
             reader: None,
             carry: Vec::new(),
@@ -165,6 +244,21 @@ impl<'a> BlockReader<'a> {
             source,
         }))
     }
+
+    /// Reads past the rest of a line that is too long; returns what follows its newline
+    /// (empty at the end of the file).
+    fn skip_rest_of_line(reader: &mut dyn Read, scratch: &mut Vec<u8>) -> std::io::Result<()> {
+        loop {
+            scratch.clear();
+            if read_chunk(reader, scratch, BLOCK_BYTES)? == 0 {
+                return Ok(());
+            }
+            if let Some(pos) = memchr::memchr(b'\n', scratch) {
+                scratch.drain(..=pos);
+                return Ok(());
+            }
+        }
+    }
 }
 
 impl Iterator for BlockReader<'_> {
@@ -181,31 +275,41 @@ impl Iterator for BlockReader<'_> {
                     Err(e) => return self.error(e),
                 }
             }
+            // The partial line left by the previous block starts this one (no copy).
             let mut bytes = self.pool.take();
-            bytes.extend_from_slice(&self.carry);
-            self.carry.clear();
-            bytes.reserve(BLOCK_BYTES);
-            let reader = self.reader.as_mut().expect("opened above");
-            let read = match reader
-                .as_mut()
-                .take(BLOCK_BYTES as u64)
-                .read_to_end(&mut bytes)
-            {
-                Ok(n) => n,
-                Err(e) => return self.error(e),
+            std::mem::swap(&mut bytes, &mut self.carry);
+            let mut too_long = Vec::new();
+            // Bytes already known to hold no newline: only new bytes are searched.
+            let mut scanned = 0;
+            let at_end = loop {
+                let reader = self.reader.as_mut().expect("opened above");
+                match read_chunk(reader.as_mut(), &mut bytes, BLOCK_BYTES) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(e) => return self.error(e),
+                }
+                if memchr::memchr(b'\n', &bytes[scanned..]).is_some() {
+                    break false;
+                }
+                scanned = bytes.len();
+                if bytes.len() > self.max_line {
+                    // All of `bytes` is one unfinished line, already too long.
+                    too_long.push(self.next_line);
+                    self.next_line += 1;
+                    if let Err(e) = Self::skip_rest_of_line(reader.as_mut(), &mut bytes) {
+                        return self.error(e);
+                    }
+                    scanned = 0;
+                    if memchr::memchr(b'\n', &bytes).is_some() {
+                        break false;
+                    }
+                }
             };
-            let at_end = read == 0;
             if !at_end {
                 // Keep the partial last line for the next block.
-                match memchr::memrchr(b'\n', &bytes) {
-                    Some(pos) => {
-                        self.carry.extend_from_slice(&bytes[pos + 1..]);
-                        bytes.truncate(pos + 1);
-                    }
-                    None => {
-                        self.carry = bytes;
-                        continue;
-                    }
+                if let Some(pos) = memchr::memrchr(b'\n', &bytes) {
+                    self.carry.extend_from_slice(&bytes[pos + 1..]);
+                    bytes.truncate(pos + 1);
                 }
             }
             let block = Block {
@@ -213,13 +317,14 @@ impl Iterator for BlockReader<'_> {
                 kind: self.files[self.file_index].kind,
                 first_line: self.next_line,
                 bytes,
+                too_long,
             };
             self.next_line += memchr::memchr_iter(b'\n', &block.bytes).count() as u64;
             if at_end {
                 self.reader = None;
                 self.file_index += 1;
                 self.next_line = 1;
-                if block.bytes.is_empty() {
+                if block.bytes.is_empty() && block.too_long.is_empty() {
                     self.pool.give_back(block.bytes);
                     continue;
                 }
@@ -244,55 +349,99 @@ pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
 }
 
 fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &mut Collected) {
-    for (line_no, line) in lines(block) {
-        let location = || {
-            format!(
-                "line {line_no} of {}",
-                files[block.file_index]
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+    let file_name = || {
+        files[block.file_index]
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    // What no patient can be told for is counted by one shard only.
+    let count_unreadable = |into: &mut Collected, line_no: u64, reason, detail| {
+        if ingestor.counts_unattributable() {
+            into.quality.count_read(block.kind, 1);
+            into.quality.count_skip(
+                block.kind,
+                Skip {
+                    reason,
+                    resource_id: None,
+                    detail,
+                    copy: None,
+                },
+                || format!("line {line_no} of {}", file_name()),
             )
-        };
+        }
+    };
+    let max_line = ingestor.max_line_bytes();
+    let too_long = |n| Some(format!("longer than {n} bytes (ingest.max_line_bytes)"));
+    for &line_no in &block.too_long {
+        count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
+    }
+    for (line_no, line) in lines(block) {
+        if line.len() > max_line {
+            count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
+            continue;
+        }
+        // A byte-order mark some tools put before the first line is not part of the JSON.
+        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
         match std::str::from_utf8(line) {
-            Ok(text) => into.add_resource(ingestor, block.kind, text, location),
-            // Not text: no patient can be told, so it is shard 0's to count.
-            Err(_) if !ingestor.in_shard(&LineOutcome::NotRelevant, "") => {}
-            Err(e) => {
-                into.quality.count_read(block.kind, 1);
-                into.quality.count_skip(
-                    block.kind,
-                    crate::ingest::Skip {
-                        reason: crate::ingest::SkipReason::InvalidJson,
-                        resource_id: None,
-                        detail: Some(format!("not UTF-8: {e}")),
-                    },
-                    location,
-                )
-            }
+            Ok(text) => into.add_resource(ingestor, block.kind, text, || {
+                format!("line {line_no} of {}", file_name())
+            }),
+            Err(e) => count_unreadable(
+                into,
+                line_no,
+                SkipReason::InvalidJson,
+                Some(format!("not UTF-8: {e}")),
+            ),
         }
     }
 }
 
-/// Reads every file of the folder on the current rayon pool into patient timelines.
+/// Reads every file of the folder on the current rayon pool into patient timelines. A folder
+/// without Observation data is an error: nothing could be evaluated.
 pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
+    let loaded = read_folder(dir, ingestor)?;
+    if loaded.quality.read_of(ResourceType::Observation) == 0 {
+        return Err(SourceError::NoObservations(dir.display().to_string()));
+    }
+    Ok(loaded)
+}
+
+/// Reads the files of a Bulk Data export: an export with no files, or no Observations, is a
+/// valid empty result (nothing changed, or nothing to export).
+pub fn load_export(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
+    match read_folder(dir, ingestor) {
+        Err(SourceError::NoFiles(_)) => Ok(Collected::default().finish(Vec::new(), Vec::new())),
+        other => other,
+    }
+}
+
+fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     let discovered = discover(dir)?;
+    for ignored in &discovered.ignored {
+        tracing::warn!(file = %ignored.name, reason = %ignored.reason, "input not read");
+    }
     let files = discovered.files;
     let pool = BufferPool::default();
     // Each worker collects its own share; they merge at the end, so no lock is held while
     // parsing.
-    let (collected, error) = BlockReader::new(&files, &pool)
+    let (collected, error) = BlockReader::new(&files, &pool, ingestor.max_line_bytes())
         .par_bridge()
         .fold(
             || (Collected::default(), None),
-            |(mut collected, error): (Collected, Option<SourceError>), block| match block {
-                Ok(block) => {
-                    read_block(&block, &files, ingestor, &mut collected);
-                    pool.give_back(block.bytes);
-                    (collected, error)
+            |(mut collected, error): (Collected, Option<SourceError>), block| {
+                if crate::interrupt::requested() {
+                    return (collected, error.or(Some(SourceError::Interrupted)));
                 }
-                Err(e) => (collected, error.or(Some(e))),
+                match block {
+                    Ok(block) => {
+                        read_block(&block, &files, ingestor, &mut collected);
+                        pool.give_back(block.bytes);
+                        (collected, error)
+                    }
+                    Err(e) => (collected, error.or(Some(e))),
+                }
             },
         )
         .reduce(
@@ -317,7 +466,7 @@ pub fn parse_floor(dir: &Path, lean: Option<&Ingestor>) -> Result<u64, SourceErr
     let files = discover(dir)?.files;
     let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
     let pool = BufferPool::default();
-    let parsed = BlockReader::new(&files, &pool)
+    let parsed = BlockReader::new(&files, &pool, usize::MAX)
         .par_bridge()
         .map(|block| match block {
             Ok(block) => {
