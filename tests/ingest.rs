@@ -711,7 +711,7 @@ fn kept_values(
 
 #[test]
 fn copies_of_one_observation_id_keep_the_newest_and_count_the_others() {
-    let lines = vec![
+    let lines = [
         obs_copy("o1", "p1", 100.0, Some("2026-03-02T00:00:00Z"), Some("1")),
         obs_copy("o1", "p1", 120.0, Some("2026-03-02T00:00:00Z"), Some("2")),
         obs_copy("o1", "p1", 90.0, Some("2026-03-01T00:00:00Z"), Some("9")),
