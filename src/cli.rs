@@ -86,6 +86,11 @@ pub enum Command {
         /// With --export: export the members of this Group (`Group/ID/$export`).
         #[arg(long, value_name = "ID", requires = "export")]
         export_group: Option<String>,
+        /// Write back even when the run would cancel more than output.max_cancel_fraction of
+        /// the job's active DetectedIssues, or any when it read no TARE patient (the safety
+        /// valve otherwise stops it, exit code 6).
+        #[arg(long)]
+        allow_mass_cancel: bool,
     },
     /// Combine the part files of a sharded run into one markers.csv, flags.csv,
     /// detected-issues.ndjson and run-summary.json.

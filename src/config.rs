@@ -368,7 +368,7 @@ pub struct ServerConfig {
     pub max_pages_per_search: usize,
     /// Reading from the server (searches, or an export) stops with an error after this long;
     /// 0: no limit.
-    pub max_read_minutes: u64,
+    pub max_read_minutes: f64,
     /// Retries of one request stop once this long has passed since its first attempt.
     pub max_retry_secs: u64,
     /// An internal certificate authority (PEM) trusted besides the operating system's store
@@ -486,7 +486,7 @@ impl Default for ServerConfig {
             export_max_wait_secs: 3600,
             max_response_bytes: 256 << 20,
             max_pages_per_search: 100_000,
-            max_read_minutes: 720,
+            max_read_minutes: 720.0,
             max_retry_secs: 600,
             ca_file: None,
             client_cert_file: None,
@@ -699,7 +699,18 @@ impl Config {
                 "must be in year 1 or later".into(),
             );
         }
-        if !(0.0..=1.0).contains(&self.output.max_cancel_fraction) {
+        if !(self.server.max_read_minutes.is_finite() && self.server.max_read_minutes >= 0.0) {
+            return invalid(
+                "server.max_read_minutes",
+                format!(
+                    "{} must be 0 (no limit) or more",
+                    self.server.max_read_minutes
+                ),
+            );
+        }
+        if !(self.output.max_cancel_fraction.is_finite()
+            && (0.0..=1.0).contains(&self.output.max_cancel_fraction))
+        {
             return invalid(
                 "output.max_cancel_fraction",
                 format!(

@@ -325,6 +325,9 @@ pub enum LeftOutReason {
     AllEpisodesAfterAsOf,
     UnderMinimumAge,
     NoHccCondition,
+    /// The evaluation itself failed (a defect, or an input nobody foresaw): the patient is
+    /// listed with the message, and nothing of theirs on the server is touched.
+    EvaluationFailed,
 }
 
 impl LeftOutReason {
@@ -335,6 +338,7 @@ impl LeftOutReason {
             LeftOutReason::AllEpisodesAfterAsOf => "all_episodes_after_as_of",
             LeftOutReason::UnderMinimumAge => "under_minimum_age",
             LeftOutReason::NoHccCondition => "no_hcc_condition",
+            LeftOutReason::EvaluationFailed => "evaluation_failed",
         }
     }
 }
@@ -349,4 +353,19 @@ pub struct PatientFindings {
     pub episodes: Vec<EpisodeFindings>,
     pub episodes_under_minimum_age: usize,
     pub episodes_after_as_of: usize,
+    /// Why the evaluation failed (`left_out` is `EvaluationFailed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation_error: Option<String>,
+}
+
+impl PatientFindings {
+    /// A patient whose evaluation failed.
+    pub fn failed(patient_id: &str, message: String) -> PatientFindings {
+        PatientFindings {
+            patient_id: patient_id.to_owned(),
+            left_out: Some(LeftOutReason::EvaluationFailed),
+            evaluation_error: Some(message),
+            ..PatientFindings::default()
+        }
+    }
 }

@@ -24,7 +24,10 @@ pub fn explain(
         .ok_or_else(|| {
             anyhow::anyhow!("no resource in {source} refers to patient {patient_id:?}")
         })?;
-    let findings = evaluate_patient(timeline, config, as_of);
+    let findings = crate::isolation::isolated(|| evaluate_patient(timeline, config, as_of))
+        .map_err(|message| {
+            anyhow::anyhow!("the evaluation of patient {patient_id} failed: {message}")
+        })?;
     Ok(render(timeline, &findings, as_of, config))
 }
 

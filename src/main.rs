@@ -20,6 +20,10 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_SOURCE: u8 = 3;
 const EXIT_PATIENTS_FAILED: u8 = 4;
+const EXIT_EVALUATION_FAILED: u8 = 5;
+const EXIT_MASS_CANCEL: u8 = 6;
+const EXIT_LOCKED: u8 = 7;
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn load_config(common: &Common) -> Result<Config, u8> {
     let mut config = match &common.config {
@@ -48,16 +52,31 @@ fn source_of(common: &Common, config: &Config) -> Result<Source, u8> {
     }
 }
 
-fn as_of(common: &Common, config: &Config) -> chrono::NaiveDate {
-    common.as_of.unwrap_or_else(|| {
+fn as_of(common: &Common, config: &Config) -> Result<chrono::NaiveDate, u8> {
+    let date = common.as_of.unwrap_or_else(|| {
         chrono::Utc::now()
             .with_timezone(&config.time_zone())
             .date_naive()
-    })
+    });
+    let latest = chrono::NaiveDate::from_ymd_opt(9000, 12, 31).expect("a date");
+    if date < config.ingest.earliest_plausible_date || date > latest {
+        eprintln!(
+            "error: --as-of {date} lies outside {} .. {latest}",
+            config.ingest.earliest_plausible_date
+        );
+        return Err(EXIT_CONFIG);
+    }
+    Ok(date)
 }
 
 fn exit_code_of(error: &RunError) -> u8 {
+    use tare_marker_monitor::output::OutputError;
+    use tare_marker_monitor::source::ndjson::SourceError;
     match error {
+        RunError::Output(OutputError::Locked { .. }) => EXIT_LOCKED,
+        RunError::Interrupted
+        | RunError::Output(OutputError::Interrupted { .. })
+        | RunError::Source(SourceError::Interrupted) => EXIT_INTERRUPTED,
         RunError::Server(FhirError::Credentials(_)) | RunError::Cohort(_) | RunError::State(_) => {
             EXIT_CONFIG
         }
@@ -79,6 +98,11 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().with_current_span(false).init(),
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    tare_marker_monitor::isolation::install_panic_hook();
+    if let Err(e) = tare_marker_monitor::interrupt::install() {
+        eprintln!("error: cannot install the SIGINT/SIGTERM handlers: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
@@ -99,6 +123,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
             full,
             export,
             export_group,
+            allow_mass_cancel,
         } => {
             let mut config = load_config(&common)?;
             if export {
@@ -143,7 +168,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
             let options = RunOptions {
                 source: source_of(&common, &config)?,
                 dry_run,
-                as_of: as_of(&common, &config),
+                as_of: as_of(&common, &config)?,
                 out_dir: out,
                 cohort: run::CohortRequest {
                     patients: patient,
@@ -152,6 +177,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
                 },
                 shard,
                 full,
+                allow_mass_cancel,
             };
             let outcome = run::run(&options, &config).map_err(|e| {
                 eprintln!("error: {e}");
@@ -187,6 +213,22 @@ fn dispatch(command: Command) -> Result<(), u8> {
                     report.unchanged,
                     report.failed.len()
                 );
+            }
+            let failed = &s.patients.evaluation_failed;
+            if !failed.is_empty() {
+                eprintln!(
+                    "error: the evaluation of {} patients failed (listed with the reason under patients.evaluation_failed in run-summary.json); their DetectedIssues were left as they were",
+                    failed.len()
+                );
+                return Err(EXIT_EVALUATION_FAILED);
+            }
+            if let Some(report) = &s.write_back {
+                if let Some(valve) = &report.mass_cancel {
+                    eprintln!("error: {valve}");
+                    if !report.dry_run {
+                        return Err(EXIT_MASS_CANCEL);
+                    }
+                }
                 if !report.failed.is_empty() {
                     for failure in &report.failed {
                         eprintln!("error: patient {}: {}", failure.patient_id, failure.message);
@@ -205,7 +247,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
             let config = load_config(&common)?;
             let options = tare_marker_monitor::report::ReportOptions {
                 source: source_of(&common, &config)?,
-                as_of: as_of(&common, &config),
+                as_of: as_of(&common, &config)?,
                 from,
                 to,
                 out_dir: out,
@@ -246,7 +288,7 @@ fn dispatch(command: Command) -> Result<(), u8> {
         }
         Command::Explain { common, patient } => {
             let config = load_config(&common)?;
-            let date = as_of(&common, &config);
+            let date = as_of(&common, &config)?;
             let source = source_of(&common, &config)?;
             match explain::explain(&source, &patient, date, &config) {
                 Ok(text) => {

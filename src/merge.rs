@@ -3,7 +3,7 @@
 //! lists its patients in id order, so a stable sort by patient id of all rows gives the
 //! unsharded order; the run summaries' counts add up (each resource is counted by one shard).
 
-use crate::run::{write_atomically, RunError};
+use crate::output::write_atomically;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ pub enum MergeError {
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
     #[error(transparent)]
-    Write(#[from] RunError),
+    Write(#[from] crate::output::OutputError),
 }
 
 pub struct Merged {
@@ -191,7 +191,6 @@ fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
     }
     units.sort_by(|a, b| a.0.cmp(&b.0));
     write_atomically(out, |w| {
-        use std::io::Write;
         if let Some(device) = &device {
             writeln!(w, "{device}")?;
         }
@@ -270,7 +269,6 @@ fn merge_summaries(paths: &[&Path], count: u32, out: &Path) -> Result<(), MergeE
     merged["shard"] = format!("merged from {count} shards").into();
     merged["timings"] = Value::Object(slowest);
     write_atomically(out, |w| {
-        use std::io::Write;
         serde_json::to_writer_pretty(&mut *w, &merged)?;
         w.write_all(b"\n")
     })?;
@@ -294,10 +292,7 @@ fn trim_examples(value: &mut Value) {
 
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
     let (count, parts) = find_parts(dirs)?;
-    std::fs::create_dir_all(out).map_err(|source| RunError::Write {
-        path: out.display().to_string(),
-        source,
-    })?;
+    crate::output::create_folder(out)?;
     let files =
         |stem: &str| -> Vec<&Path> { parts.iter().map(|files| files[stem].as_path()).collect() };
     let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"))?;

@@ -6,6 +6,8 @@ use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::Ingestor;
+use crate::isolation::isolated;
+use crate::output::{self, write_atomically};
 use crate::sink::summary::{CohortReport, Watermark};
 use crate::sink::summary::{RunSummary, Timings};
 use crate::sink::{csv as csv_sink, detected_issue, server};
@@ -14,7 +16,6 @@ use crate::state::{self, RunState, StateError};
 use chrono::NaiveDate;
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -36,6 +37,11 @@ pub enum RunError {
     Cohort(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    /// SIGINT or SIGTERM: the run stopped between two steps.
+    #[error("interrupted: the run stopped before it finished; outputs and state are as they were")]
+    Interrupted,
 }
 
 /// Where the resources come from.
@@ -95,7 +101,7 @@ fn load_from(
         let runtime = runtime(pool.current_num_threads())?;
         Ok(pool.install(|| runtime.block_on(search::load(client, &ingestor, config, scope)))?)
     };
-    match (source, client) {
+    let loaded = match (source, client) {
         (Source::Folder(dir), _) => {
             let mut loaded = pool.install(|| ndjson::load(dir, &ingestor))?;
             // A folder is read whole (and counted whole); a cohort picks its patients from it.
@@ -114,6 +120,23 @@ fn load_from(
         }
         (Source::Server(_), Some(client)) => read_server(client),
         (Source::Server(url), None) => read_server(&FhirClient::new(url, &config.server)?),
+    }?;
+    warn_about_near_misses(&loaded.quality);
+    Ok(loaded)
+}
+
+/// One warning per code system and resource type under which configured codes were found but
+/// which the job does not know by that name: a site that codes this way loses patients until
+/// it adds an alias.
+pub fn warn_about_near_misses(quality: &crate::ingest::DataQuality) {
+    for (kind, system, count) in quality.near_misses() {
+        tracing::warn!(
+            "{count} {kind} resources carry a configured code under the code system {system:?}, \
+             which this job does not know by that name, and were left out; if it is another \
+             name of a known system, add it under [code_systems.aliases] in the config \
+             (e.g. \"http://loinc.org\" = [{system:?}]), or add the codes under that system to \
+             [codes]"
+        );
     }
 }
 
@@ -219,6 +242,8 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Ignore the incremental state: read everyone (the state is written afterwards).
     pub full: bool,
+    /// Write back even when the safety valve would stop it (`--allow-mass-cancel`).
+    pub allow_mass_cancel: bool,
 }
 
 pub struct RunOutcome {
@@ -235,8 +260,19 @@ pub fn evaluate_cohort(
 ) -> Vec<PatientFindings> {
     timelines
         .par_iter()
-        .map(|t| evaluate_patient(t, config, as_of))
+        .map(|t| evaluate_isolated(t, config, as_of))
         .collect()
+}
+
+/// Evaluates one patient, isolated: a failure leaves that patient out (counted, with its
+/// message) and never stops the others.
+pub fn evaluate_isolated(
+    timeline: &PatientTimeline,
+    config: &Config,
+    as_of: NaiveDate,
+) -> PatientFindings {
+    isolated(|| evaluate_patient(timeline, config, as_of))
+        .unwrap_or_else(|message| PatientFindings::failed(&timeline.patient_id, message))
 }
 
 /// A rayon pool with the configured number of threads (0: one per core).
@@ -245,38 +281,6 @@ pub fn thread_pool(config: &Config) -> Result<rayon::ThreadPool, RunError> {
         .num_threads(config.ingest.threads)
         .build()
         .map_err(|e| RunError::Threads(e.to_string()))
-}
-
-/// Writes a file whole or not at all: a temp file beside it, fsync, rename, fsync of the folder.
-pub fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> Result<(), RunError> {
-    let write_error = |source| RunError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let temp = path.with_extension("partial");
-    // Reports carry patient data: readable and writable by the owner only.
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(&temp).map_err(write_error)?;
-    let mut writer = std::io::BufWriter::new(file);
-    fill(&mut writer).map_err(write_error)?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
-    file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temp, path).map_err(write_error)?;
-    // The rename itself survives a crash only once the folder is synced too.
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(folder) = std::fs::File::open(parent) {
-            let _ = folder.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// A tokio runtime with `threads` workers, for the FHIR client.
@@ -398,11 +402,9 @@ fn choose_mode(
         cohort.unknown = unknown;
         return Ok((Mode::Cohort, scope(Selection::Patients(ids))));
     }
-    let (Some(state_file), Some(client)) = (&config.schedule.state_file, client) else {
+    let (Some(state_path), Some(client)) = (state_path_of(options, config), client) else {
         return Ok((Mode::Full { state_path: None }, scope(Selection::Everyone)));
     };
-    let suffix = options.shard.map(|s| s.file_suffix());
-    let state_path = state::shard_path(state_file, suffix.as_deref());
     let previous = match options.full {
         true => None,
         false => RunState::read(&state_path)?,
@@ -504,31 +506,243 @@ pub fn output_name(stem: &str, extension: &str, shard: Option<Shard>) -> String 
     }
 }
 
+/// What the steps of one run share.
+struct RunContext<'a> {
+    options: &'a RunOptions,
+    config: &'a Config,
+    started: Started,
+    pool: rayon::ThreadPool,
+    /// The server's client, for a server source (one per run, one token).
+    client: Option<FhirClient>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// When a run started: the monotonic clock for timings, and the instant (to the millisecond,
+/// as servers keep `meta.lastUpdated`) that becomes the next watermark.
+struct Started {
+    clock: Instant,
+    utc: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339, whole seconds: `Provenance.recorded` and the summary.
+    text: String,
+}
+
+impl Started {
+    fn now() -> Started {
+        let utc = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
+        Started {
+            clock: Instant::now(),
+            utc,
+            text: utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+/// Stops between two steps when SIGINT or SIGTERM asked for it.
+fn check_interrupted() -> Result<(), RunError> {
+    match crate::interrupt::requested() {
+        true => Err(RunError::Interrupted),
+        false => Ok(()),
+    }
+}
+
+/// The state file of this run's shard, if the schedule keeps one.
+fn state_path_of(options: &RunOptions, config: &Config) -> Option<PathBuf> {
+    let file = config.schedule.state_file.as_ref()?;
+    let suffix = options.shard.map(|s| s.file_suffix());
+    Some(state::shard_path(file, suffix.as_deref()))
+}
+
+/// The locks a run holds from start to end: its output folder and, with a schedule, its
+/// state file. A second run into either stops here, before anything is read or written.
+fn lock_outputs(options: &RunOptions, config: &Config) -> Result<Vec<output::RunLock>, RunError> {
+    let suffix = options.shard.map(|s| s.file_suffix()).unwrap_or_default();
+    let mut locks = vec![output::lock_folder(&options.out_dir, &suffix)?];
+    if let Some(state) = state_path_of(options, config) {
+        locks.push(output::lock_beside(&state)?);
+    }
+    Ok(locks)
+}
+
+/// Evaluates every patient, each isolated; a stateful run keeps each patient's recheck date.
+fn evaluate_all(
+    timelines: Vec<PatientTimeline>,
+    config: &Config,
+    as_of: NaiveDate,
+    keeps_state: bool,
+    pool: &rayon::ThreadPool,
+) -> (Vec<PatientFindings>, Vec<Recheck>) {
+    // Each timeline is dropped as soon as it is evaluated.
+    pool.install(|| {
+        timelines
+            .into_par_iter()
+            .map(|t| {
+                let evaluated = isolated(|| {
+                    let findings = evaluate_patient(&t, config, as_of);
+                    let recheck = keeps_state
+                        .then(|| state::recheck_on(&t, &findings, config, as_of))
+                        .flatten();
+                    (findings, recheck)
+                });
+                let (findings, recheck) = evaluated.unwrap_or_else(|message| {
+                    (PatientFindings::failed(&t.patient_id, message), None)
+                });
+                (findings, (t.patient_id, recheck))
+            })
+            .unzip()
+    })
+}
+
+/// A patient id and the first as-of date on which their findings change with no new data.
+type Recheck = (String, Option<Option<NaiveDate>>);
+
+/// markers.csv, flags.csv and detected-issues.ndjson (side by side: they are independent).
+fn write_files(
+    options: &RunOptions,
+    config: &Config,
+    findings: &[PatientFindings],
+    recorded: &str,
+    pool: &rayon::ThreadPool,
+) -> Result<(), RunError> {
+    let out = |stem: &str, extension: &str| {
+        options
+            .out_dir
+            .join(output_name(stem, extension, options.shard))
+    };
+    let (tables, resources) = pool.install(|| {
+        rayon::join(
+            || -> Result<(), RunError> {
+                write_atomically(&out("markers", "csv"), |w| {
+                    csv_sink::write_markers(w, findings).map_err(csv_io)
+                })?;
+                Ok(write_atomically(&out("flags", "csv"), |w| {
+                    csv_sink::write_flags(w, findings, config).map_err(csv_io)
+                })?)
+            },
+            || {
+                write_atomically(&out("detected-issues", "ndjson"), |w| {
+                    detected_issue::write_ndjson(w, findings, config, recorded).map(|_| ())
+                })
+            },
+        )
+    });
+    tables?;
+    Ok(resources?)
+}
+
+/// Brings the server's DetectedIssues in line (server source only).
+fn write_back(
+    context: &RunContext<'_>,
+    findings: &[PatientFindings],
+    scope: &Scope,
+    tare_patients_read: usize,
+) -> Result<Option<server::WriteReport>, RunError> {
+    let (options, config) = (context.options, context.config);
+    let Some(client) = &context.client else {
+        return Ok(None);
+    };
+    let dry_run_dir = options
+        .dry_run
+        .then(|| options.out_dir.join("transactions"));
+    let write_options = server::WriteBackOptions {
+        recorded: &context.started.text,
+        scope,
+        dry_run_dir: dry_run_dir.as_deref(),
+        tare_patients_read,
+        allow_mass_cancel: options.allow_mass_cancel,
+    };
+    let report = context
+        .runtime
+        .block_on(server::write_back(client, findings, config, &write_options))
+        .map_err(|e| match e {
+            server::WriteBackError::Fhir(e) => RunError::Server(e),
+            server::WriteBackError::Save(e) => RunError::Output(e),
+            server::WriteBackError::Interrupted => RunError::Interrupted,
+        })?;
+    Ok(Some(report))
+}
+
+/// Saves the state for the next run, only after a run that fully succeeded and wrote for
+/// real; returns the summary's watermark.
+#[allow(clippy::too_many_arguments)]
+fn save_state(
+    mode: &Mode,
+    options: &RunOptions,
+    config: &Config,
+    started: &Started,
+    rechecks: &[Recheck],
+    scope: &Scope,
+    fully_succeeded: bool,
+) -> Result<Option<Watermark>, RunError> {
+    let Some(path) = mode.state_path() else {
+        return Ok(None);
+    };
+    if fully_succeeded {
+        check_interrupted()?;
+        let next_state = next_state(mode, options, config, started.utc, rechecks, scope);
+        write_atomically(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &next_state)?;
+            w.write_all(b"\n")
+        })?;
+    }
+    Ok(Some(Watermark {
+        state_file: path.display().to_string(),
+        used: mode.since().map(str::to_owned),
+        next: fully_succeeded.then_some(started.utc),
+    }))
+}
+
+/// The ids of a cohort's requested patients that the source had no Patient for.
+fn requested_without_patient(scope: &Scope, timelines: &[PatientTimeline]) -> Vec<String> {
+    let Some(requested) = scope.requested() else {
+        return Vec::new();
+    };
+    let found: FxHashSet<&str> = timelines
+        .iter()
+        .filter(|t| t.has_patient_resource)
+        .map(|t| t.patient_id.as_str())
+        .collect();
+    requested
+        .iter()
+        .filter(|id| !found.contains(id.as_str()))
+        .map(|id| format!("{id} (no Patient)"))
+        .collect()
+}
+
+/// One run, as its steps: lock, select, load, evaluate, write files, write back, save state,
+/// summarise. A stop asked for by SIGINT/SIGTERM ends it between two steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
-    let started = Instant::now();
-    // Milliseconds, as servers keep `meta.lastUpdated`.
-    let started_utc = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
-    let started_at = started_utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let started = Started::now();
+    let _locks = lock_outputs(options, config)?;
     let pool = thread_pool(config)?;
-    let client = server_client(&options.source, config)?;
-    let async_runtime = runtime(pool.current_num_threads())?;
+    let context = RunContext {
+        options,
+        config,
+        started,
+        client: server_client(&options.source, config)?,
+        runtime: runtime(pool.current_num_threads())?,
+        pool,
+    };
+    let (started, pool, client) = (&context.started, &context.pool, &context.client);
+
     let mut cohort = CohortReport::default();
     let (mode, scope) = choose_mode(
         options,
         config,
         client.as_ref(),
-        &async_runtime,
+        &context.runtime,
         &mut cohort,
     )?;
+    check_interrupted()?;
+
     let loaded = load_from(
         &options.source,
         client.as_ref(),
         config,
         options.as_of,
         &scope,
-        &pool,
+        pool,
     )?;
-    let read_ms = started.elapsed().as_millis();
+    let read_ms = started.clock.elapsed().as_millis();
     tracing::info!(
         mode = mode.name(),
         patients = loaded.timelines.len(),
@@ -536,126 +750,52 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         read_ms,
         "source read"
     );
-    if let (Mode::Cohort, Some(requested)) = (&mode, scope.requested()) {
-        let found: FxHashSet<&str> = loaded
-            .timelines
-            .iter()
-            .filter(|t| t.has_patient_resource)
-            .map(|t| t.patient_id.as_str())
-            .collect();
-        cohort.unknown.extend(
-            requested
-                .iter()
-                .filter(|id| !found.contains(id.as_str()))
-                .map(|id| format!("{id} (no Patient)")),
-        );
+    if matches!(mode, Mode::Cohort) {
+        cohort
+            .unknown
+            .extend(requested_without_patient(&scope, &loaded.timelines));
     }
+    let tare_patients_read = loaded
+        .timelines
+        .iter()
+        .filter(|t| !t.procedures.is_empty())
+        .count();
+    check_interrupted()?;
 
     let evaluate_started = Instant::now();
-    // Each timeline is dropped as soon as it is evaluated; a stateful run keeps each patient's
-    // recheck date for the state file.
     let keeps_state = !matches!(mode, Mode::Cohort | Mode::Full { state_path: None });
-    type Recheck = (String, Option<Option<NaiveDate>>);
-    let (findings, rechecks): (Vec<PatientFindings>, Vec<Recheck>) = pool.install(|| {
-        loaded
-            .timelines
-            .into_par_iter()
-            .map(|t| {
-                let findings = evaluate_patient(&t, config, options.as_of);
-                let recheck = keeps_state
-                    .then(|| state::recheck_on(&t, &findings, config, options.as_of))
-                    .flatten();
-                (findings, (t.patient_id, recheck))
-            })
-            .unzip()
-    });
+    let (findings, rechecks) =
+        evaluate_all(loaded.timelines, config, options.as_of, keeps_state, pool);
     let evaluate_ms = evaluate_started.elapsed().as_millis();
+    check_interrupted()?;
 
     let write_started = Instant::now();
-    std::fs::create_dir_all(&options.out_dir).map_err(|source| RunError::Write {
-        path: options.out_dir.display().to_string(),
-        source,
-    })?;
-    let out = |stem: &str, extension: &str| {
-        options
-            .out_dir
-            .join(output_name(stem, extension, options.shard))
-    };
-    // The CSV files and the FHIR resources are independent: write them side by side.
-    let (tables, resources) = pool.install(|| {
-        rayon::join(
-            || -> Result<(), RunError> {
-                write_atomically(&out("markers", "csv"), |w| {
-                    csv_sink::write_markers(w, &findings).map_err(csv_io)
-                })?;
-                write_atomically(&out("flags", "csv"), |w| {
-                    csv_sink::write_flags(w, &findings, config).map_err(csv_io)
-                })
-            },
-            || {
-                write_atomically(&out("detected-issues", "ndjson"), |w| {
-                    detected_issue::write_ndjson(w, &findings, config, &started_at).map(|_| ())
-                })
-            },
-        )
-    });
-    tables?;
-    resources?;
-    let write_back = match &client {
-        Some(client) => {
-            let dry_run_dir = options
-                .dry_run
-                .then(|| options.out_dir.join("transactions"));
-            let report = async_runtime
-                .block_on(server::write_back(
-                    client,
-                    &findings,
-                    config,
-                    &started_at,
-                    &scope,
-                    dry_run_dir.as_deref(),
-                ))
-                .map_err(|e| match e {
-                    server::WriteBackError::Fhir(e) => RunError::Server(e),
-                    server::WriteBackError::Save { path, source } => {
-                        RunError::Write { path, source }
-                    }
-                })?;
-            Some(report)
-        }
-        None => None,
-    };
+    write_files(options, config, &findings, &started.text, pool)?;
+    let write_back = write_back(&context, &findings, &scope, tare_patients_read)?;
     let write_ms = write_started.elapsed().as_millis();
 
+    let (patients, responses, flags) = RunSummary::count(&findings, config);
     // The state moves on only after a run that fully succeeded and wrote for real.
     let fully_succeeded = !options.dry_run
+        && patients.evaluation_failed.is_empty()
         && write_back
             .as_ref()
-            .is_none_or(|report| report.failed.is_empty());
-    let watermark = match mode.state_path() {
-        None => None,
-        Some(path) => {
-            if fully_succeeded {
-                let next_state = next_state(&mode, options, config, started_utc, &rechecks, &scope);
-                write_atomically(path, |w| {
-                    serde_json::to_writer_pretty(&mut *w, &next_state)?;
-                    w.write_all(b"\n")
-                })?;
-            }
-            Some(Watermark {
-                state_file: path.display().to_string(),
-                used: mode.since().map(str::to_owned),
-                next: fully_succeeded.then_some(started_utc),
-            })
-        }
-    };
+            .is_none_or(|report| report.failed.is_empty() && report.mass_cancel.is_none());
+    let watermark = save_state(
+        &mode,
+        options,
+        config,
+        started,
+        &rechecks,
+        &scope,
+        fully_succeeded,
+    )?;
 
-    let (patients, responses, flags) = RunSummary::count(&findings, config);
     let summary = RunSummary {
         tool_version: env!("CARGO_PKG_VERSION"),
         mode: mode.name(),
         as_of: options.as_of.to_string(),
-        started_at,
+        started_at: started.text.clone(),
         source: options.source.to_string(),
         shard: options.shard.map(|s| s.to_string()),
         cohort: matches!(mode, Mode::Cohort).then_some(cohort),
@@ -673,10 +813,13 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             read_ms,
             evaluate_ms,
             write_ms,
-            total_ms: started.elapsed().as_millis(),
+            total_ms: started.clock.elapsed().as_millis(),
         },
     };
-    write_atomically(&out("run-summary", "json"), |w| {
+    let summary_path = options
+        .out_dir
+        .join(output_name("run-summary", "json", options.shard));
+    write_atomically(&summary_path, |w| {
         serde_json::to_writer_pretty(&mut *w, &summary)?;
         w.write_all(b"\n")
     })?;

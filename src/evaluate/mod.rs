@@ -90,6 +90,7 @@ pub fn evaluate_patient(
         episodes: Vec::new(),
         episodes_under_minimum_age: 0,
         episodes_after_as_of: 0,
+        evaluation_error: None,
     };
     if !timeline.has_patient_resource {
         findings.left_out = Some(LeftOutReason::NoPatientResource);

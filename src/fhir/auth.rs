@@ -6,7 +6,7 @@
 use super::client::FhirError;
 use super::jwk;
 use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure};
-use crate::config::{AuthConfig, AuthMethod};
+use crate::config::{AuthConfig, AuthMethod, ServerConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderValue;
 use reqwest::Url;
@@ -16,6 +16,8 @@ use tokio::sync::Mutex;
 
 /// Renew this long before the token expires.
 const RENEW_MARGIN: Duration = Duration::from_secs(60);
+/// A token or discovery answer is a few hundred bytes; more is refused.
+const TOKEN_ANSWER_LIMIT: u64 = 1 << 20;
 /// Lifetime of a client assertion (the SMART spec allows at most five minutes).
 const ASSERTION_LIFETIME_SECS: u64 = 300;
 
@@ -42,7 +44,7 @@ fn bearer(token: &str) -> Result<HeaderValue, FhirError> {
 }
 
 impl Credentials {
-    pub fn from_config(auth: &AuthConfig) -> Result<Credentials, FhirError> {
+    pub fn from_config(auth: &AuthConfig, server: &ServerConfig) -> Result<Credentials, FhirError> {
         match auth.method {
             AuthMethod::None => Ok(Credentials::None),
             AuthMethod::Bearer => {
@@ -62,7 +64,7 @@ impl Credentials {
                 Ok(Credentials::Static(bearer(&token)?))
             }
             AuthMethod::SmartBackend => Ok(Credentials::Smart(Box::new(
-                SmartBackend::from_config(auth)?,
+                SmartBackend::from_config(auth, server.allow_insecure_http)?,
             ))),
         }
     }
@@ -104,7 +106,10 @@ struct SmartConfiguration {
 }
 
 impl SmartBackend {
-    fn from_config(auth: &AuthConfig) -> Result<SmartBackend, FhirError> {
+    fn from_config(
+        auth: &AuthConfig,
+        allow_insecure_http: bool,
+    ) -> Result<SmartBackend, FhirError> {
         let client_id = auth
             .client_id
             .clone()
@@ -148,9 +153,15 @@ impl SmartBackend {
             (key, auth.key_id.clone())
         };
         let token_endpoint = match &auth.token_endpoint {
-            Some(url) => Some(Url::parse(url).map_err(|e| {
-                credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
-            })?),
+            Some(url) => {
+                let parsed = Url::parse(url).map_err(|e| {
+                    credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
+                })?;
+                super::client::check_transport(&parsed, allow_insecure_http).map_err(|e| {
+                    credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
+                })?;
+                Some(parsed)
+            }
             None => None,
         };
         Ok(SmartBackend {
@@ -175,17 +186,21 @@ impl SmartBackend {
             url: discovery.to_string(),
             message,
         };
-        let Answer { status, body, .. } =
-            send_with_retries(&RetryPolicy::default(), true, || -> Result<_, FhirError> {
+        let Answer { status, body, .. } = send_with_retries(
+            &RetryPolicy::default(),
+            TOKEN_ANSWER_LIMIT,
+            || -> Result<_, FhirError> {
                 Ok(http
                     .get(discovery.clone())
                     .header("Accept", "application/json"))
-            })
-            .await
-            .map_err(|failure| match failure {
-                SendFailure::Build(error) => error,
-                SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
-            })?;
+            },
+        )
+        .await
+        .map_err(|failure| match failure {
+            SendFailure::Build(error) => error,
+            SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
+        })?;
         if !status.is_success() {
             return Err(failed(format!("HTTP {}", status.as_u16())));
         }
@@ -234,8 +249,10 @@ impl SmartBackend {
             message,
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
-        let Answer { status, body, .. } =
-            send_with_retries(&RetryPolicy::default(), true, || -> Result<_, FhirError> {
+        let Answer { status, body, .. } = send_with_retries(
+            &RetryPolicy::default(),
+            TOKEN_ANSWER_LIMIT,
+            || -> Result<_, FhirError> {
                 let assertion = self.assertion(endpoint.as_str())?;
                 Ok(http
                     .post(endpoint.clone())
@@ -249,12 +266,14 @@ impl SmartBackend {
                         ),
                         ("client_assertion", assertion.as_str()),
                     ]))
-            })
-            .await
-            .map_err(|failure| match failure {
-                SendFailure::Build(error) => error,
-                SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
-            })?;
+            },
+        )
+        .await
+        .map_err(|failure| match failure {
+            SendFailure::Build(error) => error,
+            SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
+        })?;
         if !status.is_success() {
             // An OAuth error body names the problem (`invalid_client`) and holds no secret.
             let reason = serde_json::from_slice::<serde_json::Value>(&body)

@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Guard against a server whose `next` links never end.
-const MAX_PAGES_PER_SEARCH: usize = 100_000;
 /// A Bulk Data file may be large: its download gets longer than a search request.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -44,8 +42,16 @@ pub enum FhirError {
     NotABundle { url: String, message: String },
     #[error("{url}: unexpected answer: {message}")]
     Unexpected { url: String, message: String },
-    #[error("{url}: more than {MAX_PAGES_PER_SEARCH} pages, or a next link that repeats")]
-    EndlessPaging { url: String },
+    #[error("{url}: the search goes on past {limit} pages (server.max_pages_per_search)")]
+    TooManyPages { url: String, limit: usize },
+    #[error("{url}: the next link repeats a page already read; the search would never end")]
+    RepeatedPage { url: String },
+    #[error("{url}: the answer is larger than {limit} bytes (server.max_response_bytes)")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)")]
+    ReadBudget { url: String, minutes: f64 },
+    #[error("interrupted while reading {url}")]
+    Interrupted { url: String },
 }
 
 /// One page of search results: each entry's resource as raw JSON, and the next page.
@@ -128,6 +134,10 @@ pub struct FhirClient {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
+    max_body: u64,
+    max_pages: usize,
+    /// Searches stop with an error past this instant (`server.max_read_minutes`).
+    read_deadline: Option<(std::time::Instant, f64)>,
     /// Sent only to the base URL's origin.
     credentials: Arc<Credentials>,
     /// HTTP requests sent (every attempt counts), for the run summary and benchmarks.
@@ -192,18 +202,109 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// Whether a URL may be used: https, or http to this machine only (unless the site allows
+/// plain http, `server.allow_insecure_http`).
+pub fn check_transport(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
+        "http" => Err(format!(
+            "plain http to {} would send patient data and credentials unencrypted: use https, \
+             or set server.allow_insecure_http = true",
+            url.host_str().unwrap_or("?")
+        )),
+        other => Err(format!("{other}: must be http or https")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The TLS and redirect settings of every HTTP client the job builds: the operating system's
+/// trust store and the bundled web roots, a site's own CA (`server.ca_file`), a client
+/// certificate for mutual TLS, and redirects that never go from https to http.
+pub fn http_client(
+    settings: &ServerConfig,
+    default_headers: HeaderMap,
+) -> Result<reqwest::Client, FhirError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| FhirError::Client(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .default_headers(default_headers)
+        .gzip(true)
+        .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+        .timeout(Duration::from_secs(settings.request_timeout_secs))
+        .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("a redirect from https to http was refused")
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        }));
+    if let Some(path) = &settings.ca_file {
+        let pem = read(path, "server.ca_file")?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| FhirError::Client(format!("server.ca_file {}: {e}", path.display())))?;
+        if certificates.is_empty() {
+            return Err(FhirError::Client(format!(
+                "server.ca_file {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    match (&settings.client_cert_file, &settings.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert, "server.client_cert_file")?;
+            pem.push(b'\n');
+            pem.extend(read(key, "server.client_key_file")?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                FhirError::Client(format!(
+                    "server.client_cert_file / client_key_file: not a PEM certificate and key: {e}"
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(FhirError::Client(
+                "mutual TLS needs both server.client_cert_file and server.client_key_file".into(),
+            ))
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| FhirError::Client(e.to_string()))
+}
+
 impl FhirClient {
     pub fn new(base_url: &str, settings: &ServerConfig) -> Result<FhirClient, FhirError> {
         let mut base = Url::parse(base_url).map_err(|e| FhirError::BaseUrl {
             url: base_url.to_owned(),
             message: e.to_string(),
         })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(FhirError::BaseUrl {
+        check_transport(&base, settings.allow_insecure_http).map_err(|message| {
+            FhirError::BaseUrl {
                 url: base_url.to_owned(),
-                message: "must be http or https".into(),
-            });
-        }
+                message,
+            }
+        })?;
         // A trailing slash makes Url::join append to the base path instead of replacing it.
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -216,21 +317,40 @@ impl FhirClient {
         if settings.strict_search {
             headers.insert("Prefer", HeaderValue::from_static("handling=strict"));
         }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .gzip(true)
-            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
-            .timeout(Duration::from_secs(settings.request_timeout_secs))
-            .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FhirError::Client(e.to_string()))?;
+        let http = http_client(settings, headers)?;
+        let read_deadline = (settings.max_read_minutes > 0.0).then(|| {
+            let budget = Duration::from_secs_f64(settings.max_read_minutes * 60.0);
+            (
+                std::time::Instant::now() + budget,
+                settings.max_read_minutes,
+            )
+        });
         Ok(FhirClient {
             http,
             base,
-            retry: RetryPolicy::default(),
-            credentials: Arc::new(Credentials::from_config(&settings.auth)?),
+            retry: RetryPolicy {
+                max_total: Duration::from_secs(settings.max_retry_secs),
+                ..RetryPolicy::default()
+            },
+            max_body: settings.max_response_bytes,
+            max_pages: settings.max_pages_per_search,
+            read_deadline,
+            credentials: Arc::new(Credentials::from_config(&settings.auth, settings)?),
             requests: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The error a read that ran over `server.max_read_minutes` ends with, if it has.
+    pub fn past_read_budget(&self, url: &str) -> Result<(), FhirError> {
+        match self.read_deadline {
+            Some((deadline, minutes)) if std::time::Instant::now() > deadline => {
+                Err(FhirError::ReadBudget {
+                    url: url.to_owned(),
+                    minutes,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The Authorization header for a request to the server's own origin.
@@ -245,12 +365,11 @@ impl FhirClient {
         }
     }
 
-    /// Sends a request, retrying transient failures of idempotent ones per the retry policy.
-    /// `build` makes a fresh request for each attempt.
+    /// Sends a request, retrying transient failures per the retry policy (every request the
+    /// job sends is safe to repeat). `build` makes a fresh request for each attempt.
     pub async fn send(
         &self,
         url: &str,
-        idempotent: bool,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Answer, FhirError> {
         // The token goes to the server's own origin only: never to a `next` link or a
@@ -262,7 +381,7 @@ impl FhirClient {
                 true => self.authorization(renew).await?,
                 false => None,
             };
-            let answer = send_with_retries(&self.retry, idempotent, || {
+            let answer = send_with_retries(&self.retry, self.max_body, || {
                 self.requests.fetch_add(1, Ordering::Relaxed);
                 let request = build(&self.http);
                 Ok::<_, Infallible>(match &authorization {
@@ -275,6 +394,10 @@ impl FhirClient {
                 SendFailure::NoAnswer(e) => FhirError::Transport {
                     url: url.to_owned(),
                     message: e.without_url().to_string(),
+                },
+                SendFailure::TooLarge { limit } => FhirError::TooLarge {
+                    url: url.to_owned(),
+                    limit,
                 },
                 SendFailure::Build(never) => match never {},
             })?;
@@ -311,7 +434,7 @@ impl FhirClient {
     /// Reads one resource (`Group/ID`, say) as JSON; any answer but 200 is an error with the
     /// server's OperationOutcome text.
     pub async fn read(&self, url: &str) -> Result<serde_json::Value, FhirError> {
-        let Answer { status, body, .. } = self.send(url, true, |http| http.get(url)).await?;
+        let Answer { status, body, .. } = self.send(url, |http| http.get(url)).await?;
         if status != StatusCode::OK {
             return Err(FhirError::Status {
                 url: url.to_owned(),
@@ -338,7 +461,14 @@ impl FhirClient {
             url: url.to_owned(),
             message: format!("not a URL: {e}"),
         })?;
+        check_transport(&target, self.base.scheme() == "http").map_err(|message| {
+            FhirError::Unexpected {
+                url: url.to_owned(),
+                message,
+            }
+        })?;
         let send_token = with_token && same_origin(&target, &self.base);
+        let first = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -376,8 +506,8 @@ impl FhirClient {
             match decide(
                 &self.retry,
                 attempt,
+                first.elapsed(),
                 outcome,
-                true,
                 std::time::SystemTime::now(),
                 rand::random(),
             ) {
@@ -405,7 +535,7 @@ impl FhirClient {
 
     /// Fetches one search page.
     pub async fn page(&self, url: &str) -> Result<SearchPage, FhirError> {
-        let Answer { status, body, .. } = self.send(url, true, |http| http.get(url)).await?;
+        let Answer { status, body, .. } = self.send(url, |http| http.get(url)).await?;
         if status != StatusCode::OK {
             return Err(FhirError::Status {
                 url: url.to_owned(),
@@ -439,22 +569,35 @@ impl FhirClient {
     }
 
     /// Runs a search to its last page, handing each page to `on_page`. Returns the page count.
+    /// A next link that repeats any page already read, a search longer than
+    /// `server.max_pages_per_search`, a read past `server.max_read_minutes` and a stop asked
+    /// for by SIGINT/SIGTERM each end it with an error.
     pub async fn search_all(
         &self,
         first: Url,
         mut on_page: impl FnMut(SearchPage),
     ) -> Result<usize, FhirError> {
         let mut url = first.to_string();
-        let mut pages = 0;
+        let mut visited: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
+            if crate::interrupt::requested() {
+                return Err(FhirError::Interrupted { url });
+            }
+            self.past_read_budget(&url)?;
+            if visited.len() >= self.max_pages {
+                return Err(FhirError::TooManyPages {
+                    url,
+                    limit: self.max_pages,
+                });
+            }
             let mut page = self.page(&url).await?;
-            pages += 1;
             let next = page.next.take();
             on_page(page);
+            visited.insert(std::mem::take(&mut url));
             match next {
-                None => return Ok(pages),
-                Some(next) if next == url || pages >= MAX_PAGES_PER_SEARCH => {
-                    return Err(FhirError::EndlessPaging { url })
+                None => return Ok(visited.len()),
+                Some(next) if visited.contains(&next) => {
+                    return Err(FhirError::RepeatedPage { url: next })
                 }
                 Some(next) => url = next,
             }
@@ -475,11 +618,40 @@ mod tests {
 
     #[test]
     fn search_url_keeps_the_base_path_and_encodes_values() {
-        let client = FhirClient::new("http://h:1/fhir/r4", &ServerConfig::default()).unwrap();
+        let client = FhirClient::new("https://h:1/fhir/r4", &ServerConfig::default()).unwrap();
         let url = client.search_url("Observation", &[("code", "http://loinc.org|1834-1".into())]);
         assert_eq!(
             url.as_str(),
-            "http://h:1/fhir/r4/Observation?code=http%3A%2F%2Floinc.org%7C1834-1"
+            "https://h:1/fhir/r4/Observation?code=http%3A%2F%2Floinc.org%7C1834-1"
         );
+    }
+
+    #[test]
+    fn plain_http_is_for_this_machine_only_unless_allowed() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        for local in [
+            "http://127.0.0.1:8080/fhir",
+            "http://localhost/fhir",
+            "http://[::1]:9/",
+        ] {
+            assert_eq!(check_transport(&url(local), false), Ok(()), "{local}");
+        }
+        assert_eq!(
+            check_transport(&url("https://fhir.example.org"), false),
+            Ok(())
+        );
+        assert_eq!(
+            check_transport(&url("http://fhir.example.org/r4"), false),
+            Err(
+                "plain http to fhir.example.org would send patient data and credentials \
+                 unencrypted: use https, or set server.allow_insecure_http = true"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_transport(&url("http://fhir.example.org/r4"), true),
+            Ok(())
+        );
+        assert!(check_transport(&url("ftp://fhir.example.org"), true).is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! The one retry policy: which failures are worth another try, and how long to wait.
-//! Only idempotent requests are retried (reads, and writes made safe to repeat by conditional
-//! create, If-Match and client-chosen ids). Waits grow exponentially with full jitter, capped;
-//! a `Retry-After` (seconds or HTTP date) is honoured up to a cap.
+//! Every request the job sends is safe to repeat (reads, and writes made idempotent by
+//! conditional create, If-Match and content-derived ids), so every one is retried on a
+//! transient failure. Waits grow exponentially with full jitter, capped; a `Retry-After`
+//! (seconds or HTTP date) is honoured up to a cap; and the retries of one request stop once
+//! `max_total` has passed since its first attempt.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +15,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// The longest `Retry-After` honoured.
     pub max_retry_after: Duration,
+    /// No retry starts later than this after the first attempt (`server.max_retry_secs`).
+    pub max_total: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -22,6 +26,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
+            max_total: Duration::from_secs(600),
         }
     }
 }
@@ -57,13 +62,13 @@ fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Decides after attempt number `attempt` (1 for the first). `jitter` is a number in [0, 1)
-/// (random in use; fixed in tests).
+/// Decides after attempt number `attempt` (1 for the first), `elapsed` after the first began.
+/// `jitter` is a number in [0, 1) (random in use; fixed in tests).
 pub fn decide(
     policy: &RetryPolicy,
     attempt: u32,
+    elapsed: Duration,
     outcome: Outcome<'_>,
-    idempotent: bool,
     now: SystemTime,
     jitter: f64,
 ) -> Decision {
@@ -75,19 +80,25 @@ pub fn decide(
     if !transient {
         return Decision::Done;
     }
-    if !idempotent || attempt >= policy.max_attempts {
+    if attempt >= policy.max_attempts {
         return Decision::GiveUp;
     }
-    if let Outcome::Status(_, Some(header)) = outcome {
-        if let Some(wait) = retry_after(header, now) {
-            return Decision::RetryAfter(wait.min(policy.max_retry_after));
-        }
+    let asked = match outcome {
+        Outcome::Status(_, Some(header)) => retry_after(header, now),
+        _ => None,
+    };
+    let wait = match asked {
+        Some(wait) => wait.min(policy.max_retry_after),
+        None => policy
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt - 1))
+            .min(policy.max_delay)
+            .mul_f64(jitter.clamp(0.0, 1.0)),
+    };
+    if elapsed.saturating_add(wait) > policy.max_total {
+        return Decision::GiveUp;
     }
-    let exponential = policy
-        .base_delay
-        .saturating_mul(2u32.saturating_pow(attempt - 1))
-        .min(policy.max_delay);
-    Decision::RetryAfter(exponential.mul_f64(jitter.clamp(0.0, 1.0)))
+    Decision::RetryAfter(wait)
 }
 
 /// A complete answer: status, headers and the whole body.
@@ -103,16 +114,43 @@ pub enum SendFailure<E> {
     Build(E),
     /// The last attempt got no answer (or a body cut short).
     NoAnswer(reqwest::Error),
+    /// The body is larger than the limit: refused, not retried.
+    TooLarge { limit: u64 },
+}
+
+/// Reads a whole body, refusing one larger than `limit` without holding more than that (a
+/// server's `Content-Length`, when it gives one, is checked first).
+async fn body_within(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Result<bytes::Bytes, reqwest::Error>, u64> {
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(limit);
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(limit);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Ok(body.freeze())),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
 }
 
 /// Sends the request `build` makes, once per attempt, until `decide` says stop. The whole body
-/// is read inside each attempt, so a body cut short counts as a missing answer. Returns the
-/// last answer, whatever its status: the caller judges it.
+/// is read inside each attempt (at most `max_body` bytes), so a body cut short counts as a
+/// missing answer. Returns the last answer, whatever its status: the caller judges it.
 pub async fn send_with_retries<E>(
     policy: &RetryPolicy,
-    idempotent: bool,
+    max_body: u64,
     mut build: impl FnMut() -> Result<reqwest::RequestBuilder, E>,
 ) -> Result<Answer, SendFailure<E>> {
+    let first = std::time::Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -120,11 +158,14 @@ pub async fn send_with_retries<E>(
             Ok(response) => {
                 let status = response.status();
                 let headers = response.headers().clone();
-                response.bytes().await.map(|body| Answer {
-                    status,
-                    headers,
-                    body,
-                })
+                match body_within(response, max_body).await {
+                    Err(limit) => return Err(SendFailure::TooLarge { limit }),
+                    Ok(body) => body.map(|body| Answer {
+                        status,
+                        headers,
+                        body,
+                    }),
+                }
             }
             Err(e) => Err(e),
         };
@@ -141,8 +182,8 @@ pub async fn send_with_retries<E>(
         match decide(
             policy,
             attempt,
+            first.elapsed(),
             outcome,
-            idempotent,
             SystemTime::now(),
             rand::random(),
         ) {
@@ -171,7 +212,14 @@ mod tests {
     fn every_status_code_is_pinned() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for status in 100u16..600 {
-            let decision = decide(&policy(), 1, Outcome::Status(status, None), true, now, 0.5);
+            let decision = decide(
+                &policy(),
+                1,
+                Duration::ZERO,
+                Outcome::Status(status, None),
+                now,
+                0.5,
+            );
             let expected = match status {
                 200..=399 => Decision::Done,
                 408 | 429 | 500 | 502 | 503 | 504 => {
@@ -185,23 +233,42 @@ mod tests {
     }
 
     #[test]
-    fn writes_that_are_not_idempotent_are_never_retried() {
+    fn no_retry_starts_after_the_total_budget() {
         let now = SystemTime::now();
+        let budget = RetryPolicy {
+            max_total: Duration::from_secs(10),
+            ..policy()
+        };
+        let at = |elapsed| {
+            decide(
+                &budget,
+                2,
+                elapsed,
+                Outcome::Status(429, Some("3")),
+                now,
+                0.5,
+            )
+        };
         assert_eq!(
-            decide(&policy(), 1, Outcome::Status(503, None), false, now, 0.5),
-            Decision::GiveUp
+            at(Duration::from_secs(7)),
+            Decision::RetryAfter(Duration::from_secs(3))
         );
-        assert_eq!(
-            decide(&policy(), 1, Outcome::NoAnswer, false, now, 0.5),
-            Decision::GiveUp
-        );
+        assert_eq!(at(Duration::from_secs(8)), Decision::GiveUp);
     }
 
     #[test]
     fn backoff_doubles_with_full_jitter_and_is_capped() {
         let now = SystemTime::now();
-        let wait =
-            |attempt, jitter| decide(&policy(), attempt, Outcome::NoAnswer, true, now, jitter);
+        let wait = |attempt, jitter| {
+            decide(
+                &policy(),
+                attempt,
+                Duration::ZERO,
+                Outcome::NoAnswer,
+                now,
+                jitter,
+            )
+        };
         assert_eq!(
             wait(1, 1.0),
             Decision::RetryAfter(Duration::from_millis(250))
@@ -216,7 +283,7 @@ mod tests {
             ..policy()
         };
         assert_eq!(
-            decide(&capped, 20, Outcome::NoAnswer, true, now, 1.0),
+            decide(&capped, 20, Duration::ZERO, Outcome::NoAnswer, now, 1.0),
             Decision::RetryAfter(Duration::from_secs(30))
         );
         assert_eq!(wait(5, 0.5), Decision::GiveUp);
@@ -230,8 +297,8 @@ mod tests {
             decide(
                 &policy(),
                 1,
+                Duration::ZERO,
                 Outcome::Status(429, Some("3")),
-                true,
                 now,
                 0.9
             ),
@@ -241,8 +308,8 @@ mod tests {
             decide(
                 &policy(),
                 1,
+                Duration::ZERO,
                 Outcome::Status(503, Some(&later)),
-                true,
                 now,
                 0.9
             ),
@@ -252,8 +319,8 @@ mod tests {
             decide(
                 &policy(),
                 1,
+                Duration::ZERO,
                 Outcome::Status(429, Some("86400")),
-                true,
                 now,
                 0.9
             ),
@@ -264,8 +331,8 @@ mod tests {
             decide(
                 &policy(),
                 1,
+                Duration::ZERO,
                 Outcome::Status(429, Some("soon")),
-                true,
                 now,
                 1.0
             ),

@@ -113,6 +113,22 @@ impl DataQuality {
         }
     }
 
+    /// Configured codes found under code systems the job does not know by that name:
+    /// (resource type, system, count), for the warnings a site reads on its first run.
+    pub fn near_misses(&self) -> Vec<(&'static str, &str, u64)> {
+        let key = SkipReason::CodeUnderUnknownSystem.key();
+        self.by_type
+            .iter()
+            .filter_map(|(kind, counts)| Some((*kind, counts.left_out.get(key)?)))
+            .flat_map(|(kind, reason)| {
+                reason
+                    .by_value
+                    .iter()
+                    .map(move |(system, n)| (kind, system.as_str(), *n))
+            })
+            .collect()
+    }
+
     /// Resources of a type read (non-blank lines, search entries).
     pub fn read_of(&self, kind: ResourceType) -> u64 {
         self.by_type.get(kind.name()).map_or(0, |t| t.read)

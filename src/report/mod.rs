@@ -7,7 +7,6 @@ mod trail;
 
 use crate::config::Config;
 use crate::domain::{Censoring, Flag, Marker, PatientFindings, PatientTimeline, Severity};
-use crate::evaluate::evaluate_patient;
 use crate::format::csv_text;
 use crate::ingest::DataQuality;
 use crate::run::{self, RunError, Source};
@@ -185,7 +184,7 @@ pub fn build(options: &ReportOptions, config: &Config) -> Result<Report, RunErro
             .timelines
             .into_par_iter()
             .map(|timeline| {
-                let findings = evaluate_patient(&timeline, config, as_of);
+                let findings = run::evaluate_isolated(&timeline, config, as_of);
                 let flagged = flagged_patient(&timeline, &findings, options, config);
                 (findings, flagged)
             })
@@ -254,13 +253,10 @@ fn flagged_patient(
 /// Writes `report.html` and its CSV twins; returns the paths written.
 pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError> {
     let dir = &report.options.out_dir;
-    std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    crate::output::create_folder(dir)?;
     let mut written = Vec::new();
     let html_path = dir.join("report.html");
-    run::write_atomically(&html_path, |w| html::write(w, report, config))?;
+    crate::output::write_atomically(&html_path, |w| html::write(w, report, config))?;
     written.push(html_path);
     for (name, fill) in [
         ("report-cohort.csv", cohort_csv as CsvFiller),
@@ -269,7 +265,7 @@ pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError>
         ("report-data-quality.csv", quality_csv),
     ] {
         let path = dir.join(name);
-        run::write_atomically(&path, |w| {
+        crate::output::write_atomically(&path, |w| {
             let mut writer = csv::Writer::from_writer(w);
             fill(&mut writer, report).map_err(std::io::Error::other)?;
             writer.flush()
@@ -279,7 +275,7 @@ pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError>
     Ok(written)
 }
 
-type CsvWriter<'a> = csv::Writer<&'a mut std::io::BufWriter<std::fs::File>>;
+type CsvWriter<'a> = csv::Writer<&'a mut dyn std::io::Write>;
 type CsvFiller = fn(&mut CsvWriter<'_>, &Report) -> csv::Result<()>;
 
 fn cohort_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {

@@ -45,11 +45,59 @@ pub enum WriteBackError {
     #[error(transparent)]
     Fhir(#[from] FhirError),
     /// A dry run's transaction Bundle could not be saved.
-    #[error("cannot write {path}: {source}")]
-    Save {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Save(#[from] crate::output::OutputError),
+    #[error("interrupted before the write-back finished; what was sent is complete per patient")]
+    Interrupted,
+}
+
+/// Why the safety valve stopped a write-back, with the numbers an operator checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MassCancel {
+    /// DetectedIssues the run would cancel.
+    pub would_cancel: usize,
+    /// The job's active (not cancelled, not entered-in-error) DetectedIssues in the run's scope.
+    pub active: usize,
+    /// `output.max_cancel_fraction`.
+    pub max_fraction: f64,
+    /// The run read no patient with a TARE at all.
+    pub no_tare_patient_read: bool,
+}
+
+impl std::fmt::Display for MassCancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.no_tare_patient_read {
+            "it read no patient with a TARE procedure at all (a changed code list, a permission \
+             change, or a server answering empty?)"
+                .to_owned()
+        } else {
+            format!(
+                "that is more than {}% of them (output.max_cancel_fraction)",
+                crate::format::human_number(self.max_fraction * 100.0)
+            )
+        };
+        write!(
+            f,
+            "safety valve: this run would cancel {} of the job's {} active DetectedIssues, and {why}; \
+             nothing was written. Check the source; if the cancellations are meant, run again \
+             with --allow-mass-cancel",
+            self.would_cancel, self.active
+        )
+    }
+}
+
+/// How one write-back goes.
+pub struct WriteBackOptions<'a> {
+    /// `Provenance.recorded` of what is written.
+    pub recorded: &'a str,
+    pub scope: &'a Scope,
+    /// A dry run: nothing is sent, each patient's transaction Bundle is saved here.
+    pub dry_run_dir: Option<&'a Path>,
+    /// Patients with a TARE Procedure the run read (the safety valve trips on any
+    /// cancellation when there are none).
+    pub tare_patients_read: usize,
+    /// `--allow-mass-cancel`: the operator means it.
+    pub allow_mass_cancel: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,13 +111,13 @@ pub struct WriteReport {
     /// Patients whose transaction was sent (or, in a dry run, saved).
     pub transactions: usize,
     pub failed: Vec<PatientFailure>,
+    /// The safety valve tripped: nothing was sent (in a dry run, the Bundles were saved for
+    /// review all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mass_cancel: Option<MassCancel>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PatientFailure {
-    pub patient_id: String,
-    pub message: String,
-}
+pub use super::summary::PatientFailure;
 
 /// A DetectedIssue of ours already on the server.
 struct Existing {
@@ -130,7 +178,7 @@ async fn ensure_device(
     let body = device.to_string();
     let if_none_exist = format!("identifier={system}|{value}");
     let Answer { status, body, .. } = client
-        .send(&url, true, |http| {
+        .send(&url, |http| {
             http.post(url.as_str())
                 .header("Content-Type", "application/fhir+json")
                 .header("If-None-Exist", if_none_exist.as_str())
@@ -272,6 +320,16 @@ fn uuid_from_hex(hex: &str) -> String {
     )
 }
 
+/// Why one patient's entries could not be planned.
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    #[error(transparent)]
+    Build(#[from] fhir_resources::BuildError),
+    /// Without a version there is no `If-Match`: a person's concurrent edit could be lost.
+    #[error("DetectedIssue/{0} has no meta.versionId on the server, so it cannot be updated safely (If-Match); it was left as it is")]
+    NoVersion(String),
+}
+
 /// A PUT of `resource` over an existing DetectedIssue, guarded by `If-Match` on the version
 /// read, and its Provenance.
 fn update_entries(
@@ -280,12 +338,12 @@ fn update_entries(
     sources: &[String],
     device: &str,
     recorded: &str,
-) -> Result<[Value; 2], fhir_resources::BuildError> {
+) -> Result<[Value; 2], PlanError> {
+    let Some(version) = &current.version else {
+        return Err(PlanError::NoVersion(current.id.clone()));
+    };
     let target = format!("DetectedIssue/{}", current.id);
-    let mut request = json!({"method": "PUT", "url": target});
-    if let Some(version) = &current.version {
-        request["ifMatch"] = json!(format!("W/\"{version}\""));
-    }
+    let request = json!({"method": "PUT", "url": target, "ifMatch": format!("W/\"{version}\"")});
     let provenance = provenance_entry(&target, &owned_part(&resource), sources, device, recorded)?;
     Ok([
         json!({"resource": resource, "request": request}),
@@ -301,7 +359,7 @@ fn plan_patient(
     config: &Config,
     device: &str,
     recorded: &str,
-) -> Result<Plan, fhir_resources::BuildError> {
+) -> Result<Plan, PlanError> {
     let system = &config.output.identifier_system;
     let mut plan = Plan::default();
     let mut wanted = rustc_hash::FxHashSet::default();
@@ -379,17 +437,25 @@ fn plan_patient(
     Ok(plan)
 }
 
-/// Brings the server in line with the findings. With `dry_run_dir`, nothing is written: each
-/// patient's transaction Bundle is saved there instead.
+/// Whether a DetectedIssue counts as active for the safety valve.
+fn is_active(issue: &Existing) -> bool {
+    !matches!(
+        issue.resource["status"].as_str(),
+        Some("cancelled") | Some("entered-in-error")
+    )
+}
+
+/// Brings the server in line with the findings. Patients whose evaluation failed are left
+/// alone (their DetectedIssues are neither updated nor cancelled). With a dry-run folder,
+/// nothing is written: each patient's transaction Bundle is saved there instead.
 pub async fn write_back(
     client: &FhirClient,
     patients: &[PatientFindings],
     config: &Config,
-    recorded: &str,
-    scope: &Scope,
-    dry_run_dir: Option<&Path>,
+    options: &WriteBackOptions<'_>,
 ) -> Result<WriteReport, WriteBackError> {
-    let dry_run = dry_run_dir.is_some();
+    let (recorded, scope) = (options.recorded, options.scope);
+    let dry_run = options.dry_run_dir.is_some();
     let device = ensure_device(client, config, dry_run).await?;
     // Everyone: all our DetectedIssues, so those of a patient who no longer has a TARE (one
     // entered in error) are cancelled too. A cohort: those of its patients only.
@@ -404,17 +470,29 @@ pub async fn write_back(
             existing_issues(client, Some(&patient_ids), config).await?
         }
     };
-    // Which of our identifiers belong to which patient (of this shard).
+    let untouchable: rustc_hash::FxHashSet<&str> = patients
+        .iter()
+        .filter(|p| p.evaluation_error.is_some())
+        .map(|p| p.patient_id.as_str())
+        .collect();
+    // Which of our identifiers belong to which patient (of this shard); an issue whose patient
+    // reference is not a FHIR id is left alone (never put into a URL).
     let mut by_patient: FxHashMap<String, Vec<String>> = FxHashMap::default();
+    let mut active = 0;
     for (identifier, issue) in &existing {
-        if let Some(reference) = issue.resource["patient"]["reference"].as_str() {
-            let patient = reference.rsplit('/').next().unwrap_or(reference).to_owned();
-            if scope.in_shard(&patient) {
-                by_patient
-                    .entry(patient)
-                    .or_default()
-                    .push(identifier.clone());
-            }
+        let Some(patient) = issue.resource["patient"]["reference"]
+            .as_str()
+            .and_then(crate::ingest::patient_id_of)
+            .filter(|id| crate::ingest::is_fhir_id(id))
+        else {
+            continue;
+        };
+        if scope.in_shard(patient) && !untouchable.contains(patient) {
+            active += usize::from(is_active(issue));
+            by_patient
+                .entry(patient.to_owned())
+                .or_default()
+                .push(identifier.clone());
         }
     }
     let mut report = WriteReport {
@@ -422,15 +500,17 @@ pub async fn write_back(
         device: device.clone(),
         ..WriteReport::default()
     };
-    let mut bundles = Vec::new();
-    let mut plans: Vec<(String, Result<Plan, fhir_resources::BuildError>)> = patients
+    let mut plans: Vec<(String, Result<Plan, PlanError>)> = patients
         .iter()
+        .filter(|patient| !untouchable.contains(patient.patient_id.as_str()))
         .map(|patient| {
-            let plan = planned_issues(patient, config, &device, false).and_then(|planned| {
-                let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
-                ours.sort();
-                plan_patient(planned, &existing, ours, config, &device, recorded)
-            });
+            let plan = planned_issues(patient, config, &device, false)
+                .map_err(PlanError::from)
+                .and_then(|planned| {
+                    let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
+                    ours.sort();
+                    plan_patient(planned, &existing, ours, config, &device, recorded)
+                });
             (patient.patient_id.clone(), plan)
         })
         .collect();
@@ -442,6 +522,7 @@ pub async fn write_back(
         let plan = plan_patient(Vec::new(), &existing, ours, config, &device, recorded);
         plans.push((patient_id, plan));
     }
+    let mut bundles = Vec::new();
     for (patient_id, plan) in plans {
         let plan = match plan {
             Ok(plan) => plan,
@@ -459,38 +540,112 @@ pub async fn write_back(
         }
         bundles.push((patient_id, plan));
     }
-    if let Some(dir) = dry_run_dir {
-        let save_error = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| WriteBackError::Save { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(save_error(dir))?;
-        for (patient_id, plan) in bundles {
-            let bundle =
-                json!({"resourceType": "Bundle", "type": "transaction", "entry": plan.entries});
-            let path = dir.join(format!("{}.json", sanitize(&patient_id)));
-            std::fs::write(&path, serde_json::to_string_pretty(&bundle).expect("JSON"))
-                .map_err(save_error(&path))?;
-            report.transactions += 1;
-            report.created += plan.created;
-            report.updated += plan.updated;
-            report.cancelled += plan.cancelled;
+    // The safety valve, before anything is sent.
+    let would_cancel: usize = bundles.iter().map(|(_, plan)| plan.cancelled).sum();
+    let valve = MassCancel {
+        would_cancel,
+        active,
+        max_fraction: config.output.max_cancel_fraction,
+        no_tare_patient_read: options.tare_patients_read == 0,
+    };
+    let trips = would_cancel > 0
+        && (valve.no_tare_patient_read || would_cancel as f64 > valve.max_fraction * active as f64);
+    if trips && !options.allow_mass_cancel {
+        report.mass_cancel = Some(valve);
+        if !dry_run {
+            return Ok(report);
         }
-        return Ok(report);
     }
+    if let Some(dir) = options.dry_run_dir {
+        save_bundles(dir, bundles, &mut report)?;
+    } else {
+        send_bundles(client, config, bundles, &mut report).await?;
+    }
+    report
+        .failed
+        .sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
+    Ok(report)
+}
+
+fn transaction(entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// A dry run: each patient's Bundle saved whole (0600) under a name that cannot collide (the
+/// id, which is a FHIR id, and a hash of it, so file systems that ignore case keep them apart)
+/// nor exceed a file-name limit, and `index.csv` from patient id to file.
+fn save_bundles(
+    dir: &Path,
+    bundles: Vec<(String, Plan)>,
+    report: &mut WriteReport,
+) -> Result<(), WriteBackError> {
+    crate::output::create_folder(dir)?;
+    let mut index = Vec::new();
+    for (patient_id, plan) in bundles {
+        if crate::interrupt::requested() {
+            return Err(WriteBackError::Interrupted);
+        }
+        let name = bundle_file_name(&patient_id);
+        let bundle = transaction(plan.entries);
+        crate::output::write_atomically(&dir.join(&name), |w| {
+            serde_json::to_writer_pretty(&mut *w, &bundle)?;
+            w.write_all(b"\n")
+        })?;
+        index.push((patient_id, name));
+        report.transactions += 1;
+        report.created += plan.created;
+        report.updated += plan.updated;
+        report.cancelled += plan.cancelled;
+    }
+    crate::output::write_atomically(&dir.join("index.csv"), |w| {
+        let mut writer = csv::Writer::from_writer(w);
+        writer
+            .write_record(["patient_id", "file"])
+            .map_err(std::io::Error::other)?;
+        for (patient_id, name) in &index {
+            writer
+                .write_record([crate::format::csv_text(patient_id).as_ref(), name])
+                .map_err(std::io::Error::other)?;
+        }
+        writer.flush()
+    })?;
+    Ok(())
+}
+
+/// The dry-run file of a patient: `ID.HASH.json`, at most 64 + 1 + 12 + 5 characters.
+pub fn bundle_file_name(patient_id: &str) -> String {
+    let hash = &stable_id(patient_id)[..12];
+    let readable: String = patient_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(64)
+        .collect();
+    format!("{readable}.{hash}.json")
+}
+
+/// Sends each patient's Bundle; a stop asked for by SIGINT/SIGTERM lets the transactions in
+/// flight finish and sends no more.
+async fn send_bundles(
+    client: &FhirClient,
+    config: &Config,
+    bundles: Vec<(String, Plan)>,
+    report: &mut WriteReport,
+) -> Result<(), WriteBackError> {
     let url = client.base().to_string();
     let progress = Progress::start("writing", bundles.len() as u64);
-    let results: Vec<(String, Plan, Result<(), String>)> = stream::iter(bundles)
+    // Per patient: the plan, and the answer (none when a stop came before it was sent).
+    type Sent = (String, Plan, Option<Result<(), String>>);
+    let results: Vec<Sent> = stream::iter(bundles)
         .map(|(patient_id, mut plan)| {
             let url = url.clone();
             let progress = &progress;
             async move {
-                let entries = std::mem::take(&mut plan.entries);
-                let bundle =
-                    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-                        .to_string();
+                if crate::interrupt::requested() {
+                    return (patient_id, plan, None);
+                }
+                let bundle = transaction(std::mem::take(&mut plan.entries)).to_string();
                 let sent = client
-                    .send(&url, true, |http| {
+                    .send(&url, |http| {
                         http.post(url.as_str())
                             .header("Content-Type", "application/fhir+json")
                             .body(bundle.clone())
@@ -506,22 +661,24 @@ pub async fn write_back(
                     Err(e) => Err(e.to_string()),
                 };
                 progress.advance(1);
-                (patient_id, plan, result)
+                (patient_id, plan, Some(result))
             }
         })
         .buffer_unordered(config.server.write_concurrency)
         .collect()
         .await;
     progress.finish();
+    let mut interrupted = false;
     for (patient_id, plan, result) in results {
         match result {
-            Ok(()) => {
+            None => interrupted = true,
+            Some(Ok(())) => {
                 report.transactions += 1;
                 report.created += plan.created;
                 report.updated += plan.updated;
                 report.cancelled += plan.cancelled;
             }
-            Err(message) => {
+            Some(Err(message)) => {
                 tracing::warn!(patient_failures = 1, "a patient's write-back failed");
                 report.failed.push(PatientFailure {
                     patient_id,
@@ -530,21 +687,8 @@ pub async fn write_back(
             }
         }
     }
-    report
-        .failed
-        .sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
-    Ok(report)
-}
-
-/// A file name from a patient id (ids are `[A-Za-z0-9-.]{1,64}` in FHIR, but be safe).
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    if interrupted {
+        return Err(WriteBackError::Interrupted);
+    }
+    Ok(())
 }

@@ -18,6 +18,16 @@ pub struct PatientCounts {
     pub episodes_evaluated: usize,
     pub episodes_under_minimum_age: usize,
     pub episodes_after_as_of: usize,
+    /// Patients whose evaluation failed, with the message (also counted in `left_out`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evaluation_failed: Vec<PatientFailure>,
+}
+
+/// A patient something failed for, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PatientFailure {
+    pub patient_id: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,6 +123,12 @@ impl RunSummary {
             counts.episodes_after_as_of += patient.episodes_after_as_of;
             if let Some(reason) = patient.left_out {
                 *counts.left_out.entry(reason.key()).or_default() += 1;
+                if let Some(message) = &patient.evaluation_error {
+                    counts.evaluation_failed.push(PatientFailure {
+                        patient_id: patient.patient_id.clone(),
+                        message: message.clone(),
+                    });
+                }
                 continue;
             }
             counts.evaluated += 1;

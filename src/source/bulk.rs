@@ -104,7 +104,7 @@ fn unexpected(url: &str, answer: &Answer) -> FhirError {
 /// Deletes the export job; a failure is logged, not fatal (the server expires jobs too).
 async fn delete_job(client: &FhirClient, status_url: &str) {
     let deleted = client
-        .send(status_url, true, |http| http.delete(status_url))
+        .send(status_url, |http| http.delete(status_url))
         .await;
     match deleted {
         Ok(answer) if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND => {}
@@ -126,7 +126,7 @@ async fn wait_for_manifest(
     let max_wait = Duration::from_secs(config.server.export_max_wait_secs);
     loop {
         let answer = client
-            .send(status_url, true, |http| {
+            .send(status_url, |http| {
                 http.get(status_url).header("Accept", "application/json")
             })
             .await?;
@@ -181,7 +181,7 @@ pub async fn export(
         false => "respond-async",
     };
     let answer = client
-        .send(&kickoff_text, true, |http| {
+        .send(&kickoff_text, |http| {
             http.get(kickoff.clone())
                 .header("Accept", "application/fhir+json")
                 .header("Prefer", prefer)

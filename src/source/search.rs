@@ -8,7 +8,9 @@ use super::{Collected, Loaded};
 use crate::cohort::Scope;
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
-use crate::ingest::{patient_id_of, patient_of_resource, resource_header, Ingestor, ResourceType};
+use crate::ingest::{
+    patient_id_of, patient_of_resource, resource_header, CodeSystems, Ingestor, ResourceType,
+};
 use crate::progress::Progress;
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -16,13 +18,24 @@ use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// `system|code,system|code`, the token list of a `code=` search.
-fn token_list(codes: &[&Code]) -> String {
-    codes
-        .iter()
-        .map(|c| format!("{}|{}", c.system, c.code))
-        .collect::<Vec<_>>()
-        .join(",")
+/// `system|code,system|code`, the token list of a `code=` search: each code under every name
+/// its system goes by (docs/rules.md "Code systems"), so a server that stores the OID form
+/// finds it as well as one that stores the canonical URI.
+fn token_list(systems: &CodeSystems, codes: &[&Code]) -> String {
+    let mut tokens: Vec<String> = Vec::new();
+    for code in codes {
+        let names = match systems.identify(&code.system) {
+            Some(id) => systems.names(id).to_vec(),
+            None => vec![code.system.clone()],
+        };
+        for name in names {
+            let token = format!("{name}|{}", code.code);
+            if !tokens.contains(&token) {
+                tokens.push(token);
+            }
+        }
+    }
+    tokens.join(",")
 }
 
 /// The state shared by the searches of one load.
@@ -155,6 +168,10 @@ pub(crate) struct Codes {
 
 impl Codes {
     pub(crate) fn of(config: &Config) -> Codes {
+        // validate() has refused a configuration whose aliases conflict.
+        let systems = config
+            .code_systems()
+            .unwrap_or_else(|_| CodeSystems::built_in());
         let codes = &config.codes;
         let markers: Vec<&Code> = [
             &codes.pivka,
@@ -167,9 +184,9 @@ impl Codes {
         .flatten()
         .collect();
         Codes {
-            tare: token_list(&codes.tare_procedure.iter().collect::<Vec<_>>()),
-            hcc: token_list(&codes.hcc_condition.iter().collect::<Vec<_>>()),
-            markers: token_list(&markers),
+            tare: token_list(&systems, &codes.tare_procedure.iter().collect::<Vec<_>>()),
+            hcc: token_list(&systems, &codes.hcc_condition.iter().collect::<Vec<_>>()),
+            markers: token_list(&systems, &markers),
         }
     }
 }
@@ -396,4 +413,27 @@ pub async fn group_members(client: &FhirClient, group_id: &str) -> Result<Vec<St
         .map(str::to_owned)
         .collect();
     Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_send_every_name_of_a_code_system() {
+        let codes = Codes::of(&Config::default());
+        assert_eq!(
+            codes.tare,
+            "http://www.ama-assn.org/go/cpt|79445,urn:oid:2.16.840.1.113883.6.12|79445,\
+             https://www.ama-assn.org/go/cpt|79445,\
+             https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets|S2095,\
+             http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets|S2095,\
+             urn:oid:2.16.840.1.113883.6.285|S2095,urn:oid:2.16.840.1.113883.6.14|S2095"
+        );
+        let local = Config::from_toml(
+            "[codes]\ntare_procedure = [{ system = \"http://hospital.example/proc\", code = \"TARE\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(Codes::of(&local).tare, "http://hospital.example/proc|TARE");
+    }
 }
