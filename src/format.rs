@@ -2,6 +2,7 @@
 
 use crate::domain::{Censoring, Marker};
 use chrono::NaiveDate;
+use std::borrow::Cow;
 
 /// A number for a CSV cell: `.` decimal point, no thousands separator, at most `decimals`
 /// decimals with trailing zeros trimmed (`6088`, `12.1`, `0.5`).
@@ -86,15 +87,66 @@ pub fn date(d: NaiveDate) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
-/// A text cell a spreadsheet will not run: one that begins with `=`, `+`, `-`, `@`, a tab or
-/// a carriage return gets a leading `'` (OWASP's advice against CSV formula injection), unless
-/// it is a plain number (`-93.1` stays a number).
-pub fn csv_text(text: &str) -> std::borrow::Cow<'_, str> {
-    let risky = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    if risky && text.parse::<f64>().is_err() {
-        std::borrow::Cow::Owned(format!("'{text}"))
+/// Text without control characters: line breaks and tabs become a space, every other control
+/// character (NUL, escape, the C1 range, ...) is removed. For every text a person reads in a
+/// CSV file or the HTML report, whatever the source put in it.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .filter_map(|c| match c {
+                '\n' | '\r' | '\t' => Some(' '),
+                c if c.is_control() => None,
+                c => Some(c),
+            })
+            .collect(),
+    )
+}
+
+/// A text cell a spreadsheet will not run, and without control characters: one whose first
+/// character past any leading white space is `=`, `+`, `-` or `@` gets a leading `'` (OWASP's
+/// advice against CSV formula injection), unless it is a plain number (`-93.1` stays a
+/// number).
+pub fn csv_text(text: &str) -> Cow<'_, str> {
+    let text = printable(text);
+    let risky = text.trim_start().starts_with(['=', '+', '-', '@']);
+    if risky && text.trim().parse::<f64>().is_err() {
+        Cow::Owned(format!("'{text}"))
     } else {
-        std::borrow::Cow::Borrowed(text)
+        text
+    }
+}
+
+/// A CSV writer whose every cell goes through `csv_text`: one guard for every CSV the job
+/// writes, so no cell (ids, details, names, server-supplied dates) can reach a spreadsheet as
+/// a formula.
+pub struct GuardedCsv<W: std::io::Write> {
+    inner: csv::Writer<W>,
+}
+
+impl<W: std::io::Write> GuardedCsv<W> {
+    pub fn new(out: W) -> Self {
+        GuardedCsv {
+            inner: csv::Writer::from_writer(out),
+        }
+    }
+
+    /// Writes one row, each cell guarded.
+    pub fn row<I, T>(&mut self, cells: I) -> csv::Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        for cell in cells {
+            self.inner.write_field(csv_text(cell.as_ref()).as_bytes())?;
+        }
+        self.inner.write_record(None::<&[u8]>)
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -122,8 +174,13 @@ mod tests {
             ("+cmd", "'+cmd"),
             ("-A1", "'-A1"),
             ("@SUM(A1)", "'@SUM(A1)"),
-            ("\tx", "'\tx"),
-            ("\rx", "'\rx"),
+            ("\tx", " x"),
+            ("\r=x", "' =x"),
+            (" =1+1", "' =1+1"),
+            ("\u{a0}@SUM(A1)", "'\u{a0}@SUM(A1)"),
+            ("a\u{0}b\u{1b}[31m", "ab[31m"),
+            ("line one\nline two", "line one line two"),
+            (" -93.1", " -93.1"),
             ("-93.1", "-93.1"),
             ("+40", "+40"),
             ("demo-01", "demo-01"),

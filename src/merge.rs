@@ -142,10 +142,10 @@ fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
     rows.sort_by(|a, b| a.get(0).cmp(&b.get(0)));
     let header = header.unwrap_or_default();
     write_atomically(out, |w| {
-        let mut writer = csv::Writer::from_writer(w);
-        writer.write_record(&header)?;
+        let mut writer = crate::format::GuardedCsv::new(w);
+        writer.row(&header).map_err(std::io::Error::other)?;
         for row in &rows {
-            writer.write_record(row)?;
+            writer.row(row).map_err(std::io::Error::other)?;
         }
         writer.flush()
     })?;

@@ -175,13 +175,10 @@ fn read_export(
     );
     let mut loaded = pool.install(|| ndjson::load_export(folder.path(), ingestor))?;
     loaded.inputs = vec![format!(
-        "$export ({} files, {} bytes{}{})",
+        "$export ({} files, {} bytes, transactionTime {}{})",
         exported.files.len(),
         exported.bytes,
-        exported
-            .transaction_time
-            .map(|t| format!(", transactionTime {t}"))
-            .unwrap_or_default(),
+        exported.transaction_time,
         match exported.error_files {
             0 => String::new(),
             n => format!(", {n} error files"),

@@ -441,6 +441,7 @@ async fn bulk_server(home: &MockServer, files_elsewhere: &MockServer, ready_afte
         .await;
     let manifest = json!({
         "transactionTime": "2026-11-27T02:00:00Z", "requiresAccessToken": true,
+        "request": format!("{}/$export", home.uri()),
         "output": [
             {"type": "Patient", "url": format!("{}/files/patients", home.uri())},
             {"type": "Observation", "url": format!("{}/files/observations", files_elsewhere.uri())},
@@ -513,10 +514,7 @@ async fn a_bulk_export_waits_as_asked_sends_the_token_home_only_and_deletes_the_
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["Observation-0001.ndjson", "Patient-0000.ndjson"]);
-    assert_eq!(
-        exported.transaction_time.as_deref(),
-        Some("2026-11-27T02:00:00Z")
-    );
+    assert_eq!(exported.transaction_time, "2026-11-27T02:00:00Z");
     let requests = home.received_requests().await.unwrap();
     let kickoff = requests
         .iter()
@@ -686,4 +684,356 @@ async fn the_state_moves_on_only_after_a_run_whose_writes_all_succeeded() {
         && r.url
             .query_pairs()
             .any(|(k, v)| k == "_lastUpdated" && v == expected)));
+}
+
+// ---- bounded time and memory on any answer ----
+
+fn settings(change: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
+    let mut settings = ServerConfig::default();
+    change(&mut settings);
+    settings
+}
+
+async fn search_error(base: &str, settings: &ServerConfig, first: &str) -> FhirError {
+    let client = FhirClient::new(base, settings).unwrap();
+    client
+        .search_all(reqwest::Url::parse(first).unwrap(), |_| {})
+        .await
+        .err()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_next_link_that_alternates_between_two_pages_is_refused() {
+    let server = MockServer::start().await;
+    let (a, b) = (format!("{}/a", server.uri()), format!("{}/b", server.uri()));
+    Mock::given(path("/a"))
+        .respond_with(fhir_json(&bundle(&[], Some(&b))))
+        .mount(&server)
+        .await;
+    Mock::given(path("/b"))
+        .respond_with(fhir_json(&bundle(&[], Some(&a))))
+        .mount(&server)
+        .await;
+    let error = search_error(&server.uri(), &ServerConfig::default(), &a).await;
+    assert!(matches!(error, FhirError::RepeatedPage { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!("{a}: the next link repeats a page already read; the search would never end")
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+/// Pages whose next links never end, each a new URL, each answered after `delay`.
+struct EndlessPages {
+    base: String,
+    delay: Duration,
+}
+
+impl Respond for EndlessPages {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let n: u64 = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let next = format!("{}/Patient?page={}", self.base, n + 1);
+        fhir_json(&bundle(&[], Some(&next))).set_delay(self.delay)
+    }
+}
+
+#[tokio::test]
+async fn a_search_longer_than_the_page_cap_stops() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(EndlessPages {
+            base: server.uri(),
+            delay: Duration::ZERO,
+        })
+        .mount(&server)
+        .await;
+    let capped = settings(|s| s.max_pages_per_search = 3);
+    let error = search_error(&server.uri(), &capped, &format!("{}/Patient", server.uri())).await;
+    assert!(
+        error
+            .to_string()
+            .ends_with("the search goes on past 3 pages (server.max_pages_per_search)"),
+        "{error}"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn reading_stops_at_the_read_budget() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(EndlessPages {
+            base: server.uri(),
+            delay: Duration::from_millis(400),
+        })
+        .mount(&server)
+        .await;
+    // 0.02 minutes: 1.2 s.
+    let budget = settings(|s| s.max_read_minutes = 0.02);
+    let error = search_error(&server.uri(), &budget, &format!("{}/Patient", server.uri())).await;
+    assert!(matches!(error, FhirError::ReadBudget { .. }), "{error}");
+    assert!(
+        error.to_string().ends_with(
+            "reading from the server took longer than 0.02 minutes (server.max_read_minutes)"
+        ),
+        "{error}"
+    );
+    let pages = server.received_requests().await.unwrap().len();
+    assert!(
+        (3..=5).contains(&pages),
+        "{pages} pages in 1.2 s at 0.4 s each"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_over_the_size_cap_is_refused_and_not_retried() {
+    let server = MockServer::start().await;
+    let big = bundle(
+        &[json!({"resourceType": "Patient", "id": "p", "text": {"div": "x".repeat(2 << 20)}})],
+        None,
+    );
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&big))
+        .mount(&server)
+        .await;
+    let capped = settings(|s| s.max_response_bytes = 1 << 20);
+    let url = format!("{}/Patient", server.uri());
+    let error = search_error(&server.uri(), &capped, &url).await;
+    assert_eq!(
+        error.to_string(),
+        format!("{url}: the answer is larger than 1048576 bytes (server.max_response_bytes)")
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+/// Answers with a chunked body (no length announced) that goes on for `megabytes`.
+fn endless_chunked_server(megabytes: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut stream)) = listener.incoming().next() {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..megabytes {
+                if stream
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .is_err()
+                    || stream.write_all(&chunk).is_err()
+                    || stream.write_all(b"\r\n").is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_cut_off_at_the_size_cap() {
+    let base = endless_chunked_server(64);
+    let capped = settings(|s| s.max_response_bytes = 4 << 20);
+    let error = search_error(&base, &capped, &format!("{base}/Patient")).await;
+    assert!(
+        matches!(error, FhirError::TooLarge { limit: 4194304, .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn retries_of_one_request_stop_at_the_total_retry_time() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "2"))
+        .mount(&server)
+        .await;
+    let capped = settings(|s| s.max_retry_secs = 3);
+    let client = FhirClient::new(&server.uri(), &capped).unwrap();
+    let error = client
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, FhirError::Status { status: 503, .. }),
+        "{error}"
+    );
+    // At 0 s, then after 2 s; a third try would start after 4 s, past the 3 s allowed.
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[test]
+fn plain_http_to_a_remote_host_is_refused_with_a_token_or_without() {
+    let error = FhirClient::new("http://fhir.example.org/r4", &ServerConfig::default())
+        .err()
+        .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("would send patient data and credentials unencrypted"),
+        "{error}"
+    );
+    let allowed = settings(|s| s.allow_insecure_http = true);
+    assert!(FhirClient::new("http://fhir.example.org/r4", &allowed).is_ok());
+}
+
+// ---- Bulk Data: only what the protocol says ----
+
+async fn kickoff_answering(home: &MockServer, content_location: &str) {
+    Mock::given(method("GET"))
+        .and(path("/$export"))
+        .respond_with(
+            ResponseTemplate::new(202).insert_header("Content-Location", content_location),
+        )
+        .mount(home)
+        .await;
+}
+
+async fn export_error(home: &MockServer) -> String {
+    let config = tare_marker_monitor::config::Config::default();
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    tare_marker_monitor::source::bulk::export(&client, &config, &["Patient"], None, folder.path())
+        .await
+        .err()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_status_url_that_is_a_fhir_resource_is_neither_polled_nor_deleted() {
+    let home = MockServer::start().await;
+    let patient = format!("{}/Patient/p1", home.uri());
+    kickoff_answering(&home, &patient).await;
+    let error = export_error(&home).await;
+    assert!(
+        error.ends_with(&format!(
+            "the kick-off names {patient} as its status URL, which is a FHIR resource URL of the server; it was neither polled nor deleted"
+        )),
+        "{error}"
+    );
+    let requests = home.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "only the kick-off");
+}
+
+#[tokio::test]
+async fn a_manifest_without_a_required_field_is_refused_before_any_download() {
+    let home = MockServer::start().await;
+    kickoff_answering(&home, &format!("{}/status/9", home.uri())).await;
+    Mock::given(method("GET"))
+        .and(path("/status/9"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transactionTime": "2026-11-27T02:00:00Z", "requiresAccessToken": false,
+            "output": [{"type": "Patient", "url": format!("{}/files/p", home.uri())}], "error": []
+        })))
+        .mount(&home)
+        .await;
+    let error = export_error(&home).await;
+    assert!(
+        error.contains("not a Bulk Data manifest: missing field `request`"),
+        "{error}"
+    );
+    let requests = home.received_requests().await.unwrap();
+    assert!(requests.iter().all(|r| r.url.path() != "/files/p"));
+    // It never answered as an export status endpoint: it is not deleted either.
+    assert!(requests
+        .iter()
+        .all(|r| r.method != wiremock::http::Method::DELETE));
+}
+
+#[tokio::test]
+async fn an_export_without_output_files_is_a_valid_empty_result() {
+    let home = MockServer::start().await;
+    kickoff_answering(&home, "status/empty").await;
+    Mock::given(method("GET"))
+        .and(path("/status/empty"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transactionTime": "2026-11-27T02:00:00Z", "request": "x",
+            "requiresAccessToken": false, "output": [], "error": []
+        })))
+        .mount(&home)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/status/empty"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&home)
+        .await;
+    let config = tare_marker_monitor::config::Config::default();
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let exported = tare_marker_monitor::source::bulk::export(
+        &client,
+        &config,
+        &["Patient", "Observation"],
+        None,
+        folder.path(),
+    )
+    .await
+    .unwrap();
+    assert!(exported.files.is_empty());
+    let ingestor = tare_marker_monitor::ingest::Ingestor::new(
+        &config,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+    );
+    let loaded =
+        tare_marker_monitor::source::ndjson::load_export(folder.path(), &ingestor).unwrap();
+    assert!(loaded.timelines.is_empty());
+    // A relative Content-Location is resolved against the base, and the job deleted.
+    let requests = home.received_requests().await.unwrap();
+    assert!(requests
+        .iter()
+        .any(|r| r.method == wiremock::http::Method::DELETE && r.url.path() == "/status/empty"));
+}
+
+// ---- write-back: never blind ----
+
+/// The cohort, plus one DetectedIssue of ours for p1 that the server keeps without a version.
+struct CohortWithUnversionedIssue;
+
+impl Respond for CohortWithUnversionedIssue {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        if request.url.path() == "/DetectedIssue" {
+            let issue = json!({
+                "resourceType": "DetectedIssue", "id": "di-1", "status": "preliminary",
+                "identifier": [{"system": "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id",
+                                "value": "0123456789abcdef0123456789abcdef"}],
+                "patient": {"reference": "Patient/p1"},
+                "detail": "an old flag that no longer holds"
+            });
+            return fhir_json(&bundle(&[issue], None));
+        }
+        Cohort.respond(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detected_issue_without_a_version_is_reported_and_never_overwritten() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(CohortWithUnversionedIssue)
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    // One active issue, cancelled by this run: allowed through the valve, to reach the check.
+    std::fs::write(&config, "[output]\nmax_cancel_fraction = 1.0\n").unwrap();
+    let (code, summary) = run_with_config(server.uri(), config, work.path().join("out")).await;
+    assert_eq!(code, Some(4));
+    assert_eq!(
+        summary["write_back"]["failed"][0]["message"],
+        "DetectedIssue/di-1 has no meta.versionId on the server, so it cannot be updated safely (If-Match); it was left as it is"
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert!(requests.iter().all(
+        |r| r.method != wiremock::http::Method::POST && r.method != wiremock::http::Method::PUT
+    ));
 }

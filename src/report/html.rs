@@ -5,7 +5,8 @@
 
 use super::{FlaggedPatient, Report};
 use crate::config::Config;
-use crate::format::{date, human_number};
+use crate::format::{date, human_number, printable};
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 const STYLE: &str = include_str!("assets/report.css");
@@ -14,8 +15,9 @@ const STYLE: &str = include_str!("assets/report.css");
 const TABLE_ROWS: usize = 500;
 const SCRIPT: &str = include_str!("assets/report.js");
 
-/// Text for HTML content and attribute values.
+/// Text for HTML content and attribute values, without control characters.
 pub fn escape(text: &str) -> String {
+    let text = crate::format::printable(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -36,7 +38,7 @@ pub fn escape(text: &str) -> String {
 #[derive(serde::Serialize)]
 struct PatientView<'a> {
     id: &'a str,
-    name: Option<&'a str>,
+    name: Option<Cow<'a, str>>,
     worst: &'static str,
     latest: String,
     /// `[severity, code, marker, episode index date, identified date, detail]`.
@@ -54,14 +56,15 @@ struct SeriesView<'a> {
     uln: f64,
     points: Vec<(i64, f64, u8)>,
     /// `[point index, observation id, note]` for the points with a note.
-    notes: Vec<(usize, &'a str, &'a str)>,
+    notes: Vec<(usize, &'a str, Cow<'a, str>)>,
 }
 
 impl<'a> PatientView<'a> {
     fn of(p: &'a FlaggedPatient) -> PatientView<'a> {
         PatientView {
             id: &p.patient_id,
-            name: p.name.as_deref(),
+            // Text from the source, as a person reads it: without control characters.
+            name: p.name.as_deref().map(printable),
             worst: p.worst.code(),
             latest: date(p.latest_identified),
             flags: p
@@ -74,7 +77,7 @@ impl<'a> PatientView<'a> {
                         f.marker.map(|m| m.display_name()).unwrap_or("").to_owned(),
                         date(*index),
                         date(f.identified_date),
-                        f.detail.clone(),
+                        printable(&f.detail).into_owned(),
                     ]
                 })
                 .collect(),
@@ -99,7 +102,9 @@ impl<'a> PatientView<'a> {
                         .iter()
                         .enumerate()
                         .filter_map(|(i, pt)| {
-                            pt.note.as_deref().map(|n| (i, pt.observation.as_str(), n))
+                            pt.note
+                                .as_deref()
+                                .map(|n| (i, pt.observation.as_str(), printable(n)))
                         })
                         .collect(),
                 })
@@ -395,6 +400,11 @@ mod tests {
             escape("<script>alert('x') & \"y\"</script>"),
             "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn escape_removes_control_characters() {
+        assert_eq!(escape("a\u{0}b\u{1b}[1m\nc"), "ab[1m c");
     }
 
     #[test]

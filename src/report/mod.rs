@@ -7,7 +7,7 @@ mod trail;
 
 use crate::config::Config;
 use crate::domain::{Censoring, Flag, Marker, PatientFindings, PatientTimeline, Severity};
-use crate::format::csv_text;
+use crate::format::GuardedCsv;
 use crate::ingest::DataQuality;
 use crate::run::{self, RunError, Source};
 use crate::sink::summary::{FlagCounts, PatientCounts, RunSummary};
@@ -266,7 +266,7 @@ pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError>
     ] {
         let path = dir.join(name);
         crate::output::write_atomically(&path, |w| {
-            let mut writer = csv::Writer::from_writer(w);
+            let mut writer = GuardedCsv::new(w);
             fill(&mut writer, report).map_err(std::io::Error::other)?;
             writer.flush()
         })?;
@@ -275,11 +275,11 @@ pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError>
     Ok(written)
 }
 
-type CsvWriter<'a> = csv::Writer<&'a mut dyn std::io::Write>;
+type CsvWriter<'a> = GuardedCsv<&'a mut dyn std::io::Write>;
 type CsvFiller = fn(&mut CsvWriter<'_>, &Report) -> csv::Result<()>;
 
 fn cohort_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
-    w.write_record(["section", "item", "detail", "count"])?;
+    w.row(["section", "item", "detail", "count"])?;
     let p = &r.patients;
     for (item, count) in [
         ("seen", p.seen),
@@ -287,26 +287,26 @@ fn cohort_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         ("birth_date_unknown", p.birth_date_unknown),
         ("episodes_evaluated", p.episodes_evaluated),
     ] {
-        w.write_record(["patients", item, "", &count.to_string()])?;
+        w.row(["patients", item, "", &count.to_string()])?;
     }
     for (reason, count) in &p.left_out {
-        w.write_record(["patients_left_out", reason, "", &count.to_string()])?;
+        w.row(["patients_left_out", reason, "", &count.to_string()])?;
     }
     for (marker, by_response) in &r.responses {
         for (response, count) in by_response {
-            w.write_record(["responses", marker, response, &count.to_string()])?;
+            w.row(["responses", marker, response, &count.to_string()])?;
         }
     }
     for (code, by_severity) in &r.flags.by_code {
         for (severity, count) in by_severity {
-            w.write_record(["flags", code, severity, &count.to_string()])?;
+            w.row(["flags", code, severity, &count.to_string()])?;
         }
     }
     Ok(())
 }
 
 fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
-    w.write_record([
+    w.row([
         "patient_id",
         "name",
         "worst_severity",
@@ -322,19 +322,19 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 None => f.code.code().to_owned(),
             })
             .collect();
-        w.write_record([
-            csv_text(&p.patient_id).as_ref(),
-            csv_text(p.name.as_deref().unwrap_or("")).as_ref(),
+        w.row([
+            &p.patient_id,
+            p.name.as_deref().unwrap_or(""),
             p.worst.code(),
             &crate::format::date(p.latest_identified),
-            csv_text(&codes.join("; ")).as_ref(),
+            &codes.join("; "),
         ])?;
     }
     Ok(())
 }
 
 fn trail_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
-    w.write_record([
+    w.row([
         "identifier",
         "patient_id",
         "flag",
@@ -348,35 +348,35 @@ fn trail_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         "evidence",
     ])?;
     for t in r.trail.iter().flatten() {
-        w.write_record([
-            csv_text(&t.identifier).as_ref(),
-            csv_text(&t.patient_id).as_ref(),
-            csv_text(&t.code).as_ref(),
-            csv_text(&t.severity).as_ref(),
+        w.row([
+            &t.identifier,
+            &t.patient_id,
+            &t.code,
+            &t.severity,
             t.status_today(),
             &t.identified,
             &t.last_updated,
-            csv_text(t.annotation.as_deref().unwrap_or("")).as_ref(),
+            t.annotation.as_deref().unwrap_or(""),
             t.annotated_on.as_deref().unwrap_or(""),
-            csv_text(&t.detail).as_ref(),
-            csv_text(&t.evidence.join(" ")).as_ref(),
+            &t.detail,
+            &t.evidence.join(" "),
         ])?;
     }
     Ok(())
 }
 
 fn quality_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
-    w.write_record(["resource_type", "reason", "count", "examples"])?;
+    w.row(["resource_type", "reason", "count", "examples"])?;
     for (kind, counts) in &r.quality.by_type {
-        w.write_record([*kind, "read", &counts.read.to_string(), ""])?;
-        w.write_record([*kind, "accepted", &counts.accepted.to_string(), ""])?;
+        w.row([*kind, "read", &counts.read.to_string(), ""])?;
+        w.row([*kind, "accepted", &counts.accepted.to_string(), ""])?;
         for (reason, count) in &counts.left_out {
             let examples: Vec<&str> = count.examples.iter().map(|e| e.resource.as_str()).collect();
-            w.write_record([
+            w.row([
                 *kind,
                 *reason,
                 &count.count.to_string(),
-                csv_text(&examples.join(" ")).as_ref(),
+                &examples.join(" "),
             ])?;
         }
     }

@@ -3,7 +3,7 @@
 use super::detected_issue::flag_identifier;
 use crate::config::Config;
 use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
-use crate::format::{csv_number, csv_percent, csv_text, date, fixed};
+use crate::format::{csv_number, csv_percent, date, fixed, GuardedCsv};
 use std::io::Write;
 
 pub const MARKERS_HEADER: [&str; 20] = [
@@ -66,16 +66,16 @@ fn marker_flag_codes(course: &MarkerCourse, flags: &[Flag]) -> String {
 }
 
 pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Result<()> {
-    let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(MARKERS_HEADER)?;
+    let mut writer = GuardedCsv::new(out);
+    writer.row(MARKERS_HEADER)?;
     for patient in patients {
         for episode in &patient.episodes {
             for course in &episode.courses {
                 let (baseline_value, baseline_date) = value(&course.baseline);
                 let (nadir_value, nadir_date) = value(&course.nadir);
                 let (latest_value, latest_date) = value(&course.latest);
-                writer.write_record([
-                    csv_text(&patient.patient_id).into_owned(),
+                writer.row([
+                    patient.patient_id.clone(),
                     date(episode.index_date),
                     course.marker.key().to_owned(),
                     course.marker.canonical_unit().to_owned(),
@@ -108,8 +108,8 @@ pub fn write_flags<W: Write>(
     patients: &[PatientFindings],
     config: &Config,
 ) -> csv::Result<()> {
-    let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(FLAGS_HEADER)?;
+    let mut writer = GuardedCsv::new(out);
+    writer.row(FLAGS_HEADER)?;
     for patient in patients {
         for episode in &patient.episodes {
             for flag in &episode.flags {
@@ -124,13 +124,13 @@ pub fn write_flags<W: Write>(
                     String::new()
                 };
                 let index_date = date(episode.index_date);
-                writer.write_record([
-                    csv_text(&patient.patient_id).as_ref(),
+                writer.row([
+                    patient.patient_id.as_str(),
                     &index_date,
                     flag.code.code(),
                     flag.marker.map(|m| m.key()).unwrap_or(""),
                     flag.severity.code(),
-                    csv_text(&flag.detail).as_ref(),
+                    &flag.detail,
                     &identifier,
                 ])?;
             }

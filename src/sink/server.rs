@@ -598,13 +598,13 @@ fn save_bundles(
         report.cancelled += plan.cancelled;
     }
     crate::output::write_atomically(&dir.join("index.csv"), |w| {
-        let mut writer = csv::Writer::from_writer(w);
+        let mut writer = crate::format::GuardedCsv::new(w);
         writer
-            .write_record(["patient_id", "file"])
+            .row(["patient_id", "file"])
             .map_err(std::io::Error::other)?;
         for (patient_id, name) in &index {
             writer
-                .write_record([crate::format::csv_text(patient_id).as_ref(), name])
+                .row([patient_id, name])
                 .map_err(std::io::Error::other)?;
         }
         writer.flush()

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
 use futures::stream::{self, TryStreamExt};
 use reqwest::StatusCode;
+use reqwest::Url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,15 +17,16 @@ use std::time::{Duration, Instant};
 /// The resource types the job reads.
 const TYPES: [&str; 4] = ["Patient", "Procedure", "Condition", "Observation"];
 
+/// The Bulk Data manifest (the complete-status answer). Every field the specification
+/// requires must be there before anything is downloaded.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Manifest {
-    #[serde(rename = "transactionTime")]
-    transaction_time: Option<String>,
-    #[serde(rename = "requiresAccessToken", default)]
+    transaction_time: String,
+    #[allow(dead_code)] // required by the specification; checked, not used
+    request: String,
     requires_access_token: bool,
-    #[serde(default)]
     output: Vec<OutputFile>,
-    #[serde(default)]
     error: Vec<OutputFile>,
 }
 
@@ -41,7 +43,7 @@ pub struct Exported {
     pub files: Vec<PathBuf>,
     pub bytes: u64,
     /// The server's `transactionTime`: everything up to it is in the files.
-    pub transaction_time: Option<String>,
+    pub transaction_time: String,
     /// OperationOutcome files the server listed under `error`.
     pub error_files: usize,
 }
@@ -116,57 +118,88 @@ async fn delete_job(client: &FhirClient, status_url: &str) {
     }
 }
 
-/// Polls until the manifest is ready, honouring `Retry-After`, at most `max_wait` in all.
-async fn wait_for_manifest(
-    client: &FhirClient,
-    status_url: &str,
-    config: &Config,
-) -> Result<Manifest, FhirError> {
-    let started = Instant::now();
-    let max_wait = Duration::from_secs(config.server.export_max_wait_secs);
-    loop {
-        let answer = client
-            .send(status_url, |http| {
-                http.get(status_url).header("Accept", "application/json")
-            })
-            .await?;
-        match answer.status {
-            StatusCode::OK => {
-                return serde_json::from_slice(&answer.body).map_err(|e| FhirError::Unexpected {
-                    url: status_url.to_owned(),
-                    message: format!("not a Bulk Data manifest: {e}"),
-                })
-            }
-            StatusCode::ACCEPTED => {
-                let wait = answer
-                    .headers
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(Duration::from_secs(config.server.export_poll_secs))
-                    .min(Duration::from_secs(
-                        config.server.export_max_poll_interval_secs,
-                    ));
-                if started.elapsed() + wait > max_wait {
-                    return Err(FhirError::Unexpected {
-                        url: status_url.to_owned(),
-                        message: format!(
-                            "the export is not ready within {} s (server.export_max_wait_secs)",
-                            max_wait.as_secs()
-                        ),
-                    });
-                }
-                tracing::info!(wait_s = wait.as_secs(), "export in progress");
-                tokio::time::sleep(wait).await;
-            }
-            _ => return Err(unexpected(status_url, &answer)),
-        }
+/// The status URL a kick-off named, resolved against the base, unless it is a FHIR resource
+/// URL of the server (`[base]/Patient/123`, `[base]/Observation`): polling such a URL with
+/// the token, and later deleting it, could read or destroy clinical data.
+fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<Url, FhirError> {
+    let refused = |message: String| FhirError::Unexpected {
+        url: kickoff.to_owned(),
+        message,
+    };
+    let location = answer
+        .headers
+        .get(reqwest::header::CONTENT_LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refused("202 without Content-Location".into()))?;
+    let url = client
+        .base()
+        .join(location)
+        .map_err(|e| refused(format!("Content-Location {location:?}: {e}")))?;
+    if is_resource_url(client.base(), &url) {
+        return Err(refused(format!(
+            "the kick-off names {url} as its status URL, which is a FHIR resource URL of the \
+             server; it was neither polled nor deleted"
+        )));
+    }
+    Ok(url)
+}
+
+/// Whether `url` is on the server's origin, under its base, and its first segment there is a
+/// resource type (`Patient`, `Observation`...: FHIR type names start with a capital letter).
+fn is_resource_url(base: &Url, url: &Url) -> bool {
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    let Some(rest) = url.path().strip_prefix(base.path()) else {
+        return false;
+    };
+    let first = rest.split('/').next().unwrap_or("");
+    same_origin
+        && first.starts_with(|c: char| c.is_ascii_uppercase())
+        && first.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// What a status poll told.
+enum Poll {
+    Ready(Manifest),
+    /// Not ready; wait this long.
+    Wait(Duration),
+}
+
+/// One status poll. `Ok` only for an answer that is an export status (202, or 200 with a
+/// valid manifest).
+async fn poll(client: &FhirClient, status_url: &str, config: &Config) -> Result<Poll, FhirError> {
+    let answer = client
+        .send(status_url, |http| {
+            http.get(status_url).header("Accept", "application/json")
+        })
+        .await?;
+    match answer.status {
+        StatusCode::OK => serde_json::from_slice(&answer.body)
+            .map(Poll::Ready)
+            .map_err(|e| FhirError::Unexpected {
+                url: status_url.to_owned(),
+                message: format!("not a Bulk Data manifest: {e}"),
+            }),
+        StatusCode::ACCEPTED => Ok(Poll::Wait(
+            answer
+                .headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(config.server.export_poll_secs))
+                .min(Duration::from_secs(
+                    config.server.export_max_poll_interval_secs,
+                )),
+        )),
+        _ => Err(unexpected(status_url, &answer)),
     }
 }
 
 /// Runs an export of `types` into `dir` (created if missing); with `since`, only what changed
-/// after it. The export job is deleted when done, whether or not the download worked.
+/// after it. The export job is deleted when done, whether or not the download worked, but
+/// only once its status URL has answered as an export status endpoint.
 pub async fn export(
     client: &FhirClient,
     config: &Config,
@@ -190,21 +223,45 @@ pub async fn export(
     if answer.status != StatusCode::ACCEPTED {
         return Err(unexpected(&kickoff_text, &answer));
     }
-    let status_url = answer
-        .headers
-        .get(reqwest::header::CONTENT_LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| FhirError::Unexpected {
-            url: kickoff_text.clone(),
-            message: "202 without Content-Location".into(),
-        })?;
+    let status_url = status_url_of(client, &kickoff_text, &answer)?.to_string();
+    let started = Instant::now();
+    let max_wait = Duration::from_secs(config.server.export_max_wait_secs);
+    let mut is_status_endpoint = false;
     let result = async {
-        let manifest = wait_for_manifest(client, &status_url, config).await?;
+        let manifest = loop {
+            if crate::interrupt::requested() {
+                return Err(FhirError::Interrupted {
+                    url: status_url.clone(),
+                });
+            }
+            client.past_read_budget(&status_url)?;
+            match poll(client, &status_url, config).await? {
+                Poll::Ready(manifest) => {
+                    is_status_endpoint = true;
+                    break manifest;
+                }
+                Poll::Wait(wait) => {
+                    is_status_endpoint = true;
+                    if started.elapsed() + wait > max_wait {
+                        return Err(FhirError::Unexpected {
+                            url: status_url.clone(),
+                            message: format!(
+                                "the export is not ready within {} s (server.export_max_wait_secs)",
+                                max_wait.as_secs()
+                            ),
+                        });
+                    }
+                    tracing::info!(wait_s = wait.as_secs(), "export in progress");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
         download_all(client, config, &manifest, dir).await
     }
     .await;
-    delete_job(client, &status_url).await;
+    if is_status_endpoint {
+        delete_job(client, &status_url).await;
+    }
     result
 }
 
