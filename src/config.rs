@@ -310,6 +310,9 @@ pub struct OutputConfig {
     /// active DetectedIssues (or any, when it read no TARE patient) writes nothing unless
     /// `--allow-mass-cancel` is given.
     pub max_cancel_fraction: f64,
+    /// ... but a run that cancels at most this many is never stopped by the share alone (a
+    /// small cohort's ordinary night: 2 of 7 flags ending is not a mass cancellation).
+    pub mass_cancel_min_count: usize,
 }
 
 impl Default for OutputConfig {
@@ -323,6 +326,7 @@ impl Default for OutputConfig {
             device_identifier_system:
                 "https://tare-marker-monitor.example.org/fhir/NamingSystem/device".into(),
             max_cancel_fraction: 0.25,
+            mass_cancel_min_count: 10,
         }
     }
 }

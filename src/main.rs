@@ -72,6 +72,10 @@ fn as_of(common: &Common, config: &Config) -> Result<chrono::NaiveDate, u8> {
 fn exit_code_of(error: &RunError) -> u8 {
     use tare_marker_monitor::output::OutputError;
     use tare_marker_monitor::source::ndjson::SourceError;
+    // A stop asked for ends whatever was under way with its own code.
+    if tare_marker_monitor::interrupt::requested() {
+        return EXIT_INTERRUPTED;
+    }
     match error {
         RunError::Output(OutputError::Locked { .. }) => EXIT_LOCKED,
         RunError::Interrupted

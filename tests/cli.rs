@@ -628,3 +628,147 @@ fn outputs_are_owner_only_and_formula_like_ids_are_neutralised_in_csv() {
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
 }
+
+/// The demo folder copied, with extra lines appended to some of its files.
+fn demo_with(extra: &[(&str, Vec<String>)]) -> tempfile::TempDir {
+    let folder = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(demo()).unwrap().flatten() {
+        std::fs::copy(entry.path(), folder.path().join(entry.file_name())).unwrap();
+    }
+    for (name, lines) in extra {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(folder.path().join(name))
+            .unwrap();
+        for line in lines {
+            writeln!(file, "{line}").unwrap();
+        }
+    }
+    folder
+}
+
+fn run_folder(folder: &Path, out: &Path) -> std::process::Output {
+    binary()
+        .args(["run", "--source-dir"])
+        .arg(folder)
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn summary_of(out: &Path) -> Value {
+    serde_json::from_str(&read(out, "run-summary.json")).unwrap()
+}
+
+#[test]
+fn a_code_under_an_unknown_system_warns_once_per_system_and_type_with_the_fix() {
+    let procedure = |n: usize, system: &str| {
+        serde_json::json!({"resourceType": "Procedure", "id": format!("near-{n}"), "status": "completed",
+            "code": {"coding": [{"system": system, "code": "S2095"}]},
+            "subject": {"reference": format!("Patient/near-{n}")}, "performedDateTime": "2026-05-01"})
+        .to_string()
+    };
+    let folder = demo_with(&[(
+        "Procedure.ndjson",
+        vec![
+            procedure(1, "http://hospital.example/hcpcs"),
+            procedure(2, "http://hospital.example/hcpcs"),
+            procedure(3, "HCPCS"),
+        ],
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let output = run_folder(folder.path(), out.path());
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(warnings.iter().any(|w| w.contains(
+        "2 Procedure resources carry a configured code under the code system \"http://hospital.example/hcpcs\", which this job does not know by that name"
+    )), "{stderr}");
+    assert!(warnings
+        .iter()
+        .all(|w| w.contains("[code_systems.aliases]")));
+    let near = &summary_of(out.path())["resources"]["by_type"]["Procedure"]["left_out"]
+        ["code_under_unknown_system"];
+    assert_eq!(near["count"], 3);
+    assert_eq!(near["by_value"]["http://hospital.example/hcpcs"], 2);
+    assert_eq!(near["by_value"]["HCPCS"], 1);
+}
+
+#[test]
+fn a_procedure_dated_in_year_minus_262143_is_left_out_and_the_run_goes_on() {
+    let folder = demo_with(&[
+        (
+            "Patient.ndjson",
+            vec![serde_json::json!({"resourceType": "Patient", "id": "no-birth-date"}).to_string()],
+        ),
+        (
+            "Procedure.ndjson",
+            vec![serde_json::json!({"resourceType": "Procedure", "id": "ancient", "status": "completed",
+                "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]},
+                "subject": {"reference": "Patient/no-birth-date"},
+                "performedDateTime": "-262143-01-01"})
+            .to_string()],
+        ),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let output = run_folder(folder.path(), out.path());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = summary_of(out.path());
+    let left_out = &summary["resources"]["by_type"]["Procedure"]["left_out"];
+    assert_eq!(left_out["date_outside_plausible_range"]["count"], 1);
+    assert_eq!(
+        left_out["date_outside_plausible_range"]["examples"][0]["detail"],
+        "-262143-01-01"
+    );
+    // The demo's own patients are all evaluated as before.
+    assert!(read(out.path(), "markers.csv").contains("demo-01-seed-partial-response,"));
+}
+
+#[test]
+fn a_run_into_a_folder_another_run_holds_exits_7_and_touches_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let held = tare_marker_monitor::output::lock_folder(out.path(), "").unwrap();
+    let output = run_folder(&demo(), out.path());
+    assert_eq!(output.status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "is in use by another run (process {} since",
+            std::process::id()
+        )),
+        "{stderr}"
+    );
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [".tare-marker-monitor.lock"]);
+    drop(held);
+    assert!(run_folder(&demo(), out.path()).status.success());
+}
+
+#[test]
+fn a_folder_without_observations_exits_3_naming_it() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        demo().join("Patient.ndjson"),
+        folder.path().join("Patient.ndjson"),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = run_folder(folder.path(), out.path());
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!(
+        "source folder {} holds no Observation data",
+        folder.path().display()
+    )));
+}

@@ -1024,8 +1024,8 @@ async fn a_detected_issue_without_a_version_is_reported_and_never_overwritten() 
         .await;
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("config.toml");
-    // One active issue, cancelled by this run: allowed through the valve, to reach the check.
-    std::fs::write(&config, "[output]\nmax_cancel_fraction = 1.0\n").unwrap();
+    // One active issue for this run to cancel: under the valve's minimum count.
+    std::fs::write(&config, "").unwrap();
     let (code, summary) = run_with_config(server.uri(), config, work.path().join("out")).await;
     assert_eq!(code, Some(4));
     assert_eq!(
@@ -1036,4 +1036,63 @@ async fn a_detected_issue_without_a_version_is_reported_and_never_overwritten() 
     assert!(requests.iter().all(
         |r| r.method != wiremock::http::Method::POST && r.method != wiremock::http::Method::PUT
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_behind() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(EndlessPages {
+            base: server.uri(),
+            delay: Duration::from_millis(200),
+        })
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, format!("[schedule]\nstate_file = {state:?}\n")).unwrap();
+    let out = work.path().join("out");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"))
+        .args([
+            "run",
+            "--server",
+            &server.uri(),
+            "--as-of",
+            "2026-07-10",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(130), "{}", status.1);
+    assert!(status.1.contains("interrupted"), "{}", status.1);
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [".tare-marker-monitor.lock"],
+        "no output, no temporary file"
+    );
+    assert!(!state.exists(), "the state does not move on");
 }

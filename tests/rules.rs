@@ -637,3 +637,26 @@ fn configured_uln_replaces_the_default() {
         Response::Complete
     );
 }
+
+// ---- one patient never stops a run ----
+
+#[test]
+fn a_patient_whose_evaluation_fails_is_left_out_with_the_reason_and_the_others_are_evaluated() {
+    use chrono::NaiveDate;
+    // Dates no ingest lets through (it keeps 1900 to as-of + 1 year): the last day of the
+    // calendar, where the next due date cannot be computed.
+    let mut broken = Case::new().pivka(-7, 88000.0).timeline;
+    broken.patient_id = "p-broken".into();
+    broken.procedures[0].date = NaiveDate::MAX;
+    let sound = Case::new().pivka(-7, 88000.0).pivka(122, 6088.0).timeline;
+    let findings = tare_marker_monitor::run::evaluate_cohort(
+        &[broken, sound],
+        &Config::default(),
+        NaiveDate::MAX,
+    );
+    assert_eq!(findings[0].patient_id, "p-broken");
+    assert_eq!(findings[0].left_out, Some(LeftOutReason::EvaluationFailed));
+    assert!(findings[0].evaluation_error.is_some());
+    assert_eq!(findings[1].left_out, None);
+    assert_eq!(findings[1].episodes.len(), 1);
+}

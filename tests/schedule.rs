@@ -432,3 +432,88 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
     let rows = std::fs::read_to_string(early.join("report-flag-trail.csv")).unwrap();
     assert_eq!(rows.lines().count(), 1, "{rows}");
 }
+
+/// DELETEs a resource, with the patience HFS needs while it is busy writing.
+async fn delete(url: &str) {
+    for _ in 0..100 {
+        let status = reqwest::Client::new()
+            .delete(url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 503 || status == 429 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        assert!((200..300).contains(&status), "DELETE {url}: HTTP {status}");
+        return;
+    }
+    panic!("{url}: still busy after 100 tries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
+    let Some(hfs) = start_hfs().await else { return };
+    let data = generated(12, 7);
+    put_all(&hfs.base, &data).await;
+    let work = tempfile::tempdir().unwrap();
+    let first = run_ok(&["--server", &hfs.base], &work.path().join("first"));
+    let (created, _, _) = changes(&first);
+    assert!(created > 0, "the cohort has flags to write");
+    let before = our_issues(&hfs.base).await;
+
+    // The TARE Procedures disappear (a changed code list, a permission change...).
+    for procedure in data.iter().filter(|r| r["resourceType"] == "Procedure") {
+        delete(&format!(
+            "{}/Procedure/{}",
+            hfs.base,
+            procedure["id"].as_str().unwrap()
+        ))
+        .await;
+    }
+    let out = work.path().join("second");
+    let output = assert_cmd::Command::cargo_bin("tare-marker-monitor")
+        .unwrap()
+        .args([
+            "run",
+            "--server",
+            &hfs.base,
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(6));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: safety valve: this run would cancel {} of the job's {} active DetectedIssues, and it read no patient with a TARE procedure at all",
+            before.len(),
+            before.len()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(stderr.contains("--allow-mass-cancel"), "{stderr}");
+    // Nothing on the server moved.
+    assert_eq!(our_issues(&hfs.base).await, before);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["write_back"]["cancelled"], 0);
+    assert_eq!(
+        summary["write_back"]["mass_cancel"]["no_tare_patient_read"],
+        true
+    );
+
+    // An operator who means it.
+    let third = run_ok(
+        &["--server", &hfs.base, "--allow-mass-cancel"],
+        &work.path().join("third"),
+    );
+    assert_eq!(changes(&third), (0, 0, before.len() as u64));
+}

@@ -198,7 +198,7 @@ impl SmartBackend {
         .await
         .map_err(|failure| match failure {
             SendFailure::Build(error) => error,
-            SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
             SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
         })?;
         if !status.is_success() {
@@ -271,7 +271,7 @@ impl SmartBackend {
         .await
         .map_err(|failure| match failure {
             SendFailure::Build(error) => error,
-            SendFailure::NoAnswer(e) => failed(e.without_url().to_string()),
+            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
             SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
         })?;
         if !status.is_success() {

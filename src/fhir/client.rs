@@ -167,7 +167,7 @@ async fn download_once(
     let response = request
         .send()
         .await
-        .map_err(|e| DownloadFailure::NoAnswer(e.without_url().to_string()))?;
+        .map_err(|e| DownloadFailure::NoAnswer(why(e)))?;
     let status = response.status();
     if status != StatusCode::OK {
         let retry_after = response
@@ -187,12 +187,30 @@ async fn download_once(
     let mut written = 0u64;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| DownloadFailure::NoAnswer(e.without_url().to_string()))?;
+        let chunk = chunk.map_err(|e| DownloadFailure::NoAnswer(why(e)))?;
         file.write_all(&chunk).await.map_err(disk)?;
         written += chunk.len() as u64;
     }
     file.flush().await.map_err(disk)?;
     Ok(written)
+}
+
+/// What went wrong with a request, with its causes (`error following redirect: a redirect
+/// from https to http was refused`, `invalid peer certificate: UnknownIssuer`), without the
+/// URL (the caller names it).
+pub fn why(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Same scheme, host and port.
@@ -393,7 +411,7 @@ impl FhirClient {
             .map_err(|failure| match failure {
                 SendFailure::NoAnswer(e) => FhirError::Transport {
                     url: url.to_owned(),
-                    message: e.without_url().to_string(),
+                    message: why(e),
                 },
                 SendFailure::TooLarge { limit } => FhirError::TooLarge {
                     url: url.to_owned(),

@@ -72,7 +72,8 @@ impl std::fmt::Display for MassCancel {
                 .to_owned()
         } else {
             format!(
-                "that is more than {}% of them (output.max_cancel_fraction)",
+                "that is more than {}% of them (output.max_cancel_fraction) and more than \
+                 output.mass_cancel_min_count",
                 crate::format::human_number(self.max_fraction * 100.0)
             )
         };
