@@ -175,14 +175,7 @@ fn strip_comment(line: &str) -> &str {
     &line[..start.unwrap_or(line.len())]
 }
 
-/// A FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`.
-pub fn is_fhir_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
+pub use crate::ingest::is_fhir_id;
 
 #[cfg(test)]
 mod tests {

@@ -786,6 +786,32 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_default_config_lists_every_key_at_its_default() {
+        let shipped: toml::Table = toml::from_str(include_str!("../config/default.toml")).unwrap();
+        let built_in = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(shipped, built_in);
+    }
+
+    #[test]
+    fn zero_or_absurd_concurrency_is_rejected() {
+        for (text, key) in [
+            ("[server]\nconcurrency = 0\n", "server.concurrency"),
+            (
+                "[server]\nwrite_concurrency = 0\n",
+                "server.write_concurrency",
+            ),
+            ("[server]\nconcurrency = 100000\n", "server.concurrency"),
+            ("[server]\npage_size = 0\n", "server.page_size"),
+            ("[ingest]\nthreads = 100000\n", "ingest.threads"),
+            ("[ingest]\nmax_line_bytes = 0\n", "ingest.max_line_bytes"),
+            ("[episodes]\nmerge_days = 99999999\n", "episodes.merge_days"),
+        ] {
+            let error = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_rejected_with_its_name() {
         let e = Config::from_toml("[rules]\nrise_percent = 30\n").unwrap_err();
         assert!(e.contains("rise_percent"), "{e}");

@@ -191,6 +191,23 @@ mod tests {
     }
 
     #[test]
+    fn the_guarded_writer_guards_every_cell_of_a_row() {
+        let mut out = Vec::new();
+        {
+            let mut writer = GuardedCsv::new(&mut out);
+            // A server-supplied date and annotation, an id, a number.
+            writer
+                .row(["=1+1", " @cmd", "demo-01", "-93.1", "a\u{7}b"])
+                .unwrap();
+            writer.flush().unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "'=1+1,' @cmd,demo-01,-93.1,ab\n"
+        );
+    }
+
+    #[test]
     fn human_numbers_group_thousands() {
         assert_eq!(human_number(88000.0), "88,000");
         assert_eq!(human_number(1234567.891), "1,234,567.89");

@@ -1096,3 +1096,75 @@ async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_
     );
     assert!(!state.exists(), "the state does not move on");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(Cohort)
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    // The seed case's low flag is written, so p1 has a transaction to save.
+    std::fs::write(&config, "[output]\nmin_severity_written = \"low\"\n").unwrap();
+    let out = work.path().join("out");
+    let base = server.uri();
+    let (config_path, out_path) = (config.clone(), out.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::cargo_bin("tare-marker-monitor")
+            .unwrap()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--as-of",
+                "2026-07-10",
+                "--dry-run",
+                "--config",
+            ])
+            .arg(&config_path)
+            .arg("--out")
+            .arg(&out_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let transactions = out.join("transactions");
+    let mut names: Vec<String> = std::fs::read_dir(&transactions)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let bundle_name = tare_marker_monitor::sink::server::bundle_file_name("p1");
+    assert_eq!(bundle_name.len(), "p1.".len() + 12 + ".json".len());
+    assert_eq!(names, ["index.csv".to_owned(), bundle_name.clone()]);
+    for name in &names {
+        let mode = std::fs::metadata(transactions.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(transactions.join("index.csv")).unwrap(),
+        format!("patient_id,file\np1,{bundle_name}\n")
+    );
+    let bundle: Value =
+        serde_json::from_str(&std::fs::read_to_string(transactions.join(&bundle_name)).unwrap())
+            .unwrap();
+    assert_eq!(bundle["type"], "transaction");
+    // Ids that differ in case only get different files.
+    assert_ne!(
+        tare_marker_monitor::sink::server::bundle_file_name("Ab").to_lowercase(),
+        tare_marker_monitor::sink::server::bundle_file_name("aB").to_lowercase()
+    );
+}

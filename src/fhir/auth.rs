@@ -70,6 +70,25 @@ impl Credentials {
     }
 }
 
+/// A request to the authorization server (discovery, token), retried per the policy; a
+/// failure names the URL.
+async fn authorization_request(
+    url: &Url,
+    build: impl FnMut() -> Result<reqwest::RequestBuilder, FhirError>,
+) -> Result<Answer, FhirError> {
+    let failed = |message: String| FhirError::Token {
+        url: url.to_string(),
+        message,
+    };
+    send_with_retries(&RetryPolicy::default(), TOKEN_ANSWER_LIMIT, build)
+        .await
+        .map_err(|failure| match failure {
+            SendFailure::Build(error) => error,
+            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
+            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
+        })
+}
+
 struct CachedToken {
     header: HeaderValue,
     renew_after: Instant,
@@ -186,21 +205,12 @@ impl SmartBackend {
             url: discovery.to_string(),
             message,
         };
-        let Answer { status, body, .. } = send_with_retries(
-            &RetryPolicy::default(),
-            TOKEN_ANSWER_LIMIT,
-            || -> Result<_, FhirError> {
-                Ok(http
-                    .get(discovery.clone())
-                    .header("Accept", "application/json"))
-            },
-        )
-        .await
-        .map_err(|failure| match failure {
-            SendFailure::Build(error) => error,
-            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
-            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
-        })?;
+        let Answer { status, body, .. } = authorization_request(&discovery, || {
+            Ok(http
+                .get(discovery.clone())
+                .header("Accept", "application/json"))
+        })
+        .await?;
         if !status.is_success() {
             return Err(failed(format!("HTTP {}", status.as_u16())));
         }
@@ -249,31 +259,22 @@ impl SmartBackend {
             message,
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
-        let Answer { status, body, .. } = send_with_retries(
-            &RetryPolicy::default(),
-            TOKEN_ANSWER_LIMIT,
-            || -> Result<_, FhirError> {
-                let assertion = self.assertion(endpoint.as_str())?;
-                Ok(http
-                    .post(endpoint.clone())
-                    .header("Accept", "application/json")
-                    .form(&[
-                        ("grant_type", "client_credentials"),
-                        ("scope", self.scope.as_str()),
-                        (
-                            "client_assertion_type",
-                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                        ),
-                        ("client_assertion", assertion.as_str()),
-                    ]))
-            },
-        )
-        .await
-        .map_err(|failure| match failure {
-            SendFailure::Build(error) => error,
-            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
-            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
-        })?;
+        let Answer { status, body, .. } = authorization_request(&endpoint, || {
+            let assertion = self.assertion(endpoint.as_str())?;
+            Ok(http
+                .post(endpoint.clone())
+                .header("Accept", "application/json")
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", self.scope.as_str()),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                ]))
+        })
+        .await?;
         if !status.is_success() {
             // An OAuth error body names the problem (`invalid_client`) and holds no secret.
             let reason = serde_json::from_slice::<serde_json::Value>(&body)
