@@ -64,6 +64,17 @@ pub struct MassCancel {
     pub no_tare_patient_read: bool,
 }
 
+impl MassCancel {
+    /// Whether the valve stops the run: any cancellation when no TARE patient was read; else
+    /// more than `min_count` cancellations that are also more than the share allowed.
+    pub fn trips(&self, min_count: usize) -> bool {
+        self.would_cancel > 0
+            && (self.no_tare_patient_read
+                || (self.would_cancel > min_count
+                    && self.would_cancel as f64 > self.max_fraction * self.active as f64))
+    }
+}
+
 impl std::fmt::Display for MassCancel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let why = if self.no_tare_patient_read {
@@ -549,9 +560,7 @@ pub async fn write_back(
         max_fraction: config.output.max_cancel_fraction,
         no_tare_patient_read: options.tare_patients_read == 0,
     };
-    let trips = would_cancel > 0
-        && (valve.no_tare_patient_read || would_cancel as f64 > valve.max_fraction * active as f64);
-    if trips && !options.allow_mass_cancel {
+    if valve.trips(config.output.mass_cancel_min_count) && !options.allow_mass_cancel {
         report.mass_cancel = Some(valve);
         if !dry_run {
             return Ok(report);
@@ -692,4 +701,33 @@ async fn send_bundles(
         return Err(WriteBackError::Interrupted);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valve(would_cancel: usize, active: usize, no_tare_patient_read: bool) -> MassCancel {
+        MassCancel {
+            would_cancel,
+            active,
+            max_fraction: 0.25,
+            no_tare_patient_read,
+        }
+    }
+
+    #[test]
+    fn the_valve_trips_on_a_large_share_past_the_floor_or_any_cancel_without_tare_patients() {
+        // 11 of 40 is 27.5 %, past the floor of 10: stopped; 10 of 40 is not.
+        assert!(valve(11, 40, false).trips(10));
+        assert!(!valve(10, 40, false).trips(10));
+        // A small cohort's ordinary night: 2 of 7.
+        assert!(!valve(2, 7, false).trips(10));
+        // 25 % exactly is allowed; more is not.
+        assert!(!valve(25, 100, false).trips(10));
+        assert!(valve(26, 100, false).trips(10));
+        // No TARE patient read: any cancellation stops it, none does not.
+        assert!(valve(1, 500, true).trips(10));
+        assert!(!valve(0, 500, true).trips(10));
+    }
 }
