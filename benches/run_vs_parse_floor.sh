@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of `run` on a large synthetic cohort against the floor for any JSON job: parsing every
-# line of the same files as serde::de::IgnoredAny with the same reader and threads (`parse-floor`).
+# line of the same files as serde::de::IgnoredAny with the same reader and threads (the
+# `parse_floor` benchmark program, benches/parse_floor.rs).
 # Prints wall times (median of ROUNDS alternating pairs), their ratio, peak RSS and CPU use.
 # Targets (issue 2): ratio <= 1.5, peak RSS <= 300 MB, both cores used.
 #
@@ -14,8 +15,9 @@ DATA=${BENCH_DATA:-/tmp/tare-bench-$PATIENTS}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
 BIN="$ROOT/target/release/tare-marker-monitor"
+EXAMPLES="$ROOT/target/release/examples"
 
 if [ ! -s "$DATA/Observation.ndjson" ]; then
     "$BIN" generate --patients "$PATIENTS" --seed 1 --as-of 2026-11-01 --out "$DATA" >/dev/null
@@ -31,9 +33,9 @@ measure() { # prints "seconds max_rss_kb cpu_percent"
 
 floor_times=(); lean_times=(); run_times=(); run_rss=(); run_cpu=(); floor_cpu=()
 for _ in $(seq "$ROUNDS"); do
-    read -r t rss cpu < <(measure "$BIN" parse-floor --source-dir "$DATA")
+    read -r t rss cpu < <(measure "$EXAMPLES/parse_floor" --source-dir "$DATA")
     floor_times+=("$t"); floor_cpu+=("$cpu")
-    read -r t rss cpu < <(measure "$BIN" parse-floor --lean --source-dir "$DATA")
+    read -r t rss cpu < <(measure "$EXAMPLES/parse_floor" --lean --source-dir "$DATA")
     lean_times+=("$t")
     read -r t rss cpu < <(measure "$BIN" run --source-dir "$DATA" --as-of 2026-11-01 --out "$OUT/run")
     run_times+=("$t"); run_rss+=("$rss"); run_cpu+=("$cpu")

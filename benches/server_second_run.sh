@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of issue 3: a second full `run --server` (nothing left to write) against
-# `run --server --fetch-only` (the same searches with the same concurrency, pages discarded),
+# the `fetch_only` benchmark program (benches/fetch_only.rs: the same searches with the same
+# concurrency, pages discarded),
 # on a FHIR server holding PATIENTS generated TARE patients (52 Observations each).
 # Prints medians, the ratio (target <= 1.2) and requests per second.
 #
@@ -12,8 +13,9 @@ set -euo pipefail
 PATIENTS=${PATIENTS:-5000}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
 BIN="$ROOT/target/release/tare-marker-monitor"
+EXAMPLES="$ROOT/target/release/examples"
 WORK=$(mktemp -d)
 # shellcheck source=benches/hfs.sh
 . "$ROOT/benches/hfs.sh"
@@ -24,7 +26,7 @@ trap '[ -n "$HFS_PID" ] && kill $HFS_PID 2>/dev/null; rm -rf "$WORK"' EXIT
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 runs=(); fetches=(); requests=0; fetch_requests=0
 for i in $(seq "$ROUNDS"); do
-    line=$("$BIN" run --server "$BASE" --fetch-only)
+    line=$("$EXAMPLES/fetch_only" --server "$BASE")
     fetches+=("$(echo "$line" | sed -E 's/.* in ([0-9.]+) s.*/\1/')")
     fetch_requests=$(echo "$line" | sed -E 's/.* ([0-9]+) requests in.*/\1/')
     start=$(python3 -c 'import time; print(time.time())')

@@ -5,6 +5,35 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
+/// A cohort or a shard that cannot be used as asked: the request is wrong (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CohortError {
+    #[error("{0:?}: write the shard as I/N, e.g. 0/4")]
+    ShardFormat(String),
+    #[error("shard {index}/{count}: the index counts from 0 and must be below the count")]
+    ShardOutOfRange { index: u32, count: u32 },
+    #[error("JOB_COMPLETION_INDEX {0:?} is not a number")]
+    JobIndex(String),
+    #[error("{file} line {line}: {text:?} needs both a system and a value (system|value)")]
+    HalfIdentifier {
+        file: String,
+        line: usize,
+        text: String,
+    },
+    #[error(
+        "{file} line {line}: {text:?} is neither a FHIR id ([A-Za-z0-9.-], up to 64) nor system|value"
+    )]
+    NotAnIdOrIdentifier {
+        file: String,
+        line: usize,
+        text: String,
+    },
+    #[error("--{option} {id:?} is not a FHIR id ([A-Za-z0-9.-], up to 64 characters)")]
+    NotAnId { option: &'static str, id: String },
+    #[error("identifiers (system|value) and --group are resolved on a FHIR server: use --server")]
+    NeedsServer,
+}
+
 /// The patients a run evaluates and writes for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -72,20 +101,18 @@ impl Shard {
 
     /// The shard of a Kubernetes Indexed Job: the index from `JOB_COMPLETION_INDEX`, the count
     /// from the config. `None` when the variable is not set.
-    pub fn from_job_index(value: Option<&str>, count: u32) -> Result<Option<Shard>, String> {
+    pub fn from_job_index(value: Option<&str>, count: u32) -> Result<Option<Shard>, CohortError> {
         let Some(value) = value else { return Ok(None) };
         let index: u32 = value
             .trim()
             .parse()
-            .map_err(|_| format!("JOB_COMPLETION_INDEX {value:?} is not a number"))?;
+            .map_err(|_| CohortError::JobIndex(value.to_owned()))?;
         Shard::new(index, count).map(Some)
     }
 
-    pub fn new(index: u32, count: u32) -> Result<Shard, String> {
+    pub fn new(index: u32, count: u32) -> Result<Shard, CohortError> {
         if count == 0 || index >= count {
-            return Err(format!(
-                "shard {index}/{count}: the index counts from 0 and must be below the count"
-            ));
+            return Err(CohortError::ShardOutOfRange { index, count });
         }
         Ok(Shard { index, count })
     }
@@ -98,18 +125,13 @@ impl fmt::Display for Shard {
 }
 
 impl FromStr for Shard {
-    type Err = String;
+    type Err = CohortError;
 
     /// `I/N`, as in `--shard 2/4`.
-    fn from_str(text: &str) -> Result<Shard, String> {
-        let (index, count) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?}: write the shard as I/N, e.g. 0/4"))?;
-        let number = |part: &str| {
-            part.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("{text:?}: write the shard as I/N, e.g. 0/4"))
-        };
+    fn from_str(text: &str) -> Result<Shard, CohortError> {
+        let format = || CohortError::ShardFormat(text.to_owned());
+        let (index, count) = text.split_once('/').ok_or_else(format)?;
+        let number = |part: &str| part.trim().parse::<u32>().map_err(|_| format());
         Shard::new(number(index)?, number(count)?)
     }
 }
@@ -133,7 +155,7 @@ impl fmt::Display for CohortEntry {
 
 /// Reads a cohort file: one patient id or `system|value` per line; blank lines and `#`
 /// comments (whole-line, or trailing after white space) are ignored. A malformed line is an error naming it.
-pub fn parse_cohort_file(text: &str, file: &str) -> Result<Vec<CohortEntry>, String> {
+pub fn parse_cohort_file(text: &str, file: &str) -> Result<Vec<CohortEntry>, CohortError> {
     let mut entries = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = strip_comment(line).trim();
@@ -148,17 +170,19 @@ pub fn parse_cohort_file(text: &str, file: &str) -> Result<Vec<CohortEntry>, Str
                 }
             }
             Some(_) => {
-                return Err(format!(
-                    "{file} line {}: {line:?} needs both a system and a value (system|value)",
-                    n + 1
-                ))
+                return Err(CohortError::HalfIdentifier {
+                    file: file.to_owned(),
+                    line: n + 1,
+                    text: line.to_owned(),
+                })
             }
             None if is_fhir_id(line) => CohortEntry::PatientId(line.to_owned()),
             None => {
-                return Err(format!(
-                    "{file} line {}: {line:?} is neither a FHIR id ([A-Za-z0-9.-], up to 64) nor system|value",
-                    n + 1
-                ))
+                return Err(CohortError::NotAnIdOrIdentifier {
+                    file: file.to_owned(),
+                    line: n + 1,
+                    text: line.to_owned(),
+                })
             }
         };
         entries.push(entry);
@@ -204,7 +228,7 @@ mod tests {
     fn shard_parses_i_of_n_and_rejects_an_index_out_of_range() {
         assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
         assert_eq!(
-            "4/4".parse::<Shard>().unwrap_err(),
+            "4/4".parse::<Shard>().unwrap_err().to_string(),
             "shard 4/4: the index counts from 0 and must be below the count"
         );
         assert!("two".parse::<Shard>().is_err());
@@ -234,12 +258,16 @@ mod tests {
     #[test]
     fn cohort_file_names_the_line_of_a_malformed_entry() {
         assert_eq!(
-            parse_cohort_file("p-1\nPatient/p 2\n", "c.txt"),
-            Err("c.txt line 2: \"Patient/p 2\" is neither a FHIR id ([A-Za-z0-9.-], up to 64) nor system|value".into())
+            parse_cohort_file("p-1\nPatient/p 2\n", "c.txt")
+                .unwrap_err()
+                .to_string(),
+            "c.txt line 2: \"Patient/p 2\" is neither a FHIR id ([A-Za-z0-9.-], up to 64) nor system|value"
         );
         assert_eq!(
-            parse_cohort_file("|123\n", "c.txt"),
-            Err("c.txt line 1: \"|123\" needs both a system and a value (system|value)".into())
+            parse_cohort_file("|123\n", "c.txt")
+                .unwrap_err()
+                .to_string(),
+            "c.txt line 1: \"|123\" needs both a system and a value (system|value)"
         );
     }
 }

@@ -503,15 +503,63 @@ impl Default for ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}", path.display())]
     Read {
-        path: String,
+        path: std::path::PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: String, message: String },
+    #[error("config file {} is not valid", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {variable} is not a valid setting")]
+    Environment {
+        variable: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("config value {key} is not valid: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// The prefix of the environment variables that set a key: `TMM_SERVER__BASE_URL` sets
+/// `server.base_url` (`__` between the levels, any case).
+pub const ENV_PREFIX: &str = "TMM_";
+
+/// The built-in defaults as a TOML table, the bottom layer of every configuration. (They
+/// always serialize: a unit test reads them back from `config/default.toml`.)
+fn defaults_table() -> toml::Table {
+    toml::Table::try_from(Config::default()).unwrap_or_default()
+}
+
+/// One environment variable as a layer: `TMM_SERVER__CONCURRENCY=8` is `[server]
+/// concurrency = 8`.
+fn environment_layer(variable: &str, value: &str) -> toml::Table {
+    let path: Vec<String> = variable[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_lowercase)
+        .collect();
+    let parsed = toml::from_str::<toml::Table>(&format!("value = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut layer = toml::Table::new();
+    let mut current = &mut layer;
+    for (i, key) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            current.insert(key.clone(), parsed.clone());
+        } else {
+            current = current
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("inserted as a table");
+        }
+    }
+    layer
 }
 
 /// The longest span, in days, any day-count setting may have: a century.
@@ -532,14 +580,49 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 
 impl Config {
     /// Reads a TOML file over the built-in defaults and validates the result.
+    /// Reads a TOML file over the built-in defaults and validates the result.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
+        Config::load(Some(path), std::iter::empty())
+    }
+
+    /// The configuration in its layers, each laid over the one before key by key: the built-in
+    /// defaults (docs/rules.md), the TOML file if any, then every environment variable
+    /// `TMM_SECTION__KEY` (twelve-factor: a Kubernetes Secret or a systemd unit sets a key
+    /// without a file). A variable's value is read as a TOML value (`8`, `true`,
+    /// `["final"]`), else as text. Validated once, at the end.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut layers = defaults_table();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let parse_error = |source| ConfigError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            };
+            let overrides: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+            merge(&mut layers, overrides);
+            Config::deserialize(layers.clone()).map_err(parse_error)?;
+        }
+        let mut variables: Vec<(String, String)> = environment
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+            .collect();
+        variables.sort();
+        for (variable, value) in variables {
+            merge(&mut layers, environment_layer(&variable, &value));
+            Config::deserialize(layers.clone()).map_err(|source| ConfigError::Environment {
+                variable,
+                source: Box::new(source),
+            })?;
+        }
+        let config = Config::deserialize(layers).map_err(|source| ConfigError::Parse {
+            path: file.map(Path::to_owned).unwrap_or_default(),
+            source: Box::new(source),
         })?;
         config.validate()?;
         Ok(config)
@@ -547,13 +630,15 @@ impl Config {
 
     /// Overlays a TOML text on the defaults key by key: `[markers.pivka2] uln = 35` keeps the
     /// default plateau level. Lists (code sets, statuses) are replaced whole.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        let overrides: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut merged = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        let overrides: toml::Table = toml::from_str(text)?;
+        let mut merged = defaults_table();
         merge(&mut merged, overrides);
-        merged
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())
+        Config::deserialize(merged)
+    }
+
+    fn deserialize(table: toml::Table) -> Result<Config, toml::de::Error> {
+        table.try_into()
     }
 
     /// The code systems: the built-in table with the site's aliases.
@@ -812,9 +897,48 @@ mod tests {
     }
 
     #[test]
+    fn environment_variables_override_the_file_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site.toml");
+        std::fs::write(&file, "[server]\nconcurrency = 2\npage_size = 50\n").unwrap();
+        let env = [
+            ("TMM_SERVER__BASE_URL", "https://fhir.example.org/R4"),
+            ("TMM_SERVER__CONCURRENCY", "8"),
+            ("TMM_INGEST__ACCEPTED_STATUSES", "[\"final\"]"),
+            ("TMM_MARKERS__PIVKA2__ULN", "35.5"),
+            // Not settings: no `__`, or another prefix.
+            ("TMM_FHIR_TOKEN", "secret"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::load(Some(&file), env).unwrap();
+        assert_eq!(
+            config.server.base_url.as_deref(),
+            Some("https://fhir.example.org/R4")
+        );
+        assert_eq!(config.server.concurrency, 8);
+        assert_eq!(config.server.page_size, 50);
+        assert_eq!(config.ingest.accepted_statuses, ["final"]);
+        assert_eq!(config.markers.pivka2.uln, Some(35.5));
+        assert_eq!(config.markers.pivka2.plateau_level, Some(1000.0));
+    }
+
+    #[test]
+    fn a_bad_environment_variable_is_named_and_validated_like_the_file() {
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let error = Config::load(None, env("TMM_SERVER__BSE_URL", "x")).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Environment { variable, .. } if variable == "TMM_SERVER__BSE_URL"),
+            "{error}"
+        );
+        let error = Config::load(None, env("TMM_SERVER__CONCURRENCY", "0")).unwrap_err();
+        assert!(error.to_string().contains("server.concurrency"), "{error}");
+    }
+
+    #[test]
     fn unknown_key_is_rejected_with_its_name() {
         let e = Config::from_toml("[rules]\nrise_percent = 30\n").unwrap_err();
-        assert!(e.contains("rise_percent"), "{e}");
+        assert!(e.to_string().contains("rise_percent"), "{e}");
     }
 
     #[test]
@@ -828,7 +952,7 @@ mod tests {
     #[test]
     fn wrong_type_is_rejected_with_its_key() {
         let e = Config::from_toml("[episodes]\nmerge_days = \"ninety\"\n").unwrap_err();
-        assert!(e.contains("merge_days"), "{e}");
+        assert!(e.to_string().contains("merge_days"), "{e}");
     }
 
     #[test]

@@ -1,32 +1,50 @@
 //! `explain`: one patient's course in plain text for a clinician — each value with its date,
 //! day since TARE, marker, value and unit, and each finding with the numbers behind it.
 
+use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::format::{csv_number, csv_percent, date, fixed, human_number, human_value};
-use crate::run::{load, thread_pool, Source};
+use crate::source::{ReadError, Reader};
+use crate::workers::Workers;
 use chrono::{Duration, NaiveDate};
 use std::fmt::Write;
 
+/// Why one patient cannot be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("no resource in {read_from} refers to patient {patient_id:?}")]
+    UnknownPatient {
+        read_from: String,
+        patient_id: String,
+    },
+    #[error("the evaluation of patient {patient_id} failed: {message}")]
+    EvaluationFailed { patient_id: String, message: String },
+}
+
 pub fn explain(
-    source: &Source,
+    reader: &Reader,
     patient_id: &str,
     as_of: NaiveDate,
     config: &Config,
-) -> anyhow::Result<String> {
-    let pool = thread_pool(config)?;
-    let loaded = load(source, config, as_of, &pool)?;
+    workers: &Workers,
+) -> Result<String, ExplainError> {
+    let loaded = reader.load(config, as_of, &Scope::EVERYONE, workers)?;
     let timeline = loaded
         .timelines
         .iter()
         .find(|t| t.patient_id == patient_id)
-        .ok_or_else(|| {
-            anyhow::anyhow!("no resource in {source} refers to patient {patient_id:?}")
+        .ok_or_else(|| ExplainError::UnknownPatient {
+            read_from: reader.source().to_string(),
+            patient_id: patient_id.to_owned(),
         })?;
     let findings = crate::isolation::isolated(|| evaluate_patient(timeline, config, as_of))
-        .map_err(|message| {
-            anyhow::anyhow!("the evaluation of patient {patient_id} failed: {message}")
+        .map_err(|message| ExplainError::EvaluationFailed {
+            patient_id: patient_id.to_owned(),
+            message,
         })?;
     Ok(render(timeline, &findings, as_of, config))
 }

@@ -467,12 +467,12 @@ fn data_quality_patient() -> PatientResources {
         .pivka(t, -3, 9000.0)
         // Accepted forms.
         .observation_with(PIVKA, &at_noon(t, 30), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
             o["valueString"] = json!("6,088 mAU/mL");
         })
         .observation_with(AFP, &at_noon(t, -3), quantity(45.0, "ng/mL"), |_| {})
         .observation_with(AFP, &at_noon(t, 30), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
             o["valueString"] = json!("<2.0 ng/mL");
         })
         .observation_with(PIVKA, &at_noon(t, 60), json!({"value": 75000, "comparator": ">", "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}), |o| {
@@ -500,28 +500,28 @@ fn data_quality_patient() -> PatientResources {
             o["status"] = json!("entered-in-error");
         })
         .observation_with(PIVKA, &at_noon(t, 12), quantity(1.0, "mAU/mL"), |o| {
-            o.as_object_mut().unwrap().remove("effectiveDateTime");
+            remove(o, "effectiveDateTime");
         })
         .observation_with(PIVKA, "2026-06", quantity(1.0, "mAU/mL"), |_| {})
         .observation_with(PIVKA, "last tuesday", quantity(1.0, "mAU/mL"), |_| {})
         .observation_with(PIVKA, &at_noon(t, 13), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
             o["valueString"] = json!("88000");
         })
         .observation_with(PIVKA, &at_noon(t, 14), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
             o["valueString"] = json!("positive");
         })
         .observation_with(PIVKA, &at_noon(t, 15), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
             o["dataAbsentReason"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]});
         })
         .observation_with(AFP, &at_noon(t, 16), quantity(3.0, "mmol/L"), |_| {})
         .observation_with(PIVKA, &at_noon(t, 17), Value::Null, |o| {
-            o.as_object_mut().unwrap().remove("valueQuantity");
+            remove(o, "valueQuantity");
         })
         .observation_with(PIVKA, &at_noon(t, 18), quantity(1.0, "mAU/mL"), |o| {
-            o.as_object_mut().unwrap().remove("subject");
+            remove(o, "subject");
         })
         .observation_with(PIVKA, &at_noon(t, 19), json!({"value": 3, "comparator": "ad", "unit": "mAU/mL"}), |_| {})
         .observation_with(("718-7", "Hemoglobin"), &at_noon(t, 20), quantity(12.0, "g/dL"), |_| {});
@@ -675,6 +675,13 @@ impl Writers {
 }
 
 /// Writes the cohort as `Patient`, `Condition`, `Procedure` and `Observation` NDJSON files.
+/// Removes a key from a JSON object (the generated resources are all objects).
+fn remove(resource: &mut Value, key: &str) {
+    if let Some(object) = resource.as_object_mut() {
+        object.remove(key);
+    }
+}
+
 pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut writers = Writers {

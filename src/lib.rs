@@ -3,8 +3,8 @@
 //! Data flows one way: `source` -> `ingest` -> `timeline` -> `evaluate` (pure) -> `sink`;
 //! `run` wires one run together.
 
-pub mod cli;
 pub mod cohort;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod evaluate;
@@ -24,3 +24,4 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod timeline;
+pub mod workers;

@@ -10,10 +10,44 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
-    #[error("{0}")]
-    Parts(String),
-    #[error("cannot read {path}: {message}")]
-    Read { path: String, message: String },
+    #[error("{name} is there twice: {} and {}", first.display(), second.display())]
+    Twice {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("no part files (NAME.shard-I-of-N.EXT) found")]
+    NoParts,
+    #[error("parts of runs with different shard counts: {0:?}")]
+    ShardCounts(Vec<u32>),
+    #[error("shard {index}/{count} is incomplete: missing {}", missing.join(", "))]
+    Incomplete {
+        index: u32,
+        count: u32,
+        missing: Vec<String>,
+    },
+    #[error("{}: a {kind} before any DetectedIssue", path.display())]
+    Orphan { path: PathBuf, kind: String },
+    #[error("{} has other columns than the first part", path.display())]
+    Columns { path: PathBuf },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {} as CSV", path.display())]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("cannot read {} as JSON", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Write(#[from] crate::output::OutputError),
 }
@@ -40,9 +74,9 @@ const OUTPUTS: [(&str, &str); 4] = [
 fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
     let mut found: BTreeMap<(u32, u32), BTreeMap<&'static str, PathBuf>> = BTreeMap::new();
     for dir in dirs {
-        let entries = std::fs::read_dir(dir).map_err(|e| MergeError::Read {
-            path: dir.display().to_string(),
-            message: e.to_string(),
+        let entries = std::fs::read_dir(dir).map_err(|source| MergeError::Read {
+            path: dir.clone(),
+            source,
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -64,11 +98,11 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
                     .or_default()
                     .insert(stem, entry.path());
                 if let Some(previous) = previous {
-                    return Err(MergeError::Parts(format!(
-                        "{name} is there twice: {} and {}",
-                        previous.display(),
-                        entry.path().display()
-                    )));
+                    return Err(MergeError::Twice {
+                        name,
+                        first: previous,
+                        second: entry.path(),
+                    });
                 }
             }
         }
@@ -76,16 +110,8 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
     let counts: std::collections::BTreeSet<u32> = found.keys().map(|(count, _)| *count).collect();
     let count = match counts.iter().collect::<Vec<_>>().as_slice() {
         [count] => **count,
-        [] => {
-            return Err(MergeError::Parts(
-                "no part files (NAME.shard-I-of-N.EXT) found".into(),
-            ))
-        }
-        many => {
-            return Err(MergeError::Parts(format!(
-                "parts of runs with different shard counts: {many:?}"
-            )))
-        }
+        [] => return Err(MergeError::NoParts),
+        _ => return Err(MergeError::ShardCounts(counts.into_iter().collect())),
     };
     let mut parts = Vec::new();
     for index in 0..count {
@@ -96,10 +122,11 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
             .map(|(stem, extension)| format!("{stem}.shard-{index}-of-{count}.{extension}"))
             .collect();
         if !missing.is_empty() {
-            return Err(MergeError::Parts(format!(
-                "shard {index}/{count} is incomplete: missing {}",
-                missing.join(", ")
-            )));
+            return Err(MergeError::Incomplete {
+                index,
+                count,
+                missing,
+            });
         }
         parts.push(files);
     }
@@ -107,9 +134,9 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
 }
 
 fn read(path: &Path) -> Result<String, MergeError> {
-    std::fs::read_to_string(path).map_err(|e| MergeError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    std::fs::read_to_string(path).map_err(|source| MergeError::Read {
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -119,19 +146,18 @@ fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
     let mut header: Option<csv::StringRecord> = None;
     let mut rows: Vec<csv::StringRecord> = Vec::new();
     for path in paths {
-        let bad = |e: csv::Error| MergeError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let bad = |source: csv::Error| MergeError::Csv {
+            path: path.to_path_buf(),
+            source,
         };
         let mut reader = csv::Reader::from_path(path).map_err(bad)?;
         let this_header = reader.headers().map_err(bad)?.clone();
         match &header {
             None => header = Some(this_header),
             Some(first) if *first != this_header => {
-                return Err(MergeError::Parts(format!(
-                    "{} has other columns than the first part",
-                    path.display()
-                )))
+                return Err(MergeError::Columns {
+                    path: path.to_path_buf(),
+                })
             }
             Some(_) => {}
         }
@@ -163,10 +189,11 @@ fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
         let first = lines.next().unwrap_or_default();
         device.get_or_insert_with(|| first.to_owned());
         for line in lines {
-            let resource: Value = serde_json::from_str(line).map_err(|e| MergeError::Read {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let resource: Value =
+                serde_json::from_str(line).map_err(|source| MergeError::Json {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             if resource["resourceType"] == "DetectedIssue" {
                 let patient = resource["patient"]["reference"]
                     .as_str()
@@ -180,11 +207,10 @@ fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
                     unit.push('\n');
                 }
                 None => {
-                    return Err(MergeError::Parts(format!(
-                        "{}: a {} before any DetectedIssue",
-                        path.display(),
-                        resource["resourceType"]
-                    )))
+                    return Err(MergeError::Orphan {
+                        path: path.to_path_buf(),
+                        kind: resource["resourceType"].to_string(),
+                    })
                 }
             }
         }
@@ -237,9 +263,9 @@ fn merge_summaries(paths: &[&Path], count: u32, out: &Path) -> Result<(), MergeE
     let mut slowest = serde_json::Map::new();
     for path in paths {
         let mut summary: Value =
-            serde_json::from_str(&read(path)?).map_err(|e| MergeError::Read {
-                path: path.display().to_string(),
-                message: e.to_string(),
+            serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
+                path: path.to_path_buf(),
+                source,
             })?;
         if let Some(Value::Object(timings)) =
             summary.as_object_mut().and_then(|s| s.remove("timings"))

@@ -32,8 +32,20 @@ pub struct RunState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read the state file {path}: {message}")]
-    Read { path: String, message: String },
+    #[error("cannot read the state file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the state file {} is not a state this job wrote", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the state file {} has format {found} (this version reads {FORMAT})", path.display())]
+    Format { path: PathBuf, found: u32 },
 }
 
 /// The state file of this shard: `state.json` or `state.shard-0-of-4.json`.
@@ -54,21 +66,25 @@ pub fn shard_path(path: &Path, shard_suffix: Option<&str>) -> PathBuf {
 impl RunState {
     /// The state, or `None` when there is no file yet (the first run is a full run).
     pub fn read(path: &Path) -> Result<Option<RunState>, StateError> {
-        let failed = |message: String| StateError::Read {
-            path: path.display().to_string(),
-            message,
-        };
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(failed(e.to_string())),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
         };
-        let state: RunState = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        let state: RunState = serde_json::from_str(&text).map_err(|source| StateError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
         if state.format != FORMAT {
-            return Err(failed(format!(
-                "format {} (this version reads {FORMAT})",
-                state.format
-            )));
+            return Err(StateError::Format {
+                path: path.to_owned(),
+                found: state.format,
+            });
         }
         Ok(Some(state))
     }

@@ -77,6 +77,31 @@ fn cut_at(series: &[MarkerValue], as_of: NaiveDate) -> &[MarkerValue] {
     &series[..series.partition_point(|v| v.date <= as_of)]
 }
 
+/// Evaluates one patient, isolated: a failure (a defect, an input nobody foresaw) leaves that
+/// patient out, counted with its message, and never stops the others.
+pub fn evaluate_isolated(
+    timeline: &PatientTimeline,
+    config: &Config,
+    as_of: NaiveDate,
+) -> PatientFindings {
+    crate::isolation::isolated(|| evaluate_patient(timeline, config, as_of))
+        .unwrap_or_else(|message| PatientFindings::failed(&timeline.patient_id, message))
+}
+
+/// Evaluates every timeline, each isolated, on the current rayon pool; the order of the
+/// result is the order of the timelines.
+pub fn evaluate_cohort(
+    timelines: &[PatientTimeline],
+    config: &Config,
+    as_of: NaiveDate,
+) -> Vec<PatientFindings> {
+    use rayon::prelude::*;
+    timelines
+        .par_iter()
+        .map(|t| evaluate_isolated(t, config, as_of))
+        .collect()
+}
+
 /// Evaluates one patient as of `as_of`.
 pub fn evaluate_patient(
     timeline: &PatientTimeline,

@@ -3,7 +3,7 @@
 //! The access token is cached and renewed a minute before it expires, and once more on a 401.
 //! Neither tokens nor keys nor assertions ever reach a log or an error message.
 
-use super::client::FhirError;
+use super::error::{CredentialsError, FhirError, Refusal, TokenError};
 use super::jwk;
 use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure};
 use crate::config::{AuthConfig, AuthMethod, ServerConfig};
@@ -28,38 +28,35 @@ pub enum Credentials {
     Smart(Box<SmartBackend>),
 }
 
-fn credentials_error(message: impl Into<String>) -> FhirError {
-    FhirError::Credentials(message.into())
-}
-
-fn bearer(token: &str) -> Result<HeaderValue, FhirError> {
+fn bearer(token: &str) -> Result<HeaderValue, CredentialsError> {
     let token = token.trim();
     if token.is_empty() {
-        return Err(credentials_error("the bearer token is empty"));
+        return Err(CredentialsError::EmptyToken);
     }
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| credentials_error("the token has characters a header cannot carry"))?;
+        .map_err(|_| CredentialsError::TokenNotAHeader)?;
     value.set_sensitive(true);
     Ok(value)
 }
 
 impl Credentials {
-    pub fn from_config(auth: &AuthConfig, server: &ServerConfig) -> Result<Credentials, FhirError> {
+    pub fn from_config(
+        auth: &AuthConfig,
+        server: &ServerConfig,
+    ) -> Result<Credentials, CredentialsError> {
         match auth.method {
             AuthMethod::None => Ok(Credentials::None),
             AuthMethod::Bearer => {
                 let token = match (&auth.token_env, &auth.token_file) {
-                    (Some(name), _) => std::env::var(name).map_err(|_| {
-                        credentials_error(format!("environment variable {name} is not set"))
+                    (Some(name), _) => std::env::var(name)
+                        .map_err(|_| CredentialsError::TokenVariableUnset(name.clone()))?,
+                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|source| {
+                        CredentialsError::TokenFile {
+                            path: path.clone(),
+                            source,
+                        }
                     })?,
-                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                        credentials_error(format!("cannot read token file {}: {e}", path.display()))
-                    })?,
-                    (None, None) => {
-                        return Err(credentials_error(
-                            "server.auth.method = \"bearer\" needs token_env or token_file",
-                        ))
-                    }
+                    (None, None) => return Err(CredentialsError::NoTokenSource),
                 };
                 Ok(Credentials::Static(bearer(&token)?))
             }
@@ -74,18 +71,18 @@ impl Credentials {
 /// failure names the URL.
 async fn authorization_request(
     url: &Url,
-    build: impl FnMut() -> Result<reqwest::RequestBuilder, FhirError>,
+    build: impl FnMut() -> Result<reqwest::RequestBuilder, CredentialsError>,
 ) -> Result<Answer, FhirError> {
-    let failed = |message: String| FhirError::Token {
+    let failed = |source: TokenError| FhirError::Token {
         url: url.to_string(),
-        message,
+        source,
     };
     send_with_retries(&RetryPolicy::default(), TOKEN_ANSWER_LIMIT, build)
         .await
         .map_err(|failure| match failure {
-            SendFailure::Build(error) => error,
-            SendFailure::NoAnswer(e) => failed(super::client::why(e)),
-            SendFailure::TooLarge { limit } => failed(format!("an answer over {limit} bytes")),
+            SendFailure::Build(error) => failed(TokenError::Assertion(Box::new(error))),
+            SendFailure::NoAnswer(e) => failed(TokenError::NoAnswer(e.without_url())),
+            SendFailure::TooLarge { limit } => failed(TokenError::TooLarge(limit)),
         })
 }
 
@@ -128,33 +125,32 @@ impl SmartBackend {
     fn from_config(
         auth: &AuthConfig,
         allow_insecure_http: bool,
-    ) -> Result<SmartBackend, FhirError> {
+    ) -> Result<SmartBackend, CredentialsError> {
         let client_id = auth
             .client_id
             .clone()
-            .ok_or_else(|| credentials_error("smart-backend needs server.auth.client_id"))?;
+            .ok_or(CredentialsError::Missing("client_id"))?;
         let key_path = auth
             .private_key_file
             .as_ref()
-            .ok_or_else(|| credentials_error("smart-backend needs server.auth.private_key_file"))?;
-        let bytes = std::fs::read(key_path).map_err(|e| {
-            credentials_error(format!(
-                "cannot read private key {}: {e}",
-                key_path.display()
-            ))
+            .ok_or(CredentialsError::Missing("private_key_file"))?;
+        let bytes = std::fs::read(key_path).map_err(|source| CredentialsError::KeyFile {
+            path: key_path.clone(),
+            source,
         })?;
         let algorithm = match auth.algorithm.as_str() {
             "RS384" => Algorithm::RS384,
             "ES384" => Algorithm::ES384,
-            other => {
-                return Err(credentials_error(format!(
-                    "server.auth.algorithm {other:?}: use RS384 or ES384"
-                )))
-            }
+            other => return Err(CredentialsError::Algorithm(other.to_owned())),
         };
         let (key, key_id) = if jwk::looks_like_jwks(&bytes) {
-            let signing = jwk::signing_key(&bytes, algorithm, auth.key_id.as_deref())
-                .map_err(|why| credentials_error(format!("{}: {why}", key_path.display())))?;
+            let signing =
+                jwk::signing_key(&bytes, algorithm, auth.key_id.as_deref()).map_err(|source| {
+                    CredentialsError::Jwks {
+                        path: key_path.clone(),
+                        source,
+                    }
+                })?;
             // The configured kid wins; otherwise the JWK's own.
             (signing.key, auth.key_id.clone().or(signing.key_id))
         } else {
@@ -162,23 +158,20 @@ impl SmartBackend {
                 Algorithm::RS384 => EncodingKey::from_rsa_pem(&bytes),
                 _ => EncodingKey::from_ec_pem(&bytes),
             }
-            .map_err(|_| {
-                credentials_error(format!(
-                    "{} is not a PEM private key for {}",
-                    key_path.display(),
-                    auth.algorithm
-                ))
+            .map_err(|_| CredentialsError::NotAPemKey {
+                path: key_path.clone(),
+                algorithm: auth.algorithm.clone(),
             })?;
             (key, auth.key_id.clone())
         };
         let token_endpoint = match &auth.token_endpoint {
             Some(url) => {
-                let parsed = Url::parse(url).map_err(|e| {
-                    credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
-                })?;
-                super::client::check_transport(&parsed, allow_insecure_http).map_err(|e| {
-                    credentials_error(format!("server.auth.token_endpoint {url:?}: {e}"))
-                })?;
+                let refused = |source| CredentialsError::TokenEndpoint {
+                    url: url.clone(),
+                    source,
+                };
+                let parsed = Url::parse(url).map_err(|e| refused(Refusal::NotAUrl(e)))?;
+                super::client::check_transport(&parsed, allow_insecure_http).map_err(refused)?;
                 Some(parsed)
             }
             None => None,
@@ -201,9 +194,9 @@ impl SmartBackend {
         let discovery = base
             .join(".well-known/smart-configuration")
             .expect("a valid relative path");
-        let failed = |message: String| FhirError::Token {
+        let failed = |source: TokenError| FhirError::Token {
             url: discovery.to_string(),
-            message,
+            source,
         };
         let Answer { status, body, .. } = authorization_request(&discovery, || {
             Ok(http
@@ -212,15 +205,18 @@ impl SmartBackend {
         })
         .await?;
         if !status.is_success() {
-            return Err(failed(format!("HTTP {}", status.as_u16())));
+            return Err(failed(TokenError::Status {
+                status: status.as_u16(),
+                oauth_error: String::new(),
+            }));
         }
         let configuration: SmartConfiguration =
-            serde_json::from_slice(&body).map_err(|e| failed(format!("no token_endpoint: {e}")))?;
+            serde_json::from_slice(&body).map_err(|e| failed(TokenError::NoTokenEndpoint(e)))?;
         Url::parse(&configuration.token_endpoint)
-            .map_err(|e| failed(format!("token_endpoint: {e}")))
+            .map_err(|e| failed(TokenError::BadTokenEndpoint(e)))
     }
 
-    fn assertion(&self, audience: &str) -> Result<String, FhirError> {
+    fn assertion(&self, audience: &str) -> Result<String, CredentialsError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -235,8 +231,7 @@ impl SmartBackend {
             exp: now + ASSERTION_LIFETIME_SECS,
             jti: format!("{:032x}", rand::random::<u128>()),
         };
-        jsonwebtoken::encode(&header, &claims, &self.key)
-            .map_err(|e| credentials_error(format!("cannot sign the client assertion: {e}")))
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(CredentialsError::Sign)
     }
 
     /// The Authorization header: the cached token, or a new one when it is about to expire or
@@ -254,9 +249,9 @@ impl SmartBackend {
             }
         }
         let endpoint = self.token_endpoint(http, base).await?;
-        let failed = |message: String| FhirError::Token {
+        let failed = |source: TokenError| FhirError::Token {
             url: endpoint.to_string(),
-            message,
+            source,
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
         let Answer { status, body, .. } = authorization_request(&endpoint, || {
@@ -281,10 +276,13 @@ impl SmartBackend {
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            return Err(failed(format!("HTTP {} {reason}", status.as_u16())));
+            return Err(failed(TokenError::Status {
+                status: status.as_u16(),
+                oauth_error: reason,
+            }));
         }
-        let token: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| failed("the answer holds no access_token".into()))?;
+        let token: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| failed(TokenError::NoAccessToken(e)))?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300));
         let header = bearer(&token.access_token)?;
         *cached = Some(CachedToken {

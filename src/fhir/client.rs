@@ -3,6 +3,7 @@
 //! errors that carry the server's OperationOutcome text.
 
 use super::auth::Credentials;
+pub use super::error::{ClientError, FhirError, Refusal};
 pub use super::retry::Answer;
 use super::retry::{decide, send_with_retries, Decision, Outcome, RetryPolicy, SendFailure};
 use crate::config::ServerConfig;
@@ -17,42 +18,6 @@ use std::time::Duration;
 
 /// A Bulk Data file may be large: its download gets longer than a search request.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum FhirError {
-    #[error("invalid FHIR base URL {url:?}: {message}")]
-    BaseUrl { url: String, message: String },
-    #[error("cannot set up the HTTP client: {0}")]
-    Client(String),
-    /// Missing or unreadable credentials: a configuration problem.
-    #[error("FHIR server credentials: {0}")]
-    Credentials(String),
-    /// The token endpoint (or its discovery) failed.
-    #[error("cannot get an access token from {url}: {message}")]
-    Token { url: String, message: String },
-    #[error("{url}: no answer: {message}")]
-    Transport { url: String, message: String },
-    #[error("{url}: HTTP {status}: {outcome}")]
-    Status {
-        url: String,
-        status: u16,
-        outcome: String,
-    },
-    #[error("{url}: not a FHIR Bundle: {message}")]
-    NotABundle { url: String, message: String },
-    #[error("{url}: unexpected answer: {message}")]
-    Unexpected { url: String, message: String },
-    #[error("{url}: the search goes on past {limit} pages (server.max_pages_per_search)")]
-    TooManyPages { url: String, limit: usize },
-    #[error("{url}: the next link repeats a page already read; the search would never end")]
-    RepeatedPage { url: String },
-    #[error("{url}: the answer is larger than {limit} bytes (server.max_response_bytes)")]
-    TooLarge { url: String, limit: u64 },
-    #[error("{url}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)")]
-    ReadBudget { url: String, minutes: f64 },
-    #[error("interrupted while reading {url}")]
-    Interrupted { url: String },
-}
 
 /// One page of search results: each entry's resource as raw JSON, and the next page.
 pub struct SearchPage {
@@ -152,9 +117,9 @@ enum DownloadFailure {
         outcome: String,
     },
     /// No answer, or the body cut short.
-    NoAnswer(String),
+    NoAnswer(reqwest::Error),
     /// Our own disk: not worth a retry.
-    Disk(String),
+    Disk(std::io::Error),
 }
 
 /// One attempt: the body streamed to `to` chunk by chunk.
@@ -164,10 +129,7 @@ async fn download_once(
 ) -> Result<u64, DownloadFailure> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let response = request
-        .send()
-        .await
-        .map_err(|e| DownloadFailure::NoAnswer(why(e)))?;
+    let response = request.send().await.map_err(DownloadFailure::NoAnswer)?;
     let status = response.status();
     if status != StatusCode::OK {
         let retry_after = response
@@ -182,35 +144,17 @@ async fn download_once(
             outcome: outcome_text(&body),
         });
     }
-    let disk = |e: std::io::Error| DownloadFailure::Disk(e.to_string());
+    let disk = DownloadFailure::Disk;
     let mut file = tokio::fs::File::create(to).await.map_err(disk)?;
     let mut written = 0u64;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| DownloadFailure::NoAnswer(why(e)))?;
+        let chunk = chunk.map_err(DownloadFailure::NoAnswer)?;
         file.write_all(&chunk).await.map_err(disk)?;
         written += chunk.len() as u64;
     }
     file.flush().await.map_err(disk)?;
     Ok(written)
-}
-
-/// What went wrong with a request, with its causes (`error following redirect: a redirect
-/// from https to http was refused`, `invalid peer certificate: UnknownIssuer`), without the
-/// URL (the caller names it).
-pub fn why(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Same scheme, host and port.
@@ -222,16 +166,16 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 
 /// Whether a URL may be used: https, or http to this machine only (unless the site allows
 /// plain http, `server.allow_insecure_http`).
-pub fn check_transport(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+pub fn check_transport(url: &Url, allow_insecure_http: bool) -> Result<(), Refusal> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(format!(
-            "plain http to {} would send patient data and credentials unencrypted: use https, \
-             or set server.allow_insecure_http = true",
-            url.host_str().unwrap_or("?")
-        )),
-        other => Err(format!("{other}: must be http or https")),
+        "http" => Err(Refusal::InsecureHttp {
+            host: url.host_str().unwrap_or("?").to_owned(),
+        }),
+        other => Err(Refusal::NotHttp {
+            scheme: other.to_owned(),
+        }),
     }
 }
 
@@ -251,9 +195,12 @@ pub fn http_client(
     settings: &ServerConfig,
     default_headers: HeaderMap,
 ) -> Result<reqwest::Client, FhirError> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| FhirError::Client(format!("cannot read {what} {}: {e}", path.display())))
+    let read = |path: &std::path::Path, key: &'static str| {
+        std::fs::read(path).map_err(|source| ClientError::ReadFile {
+            key,
+            path: path.to_owned(),
+            source,
+        })
     };
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
@@ -275,13 +222,13 @@ pub fn http_client(
         }));
     if let Some(path) = &settings.ca_file {
         let pem = read(path, "server.ca_file")?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| FhirError::Client(format!("server.ca_file {}: {e}", path.display())))?;
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
         if certificates.is_empty() {
-            return Err(FhirError::Client(format!(
-                "server.ca_file {} holds no PEM certificate",
-                path.display()
-            )));
+            return Err(ClientError::EmptyCaFile { path: path.clone() }.into());
         }
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
@@ -292,35 +239,25 @@ pub fn http_client(
             let mut pem = read(cert, "server.client_cert_file")?;
             pem.push(b'\n');
             pem.extend(read(key, "server.client_key_file")?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                FhirError::Client(format!(
-                    "server.client_cert_file / client_key_file: not a PEM certificate and key: {e}"
-                ))
-            })?;
+            let identity = reqwest::Identity::from_pem(&pem).map_err(ClientError::Identity)?;
             builder = builder.identity(identity);
         }
         (None, None) => {}
-        _ => {
-            return Err(FhirError::Client(
-                "mutual TLS needs both server.client_cert_file and server.client_key_file".into(),
-            ))
-        }
+        _ => return Err(ClientError::HalfIdentity.into()),
     }
-    builder
-        .build()
-        .map_err(|e| FhirError::Client(e.to_string()))
+    Ok(builder.build().map_err(ClientError::Build)?)
 }
 
 impl FhirClient {
     pub fn new(base_url: &str, settings: &ServerConfig) -> Result<FhirClient, FhirError> {
-        let mut base = Url::parse(base_url).map_err(|e| FhirError::BaseUrl {
+        let mut base = Url::parse(base_url).map_err(|source| FhirError::BaseUrl {
             url: base_url.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
-        check_transport(&base, settings.allow_insecure_http).map_err(|message| {
-            FhirError::BaseUrl {
+        check_transport(&base, settings.allow_insecure_http).map_err(|refusal| {
+            FhirError::Refused {
                 url: base_url.to_owned(),
-                message,
+                refusal,
             }
         })?;
         // A trailing slash makes Url::join append to the base path instead of replacing it.
@@ -409,9 +346,9 @@ impl FhirClient {
             })
             .await
             .map_err(|failure| match failure {
-                SendFailure::NoAnswer(e) => FhirError::Transport {
+                SendFailure::NoAnswer(source) => FhirError::Transport {
                     url: url.to_owned(),
-                    message: why(e),
+                    source: source.without_url(),
                 },
                 SendFailure::TooLarge { limit } => FhirError::TooLarge {
                     url: url.to_owned(),
@@ -460,9 +397,9 @@ impl FhirClient {
                 outcome: outcome_text(&body),
             });
         }
-        serde_json::from_slice(&body).map_err(|e| FhirError::Unexpected {
+        serde_json::from_slice(&body).map_err(|source| FhirError::NotJson {
             url: url.to_owned(),
-            message: format!("not JSON: {e}"),
+            source,
         })
     }
 
@@ -475,16 +412,12 @@ impl FhirClient {
         to: &std::path::Path,
         with_token: bool,
     ) -> Result<u64, FhirError> {
-        let target = Url::parse(url).map_err(|e| FhirError::Unexpected {
+        let refused = |refusal| FhirError::Refused {
             url: url.to_owned(),
-            message: format!("not a URL: {e}"),
-        })?;
-        check_transport(&target, self.base.scheme() == "http").map_err(|message| {
-            FhirError::Unexpected {
-                url: url.to_owned(),
-                message,
-            }
-        })?;
+            refusal,
+        };
+        let target = Url::parse(url).map_err(|e| refused(Refusal::NotAUrl(e)))?;
+        check_transport(&target, self.base.scheme() == "http").map_err(refused)?;
         let send_token = with_token && same_origin(&target, &self.base);
         let first = std::time::Instant::now();
         let mut attempt = 0;
@@ -505,10 +438,10 @@ impl FhirClient {
             }
             let failure = match download_once(request, to).await {
                 Ok(written) => return Ok(written),
-                Err(DownloadFailure::Disk(e)) => {
-                    return Err(FhirError::Unexpected {
-                        url: url.to_owned(),
-                        message: format!("cannot write {}: {e}", to.display()),
+                Err(DownloadFailure::Disk(source)) => {
+                    return Err(FhirError::Disk {
+                        path: to.to_owned(),
+                        source,
                     })
                 }
                 Err(failure) => failure,
@@ -539,12 +472,14 @@ impl FhirClient {
                             status,
                             outcome,
                         },
-                        DownloadFailure::NoAnswer(message) | DownloadFailure::Disk(message) => {
-                            FhirError::Transport {
-                                url: url.to_owned(),
-                                message,
-                            }
-                        }
+                        DownloadFailure::NoAnswer(source) => FhirError::Transport {
+                            url: url.to_owned(),
+                            source: source.without_url(),
+                        },
+                        DownloadFailure::Disk(source) => FhirError::Disk {
+                            path: to.to_owned(),
+                            source,
+                        },
                     })
                 }
             }
@@ -562,14 +497,14 @@ impl FhirClient {
             });
         }
         let bundle: BundleIn =
-            serde_json::from_slice(&body).map_err(|e| FhirError::NotABundle {
+            serde_json::from_slice(&body).map_err(|source| FhirError::NotABundle {
                 url: url.to_owned(),
-                message: e.to_string(),
+                source,
             })?;
         if bundle.resource_type != "Bundle" {
-            return Err(FhirError::NotABundle {
+            return Err(FhirError::NotABundleType {
                 url: url.to_owned(),
-                message: format!("resourceType is {}", bundle.resource_type),
+                found: bundle.resource_type,
             });
         }
         Ok(SearchPage {
@@ -660,11 +595,9 @@ mod tests {
         );
         assert_eq!(
             check_transport(&url("http://fhir.example.org/r4"), false),
-            Err(
-                "plain http to fhir.example.org would send patient data and credentials \
-                 unencrypted: use https, or set server.allow_insecure_http = true"
-                    .into()
-            )
+            Err(Refusal::InsecureHttp {
+                host: "fhir.example.org".into()
+            })
         );
         assert_eq!(
             check_transport(&url("http://fhir.example.org/r4"), true),

@@ -40,6 +40,34 @@ pub struct SigningKey {
     pub key_id: Option<String>,
 }
 
+/// Why no signing key can be had from a JWK Set.
+#[derive(Debug, thiserror::Error)]
+pub enum JwkError {
+    #[error("neither a JWK Set nor a JWK")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no private {kty} key with kid {kid:?}")]
+    NoKeyWithKid { kty: &'static str, kid: String },
+    #[error("no private {kty} key for {algorithm}")]
+    NoKey {
+        kty: &'static str,
+        algorithm: String,
+    },
+    #[error("{count} private {kty} keys: set server.auth.key_id to choose one")]
+    SeveralKeys { count: usize, kty: &'static str },
+    #[error("the {kty} key lacks \"{name}\"")]
+    Missing { kty: String, name: String },
+    #[error("\"{0}\" is not base64url")]
+    NotBase64(String),
+    #[error("an RSA component is not an integer")]
+    NotAnInteger(#[source] der::Error),
+    #[error("ES384 needs a P-384 key, this one is {0:?}")]
+    Curve(String),
+    #[error("a P-384 key's d, x and y are 48 bytes each")]
+    PointSize,
+    #[error("cannot encode the key")]
+    Encode(#[source] der::Error),
+}
+
 /// Whether a key file holds JSON (a JWK Set or one JWK) rather than PEM.
 pub fn looks_like_jwks(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
@@ -51,11 +79,10 @@ pub fn signing_key(
     bytes: &[u8],
     algorithm: Algorithm,
     key_id: Option<&str>,
-) -> Result<SigningKey, String> {
+) -> Result<SigningKey, JwkError> {
     let keys = match serde_json::from_slice::<JwkSet>(bytes) {
         Ok(set) => set.keys,
-        Err(_) => vec![serde_json::from_slice::<Jwk>(bytes)
-            .map_err(|e| format!("neither a JWK Set nor a JWK: {e}"))?],
+        Err(_) => vec![serde_json::from_slice::<Jwk>(bytes).map_err(JwkError::NotJson)?],
     };
     let kty = match algorithm {
         Algorithm::RS384 => "RSA",
@@ -70,13 +97,23 @@ pub fn signing_key(
         .collect();
     let jwk = match (candidates.as_slice(), key_id) {
         ([one], _) => *one,
-        ([], Some(id)) => return Err(format!("no private {kty} key with kid {id:?}")),
-        ([], None) => return Err(format!("no private {kty} key for {wanted_alg}")),
+        ([], Some(id)) => {
+            return Err(JwkError::NoKeyWithKid {
+                kty,
+                kid: id.to_owned(),
+            })
+        }
+        ([], None) => {
+            return Err(JwkError::NoKey {
+                kty,
+                algorithm: wanted_alg,
+            })
+        }
         (_, _) => {
-            return Err(format!(
-                "{} private {kty} keys: set server.auth.key_id to choose one",
-                candidates.len()
-            ))
+            return Err(JwkError::SeveralKeys {
+                count: candidates.len(),
+                kty,
+            })
         }
     };
     let der = match algorithm {
@@ -93,20 +130,21 @@ pub fn signing_key(
     })
 }
 
-fn component(jwk: &Jwk, name: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
-    let text = value
-        .as_deref()
-        .ok_or_else(|| format!("the {} key lacks \"{name}\"", jwk.kty))?;
+fn component(jwk: &Jwk, name: &str, value: &Option<String>) -> Result<Vec<u8>, JwkError> {
+    let text = value.as_deref().ok_or_else(|| JwkError::Missing {
+        kty: jwk.kty.clone(),
+        name: name.to_owned(),
+    })?;
     URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
-        .map_err(|_| format!("\"{name}\" is not base64url"))
+        .map_err(|_| JwkError::NotBase64(name.to_owned()))
 }
 
-fn uint(bytes: &[u8]) -> Result<pkcs1::UintRef<'_>, String> {
-    pkcs1::UintRef::new(bytes).map_err(|e| format!("an RSA component is not an integer: {e}"))
+fn uint(bytes: &[u8]) -> Result<pkcs1::UintRef<'_>, JwkError> {
+    pkcs1::UintRef::new(bytes).map_err(JwkError::NotAnInteger)
 }
 
-fn rsa_pkcs1_der(jwk: &Jwk) -> Result<Vec<u8>, String> {
+fn rsa_pkcs1_der(jwk: &Jwk) -> Result<Vec<u8>, JwkError> {
     let parts = [
         ("n", &jwk.n),
         ("e", &jwk.e),
@@ -131,8 +169,7 @@ fn rsa_pkcs1_der(jwk: &Jwk) -> Result<Vec<u8>, String> {
         coefficient: uint(&parts[7])?,
         other_prime_infos: None,
     };
-    key.to_der()
-        .map_err(|e| format!("cannot encode the RSA key: {e}"))
+    key.to_der().map_err(JwkError::Encode)
 }
 
 /// `secp384r1`, the curve of ES384.
@@ -142,18 +179,17 @@ const SECP384R1: der::asn1::ObjectIdentifier =
 const EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
-fn p384_pkcs8_der(jwk: &Jwk) -> Result<Vec<u8>, String> {
+fn p384_pkcs8_der(jwk: &Jwk) -> Result<Vec<u8>, JwkError> {
     if jwk.crv.as_deref() != Some("P-384") {
-        return Err(format!(
-            "ES384 needs a P-384 key, this one is {:?}",
-            jwk.crv.as_deref().unwrap_or("without crv")
+        return Err(JwkError::Curve(
+            jwk.crv.as_deref().unwrap_or("without crv").to_owned(),
         ));
     }
     let d = component(jwk, "d", &jwk.d)?;
     let x = component(jwk, "x", &jwk.x)?;
     let y = component(jwk, "y", &jwk.y)?;
     if d.len() != 48 || x.len() != 48 || y.len() != 48 {
-        return Err("a P-384 key's d, x and y are 48 bytes each".into());
+        return Err(JwkError::PointSize);
     }
     // The uncompressed public point, 0x04 || x || y.
     let public_point: Vec<u8> = [&[4u8][..], &x, &y].concat();
@@ -163,7 +199,7 @@ fn p384_pkcs8_der(jwk: &Jwk) -> Result<Vec<u8>, String> {
         public_key: Some(&public_point),
     }
     .to_der()
-    .map_err(|e| format!("cannot encode the EC key: {e}"))?;
+    .map_err(JwkError::Encode)?;
     let curve = der::asn1::AnyRef::from(&SECP384R1);
     pkcs8::PrivateKeyInfo {
         algorithm: pkcs8::AlgorithmIdentifierRef {
@@ -174,5 +210,5 @@ fn p384_pkcs8_der(jwk: &Jwk) -> Result<Vec<u8>, String> {
         public_key: None,
     }
     .to_der()
-    .map_err(|e| format!("cannot encode the EC key: {e}"))
+    .map_err(JwkError::Encode)
 }

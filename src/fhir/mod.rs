@@ -2,5 +2,6 @@
 
 pub mod auth;
 pub mod client;
+pub mod error;
 pub mod jwk;
 pub mod retry;

@@ -5,12 +5,17 @@
 mod html;
 mod trail;
 
+use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::{Censoring, Flag, Marker, PatientFindings, PatientTimeline, Severity};
+use crate::evaluate::evaluate_isolated;
+use crate::fhir::client::FhirError;
 use crate::format::GuardedCsv;
 use crate::ingest::DataQuality;
-use crate::run::{self, RunError, Source};
+use crate::output::OutputError;
 use crate::sink::summary::{FlagCounts, PatientCounts, RunSummary};
+use crate::source::{ReadError, Reader, Source};
+use crate::workers::Workers;
 use chrono::NaiveDate;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
@@ -172,19 +177,33 @@ pub fn chart(
     })
 }
 
+/// Why the report could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The flag trail could not be read from the server.
+    #[error(transparent)]
+    Trail(#[from] FhirError),
+}
+
 /// Builds the report's content: reads the source, evaluates everyone, keeps the flagged ones
 /// (flags identified in the range) with their charts, and the trail from the server.
-pub fn build(options: &ReportOptions, config: &Config) -> Result<Report, RunError> {
+pub fn build(
+    options: &ReportOptions,
+    config: &Config,
+    reader: &Reader,
+    workers: &Workers,
+) -> Result<Report, ReportError> {
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let pool = run::thread_pool(config)?;
-    let loaded = run::load(&options.source, config, options.as_of, &pool)?;
+    let loaded = reader.load(config, options.as_of, &Scope::EVERYONE, workers)?;
     let as_of = options.as_of;
-    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = pool.install(|| {
+    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = workers.pool.install(|| {
         loaded
             .timelines
             .into_par_iter()
             .map(|timeline| {
-                let findings = run::evaluate_isolated(&timeline, config, as_of);
+                let findings = evaluate_isolated(&timeline, config, as_of);
                 let flagged = flagged_patient(&timeline, &findings, options, config);
                 (findings, flagged)
             })
@@ -202,9 +221,10 @@ pub fn build(options: &ReportOptions, config: &Config) -> Result<Report, RunErro
         ))
     });
     let (patients, responses, flags) = RunSummary::count(&findings, config);
-    let trail = match &options.source {
-        Source::Folder(_) => None,
-        Source::Server(url) => Some(trail::fetch(url, options, config, &pool)?),
+    // The flag trail comes from the server the report read, with the same client (and token).
+    let trail = match reader.client() {
+        None => None,
+        Some(client) => Some(trail::fetch(client, options, config, &workers.runtime)?),
     };
     Ok(Report {
         options: options.clone(),
@@ -251,7 +271,7 @@ fn flagged_patient(
 }
 
 /// Writes `report.html` and its CSV twins; returns the paths written.
-pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, RunError> {
+pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, OutputError> {
     let dir = &report.options.out_dir;
     crate::output::create_folder(dir)?;
     let mut written = Vec::new();

@@ -4,8 +4,7 @@
 
 use super::ReportOptions;
 use crate::config::Config;
-use crate::fhir::client::FhirClient;
-use crate::run::{self, RunError};
+use crate::fhir::client::{FhirClient, FhirError};
 use crate::sink::server::{identifier_in, our_detected_issues};
 use serde::Serialize;
 use serde_json::Value;
@@ -93,15 +92,13 @@ impl TrailEntry {
 
 /// Our DetectedIssues identified in the range, most recent first.
 pub fn fetch(
-    url: &str,
+    client: &FhirClient,
     options: &ReportOptions,
     config: &Config,
-    pool: &rayon::ThreadPool,
-) -> Result<Vec<TrailEntry>, RunError> {
-    let client = FhirClient::new(url, &config.server)?;
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Vec<TrailEntry>, FhirError> {
     let system = &config.output.identifier_system;
-    let resources = run::runtime(pool.current_num_threads())?
-        .block_on(our_detected_issues(&client, None, config))?;
+    let resources = runtime.block_on(our_detected_issues(client, None, config))?;
     let mut entries: Vec<TrailEntry> = resources
         .iter()
         .filter_map(|r| TrailEntry::from_resource(r, system))

@@ -49,6 +49,9 @@ pub enum WriteBackError {
     Save(#[from] crate::output::OutputError),
     #[error("interrupted before the write-back finished; what was sent is complete per patient")]
     Interrupted,
+    /// The job's own Device could not be built (a defect, never the data).
+    #[error("cannot build the job's Device")]
+    Device(#[from] fhir_resources::BuildError),
 }
 
 /// Why the safety valve stopped a write-back, with the numbers an operator checks.
@@ -153,7 +156,7 @@ async fn ensure_device(
     client: &FhirClient,
     config: &Config,
     dry_run: bool,
-) -> Result<String, FhirError> {
+) -> Result<String, WriteBackError> {
     let system = &config.output.device_identifier_system;
     let value = super::detected_issue::DEVICE_ID;
     let search = client.search_url("Device", &[("identifier", format!("{system}|{value}"))]);
@@ -175,10 +178,6 @@ async fn ensure_device(
         identifier_value: value,
         name: "tare-marker-monitor",
         version: env!("CARGO_PKG_VERSION"),
-    })
-    .map_err(|e| FhirError::Unexpected {
-        url: client.base().to_string(),
-        message: e.to_string(),
     })?;
     let mut device: Value = serde_json::from_str(&device).expect("built JSON parses");
     device.as_object_mut().expect("an object").remove("id");
@@ -202,15 +201,13 @@ async fn ensure_device(
             url,
             status: status.as_u16(),
             outcome: outcome_text(&body),
-        });
+        }
+        .into());
     }
     let created: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match created["id"].as_str() {
         Some(id) => Ok(format!("Device/{id}")),
-        None => Err(FhirError::Unexpected {
-            url,
-            message: "the Device create answered without the Device".into(),
-        }),
+        None => Err(FhirError::NoResourceInAnswer { url }.into()),
     }
 }
 

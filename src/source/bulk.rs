@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
+use crate::fhir::error::ExportError;
 use futures::stream::{self, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::Url;
@@ -67,12 +68,13 @@ fn kickoff_url(
         Some(group) => format!("Group/{group}/$export"),
         None => "$export".to_owned(),
     };
+    // The group is a FHIR id (checked when the configuration is read): a valid path.
     let mut url = client
         .base()
         .join(&path)
-        .map_err(|e| FhirError::Unexpected {
+        .map_err(|source| FhirError::BaseUrl {
             url: path.clone(),
-            message: e.to_string(),
+            source,
         })?;
     let codes = super::search::Codes::of(config);
     {
@@ -121,25 +123,27 @@ async fn delete_job(client: &FhirClient, status_url: &str) {
 /// The status URL a kick-off named, resolved against the base, unless it is a FHIR resource
 /// URL of the server (`[base]/Patient/123`, `[base]/Observation`): polling such a URL with
 /// the token, and later deleting it, could read or destroy clinical data.
-fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<Url, FhirError> {
-    let refused = |message: String| FhirError::Unexpected {
-        url: kickoff.to_owned(),
-        message,
-    };
+fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<Url, ExportError> {
     let location = answer
         .headers
         .get(reqwest::header::CONTENT_LOCATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| refused("202 without Content-Location".into()))?;
+        .ok_or_else(|| ExportError::NoStatusUrl {
+            url: kickoff.to_owned(),
+        })?;
     let url = client
         .base()
         .join(location)
-        .map_err(|e| refused(format!("Content-Location {location:?}: {e}")))?;
+        .map_err(|source| ExportError::BadStatusUrl {
+            url: kickoff.to_owned(),
+            location: location.to_owned(),
+            source,
+        })?;
     if is_resource_url(client.base(), &url) {
-        return Err(refused(format!(
-            "the kick-off names {url} as its status URL, which is a FHIR resource URL of the \
-             server; it was neither polled nor deleted"
-        )));
+        return Err(ExportError::ResourceStatusUrl {
+            url: kickoff.to_owned(),
+            status_url: url.to_string(),
+        });
     }
     Ok(url)
 }
@@ -177,9 +181,12 @@ async fn poll(client: &FhirClient, status_url: &str, config: &Config) -> Result<
     match answer.status {
         StatusCode::OK => serde_json::from_slice(&answer.body)
             .map(Poll::Ready)
-            .map_err(|e| FhirError::Unexpected {
-                url: status_url.to_owned(),
-                message: format!("not a Bulk Data manifest: {e}"),
+            .map_err(|source| {
+                ExportError::NotAManifest {
+                    url: status_url.to_owned(),
+                    source,
+                }
+                .into()
             }),
         StatusCode::ACCEPTED => Ok(Poll::Wait(
             answer
@@ -243,13 +250,11 @@ pub async fn export(
                 Poll::Wait(wait) => {
                     is_status_endpoint = true;
                     if started.elapsed() + wait > max_wait {
-                        return Err(FhirError::Unexpected {
+                        return Err(ExportError::NotReady {
                             url: status_url.clone(),
-                            message: format!(
-                                "the export is not ready within {} s (server.export_max_wait_secs)",
-                                max_wait.as_secs()
-                            ),
-                        });
+                            seconds: max_wait.as_secs(),
+                        }
+                        .into());
                     }
                     tracing::info!(wait_s = wait.as_secs(), "export in progress");
                     tokio::time::sleep(wait).await;
@@ -271,9 +276,9 @@ async fn download_all(
     manifest: &Manifest,
     dir: &Path,
 ) -> Result<Exported, FhirError> {
-    std::fs::create_dir_all(dir).map_err(|e| FhirError::Unexpected {
-        url: dir.display().to_string(),
-        message: format!("cannot create the download folder: {e}"),
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Folder {
+        path: dir.to_owned(),
+        source,
     })?;
     // Only our types (a server may send more); each file named for the folder source.
     let wanted: Vec<(usize, &OutputFile)> = manifest
@@ -327,9 +332,9 @@ pub async fn changed_patients(
     .await?;
     let mut ids = std::collections::BTreeSet::new();
     for path in &exported.files {
-        let text = std::fs::read_to_string(path).map_err(|e| FhirError::Unexpected {
-            url: path.display().to_string(),
-            message: e.to_string(),
+        let text = std::fs::read_to_string(path).map_err(|source| ExportError::ReadDownload {
+            path: path.clone(),
+            source,
         })?;
         for line in text.lines() {
             if let Some(id) = crate::ingest::patient_of_resource(line) {
@@ -338,4 +343,49 @@ pub async fn changed_patients(
         }
     }
     Ok(ids.into_iter().collect())
+}
+
+/// A private temporary folder for Bulk Data files (readable by us only; removed on drop).
+pub fn private_folder() -> Result<tempfile::TempDir, super::ReadError> {
+    tempfile::Builder::new()
+        .prefix("tare-export-")
+        .tempdir()
+        .map_err(super::ReadError::ExportFolder)
+}
+
+/// Everyone, by Bulk Data `$export`: the files are downloaded, then read like a folder.
+pub fn read_everyone(
+    client: &FhirClient,
+    config: &Config,
+    ingestor: &crate::ingest::Ingestor,
+    workers: &crate::workers::Workers,
+) -> Result<super::Loaded, super::ReadError> {
+    let folder = private_folder()?;
+    let exported = workers.runtime.block_on(export(
+        client,
+        config,
+        &["Patient", "Procedure", "Condition", "Observation"],
+        None,
+        folder.path(),
+    ))?;
+    tracing::info!(
+        files = exported.files.len(),
+        bytes = exported.bytes,
+        error_files = exported.error_files,
+        "export downloaded"
+    );
+    let mut loaded = workers
+        .pool
+        .install(|| super::ndjson::load_export(folder.path(), ingestor))?;
+    loaded.inputs = vec![format!(
+        "$export ({} files, {} bytes, transactionTime {}{})",
+        exported.files.len(),
+        exported.bytes,
+        exported.transaction_time,
+        match exported.error_files {
+            0 => String::new(),
+            n => format!(", {n} error files"),
+        }
+    )];
+    Ok(loaded)
 }

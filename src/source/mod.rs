@@ -1,14 +1,139 @@
-//! Where resources come from: a folder in the FHIR Bulk Data layout (`ndjson`) or a FHIR
-//! server's search API (`search`). Both feed the same `Ingestor` checks and the same
-//! `CohortBuilder`, so a resource counts the same way whichever way it arrived.
+//! Where resources come from: a folder in the FHIR Bulk Data layout (`ndjson`), a FHIR
+//! server's search API (`search`) or its Bulk Data `$export` (`bulk`). All feed the same
+//! `Ingestor` checks and the same `CohortBuilder`, so a resource counts the same way whichever
+//! way it arrived. A command opens its source once, as a `Reader`.
 
 pub mod bulk;
 pub mod ndjson;
 pub mod search;
 
+use crate::cohort::Scope;
+use crate::config::{Config, ReadWith};
 use crate::domain::PatientTimeline;
+use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::{DataQuality, Ingestor, LineOutcome, ResourceType};
 use crate::timeline::CohortBuilder;
+use crate::workers::Workers;
+use chrono::NaiveDate;
+use rustc_hash::FxHashSet;
+use std::path::PathBuf;
+
+/// Where the resources come from, as the command line or the config names it.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A folder in the Bulk Data layout.
+    Folder(PathBuf),
+    /// A FHIR server's base URL.
+    Server(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Folder(path) => write!(f, "{}", path.display()),
+            Source::Server(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Folder(#[from] ndjson::SourceError),
+    #[error(transparent)]
+    Server(#[from] FhirError),
+    #[error("cannot make a private folder for the export's files")]
+    ExportFolder(#[source] std::io::Error),
+}
+
+/// A source opened once per command: a folder, or a server with its one client (so one token
+/// serves every request of the command).
+pub enum Reader {
+    Folder(PathBuf),
+    Server {
+        url: String,
+        client: Box<FhirClient>,
+    },
+}
+
+impl Reader {
+    pub fn open(source: &Source, config: &Config) -> Result<Reader, FhirError> {
+        Ok(match source {
+            Source::Folder(dir) => Reader::Folder(dir.clone()),
+            Source::Server(url) => Reader::Server {
+                url: url.clone(),
+                client: Box::new(FhirClient::new(url, &config.server)?),
+            },
+        })
+    }
+
+    /// The server's client; `None` for a folder.
+    pub fn client(&self) -> Option<&FhirClient> {
+        match self {
+            Reader::Folder(_) => None,
+            Reader::Server { client, .. } => Some(client),
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Reader::Folder(dir) => Source::Folder(dir.clone()),
+            Reader::Server { url, .. } => Source::Server(url.clone()),
+        }
+    }
+
+    /// Reads the patients of `scope` (a folder is read whole, and counted whole; a cohort
+    /// then picks its patients from it), as of `as_of` (the end of the plausible dates).
+    pub fn load(
+        &self,
+        config: &Config,
+        as_of: NaiveDate,
+        scope: &Scope,
+        workers: &Workers,
+    ) -> Result<Loaded, ReadError> {
+        let ingestor = Ingestor::new(config, as_of).for_shard(scope.shard);
+        let loaded = match self {
+            Reader::Folder(dir) => {
+                let mut loaded = workers.pool.install(|| ndjson::load(dir, &ingestor))?;
+                if let Some(requested) = scope.requested() {
+                    let requested: FxHashSet<String> = requested.into_iter().collect();
+                    loaded
+                        .timelines
+                        .retain(|t| requested.contains(&t.patient_id));
+                }
+                loaded
+            }
+            Reader::Server { client, .. }
+                if config.server.read_with == ReadWith::Export && scope.requested().is_none() =>
+            {
+                bulk::read_everyone(client, config, &ingestor, workers)?
+            }
+            Reader::Server { client, .. } => workers.pool.install(|| {
+                workers
+                    .runtime
+                    .block_on(search::load(client, &ingestor, config, scope))
+            })?,
+        };
+        warn_about_near_misses(&loaded.quality);
+        Ok(loaded)
+    }
+}
+
+/// One warning per code system and resource type under which configured codes were found but
+/// which the job does not know by that name: a site that codes this way loses patients until
+/// it adds an alias.
+fn warn_about_near_misses(quality: &DataQuality) {
+    for (kind, system, count) in quality.near_misses() {
+        tracing::warn!(
+            "{count} {kind} resources carry a configured code under the code system {system:?}, \
+             which this job does not know by that name, and were left out; if it is another \
+             name of a known system, add it under [code_systems.aliases] in the config \
+             (e.g. \"http://loinc.org\" = [{system:?}]), or add the codes under that system to \
+             [codes]"
+        );
+    }
+}
 
 /// What a source read: one timeline per patient, and the counts of what was used and left out.
 pub struct Loaded {

@@ -3,7 +3,7 @@
 //! into one cohort as they finish, so memory holds compact records, not the files.
 
 use super::{Collected, Loaded};
-use crate::ingest::{Ingestor, LineOutcome, ResourceType, Skip, SkipReason};
+use crate::ingest::{Ingestor, ResourceType, Skip, SkipReason};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -455,45 +455,6 @@ fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
         files.iter().map(|f| f.path.display().to_string()).collect(),
         discovered.ignored,
     ))
-}
-
-/// The floor for any JSON job: parse every line of the folder as `IgnoredAny`, with the same
-/// reader and threads as `load`. With an `Ingestor`, each line goes through our read structs
-/// and checks instead (records discarded): the benchmark's middle figure, which separates the
-/// cost of reading typed fields from the cost of grouping, evaluating and writing.
-/// Returns the number of lines parsed (or, with an `Ingestor`, turned into records).
-pub fn parse_floor(dir: &Path, lean: Option<&Ingestor>) -> Result<u64, SourceError> {
-    let files = discover(dir)?.files;
-    let first_error: Mutex<Option<SourceError>> = Mutex::new(None);
-    let pool = BufferPool::default();
-    let parsed = BlockReader::new(&files, &pool, usize::MAX)
-        .par_bridge()
-        .map(|block| match block {
-            Ok(block) => {
-                let parsed = lines(&block)
-                    .filter(|(_, line)| match lean {
-                        None => serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok(),
-                        Some(ingestor) => std::str::from_utf8(line).is_ok_and(|text| {
-                            matches!(ingestor.read_line(block.kind, text), LineOutcome::Record(_))
-                        }),
-                    })
-                    .count() as u64;
-                pool.give_back(block.bytes);
-                parsed
-            }
-            Err(e) => {
-                first_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-                0
-            }
-        })
-        .sum();
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(parsed),
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use crate::progress::Progress;
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// `system|code,system|code`, the token list of a `code=` search: each code under every name
@@ -45,9 +44,6 @@ struct Shared<'a> {
     /// `Type/id` of every resource read, so a repeat in another search is skipped.
     seen: Mutex<FxHashSet<String>>,
     inputs: Mutex<Vec<String>>,
-    /// Fetch-only: pages of the patient searches are counted and discarded.
-    discard: bool,
-    discarded: AtomicU64,
 }
 
 /// The resources of one search, gathered over its pages: one per `Type/id`, the newest version
@@ -108,55 +104,18 @@ impl Shared<'_> {
         *collected = merged;
     }
 
-    async fn search(
-        &self,
-        client: &FhirClient,
-        url: reqwest::Url,
-        label: String,
-    ) -> Result<(), FhirError> {
+    async fn search(&self, client: &FhirClient, search: PlannedSearch) -> Result<(), FhirError> {
         let mut result = SearchResult::default();
         let pages = client
-            .search_all(url, |page| {
-                if self.discard && !label.starts_with("Procedure") {
-                    self.discarded
-                        .fetch_add(page.resources.len() as u64, Ordering::Relaxed);
-                } else {
-                    result.add_page(page.resources);
-                }
-            })
+            .search_all(search.url, |page| result.add_page(page.resources))
             .await?;
-        self.add_result(result, &label);
+        self.add_result(result, &search.label);
         self.inputs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(format!("{label} ({pages} pages)"));
+            .push(format!("{} ({pages} pages)", search.label));
         Ok(())
     }
-}
-
-/// Reads the patients of `scope` from the server.
-pub async fn load(
-    client: &FhirClient,
-    ingestor: &Ingestor,
-    config: &Config,
-    scope: &Scope,
-) -> Result<Loaded, FhirError> {
-    load_with(client, ingestor, config, scope, false)
-        .await
-        .map(|(loaded, _)| loaded)
-}
-
-/// The benchmark's floor: the same searches, with the same concurrency, whose Condition and
-/// Observation pages are discarded unread (the TARE search is read: it decides the batches).
-/// Returns the number of resources discarded.
-pub async fn fetch_only(
-    client: &FhirClient,
-    ingestor: &Ingestor,
-    config: &Config,
-) -> Result<u64, FhirError> {
-    load_with(client, ingestor, config, &Scope::EVERYONE, true)
-        .await
-        .map(|(_, discarded)| discarded)
 }
 
 /// The code lists of the searches (`system|code,...`), also used by the Bulk Data export.
@@ -191,112 +150,148 @@ impl Codes {
     }
 }
 
-async fn load_with(
+/// One search of a load: its first page, a label for the summary (no patient ids), and how
+/// many patients it completes (for the progress bar).
+pub struct PlannedSearch {
+    pub url: reqwest::Url,
+    pub label: String,
+    pub completes_patients: u64,
+}
+
+/// The TARE search: every TARE Procedure, with its Patient through `_include`.
+fn tare_search(client: &FhirClient, config: &Config, codes: &Codes) -> PlannedSearch {
+    PlannedSearch {
+        url: client.search_url(
+            "Procedure",
+            &[
+                ("code", codes.tare.clone()),
+                ("_include", "Procedure:subject".into()),
+                ("_count", config.server.page_size.to_string()),
+            ],
+        ),
+        label: "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
+        completes_patients: 0,
+    }
+}
+
+/// The searches that read everything of these patients, in batches (`patient=a,b,c`): their
+/// HCC Conditions and marker Observations, and for a cohort also their TAREs and Patients
+/// (everyone's come with the TARE search).
+pub fn patient_searches(
     client: &FhirClient,
-    ingestor: &Ingestor,
     config: &Config,
-    scope: &Scope,
-    discard: bool,
-) -> Result<(Loaded, u64), FhirError> {
-    let server = &config.server;
-    let shared = Shared {
-        ingestor,
-        collected: Mutex::new(Collected::default()),
-        seen: Mutex::new(FxHashSet::default()),
-        inputs: Mutex::new(Vec::new()),
-        discard,
-        discarded: AtomicU64::new(0),
-    };
-    let count = server.page_size.to_string();
+    patient_ids: &[String],
+    cohort: bool,
+) -> Vec<PlannedSearch> {
     let codes = Codes::of(config);
-
-    // Everyone: the patients with a TARE, found by the TARE search (which brings their
-    // Patients). A cohort: the requested patients, whose TAREs and Patients are searched per
-    // batch like the rest.
-    let requested = scope.requested();
-    let patient_ids = match &requested {
-        Some(ids) => ids.clone(),
-        None => {
-            let tare_search = client.search_url(
-                "Procedure",
-                &[
-                    ("code", codes.tare.clone()),
-                    ("_include", "Procedure:subject".into()),
-                    ("_count", count.clone()),
-                ],
-            );
-            shared
-                .search(
-                    client,
-                    tare_search,
-                    "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
-                )
-                .await?;
-            let mut ids = shared
-                .collected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .cohort
-                .patients_with_procedures();
-            ids.retain(|id| scope.in_shard(id));
-            ids.sort();
-            ids
-        }
-    };
-
-    // Per batch: (search, label, patients it completes for the progress bar).
-    let mut searches: Vec<(reqwest::Url, String, u64)> = Vec::new();
-    for (n, batch) in patient_ids.chunks(server.patient_batch).enumerate() {
+    let count = config.server.page_size.to_string();
+    let mut searches = Vec::new();
+    for (n, batch) in patient_ids.chunks(config.server.patient_batch).enumerate() {
         let patients = batch.join(",");
-        let by_patient = |kind: &str, code: &str| {
-            client.search_url(
-                kind,
-                &[
-                    ("patient", patients.clone()),
-                    ("code", code.to_owned()),
-                    ("_count", count.clone()),
-                ],
-            )
-        };
-        if requested.is_some() {
-            searches.push((
-                by_patient("Procedure", &codes.tare),
+        let by_patient =
+            |kind: &str, code: &str, label: String, completes_patients| PlannedSearch {
+                url: client.search_url(
+                    kind,
+                    &[
+                        ("patient", patients.clone()),
+                        ("code", code.to_owned()),
+                        ("_count", count.clone()),
+                    ],
+                ),
+                label,
+                completes_patients,
+            };
+        if cohort {
+            searches.push(by_patient(
+                "Procedure",
+                &codes.tare,
                 format!("Procedure?patient=<batch {n}>&code=<TARE codes>"),
                 0,
             ));
-            searches.push((
-                client.search_url(
+            searches.push(PlannedSearch {
+                url: client.search_url(
                     "Patient",
                     &[("_id", patients.clone()), ("_count", count.clone())],
                 ),
-                format!("Patient?_id=<batch {n}>"),
-                0,
-            ));
+                label: format!("Patient?_id=<batch {n}>"),
+                completes_patients: 0,
+            });
         }
-        searches.push((
-            by_patient("Condition", &codes.hcc),
+        searches.push(by_patient(
+            "Condition",
+            &codes.hcc,
             format!("Condition?patient=<batch {n}>&code=<HCC codes>"),
             0,
         ));
-        searches.push((
-            by_patient("Observation", &codes.markers),
+        searches.push(by_patient(
+            "Observation",
+            &codes.markers,
             format!("Observation?patient=<batch {n}>&code=<marker codes>"),
             batch.len() as u64,
         ));
     }
+    searches
+}
+
+impl<'a> Shared<'a> {
+    fn new(ingestor: &'a Ingestor) -> Shared<'a> {
+        Shared {
+            ingestor,
+            collected: Mutex::new(Collected::default()),
+            seen: Mutex::new(FxHashSet::default()),
+            inputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs the TARE search and returns the patients it found (of this run's shard), sorted.
+    async fn patients_with_tare(
+        &self,
+        client: &FhirClient,
+        config: &Config,
+        scope: &Scope,
+    ) -> Result<Vec<String>, FhirError> {
+        self.search(client, tare_search(client, config, &Codes::of(config)))
+            .await?;
+        let mut ids = self
+            .collected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cohort
+            .patients_with_procedures();
+        ids.retain(|id| scope.in_shard(id));
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Reads the patients of `scope` from the server: for everyone, the TARE search first (which
+/// decides the patients), then every patient search, `server.concurrency` at a time.
+pub async fn load(
+    client: &FhirClient,
+    ingestor: &Ingestor,
+    config: &Config,
+    scope: &Scope,
+) -> Result<Loaded, FhirError> {
+    let shared = Shared::new(ingestor);
+    let requested = scope.requested();
+    let patient_ids = match &requested {
+        Some(ids) => ids.clone(),
+        None => shared.patients_with_tare(client, config, scope).await?,
+    };
+    let searches = patient_searches(client, config, &patient_ids, requested.is_some());
     let progress = Progress::start("reading", patient_ids.len() as u64);
-    stream::iter(searches.into_iter().map(Ok))
-        .try_for_each_concurrent(server.concurrency, |(url, label, patients)| {
+    stream::iter(searches.into_iter().map(Ok::<_, FhirError>))
+        .try_for_each_concurrent(config.server.concurrency, |search| {
             let (progress, shared) = (&progress, &shared);
             async move {
-                shared.search(client, url, label).await?;
-                progress.advance(patients);
+                let completes = search.completes_patients;
+                shared.search(client, search).await?;
+                progress.advance(completes);
                 Ok(())
             }
         })
         .await?;
     progress.finish();
-
     // The ingestor has kept only this shard's patients.
     let collected = shared
         .collected
@@ -307,8 +302,21 @@ async fn load_with(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     inputs.sort();
-    let discarded = shared.discarded.into_inner();
-    Ok((collected.finish(inputs, Vec::new()), discarded))
+    Ok(collected.finish(inputs, Vec::new()))
+}
+
+/// The searches a full run sends after its TARE search (which this runs and reads): for the
+/// server benchmark, which sends them itself and discards the pages.
+pub async fn full_run_searches(
+    client: &FhirClient,
+    ingestor: &Ingestor,
+    config: &Config,
+) -> Result<Vec<PlannedSearch>, FhirError> {
+    let shared = Shared::new(ingestor);
+    let patient_ids = shared
+        .patients_with_tare(client, config, &Scope::EVERYONE)
+        .await?;
+    Ok(patient_searches(client, config, &patient_ids, false))
 }
 
 /// The patients whose TARE Procedures, HCC Conditions or marker Observations changed after
@@ -395,12 +403,13 @@ pub async fn resolve_identifiers(
 
 /// The patient ids of a FHIR Group's members (`member.entity` references to Patients).
 pub async fn group_members(client: &FhirClient, group_id: &str) -> Result<Vec<String>, FhirError> {
+    // Group ids are FHIR ids (checked with the cohort request): a valid path.
     let url = client
         .base()
         .join(&format!("Group/{group_id}"))
-        .map_err(|e| FhirError::Unexpected {
+        .map_err(|source| FhirError::BaseUrl {
             url: group_id.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
     let answer = client.read(url.as_str()).await?;
     let members = answer["member"]

@@ -1,8 +1,7 @@
 //! Hand-computed cases for every rule and boundary of RULES.md §1-§3, on the pure core.
 
-mod common;
+use crate::helpers::*;
 
-use common::*;
 use tare_marker_monitor::config::Config;
 use tare_marker_monitor::domain::{Censoring, FlagCode, LeftOutReason, Marker, Response, Severity};
 use tare_marker_monitor::format::{csv_number, csv_percent};
@@ -649,7 +648,7 @@ fn a_patient_whose_evaluation_fails_is_left_out_with_the_reason_and_the_others_a
     broken.patient_id = "p-broken".into();
     broken.procedures[0].date = NaiveDate::MAX;
     let sound = Case::new().pivka(-7, 88000.0).pivka(122, 6088.0).timeline;
-    let findings = tare_marker_monitor::run::evaluate_cohort(
+    let findings = tare_marker_monitor::evaluate::evaluate_cohort(
         &[broken, sound],
         &Config::default(),
         NaiveDate::MAX,

@@ -1,17 +1,10 @@
 //! The CLI contract, end to end on the bundled demo cohort, exactly as a user runs it.
 
-use assert_cmd::Command;
+use crate::helpers::{binary, demo, read, summary_of};
+
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo")
-}
-
-fn binary() -> Command {
-    Command::cargo_bin("tare-marker-monitor").unwrap()
-}
+use std::path::Path;
 
 fn run_demo(extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
     let out = tempfile::tempdir().unwrap();
@@ -24,10 +17,6 @@ fn run_demo(extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
         .output()
         .unwrap();
     (out, output)
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn csv_rows(text: &str) -> Vec<Vec<String>> {
@@ -384,18 +373,6 @@ fn generator_is_deterministic_for_a_seed() {
     );
 }
 
-#[test]
-fn parse_floor_counts_the_lines_that_are_json() {
-    // 1,180 lines; one is truncated JSON.
-    let output = binary()
-        .args(["parse-floor", "--source-dir"])
-        .arg(demo())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("1179 lines parsed in "));
-}
-
 /// The DetectedIssue file without its `recorded` times (they differ between runs).
 fn without_recorded(text: &str) -> String {
     text.lines()
@@ -657,10 +634,6 @@ fn run_folder(folder: &Path, out: &Path) -> std::process::Output {
         .arg(out)
         .output()
         .unwrap()
-}
-
-fn summary_of(out: &Path) -> Value {
-    serde_json::from_str(&read(out, "run-summary.json")).unwrap()
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use tare_marker_monitor::config::{AuthMethod, ServerConfig};
 use tare_marker_monitor::fhir::client::{FhirClient, FhirError};
+use tare_marker_monitor::fhir::error::chain;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -230,7 +231,7 @@ async fn a_failing_token_endpoint_is_a_clear_error_without_secrets() {
         .err()
         .unwrap();
     assert!(matches!(error, FhirError::Token { .. }), "{error}");
-    let text = error.to_string();
+    let text = chain(&error);
     assert_eq!(
         text,
         format!("cannot get an access token from {endpoint}: HTTP 400 invalid_client")
@@ -250,9 +251,7 @@ fn a_wrong_key_file_is_a_configuration_error() {
     .unwrap();
     assert!(matches!(error, FhirError::Credentials(_)));
     assert!(
-        error
-            .to_string()
-            .contains("is not a PEM private key for ES384"),
+        chain(&error).contains("is not a PEM private key for ES384"),
         "{error}"
     );
 }
@@ -375,9 +374,7 @@ fn a_jwk_set_without_the_configured_kid_is_a_configuration_error() {
         .unwrap();
     assert!(matches!(error, FhirError::Credentials(_)));
     assert!(
-        error
-            .to_string()
-            .ends_with("test-private.jwks.json: no private RSA key with kid \"key-9\""),
+        chain(&error).ends_with("test-private.jwks.json: no private RSA key with kid \"key-9\""),
         "{error}"
     );
 }

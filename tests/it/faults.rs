@@ -3,12 +3,12 @@
 //! middle of a body, a page that is not JSON, a bad resource inside a good page, a slow
 //! server, and a `next` link to another host.
 
-use assert_cmd::Command;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::Duration;
 use tare_marker_monitor::config::{AuthMethod, ServerConfig};
 use tare_marker_monitor::fhir::client::{FhirClient, FhirError};
+use tare_marker_monitor::fhir::error::chain;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
@@ -235,9 +235,7 @@ fn a_missing_token_variable_is_a_configuration_error() {
         .unwrap();
     assert!(matches!(error, FhirError::Credentials(_)));
     assert!(
-        error
-            .to_string()
-            .contains("TMM_TEST_TOKEN_THAT_IS_NOT_SET is not set"),
+        chain(&error).contains("TMM_TEST_TOKEN_THAT_IS_NOT_SET is not set"),
         "{error}"
     );
 }
@@ -326,8 +324,7 @@ async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::
     let out = tempfile::tempdir().unwrap();
     let as_of = as_of.to_owned();
     tokio::task::spawn_blocking(move || {
-        let output = Command::cargo_bin("tare-marker-monitor")
-            .unwrap()
+        let output = crate::helpers::binary()
             .args([
                 "run",
                 "--server",
@@ -588,8 +585,7 @@ async fn run_with_config(
     out: std::path::PathBuf,
 ) -> (Option<i32>, Value) {
     tokio::task::spawn_blocking(move || {
-        let output = Command::cargo_bin("tare-marker-monitor")
-            .unwrap()
+        let output = crate::helpers::binary()
             .args([
                 "run",
                 "--server",
@@ -902,11 +898,17 @@ async fn export_error(home: &MockServer) -> String {
     let config = tare_marker_monitor::config::Config::default();
     let client = FhirClient::new(&home.uri(), &config.server).unwrap();
     let folder = tempfile::tempdir().unwrap();
-    tare_marker_monitor::source::bulk::export(&client, &config, &["Patient"], None, folder.path())
-        .await
-        .err()
-        .unwrap()
-        .to_string()
+    let error = tare_marker_monitor::source::bulk::export(
+        &client,
+        &config,
+        &["Patient"],
+        None,
+        folder.path(),
+    )
+    .await
+    .err()
+    .unwrap();
+    chain(&error)
 }
 
 #[tokio::test]
@@ -1113,8 +1115,7 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
     let base = server.uri();
     let (config_path, out_path) = (config.clone(), out.clone());
     let output = tokio::task::spawn_blocking(move || {
-        Command::cargo_bin("tare-marker-monitor")
-            .unwrap()
+        crate::helpers::binary()
             .args([
                 "run",
                 "--server",

@@ -2,12 +2,10 @@
 //! by TMM_TEST_FHIR_URL. Outside CI, without that variable, these tests say so and stop; in CI
 //! (CI=true) a missing server is a failure.
 
-use assert_cmd::Command;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use crate::helpers::{binary, demo, get_json, read, FLAG_SYSTEM};
 
-mod support;
-use support::get_json;
+use serde_json::{json, Value};
+use std::path::Path;
 
 fn server_url() -> Option<String> {
     match std::env::var("TMM_TEST_FHIR_URL") {
@@ -22,10 +20,6 @@ fn server_url() -> Option<String> {
             None
         }
     }
-}
-
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo")
 }
 
 /// Every demo resource that is valid JSON of its file's type.
@@ -101,8 +95,7 @@ fn write_folder(resources: &[Value]) -> tempfile::TempDir {
 
 fn run(source: &[&str]) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let output = Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    let output = binary()
         .arg("run")
         .args(source)
         .args(["--as-of", "2026-11-01", "--out"])
@@ -115,10 +108,6 @@ fn run(source: &[&str]) -> tempfile::TempDir {
         String::from_utf8_lossy(&output.stderr)
     );
     out
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
 async fn put_json(url: &str, resource: &Value) {
@@ -135,8 +124,6 @@ async fn put_json(url: &str, resource: &Value) {
         response.status()
     );
 }
-
-const FLAG_SYSTEM: &str = "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id";
 
 /// Our DetectedIssues on the server, by identifier value.
 async fn our_issues(base: &str) -> std::collections::BTreeMap<String, Value> {
@@ -282,8 +269,7 @@ async fn server_read_and_write_back_lifecycle() {
     // 5. Killed (SIGKILL) at several points while writing for 80 new patients, then run to
     // the end: exactly one DetectedIssue per flag, the same as an uninterrupted run gives.
     let cohort = tempfile::tempdir().unwrap();
-    Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    binary()
         .args([
             "generate",
             "--patients",
@@ -369,8 +355,7 @@ async fn server_read_and_write_back_lifecycle() {
 #[test]
 fn unreachable_server_exits_3_naming_it() {
     let out = tempfile::tempdir().unwrap();
-    let output = Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    let output = binary()
         .args([
             "run",
             "--server",

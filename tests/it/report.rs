@@ -1,17 +1,13 @@
 //! The audit report on the demo cohort: order, escaping, spreadsheet safety, file modes, and
 //! the page itself in a real browser (Debian's chromium, headless: installed by `.ci/run`).
 
-use assert_cmd::Command;
-use std::path::{Path, PathBuf};
+use crate::helpers::{binary, demo, read};
 
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo")
-}
+use std::path::{Path, PathBuf};
 
 fn report(source: &Path) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let output = Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    let output = binary()
         .args(["report", "--source-dir"])
         .arg(source)
         .args(["--as-of", "2026-11-01", "--out"])
@@ -24,10 +20,6 @@ fn report(source: &Path) -> tempfile::TempDir {
         String::from_utf8_lossy(&output.stderr)
     );
     out
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
 /// The demo with the seed patient's name and one of its Observations' notes replaced.
@@ -83,8 +75,7 @@ fn flagged_patients_come_most_severe_then_most_recent_first_each_with_a_chart() 
     }
     // Every patient with a flag in the run's flags.csv, once.
     let run = tempfile::tempdir().unwrap();
-    Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    binary()
         .args(["run", "--source-dir"])
         .arg(demo())
         .args(["--as-of", "2026-11-01", "--out"])

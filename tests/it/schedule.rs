@@ -3,12 +3,11 @@
 //! the server as a full run would; a cohort run touches only its patients; shards together
 //! write what one run writes.
 
-mod support;
+use crate::helpers::*;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::*;
 
 const PIVKA: &str = "34444-0";
 /// HFS answers every export status poll with `Retry-After: 120`, even for an export that is
@@ -313,8 +312,7 @@ async fn shards_on_the_server_together_write_what_one_run_writes() {
         parts.push(dir);
     }
     let merged = work.path().join("merged");
-    assert_cmd::Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    crate::helpers::binary()
         .arg("merge")
         .args(&parts)
         .arg("--out")
@@ -376,8 +374,7 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
     run_ok(&["--server", &hfs.base], &work.path().join("run-2"));
 
     let out = work.path().join("report");
-    assert_cmd::Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    crate::helpers::binary()
         .args([
             "report",
             "--server",
@@ -414,8 +411,7 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
     assert!(html.contains("MRI booked &lt;b&gt;urgently&lt;/b&gt;"));
     // A range that ends before the flags were identified holds none of them.
     let early = work.path().join("early");
-    assert_cmd::Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    crate::helpers::binary()
         .args([
             "report",
             "--server",
@@ -474,8 +470,7 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
         .await;
     }
     let out = work.path().join("second");
-    let output = assert_cmd::Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    let output = crate::helpers::binary()
         .args([
             "run",
             "--server",

@@ -1,12 +1,168 @@
-//! A private Helios FHIR Server per test, for tests whose full runs reconcile every patient on
-//! the server (they cannot share one with other tests), plus helpers to seed and read it.
-//! `.ci/run` names the binary and its data folder in TMM_TEST_HFS_BIN and TMM_TEST_HFS_DATA.
-#![allow(dead_code)]
+//! Helpers of the integration tests, in one place: the binary and the demo folder, hand-built
+//! patient timelines for the rule tests (dates are days relative to the TARE), and private
+//! FHIR servers with the seeding and reading the server tests need.
 
 use assert_cmd::Command;
+use chrono::{Duration, NaiveDate};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use tare_marker_monitor::config::Config;
+use tare_marker_monitor::domain::{
+    Censoring, EpisodeFindings, Flag, FlagCode, Marker, MarkerCourse, MarkerValue, PatientFindings,
+    PatientTimeline, TareProcedure,
+};
+use tare_marker_monitor::evaluate::evaluate_patient;
+
+// ---- the binary and the demo folder ----
+
+pub fn binary() -> Command {
+    Command::cargo_bin("tare-marker-monitor").unwrap()
+}
+
+/// The bundled demo cohort.
+pub fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo")
+}
+
+pub fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The run summary in `out`.
+pub fn summary_of(out: &Path) -> Value {
+    serde_json::from_str(&read(out, "run-summary.json")).unwrap()
+}
+
+// ---- hand-built timelines ----
+
+pub fn date(text: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+}
+
+/// The TARE date of every hand-built case.
+pub fn index() -> NaiveDate {
+    date("2026-01-10")
+}
+
+pub struct Case {
+    pub timeline: PatientTimeline,
+    next_id: usize,
+}
+
+impl Case {
+    /// An eligible adult with an HCC diagnosis and one TARE on `index()`.
+    pub fn new() -> Case {
+        Case {
+            timeline: PatientTimeline {
+                patient_id: "p1".into(),
+                has_patient_resource: true,
+                birth_date: Some(date("1960-01-01")),
+                name: None,
+                has_hcc: true,
+                procedures: vec![TareProcedure {
+                    procedure_id: "tare-1".into(),
+                    date: index(),
+                }],
+                values: Vec::new(),
+            },
+            next_id: 0,
+        }
+    }
+
+    pub fn tare(mut self, day: i64) -> Case {
+        self.timeline.procedures.push(TareProcedure {
+            procedure_id: format!("tare-{}", self.timeline.procedures.len() + 1),
+            date: index() + Duration::days(day),
+        });
+        self.timeline.procedures.sort_by_key(|p| p.date);
+        self
+    }
+
+    pub fn value_with(
+        mut self,
+        marker: Marker,
+        day: i64,
+        value: f64,
+        censoring: Censoring,
+        reference_high: Option<f64>,
+    ) -> Case {
+        self.next_id += 1;
+        let d = index() + Duration::days(day);
+        self.timeline.values.push(MarkerValue {
+            marker,
+            value,
+            censoring,
+            date: d,
+            instant_ms: d.and_hms_opt(9, 0, 0).unwrap().and_utc().timestamp_millis(),
+            observation_id: format!("obs-{:03}", self.next_id).into(),
+            reference_high,
+            last_updated_ms: None,
+            note: None,
+        });
+        self.timeline
+            .values
+            .sort_by_key(|v| (v.marker, v.instant_ms));
+        self
+    }
+
+    pub fn value(self, marker: Marker, day: i64, value: f64) -> Case {
+        self.value_with(marker, day, value, Censoring::Exact, None)
+    }
+
+    pub fn pivka(self, day: i64, value: f64) -> Case {
+        self.value(Marker::Pivka2, day, value)
+    }
+
+    pub fn afp(self, day: i64, value: f64) -> Case {
+        self.value(Marker::Afp, day, value)
+    }
+
+    pub fn bilirubin(self, day: i64, value: f64) -> Case {
+        self.value(Marker::Bilirubin, day, value)
+    }
+
+    pub fn albumin(self, day: i64, value: f64) -> Case {
+        self.value(Marker::Albumin, day, value)
+    }
+
+    /// Evaluates as of `index() + day` with the default config.
+    pub fn as_of_day(&self, day: i64) -> PatientFindings {
+        self.evaluate(day, &Config::default())
+    }
+
+    pub fn evaluate(&self, day: i64, config: &Config) -> PatientFindings {
+        evaluate_patient(&self.timeline, config, index() + Duration::days(day))
+    }
+}
+
+pub fn only_episode(findings: &PatientFindings) -> &EpisodeFindings {
+    assert_eq!(findings.left_out, None, "patient was left out");
+    assert_eq!(findings.episodes.len(), 1, "expected one episode");
+    &findings.episodes[0]
+}
+
+pub fn course(findings: &PatientFindings, marker: Marker) -> &MarkerCourse {
+    only_episode(findings)
+        .courses
+        .iter()
+        .find(|c| c.marker == marker)
+        .unwrap_or_else(|| panic!("no {} course", marker.key()))
+}
+
+pub fn flag(findings: &PatientFindings, code: FlagCode) -> Option<&Flag> {
+    only_episode(findings).flags.iter().find(|f| f.code == code)
+}
+
+pub fn flag_codes(findings: &PatientFindings) -> Vec<&'static str> {
+    only_episode(findings)
+        .flags
+        .iter()
+        .map(|f| f.code.code())
+        .collect()
+}
+
+// ---- private FHIR servers ----
 
 pub const FLAG_SYSTEM: &str = "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id";
 
@@ -67,8 +223,7 @@ pub async fn start_hfs() -> Option<Hfs> {
 /// A generated cohort's resources (Patient, Condition, Procedure, Observation order).
 pub fn generated(patients: usize, seed: u64) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    binary()
         .args(["generate", "--patients", &patients.to_string()])
         .args([
             "--seed",
@@ -194,8 +349,7 @@ pub fn run_ok(args: &[&str], out: &Path) -> Value {
 }
 
 pub fn run_ok_as_of(args: &[&str], out: &Path, as_of: &str) -> Value {
-    let output = Command::cargo_bin("tare-marker-monitor")
-        .unwrap()
+    let output = binary()
         .arg("run")
         .args(args)
         .args(["--as-of", as_of, "--out"])

@@ -4,7 +4,7 @@
 use clap::Parser;
 use serde_yaml::Value;
 use std::path::Path;
-use tare_marker_monitor::cli::{Cli, Command};
+use tare_marker_monitor::commands::{Cli, Command, LogFormat};
 use tare_marker_monitor::config::Config;
 
 fn deploy(path: &str) -> String {
@@ -34,11 +34,6 @@ fn args_of(container: &Value) -> Vec<String> {
 #[test]
 fn the_kubernetes_cronjob_starts_an_indexed_job_with_one_pod_per_configured_shard() {
     let documents = kubernetes();
-    let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
-    let config = Config::from_toml(config_map["data"]["config.toml"].as_str().unwrap()).unwrap();
-    config.validate().unwrap();
-    assert!(config.schedule.state_file.is_some());
-
     let run = documents
         .iter()
         .find(|d| d["kind"] == "CronJob" && d["metadata"]["name"] == "tare-marker-monitor")
@@ -49,21 +44,37 @@ fn the_kubernetes_cronjob_starts_an_indexed_job_with_one_pod_per_configured_shar
         .is_some_and(|tz| tz.parse::<chrono_tz::Tz>().is_ok()));
     let job = &run["spec"]["jobTemplate"]["spec"];
     assert_eq!(job["completionMode"], "Indexed");
-    let shards = u64::from(config.schedule.shard_count);
-    assert_eq!(job["completions"].as_u64(), Some(shards));
-    assert_eq!(job["parallelism"].as_u64(), Some(shards));
     let pod = &job["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
     let container = &pod["containers"][0];
+    // The configuration is the environment: read by the job's own config reader.
+    let settings: Vec<(String, String)> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let config = Config::load(None, settings).unwrap();
+    assert!(config.schedule.state_file.is_some());
+    assert!(config.server.base_url.is_some());
+    let shards = u64::from(config.schedule.shard_count);
+    assert_eq!(shards, 4);
+    assert_eq!(job["completions"].as_u64(), Some(shards));
+    assert_eq!(job["parallelism"].as_u64(), Some(shards));
     let cli = Cli::try_parse_from(
         std::iter::once("tare-marker-monitor".to_owned()).chain(args_of(container)),
     )
     .unwrap();
-    let Command::Run { out, shard, .. } = cli.command else {
+    let Command::Run(run) = cli.command else {
         panic!("the CronJob must run `run`")
     };
     // The shard comes from JOB_COMPLETION_INDEX, not from a fixed --shard.
-    assert_eq!(shard, None);
+    assert_eq!(run.shard, None);
     // The token comes from a Secret through the variable the config names.
     let token_variable = config.server.auth.token_env.clone().unwrap();
     let env = container["env"].as_sequence().unwrap();
@@ -79,10 +90,10 @@ fn the_kubernetes_cronjob_starts_an_indexed_job_with_one_pod_per_configured_shar
         args_of(&merge["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
     ))
     .unwrap();
-    let Command::Merge { parts, .. } = merge_cli.command else {
+    let Command::Merge(merge) = merge_cli.command else {
         panic!("the second CronJob must run `merge`")
     };
-    assert_eq!(parts, [out.unwrap()]);
+    assert_eq!(merge.parts, [run.out]);
 }
 
 /// `[Section]` -> key -> value of a systemd unit file.
@@ -117,8 +128,8 @@ fn the_systemd_timer_starts_a_oneshot_service_whose_command_the_job_accepts() {
     let mut words = exec.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/tare-marker-monitor"));
     let cli = Cli::try_parse_from(std::iter::once("tare-marker-monitor").chain(words)).unwrap();
-    assert!(matches!(cli.command, Command::Run { .. }));
-    assert_eq!(cli.log_format, tare_marker_monitor::cli::LogFormat::Json);
+    assert!(matches!(cli.command, Command::Run(_)));
+    assert_eq!(cli.log_format, LogFormat::Json);
 
     let timer = unit_file(&deploy("systemd/tare-marker-monitor.timer"));
     assert_eq!(timer["Timer"]["OnCalendar"], "*-*-* 02:30:00");

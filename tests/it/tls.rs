@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tare_marker_monitor::config::{AuthMethod, ServerConfig};
 use tare_marker_monitor::fhir::client::FhirClient;
+use tare_marker_monitor::fhir::error::chain;
 
 /// A certificate authority made for one test, and certificates it signs.
 struct TestCa {
@@ -220,8 +221,7 @@ fn a_client_certificate_without_its_key_is_a_clear_error() {
         .err()
         .unwrap();
     assert!(
-        error
-            .to_string()
+        chain(&error)
             .contains("mutual TLS needs both server.client_cert_file and server.client_key_file"),
         "{error}"
     );

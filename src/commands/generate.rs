@@ -1,0 +1,47 @@
+//! `generate`: a synthetic cohort in the Bulk Data layout, for the demo, tests and benchmarks.
+
+use super::CommandError;
+use crate::generate::{write_cohort, Plan};
+use chrono::NaiveDate;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The demo cohort: one patient per clinical scenario, then random patients.
+    #[arg(long, conflicts_with = "patients")]
+    pub demo: bool,
+    /// Number of random patients.
+    #[arg(long, default_value_t = 1000)]
+    pub patients: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Date the synthetic histories lead up to.
+    #[arg(long, value_name = "YYYY-MM-DD", default_value = "2026-11-01")]
+    pub as_of: NaiveDate,
+    /// Write `.ndjson.gz` files.
+    #[arg(long)]
+    pub gzip: bool,
+}
+
+pub fn execute(args: GenerateArgs) -> Result<(), CommandError> {
+    let plan = if args.demo {
+        Plan::demo()
+    } else {
+        Plan::random(args.patients, args.seed, args.as_of)
+    };
+    write_cohort(&plan, &args.out, args.gzip).map_err(|source| CommandError::Generate {
+        path: args.out.clone(),
+        source,
+    })?;
+    println!(
+        "{} patients written to {}",
+        plan.patient_count(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The commands, one file each with its own arguments. `main.rs` parses the command line,
+//! sets up logging, calls `Command::execute`, and maps the one error type here to the
+//! documented exit codes (README "Exit codes"); an error is printed once, there.
+
+pub mod explain;
+pub mod generate;
+pub mod merge;
+pub mod report;
+pub mod run;
+
+use crate::config::{Config, ConfigError};
+use crate::fhir::error::FhirError;
+use crate::source::{ReadError, Reader, Source};
+use crate::workers::{Workers, WorkersError};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tare-marker-monitor",
+    version,
+    about = "Evaluates PIVKA-II / AFP courses after TARE and flags cases for clinician review"
+)]
+pub struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate every patient and write markers.csv, flags.csv, detected-issues.ndjson and
+    /// run-summary.json to --out; with a server, write the DetectedIssues back to it.
+    Run(run::RunArgs),
+    /// Combine the part files of a sharded run into one markers.csv, flags.csv,
+    /// detected-issues.ndjson and run-summary.json.
+    Merge(merge::MergeArgs),
+    /// Write the audit report: report.html (self-contained: cohort summary, flagged patients,
+    /// a chart per flagged patient, the flag trail from the server, data quality) and its CSV
+    /// twins.
+    Report(report::ReportArgs),
+    /// Print one patient's course and findings for a clinician.
+    Explain(explain::ExplainArgs),
+    /// Write a synthetic cohort in the Bulk Data layout (deterministic for a seed).
+    Generate(generate::GenerateArgs),
+}
+
+impl Command {
+    pub fn execute(self) -> Result<(), CommandError> {
+        match self {
+            Command::Run(args) => run::execute(args),
+            Command::Merge(args) => merge::execute(args),
+            Command::Report(args) => report::execute(args),
+            Command::Explain(args) => explain::execute(args),
+            Command::Generate(args) => generate::execute(args),
+        }
+    }
+}
+
+/// Where to read, as of when, with which configuration: shared by run, report and explain.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Folder in the FHIR Bulk Data layout (`Patient*.ndjson`, `Observation*.ndjson.gz`, ...).
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub source_dir: Option<PathBuf>,
+    /// FHIR server base URL to read from (default: the config's `server.base_url`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Evaluate as of this date (YYYY-MM-DD); default: today in the configured time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub as_of: Option<NaiveDate>,
+    /// TOML file over the built-in defaults (docs/rules.md); see config/default.toml.
+    /// Environment variables TMM_SECTION__KEY override both.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Worker threads (default: the config's `ingest.threads`, 0 = one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl SourceArgs {
+    /// The configuration: defaults, the file, the environment, then `--threads`.
+    pub fn config(&self) -> Result<Config, CommandError> {
+        let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(threads) = self.threads {
+            config.ingest.threads = threads;
+        }
+        Ok(config)
+    }
+
+    pub fn source(&self, config: &Config) -> Result<Source, CommandError> {
+        match (&self.source_dir, &self.server, &config.server.base_url) {
+            (Some(dir), _, _) => Ok(Source::Folder(dir.clone())),
+            (None, Some(url), _) | (None, None, Some(url)) => Ok(Source::Server(url.clone())),
+            (None, None, None) => Err(CommandError::NoSource),
+        }
+    }
+
+    /// `--as-of`, or today in the configured time zone; within the plausible dates.
+    pub fn as_of(&self, config: &Config) -> Result<NaiveDate, CommandError> {
+        let date = self.as_of.unwrap_or_else(|| {
+            chrono::Utc::now()
+                .with_timezone(&config.time_zone())
+                .date_naive()
+        });
+        let latest = NaiveDate::from_ymd_opt(9000, 12, 31).unwrap_or(NaiveDate::MAX);
+        let earliest = config.ingest.earliest_plausible_date;
+        if date < earliest || date > latest {
+            return Err(CommandError::AsOf {
+                date,
+                earliest,
+                latest,
+            });
+        }
+        Ok(date)
+    }
+
+    /// The config, the as-of date, the source opened once and the workers: what run, report
+    /// and explain start from.
+    pub fn open(&self) -> Result<Opened, CommandError> {
+        let config = self.config()?;
+        let as_of = self.as_of(&config)?;
+        let reader = Reader::open(&self.source(&config)?, &config)?;
+        let workers = Workers::new(config.ingest.threads)?;
+        Ok(Opened {
+            config,
+            as_of,
+            reader,
+            workers,
+        })
+    }
+}
+
+pub struct Opened {
+    pub config: Config,
+    pub as_of: NaiveDate,
+    pub reader: Reader,
+    pub workers: Workers,
+}
+
+/// The one error type of the commands, and the documented exit code of each kind.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("give --source-dir DIR or --server URL (or server.base_url in the config)")]
+    NoSource,
+    #[error("--as-of {date} lies outside {earliest} .. {latest}")]
+    AsOf {
+        date: NaiveDate,
+        earliest: NaiveDate,
+        latest: NaiveDate,
+    },
+    #[error(transparent)]
+    Shard(#[from] crate::cohort::CohortError),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Server(#[from] FhirError),
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+    #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
+    #[error(transparent)]
+    Merge(#[from] crate::merge::MergeError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error("cannot write the cohort to {}", path.display())]
+    Generate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some patients could not be evaluated; everyone else was.
+    #[error(
+        "the evaluation of {0} patients failed (listed with the reason under patients.evaluation_failed in run-summary.json); their DetectedIssues were left as they were"
+    )]
+    EvaluationFailed(usize),
+    /// The safety valve stopped the write-back.
+    #[error("{0}")]
+    MassCancel(crate::sink::server::MassCancel),
+    /// Some patients' write-back failed; the others were written.
+    #[error("{}", .0.iter().map(|f| format!("patient {}: {}", f.patient_id, f.message)).collect::<Vec<_>>().join("\nerror: "))]
+    WriteBackFailed(Vec<crate::sink::summary::PatientFailure>),
+}
+
+/// The documented exit codes (README "Exit codes").
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const SOURCE: u8 = 3;
+    pub const PATIENTS_FAILED: u8 = 4;
+    pub const EVALUATION_FAILED: u8 = 5;
+    pub const MASS_CANCEL: u8 = 6;
+    pub const LOCKED: u8 = 7;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> u8 {
+        use crate::output::OutputError;
+        use crate::run::RunError;
+        // A stop asked for ends whatever was under way with its own code.
+        if crate::interrupt::requested() {
+            return exit::INTERRUPTED;
+        }
+        let fhir = |e: &FhirError| match e {
+            FhirError::Credentials(_) => exit::CONFIG,
+            FhirError::BaseUrl { .. } | FhirError::Refused { .. } | FhirError::Client(_) => {
+                exit::CONFIG
+            }
+            _ => exit::SOURCE,
+        };
+        match self {
+            CommandError::Config(_)
+            | CommandError::NoSource
+            | CommandError::AsOf { .. }
+            | CommandError::Shard(_) => exit::CONFIG,
+            CommandError::Run(run) => match run {
+                RunError::Cohort(_) | RunError::CohortFile { .. } | RunError::State(_) => {
+                    exit::CONFIG
+                }
+                RunError::Server(e) | RunError::Read(ReadError::Server(e)) => fhir(e),
+                RunError::Read(_) => exit::SOURCE,
+                RunError::Output(OutputError::Locked { .. }) => exit::LOCKED,
+                RunError::Output(OutputError::Interrupted { .. }) | RunError::Interrupted => {
+                    exit::INTERRUPTED
+                }
+                _ => exit::FAILURE,
+            },
+            CommandError::Read(ReadError::Server(e))
+            | CommandError::Server(e)
+            | CommandError::Report(crate::report::ReportError::Trail(e))
+            | CommandError::Report(crate::report::ReportError::Read(ReadError::Server(e)))
+            | CommandError::Explain(crate::explain::ExplainError::Read(ReadError::Server(e))) => {
+                fhir(e)
+            }
+            CommandError::Read(_)
+            | CommandError::Report(_)
+            | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,
+            CommandError::Output(OutputError::Locked { .. }) => exit::LOCKED,
+            CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
+            CommandError::MassCancel(_) => exit::MASS_CANCEL,
+            CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,
+            _ => exit::FAILURE,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `run`: evaluate every patient (or a cohort, or a shard) and write the outputs; with a
+//! server, write the DetectedIssues back.
+
+use super::{CommandError, SourceArgs};
+use crate::cohort::Shard;
+use crate::run::{self as job, CohortRequest, RunOptions};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// With --server: send no writes; save each patient's transaction Bundle under
+    /// OUT/transactions instead.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Evaluate and write for this patient only (repeatable); nothing else is touched.
+    #[arg(long, value_name = "ID")]
+    pub patient: Vec<String>,
+    /// A file of patients: one id, or an identifier `system|value`, per line; blank lines
+    /// and `#` comments allowed (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub cohort: Vec<PathBuf>,
+    /// The members of this FHIR Group (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub group: Vec<String>,
+    /// Run shard I of N (from 0): the patients whose id hashes to I. Default: from
+    /// JOB_COMPLETION_INDEX with schedule.shard_count, else unsharded.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// With schedule.state_file: ignore the state and read everyone (the state is written
+    /// afterwards, as after any fully successful run).
+    #[arg(long)]
+    pub full: bool,
+    /// With --server: read through a Bulk Data `$export` instead of searches
+    /// (server.read_with = "export").
+    #[arg(long)]
+    pub export: bool,
+    /// With --export: export the members of this Group (`Group/ID/$export`).
+    #[arg(long, value_name = "ID", requires = "export")]
+    pub export_group: Option<String>,
+    /// Write back even when the run would cancel more than output.max_cancel_fraction of
+    /// the job's active DetectedIssues, or any when it read no TARE patient (the safety
+    /// valve otherwise stops it, exit code 6).
+    #[arg(long)]
+    pub allow_mass_cancel: bool,
+}
+
+pub fn execute(args: RunArgs) -> Result<(), CommandError> {
+    let mut config = args.source.config()?;
+    if args.export {
+        config.server.read_with = crate::config::ReadWith::Export;
+    }
+    if args.export_group.is_some() {
+        config.server.export_group = args.export_group;
+        config.validate()?;
+    }
+    let shard = match args.shard {
+        Some(shard) => Some(shard),
+        None => Shard::from_job_index(
+            std::env::var("JOB_COMPLETION_INDEX").ok().as_deref(),
+            config.schedule.shard_count,
+        )?,
+    };
+    let options = RunOptions {
+        source: args.source.source(&config)?,
+        dry_run: args.dry_run,
+        as_of: args.source.as_of(&config)?,
+        out_dir: args.out,
+        cohort: CohortRequest {
+            patients: args.patient,
+            cohort_files: args.cohort,
+            groups: args.group,
+        },
+        shard,
+        full: args.full,
+        allow_mass_cancel: args.allow_mass_cancel,
+    };
+    let outcome = job::run(&options, &config)?;
+    let s = &outcome.summary;
+    if let Some(cohort) = &s.cohort {
+        for unknown in &cohort.unknown {
+            eprintln!("warning: not found: {unknown}");
+        }
+    }
+    let observations = s.resources.by_type.get("Observation");
+    println!(
+        "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {}",
+        s.as_of,
+        s.patients.seen,
+        s.patients.evaluated,
+        s.patients.left_out.values().sum::<usize>(),
+        observations.map_or(0, |o| o.accepted),
+        observations.map_or(0, |o| o.left_out.values().map(|r| r.count).sum::<u64>()),
+        s.flags.total,
+        s.flags.written_as_detected_issues,
+        options.out_dir.display()
+    );
+    if let Some(report) = &s.write_back {
+        println!(
+            "{}write-back to {}: {} created, {} updated, {} cancelled, {} unchanged, {} patients failed",
+            if report.dry_run { "dry run, nothing sent: " } else { "" },
+            options.source,
+            report.created,
+            report.updated,
+            report.cancelled,
+            report.unchanged,
+            report.failed.len()
+        );
+    }
+    if !s.patients.evaluation_failed.is_empty() {
+        return Err(CommandError::EvaluationFailed(
+            s.patients.evaluation_failed.len(),
+        ));
+    }
+    if let Some(report) = &s.write_back {
+        if let Some(valve) = &report.mass_cancel {
+            if !report.dry_run {
+                return Err(CommandError::MassCancel(valve.clone()));
+            }
+            tracing::warn!("{valve}");
+        }
+        if !report.failed.is_empty() {
+            return Err(CommandError::WriteBackFailed(report.failed.clone()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! One run, as its steps: lock the outputs, select the patients, load them, evaluate them,
+//! write the files, write back to the server, save the state, summarise. A stop asked for by
+//! SIGINT/SIGTERM ends it between two steps.
+
+mod select;
+
+use crate::cohort::{CohortError, Scope, Shard};
+use crate::config::Config;
+use crate::domain::{PatientFindings, PatientTimeline};
+use crate::evaluate::evaluate_patient;
+use crate::fhir::client::{FhirClient, FhirError};
+use crate::isolation::isolated;
+use crate::output::{self, write_atomically, OutputError};
+use crate::sink::summary::{CohortReport, RunSummary, Timings, Watermark};
+use crate::sink::{csv as csv_sink, detected_issue, server};
+use crate::source::{ReadError, Reader, Source};
+use crate::state::{self, StateError};
+use crate::workers::{Workers, WorkersError};
+use chrono::NaiveDate;
+use rayon::prelude::*;
+pub use select::CohortRequest;
+use select::{Mode, Recheck};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Server(#[from] FhirError),
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
+    /// A cohort or shard that cannot be used as asked (exit code 2: the request is wrong).
+    #[error(transparent)]
+    Cohort(#[from] CohortError),
+    #[error("cannot read the cohort file {}", path.display())]
+    CohortFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot build a FHIR resource")]
+    Build(#[from] fhir_resources::BuildError),
+    /// SIGINT or SIGTERM: the run stopped between two steps.
+    #[error("interrupted: the run stopped before it finished; outputs and state are as they were")]
+    Interrupted,
+}
+
+impl From<server::WriteBackError> for RunError {
+    fn from(error: server::WriteBackError) -> RunError {
+        match error {
+            server::WriteBackError::Fhir(e) => RunError::Server(e),
+            server::WriteBackError::Save(e) => RunError::Output(e),
+            server::WriteBackError::Device(e) => RunError::Build(e),
+            server::WriteBackError::Interrupted => RunError::Interrupted,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub source: Source,
+    /// With a server source: send no writes, save the transaction Bundles under `out`.
+    pub dry_run: bool,
+    pub as_of: NaiveDate,
+    pub out_dir: PathBuf,
+    pub cohort: CohortRequest,
+    pub shard: Option<Shard>,
+    /// Ignore the incremental state: read everyone (the state is written afterwards).
+    pub full: bool,
+    /// Write back even when the safety valve would stop it (`--allow-mass-cancel`).
+    pub allow_mass_cancel: bool,
+}
+
+pub struct RunOutcome {
+    pub summary: RunSummary,
+    pub findings: Vec<PatientFindings>,
+}
+
+/// `markers.csv`, or `markers.shard-0-of-4.csv` in a sharded run.
+pub fn output_name(stem: &str, extension: &str, shard: Option<Shard>) -> String {
+    match shard {
+        None => format!("{stem}.{extension}"),
+        Some(shard) => format!("{stem}{}.{extension}", shard.file_suffix()),
+    }
+}
+
+/// When a run started: the monotonic clock for timings, and the instant (to the millisecond,
+/// as servers keep `meta.lastUpdated`) that becomes the next watermark.
+struct Started {
+    clock: Instant,
+    utc: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339, whole seconds: `Provenance.recorded` and the summary.
+    text: String,
+}
+
+impl Started {
+    fn now() -> Started {
+        let utc = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
+        Started {
+            clock: Instant::now(),
+            utc,
+            text: utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+/// What the steps of one run share: its options and config, its start, its workers and its
+/// source, each made once.
+struct Run<'a> {
+    options: &'a RunOptions,
+    config: &'a Config,
+    started: Started,
+    workers: Workers,
+    reader: Reader,
+}
+
+/// Stops between two steps when SIGINT or SIGTERM asked for it.
+fn check_interrupted() -> Result<(), RunError> {
+    match crate::interrupt::requested() {
+        true => Err(RunError::Interrupted),
+        false => Ok(()),
+    }
+}
+
+/// The locks a run holds from start to end: its output folder and, with a schedule, its
+/// state file. A second run into either stops here, before anything is read or written.
+fn lock_outputs(options: &RunOptions, config: &Config) -> Result<Vec<output::RunLock>, RunError> {
+    let suffix = options.shard.map(|s| s.file_suffix()).unwrap_or_default();
+    let mut locks = vec![output::lock_folder(&options.out_dir, &suffix)?];
+    if let Some(state) = select::state_path_of(options, config) {
+        locks.push(output::lock_beside(&state)?);
+    }
+    Ok(locks)
+}
+
+fn csv_io(e: csv::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl Run<'_> {
+    /// Evaluates every patient, each isolated; a stateful run keeps each patient's recheck
+    /// date. Each timeline is dropped as soon as it is evaluated.
+    fn evaluate(
+        &self,
+        timelines: Vec<PatientTimeline>,
+        keeps_state: bool,
+    ) -> (Vec<PatientFindings>, Vec<Recheck>) {
+        let (config, as_of) = (self.config, self.options.as_of);
+        self.workers.pool.install(|| {
+            timelines
+                .into_par_iter()
+                .map(|t| {
+                    let evaluated = isolated(|| {
+                        let findings = evaluate_patient(&t, config, as_of);
+                        let recheck = keeps_state
+                            .then(|| state::recheck_on(&t, &findings, config, as_of))
+                            .flatten();
+                        (findings, recheck)
+                    });
+                    let (findings, recheck) = evaluated.unwrap_or_else(|message| {
+                        (PatientFindings::failed(&t.patient_id, message), None)
+                    });
+                    (findings, (t.patient_id, recheck))
+                })
+                .unzip()
+        })
+    }
+
+    fn out(&self, stem: &str, extension: &str) -> PathBuf {
+        self.options
+            .out_dir
+            .join(output_name(stem, extension, self.options.shard))
+    }
+
+    /// markers.csv, flags.csv and detected-issues.ndjson (side by side: they are independent).
+    fn write_files(&self, findings: &[PatientFindings]) -> Result<(), RunError> {
+        let config = self.config;
+        let (tables, resources) = self.workers.pool.install(|| {
+            rayon::join(
+                || -> Result<(), RunError> {
+                    write_atomically(&self.out("markers", "csv"), |w| {
+                        csv_sink::write_markers(w, findings).map_err(csv_io)
+                    })?;
+                    Ok(write_atomically(&self.out("flags", "csv"), |w| {
+                        csv_sink::write_flags(w, findings, config).map_err(csv_io)
+                    })?)
+                },
+                || {
+                    write_atomically(&self.out("detected-issues", "ndjson"), |w| {
+                        detected_issue::write_ndjson(w, findings, config, &self.started.text)
+                            .map(|_| ())
+                    })
+                },
+            )
+        });
+        tables?;
+        Ok(resources?)
+    }
+
+    /// Brings the server's DetectedIssues in line (server source only).
+    fn write_back(
+        &self,
+        findings: &[PatientFindings],
+        scope: &Scope,
+        tare_patients_read: usize,
+    ) -> Result<Option<server::WriteReport>, RunError> {
+        let Some(client) = self.reader.client() else {
+            return Ok(None);
+        };
+        let dry_run_dir = self
+            .options
+            .dry_run
+            .then(|| self.options.out_dir.join("transactions"));
+        let write_options = server::WriteBackOptions {
+            recorded: &self.started.text,
+            scope,
+            dry_run_dir: dry_run_dir.as_deref(),
+            tare_patients_read,
+            allow_mass_cancel: self.options.allow_mass_cancel,
+        };
+        let report = self.workers.runtime.block_on(server::write_back(
+            client,
+            findings,
+            self.config,
+            &write_options,
+        ))?;
+        Ok(Some(report))
+    }
+
+    /// Saves the state for the next run, only after a run that fully succeeded and wrote for
+    /// real; returns the summary's watermark.
+    fn save_state(
+        &self,
+        mode: &Mode,
+        rechecks: &[Recheck],
+        scope: &Scope,
+        fully_succeeded: bool,
+    ) -> Result<Option<Watermark>, RunError> {
+        let Some(path) = mode.state_path() else {
+            return Ok(None);
+        };
+        if fully_succeeded {
+            check_interrupted()?;
+            let next = select::next_state(
+                mode,
+                self.options,
+                self.config,
+                self.started.utc,
+                rechecks,
+                scope,
+            );
+            write_atomically(path, |w| {
+                serde_json::to_writer_pretty(&mut *w, &next)?;
+                w.write_all(b"\n")
+            })?;
+        }
+        Ok(Some(Watermark {
+            state_file: path.display().to_string(),
+            used: mode.since().map(str::to_owned),
+            next: fully_succeeded.then_some(self.started.utc),
+        }))
+    }
+
+    fn write_summary(&self, summary: &RunSummary) -> Result<(), RunError> {
+        write_atomically(&self.out("run-summary", "json"), |w| {
+            serde_json::to_writer_pretty(&mut *w, summary)?;
+            w.write_all(b"\n")
+        })?;
+        Ok(())
+    }
+}
+
+/// One run, as its steps.
+pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
+    let started = Started::now();
+    let _locks = lock_outputs(options, config)?;
+    let run = Run {
+        options,
+        config,
+        started,
+        workers: Workers::new(config.ingest.threads)?,
+        reader: Reader::open(&options.source, config)?,
+    };
+
+    // Select.
+    let mut cohort = CohortReport::default();
+    let (mode, scope) = select::choose_mode(
+        options,
+        config,
+        run.reader.client(),
+        &run.workers.runtime,
+        &mut cohort,
+    )?;
+    check_interrupted()?;
+
+    // Load.
+    let loaded = run
+        .reader
+        .load(config, options.as_of, &scope, &run.workers)?;
+    let read_ms = run.started.clock.elapsed().as_millis();
+    tracing::info!(
+        mode = mode.name(),
+        patients = loaded.timelines.len(),
+        inputs = loaded.inputs.len(),
+        read_ms,
+        "source read"
+    );
+    if matches!(mode, Mode::Cohort) {
+        cohort
+            .unknown
+            .extend(select::requested_without_patient(&scope, &loaded.timelines));
+    }
+    let tare_patients_read = loaded
+        .timelines
+        .iter()
+        .filter(|t| !t.procedures.is_empty())
+        .count();
+    check_interrupted()?;
+
+    // Evaluate.
+    let evaluate_started = Instant::now();
+    let (findings, rechecks) = run.evaluate(loaded.timelines, mode.keeps_state());
+    let evaluate_ms = evaluate_started.elapsed().as_millis();
+    check_interrupted()?;
+
+    // Write files, then write back.
+    let write_started = Instant::now();
+    run.write_files(&findings)?;
+    let write_back = run.write_back(&findings, &scope, tare_patients_read)?;
+    let write_ms = write_started.elapsed().as_millis();
+
+    // Save the state: it moves on only after a run that fully succeeded and wrote for real.
+    let (patients, responses, flags) = RunSummary::count(&findings, config);
+    let fully_succeeded = !options.dry_run
+        && patients.evaluation_failed.is_empty()
+        && write_back
+            .as_ref()
+            .is_none_or(|report| report.failed.is_empty() && report.mass_cancel.is_none());
+    let watermark = run.save_state(&mode, &rechecks, &scope, fully_succeeded)?;
+
+    // Summarise.
+    let summary = RunSummary {
+        tool_version: env!("CARGO_PKG_VERSION"),
+        mode: mode.name(),
+        as_of: options.as_of.to_string(),
+        started_at: run.started.text.clone(),
+        source: options.source.to_string(),
+        shard: options.shard.map(|s| s.to_string()),
+        cohort: matches!(mode, Mode::Cohort).then_some(cohort),
+        watermark,
+        inputs: loaded.inputs,
+        inputs_ignored: loaded.ignored_inputs,
+        threads: run.workers.threads(),
+        patients,
+        responses,
+        flags,
+        resources: loaded.quality,
+        write_back,
+        server_requests: run.reader.client().map(FhirClient::requests_sent),
+        timings: Timings {
+            read_ms,
+            evaluate_ms,
+            write_ms,
+            total_ms: run.started.clock.elapsed().as_millis(),
+        },
+    };
+    run.write_summary(&summary)?;
+    tracing::info!(
+        evaluated = summary.patients.evaluated,
+        flags = summary.flags.total,
+        total_ms = summary.timings.total_ms,
+        "run finished"
+    );
+    Ok(RunOutcome { summary, findings })
+}

@@ -1,0 +1,17 @@
+//! The integration tests, one binary (one link on two cores): each module is an area, and its
+//! test names read as the specification they prove. `helpers` holds everything shared.
+// A test that unwraps fails where the unexpected happened: that is what a test should do.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod cli;
+mod deploy;
+mod faults;
+mod helpers;
+mod ingest;
+mod properties;
+mod report;
+mod rules;
+mod schedule;
+mod server;
+mod tls;
