@@ -1,5 +1,5 @@
-//! Typed configuration. Built-in defaults are exactly RULES.md; a TOML file overrides any key
-//! (`config/default.toml` documents every key with its RULES.md source). Validated once at start.
+//! Typed configuration. Built-in defaults are exactly docs/rules.md; a TOML file overrides any key
+//! (`config/default.toml` documents every key with its docs/rules.md source). Validated once at start.
 
 use crate::domain::{Marker, Severity};
 use crate::ingest::CodeSystems;
@@ -45,7 +45,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
 }
 
-/// RULES.md §1 "Which Observations count" and "Conversions".
+/// docs/rules.md §1.4 and "Conversions".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
@@ -93,7 +93,7 @@ pub struct CodeSystemsConfig {
     pub aliases: BTreeMap<String, Vec<String>>,
 }
 
-/// RULES.md §1 "Markers and codes", "Patients and episodes" and "Eligibility".
+/// docs/rules.md §1.1, "Patients and episodes" and "Eligibility".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CodeSets {
@@ -148,7 +148,7 @@ impl Default for CodeSets {
     }
 }
 
-/// Per-marker limits (RULES.md §1 table "default ULN", §3 `marker-plateau` level).
+/// Per-marker limits (docs/rules.md §1.1, §3 `marker-plateau` level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarkerLimit {
@@ -206,7 +206,7 @@ impl MarkerLimits {
     }
 }
 
-/// RULES.md §1 "Patients and episodes" and §2 "baseline".
+/// docs/rules.md §1.6 and §2 "baseline".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EpisodeRules {
@@ -225,7 +225,7 @@ impl Default for EpisodeRules {
     }
 }
 
-/// RULES.md §1 "Eligibility".
+/// docs/rules.md §1.6.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EligibilityRules {
@@ -242,7 +242,7 @@ impl Default for EligibilityRules {
     }
 }
 
-/// RULES.md §2 (response, next due date) and §3 (flags), §4 (ALBI matching).
+/// docs/rules.md §2 (response, next due date) and §3 (flags), §4 (ALBI matching).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlagRules {
@@ -296,7 +296,7 @@ impl Default for FlagRules {
     }
 }
 
-/// RULES.md §4 "DetectedIssue".
+/// docs/rules.md §4.3.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
@@ -322,6 +322,7 @@ impl Default for OutputConfig {
             identifier_system: "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id"
                 .into(),
             flag_code_system: "https://tare-marker-monitor.example.org/fhir/CodeSystem/flag".into(),
+            // The published rules document of the site (an example URL; sites set their own).
             rules_url: "https://tare-marker-monitor.example.org/docs/RULES.md".into(),
             device_identifier_system:
                 "https://tare-marker-monitor.example.org/fhir/NamingSystem/device".into(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// A FHIR resource id. Shared, so findings can cite a value without copying its id.
 pub type ResourceId = Arc<str>;
 
-/// A laboratory series the job follows (RULES.md §1 "Markers and codes").
+/// A laboratory series the job follows (docs/rules.md §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Marker {
@@ -29,7 +29,7 @@ impl Marker {
         Marker::Albumin,
         Marker::Bilirubin,
     ];
-    /// The markers that get rows, responses and marker flags (RULES.md §2).
+    /// The markers that get rows, responses and marker flags (docs/rules.md §2).
     pub const TUMOR: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
 
     pub fn key(self) -> &'static str {
@@ -74,7 +74,7 @@ impl Marker {
     }
 }
 
-/// Whether a value is exact or a bound (RULES.md §1 "Value"). Rules use the number it carries.
+/// Whether a value is exact or a bound (docs/rules.md §1.4). Rules use the number it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Censoring {
@@ -127,7 +127,7 @@ pub struct TareProcedure {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PatientTimeline {
     pub patient_id: String,
-    /// False when no `Patient` resource was found: the patient is left out (RULES.md §1).
+    /// False when no `Patient` resource was found: the patient is left out (docs/rules.md §1).
     pub has_patient_resource: bool,
     pub birth_date: Option<NaiveDate>,
     /// `Patient.name` as text, shown in the audit report.
@@ -147,7 +147,7 @@ impl PatientTimeline {
     }
 }
 
-/// Biochemical response at the latest value (RULES.md §2).
+/// Biochemical response at the latest value (docs/rules.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Response {
     #[serde(rename = "CR")]
@@ -201,7 +201,7 @@ impl Severity {
     }
 }
 
-/// The seven flags of RULES.md §3.
+/// The seven flags of docs/rules.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlagCode {
@@ -285,7 +285,7 @@ impl From<&MarkerValue> for ValuePoint {
     }
 }
 
-/// One row of `markers.csv`: one patient, episode and tumor marker (RULES.md §2, §4).
+/// One row of `markers.csv`: one patient, episode and tumor marker (docs/rules.md §2, §4).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MarkerCourse {
     pub marker: Marker,
@@ -316,7 +316,7 @@ pub struct EpisodeFindings {
     pub flags: Vec<Flag>,
 }
 
-/// Why a patient was not evaluated (RULES.md §1), each its own counter in the run summary.
+/// Why a patient was not evaluated (docs/rules.md §1), each its own counter in the run summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeftOutReason {

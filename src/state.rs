@@ -144,7 +144,7 @@ pub fn config_fingerprint(config: &Config) -> String {
 
 /// For a patient with a TARE, the first as-of date after `as_of` on which the findings change
 /// with no new data: `Some(None)` when there is none; `None` for a patient without a TARE (not
-/// in the known cohort). Findings depend on the as-of date in two ways only (RULES §1-§3):
+/// in the known cohort). Findings depend on the as-of date in two ways only (docs/rules.md §1-§3):
 /// - values and TAREs dated after it count once it reaches them;
 /// - `surveillance-overdue` (latest episode, markers with a baseline) holds from next due +
 ///   grace + 1 to index + max days, and while it holds its text counts the days overdue, so

@@ -1,7 +1,7 @@
 //! Comparisons for the rules' boundaries. Thresholds such as `baseline x 50%` or
 //! `nadir x 1.4` are computed in binary floating point, where `100 x 1.4` may land a hair above
 //! 140; a relative tolerance of 1e-9 (far below any laboratory precision) keeps "exactly 40%"
-//! and "exactly 50%" on the side RULES.md puts them.
+//! and "exactly 50%" on the side docs/rules.md puts them.
 
 const RELATIVE_TOLERANCE: f64 = 1e-9;
 

@@ -1,4 +1,4 @@
-//! The figures of one marker in one episode (RULES.md §2): baseline, post values, nadir,
+//! The figures of one marker in one episode (docs/rules.md §2): baseline, post values, nadir,
 //! reference nadir, percentages, half-life, next due date and the biochemical response.
 
 use super::compare::{at_least, at_most, exceeds};
@@ -149,7 +149,7 @@ pub fn next_due_date(series: &EpisodeSeries<'_>, window: Window, config: &Config
     last + Duration::days(interval)
 }
 
-/// `marker-rise` (RULES.md §3) as found at the latest value.
+/// `marker-rise` (docs/rules.md §3) as found at the latest value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rise<'a> {
     pub reference_nadir: &'a MarkerValue,

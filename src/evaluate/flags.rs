@@ -1,4 +1,4 @@
-//! The seven flags of RULES.md §3, each a small function returning the flag with a sentence a
+//! The seven flags of docs/rules.md §3, each a small function returning the flag with a sentence a
 //! clinician can check against the numbers.
 
 use super::compare::{at_least, at_most, exceeds};

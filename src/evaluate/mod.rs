@@ -1,4 +1,4 @@
-//! The pure evaluation core (RULES.md §1 episodes and eligibility, §2, §3). It takes one
+//! The pure evaluation core (docs/rules.md §1 episodes and eligibility, §2, §3). It takes one
 //! patient's timeline, the config and the as-of date and returns findings: no I/O, no clock.
 
 pub mod compare;

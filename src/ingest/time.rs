@@ -1,5 +1,5 @@
 //! FHIR `date`/`dateTime`/`instant` strings -> the calendar date in the configured time zone
-//! (all windows compare calendar dates, RULES.md §1 "Time") and an instant for ordering.
+//! (all windows compare calendar dates, docs/rules.md §1.4) and an instant for ordering.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use chrono_tz::Tz;

@@ -1,11 +1,11 @@
-//! Units and values (RULES.md §1 "Conversions" and "Value"): which marker a unit puts a value in,
+//! Units and values (docs/rules.md §1.2 and "Value"): which marker a unit puts a value in,
 //! the factor to the canonical unit, and the parsing of `valueString` such as `6,088 mAU/mL`.
 
 use crate::config::IngestConfig;
 use crate::domain::{Censoring, Marker};
 
 /// Which value set an Observation's code fell in. PIVKA-II codes carry two markers: the unit
-/// decides (RULES.md §1: arbitrary units -> `pivka2`, mass -> `dcp`, never converted).
+/// decides (docs/rules.md §1: arbitrary units -> `pivka2`, mass -> `dcp`, never converted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodeFamily {
     Pivka,

@@ -1,4 +1,4 @@
-//! `markers.csv` and `flags.csv`, columns and formats exactly as RULES.md §4.
+//! `markers.csv` and `flags.csv`, columns and formats exactly as docs/rules.md §4.
 
 use super::detected_issue::flag_identifier;
 use crate::config::Config;

@@ -1,5 +1,5 @@
 //! DetectedIssue, Provenance and Device resources for the flags that are written back
-//! (RULES.md §4), built with fhir-sdk in `crates/fhir-resources`.
+//! (docs/rules.md §4), built with fhir-sdk in `crates/fhir-resources`.
 
 use crate::config::Config;
 use crate::domain::{FlagCode, Marker, PatientFindings};
@@ -85,7 +85,7 @@ pub fn write_ndjson(
 
 /// A DetectedIssue the findings call for.
 pub struct PlannedIssue {
-    /// The stable identifier value (RULES.md §4).
+    /// The stable identifier value (docs/rules.md §4).
     pub identifier: String,
     /// The DetectedIssue as JSON text.
     pub resource: String,

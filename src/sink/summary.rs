@@ -13,7 +13,7 @@ pub struct PatientCounts {
     pub seen: usize,
     pub evaluated: usize,
     pub left_out: BTreeMap<&'static str, usize>,
-    /// Evaluated with an unknown birth date (age not checked), RULES.md §1.
+    /// Evaluated with an unknown birth date (age not checked), docs/rules.md §1.
     pub birth_date_unknown: usize,
     pub episodes_evaluated: usize,
     pub episodes_under_minimum_age: usize,

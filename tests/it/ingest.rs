@@ -1,4 +1,4 @@
-//! Every data-quality case of RULES.md §1 "Which Observations count", one line of FHIR JSON each.
+//! Every data-quality case of docs/rules.md §1.4, one line of FHIR JSON each.
 
 use serde_json::{json, Value};
 use tare_marker_monitor::config::Config;

@@ -1,4 +1,4 @@
-//! Hand-computed cases for every rule and boundary of RULES.md §1-§3, on the pure core.
+//! Hand-computed cases for every rule and boundary of docs/rules.md §1-§3, on the pure core.
 
 use crate::helpers::*;
 

@@ -38,7 +38,7 @@ fn err(context: &str, e: impl std::fmt::Display) -> BuildError {
     BuildError(format!("{context}: {e}"))
 }
 
-/// Status of a DetectedIssue written by the job (RULES.md §4).
+/// Status of a DetectedIssue written by the job (docs/rules.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueStatus {
     /// Algorithmic finding awaiting clinician review.
