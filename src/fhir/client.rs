@@ -386,9 +386,9 @@ impl FhirClient {
         url
     }
 
-    /// Reads one resource (`Group/ID`, say) as JSON; any answer but 200 is an error with the
-    /// server's OperationOutcome text.
-    pub async fn read(&self, url: &str) -> Result<serde_json::Value, FhirError> {
+    /// The body of a GET that answered 200; any other answer is an error with the server's
+    /// OperationOutcome text.
+    async fn get_ok(&self, url: &str) -> Result<bytes::Bytes, FhirError> {
         let Answer { status, body, .. } = self.send(url, |http| http.get(url)).await?;
         if status != StatusCode::OK {
             return Err(FhirError::Status {
@@ -397,6 +397,13 @@ impl FhirClient {
                 outcome: outcome_text(&body),
             });
         }
+        Ok(body)
+    }
+
+    /// Reads one resource (`Group/ID`, say) as JSON; any answer but 200 is an error with the
+    /// server's OperationOutcome text.
+    pub async fn read(&self, url: &str) -> Result<serde_json::Value, FhirError> {
+        let body = self.get_ok(url).await?;
         serde_json::from_slice(&body).map_err(|source| FhirError::NotJson {
             url: url.to_owned(),
             source,
@@ -488,14 +495,7 @@ impl FhirClient {
 
     /// Fetches one search page.
     pub async fn page(&self, url: &str) -> Result<SearchPage, FhirError> {
-        let Answer { status, body, .. } = self.send(url, |http| http.get(url)).await?;
-        if status != StatusCode::OK {
-            return Err(FhirError::Status {
-                url: url.to_owned(),
-                status: status.as_u16(),
-                outcome: outcome_text(&body),
-            });
-        }
+        let body = self.get_ok(url).await?;
         let bundle: BundleIn =
             serde_json::from_slice(&body).map_err(|source| FhirError::NotABundle {
                 url: url.to_owned(),

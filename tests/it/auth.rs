@@ -18,6 +18,8 @@ fn key(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// SMART settings with `private_key` (in fixtures/auth) and the token endpoint, when given
+/// (else it is discovered).
 fn settings(token_endpoint: Option<String>, algorithm: &str, private_key: &str) -> ServerConfig {
     let mut settings = ServerConfig::default();
     settings.auth.method = AuthMethod::SmartBackend;
@@ -41,10 +43,83 @@ fn token(value: &str) -> ResponseTemplate {
         .set_body_json(json!({"access_token": value, "token_type": "bearer", "expires_in": 300}))
 }
 
+/// Serves `response` to `verb` requests at `at`, the first `times` of them when given.
+async fn answer(
+    server: &MockServer,
+    verb: &str,
+    at: &str,
+    response: ResponseTemplate,
+    times: Option<u64>,
+) {
+    let mock = Mock::given(method(verb))
+        .and(path(at))
+        .respond_with(response);
+    match times {
+        Some(n) => mock.up_to_n_times(n).mount(server).await,
+        None => mock.mount(server).await,
+    }
+}
+
+/// The FHIR base of the mock server, `/fhir`, whose Patient search answers an empty Bundle.
+async fn fhir_base(server: &MockServer) -> String {
+    answer(server, "GET", "/fhir/Patient", empty_bundle(), None).await;
+    format!("{}/fhir", server.uri())
+}
+
+/// One search of `/fhir/Patient` with `settings`.
+async fn read_patients(server: &MockServer, settings: &ServerConfig) -> Result<(), FhirError> {
+    let client = FhirClient::new(&fhir_base(server).await, settings)?;
+    client
+        .page(&format!("{}/fhir/Patient", server.uri()))
+        .await
+        .map(|_| ())
+}
+
+/// The token endpoint of the mock server.
+fn token_endpoint(server: &MockServer) -> String {
+    format!("{}/token", server.uri())
+}
+
+/// The requests the server received at `at`, in order.
+async fn requests_to(server: &MockServer, at: &str) -> Vec<Request> {
+    let requests = server.received_requests().await.unwrap();
+    requests
+        .into_iter()
+        .filter(|r| r.url.path() == at)
+        .collect()
+}
+
+fn authorization(request: &Request) -> &str {
+    request
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap()
+}
+
 fn form(request: &Request) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(&request.body)
         .into_owned()
         .collect()
+}
+
+/// The assertion of a token request, verified with `public_key` for `audience`.
+fn verified_assertion(
+    request: &Request,
+    public_key: &str,
+    algorithm: Algorithm,
+    audience: &str,
+) -> jsonwebtoken::TokenData<Value> {
+    let pem = std::fs::read(key(public_key)).unwrap();
+    let decoding = match algorithm {
+        Algorithm::RS384 => DecodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => DecodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let mut validation = Validation::new(algorithm);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(&form(request)["client_assertion"], &decoding, &validation)
+        .unwrap()
 }
 
 fn check_assertion(request: &Request, public_key: &str, algorithm: Algorithm, audience: &str) {
@@ -54,15 +129,7 @@ fn check_assertion(request: &Request, public_key: &str, algorithm: Algorithm, au
         fields["client_assertion_type"],
         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     );
-    let pem = std::fs::read(key(public_key)).unwrap();
-    let decoding = match algorithm {
-        Algorithm::RS384 => DecodingKey::from_rsa_pem(&pem).unwrap(),
-        _ => DecodingKey::from_ec_pem(&pem).unwrap(),
-    };
-    let mut validation = Validation::new(algorithm);
-    validation.set_audience(&[audience]);
-    let decoded =
-        jsonwebtoken::decode::<Value>(&fields["client_assertion"], &decoding, &validation).unwrap();
+    let decoded = verified_assertion(request, public_key, algorithm, audience);
     assert_eq!(decoded.header.kid.as_deref(), Some("key-1"));
     assert_eq!(decoded.claims["iss"], "tare-monitor-client");
     assert_eq!(decoded.claims["sub"], "tare-monitor-client");
@@ -72,19 +139,10 @@ fn check_assertion(request: &Request, public_key: &str, algorithm: Algorithm, au
 #[tokio::test]
 async fn rs384_assertion_token_is_cached_and_sent() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-1"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let endpoint = format!("{}/token", server.uri());
+    answer(&server, "POST", "/token", token("tok-1"), None).await;
+    let endpoint = token_endpoint(&server);
     let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
+        &fhir_base(&server).await,
         &settings(Some(endpoint.clone()), "RS384", "test-rs384-private.pem"),
     )
     .unwrap();
@@ -94,20 +152,16 @@ async fn rs384_assertion_token_is_cached_and_sent() {
             .await
             .unwrap();
     }
-    let requests = server.received_requests().await.unwrap();
-    let token_requests: Vec<&Request> = requests
-        .iter()
-        .filter(|r| r.url.path() == "/token")
-        .collect();
-    assert_eq!(token_requests.len(), 1, "the token is cached");
+    let tokens = requests_to(&server, "/token").await;
+    assert_eq!(tokens.len(), 1, "the token is cached");
     check_assertion(
-        token_requests[0],
+        &tokens[0],
         "test-rs384-public.pem",
         Algorithm::RS384,
         &endpoint,
     );
-    for fhir in requests.iter().filter(|r| r.url.path() == "/fhir/Patient") {
-        assert_eq!(fhir.headers.get("authorization").unwrap(), "Bearer tok-1");
+    for fhir in requests_to(&server, "/fhir/Patient").await {
+        assert_eq!(authorization(&fhir), "Bearer tok-1");
     }
 }
 
@@ -115,130 +169,77 @@ async fn rs384_assertion_token_is_cached_and_sent() {
 async fn es384_token_endpoint_is_discovered_from_smart_configuration() {
     let server = MockServer::start().await;
     let endpoint = format!("{}/oauth/token", server.uri());
-    Mock::given(method("GET"))
-        .and(path("/fhir/.well-known/smart-configuration"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"token_endpoint": endpoint})))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/oauth/token"))
-        .respond_with(token("tok-ec"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
-        &settings(None, "ES384", "test-es384-private.pem"),
+    let configuration =
+        ResponseTemplate::new(200).set_body_json(json!({"token_endpoint": endpoint}));
+    answer(
+        &server,
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        configuration,
+        None,
     )
-    .unwrap();
-    client
-        .page(&format!("{}/fhir/Patient", server.uri()))
+    .await;
+    answer(&server, "POST", "/oauth/token", token("tok-ec"), None).await;
+    read_patients(&server, &settings(None, "ES384", "test-es384-private.pem"))
         .await
         .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let token_request = requests
-        .iter()
-        .find(|r| r.url.path() == "/oauth/token")
-        .unwrap();
     check_assertion(
-        token_request,
+        &requests_to(&server, "/oauth/token").await[0],
         "test-es384-public.pem",
         Algorithm::ES384,
         &endpoint,
     );
-    let fhir = requests
-        .iter()
-        .find(|r| r.url.path() == "/fhir/Patient")
-        .unwrap();
-    assert_eq!(fhir.headers.get("authorization").unwrap(), "Bearer tok-ec");
+    assert_eq!(
+        authorization(&requests_to(&server, "/fhir/Patient").await[0]),
+        "Bearer tok-ec"
+    );
 }
 
 #[tokio::test]
 async fn a_401_renews_the_token_once() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-old"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-new"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(ResponseTemplate::new(401))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
-        &settings(
-            Some(format!("{}/token", server.uri())),
-            "RS384",
-            "test-rs384-private.pem",
-        ),
+    answer(&server, "POST", "/token", token("tok-old"), Some(1)).await;
+    answer(&server, "POST", "/token", token("tok-new"), None).await;
+    answer(
+        &server,
+        "GET",
+        "/fhir/Patient",
+        ResponseTemplate::new(401),
+        Some(1),
     )
+    .await;
+    let endpoint = token_endpoint(&server);
+    read_patients(
+        &server,
+        &settings(Some(endpoint), "RS384", "test-rs384-private.pem"),
+    )
+    .await
     .unwrap();
-    client
-        .page(&format!("{}/fhir/Patient", server.uri()))
-        .await
-        .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let fhir: Vec<&Request> = requests
-        .iter()
-        .filter(|r| r.url.path() == "/fhir/Patient")
-        .collect();
+    let fhir = requests_to(&server, "/fhir/Patient").await;
     assert_eq!(fhir.len(), 2);
-    assert_eq!(
-        fhir[0].headers.get("authorization").unwrap(),
-        "Bearer tok-old"
-    );
-    assert_eq!(
-        fhir[1].headers.get("authorization").unwrap(),
-        "Bearer tok-new"
-    );
+    assert_eq!(authorization(&fhir[0]), "Bearer tok-old");
+    assert_eq!(authorization(&fhir[1]), "Bearer tok-new");
 }
 
 #[tokio::test]
 async fn a_failing_token_endpoint_is_a_clear_error_without_secrets() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_client"})))
-        .mount(&server)
-        .await;
-    let endpoint = format!("{}/token", server.uri());
-    let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
+    let refusal = ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_client"}));
+    answer(&server, "POST", "/token", refusal, None).await;
+    let endpoint = token_endpoint(&server);
+    let error = read_patients(
+        &server,
         &settings(Some(endpoint.clone()), "RS384", "test-rs384-private.pem"),
     )
-    .unwrap();
-    let error = client
-        .page(&format!("{}/fhir/Patient", server.uri()))
-        .await
-        .err()
-        .unwrap();
+    .await
+    .unwrap_err();
     assert!(matches!(error, FhirError::Token { .. }), "{error}");
-    let text = chain(&error);
     assert_eq!(
-        text,
+        chain(&error),
         format!("cannot get an access token from {endpoint}: HTTP 400 invalid_client")
     );
     // No FHIR request went out without a token.
-    let requests = server.received_requests().await.unwrap();
-    assert!(requests.iter().all(|r| r.url.path() == "/token"));
+    assert!(requests_to(&server, "/fhir/Patient").await.is_empty());
 }
 
 #[test]
@@ -259,45 +260,28 @@ fn a_wrong_key_file_is_a_configuration_error() {
 #[tokio::test]
 async fn a_503_from_the_token_endpoint_is_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-2"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
-        &settings(
-            Some(format!("{}/token", server.uri())),
-            "RS384",
-            "test-rs384-private.pem",
-        ),
+    answer(
+        &server,
+        "POST",
+        "/token",
+        ResponseTemplate::new(503),
+        Some(1),
     )
+    .await;
+    answer(&server, "POST", "/token", token("tok-2"), None).await;
+    let endpoint = token_endpoint(&server);
+    read_patients(
+        &server,
+        &settings(Some(endpoint), "RS384", "test-rs384-private.pem"),
+    )
+    .await
     .unwrap();
-    client
-        .page(&format!("{}/fhir/Patient", server.uri()))
-        .await
-        .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let tokens: Vec<&Request> = requests
-        .iter()
-        .filter(|r| r.url.path() == "/token")
-        .collect();
+    let tokens = requests_to(&server, "/token").await;
     assert_eq!(tokens.len(), 2);
     // A fresh assertion each time: never a replayed jti.
     assert_ne!(
-        form(tokens[0])["client_assertion"],
-        form(tokens[1])["client_assertion"]
+        form(&tokens[0])["client_assertion"],
+        form(&tokens[1])["client_assertion"]
     );
 }
 
@@ -305,37 +289,13 @@ async fn a_503_from_the_token_endpoint_is_retried() {
 /// returns the token request and the token endpoint (the assertion's audience).
 async fn token_request_with(algorithm: &str, key_id: Option<&str>) -> (Request, String) {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-jwks"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let mut config = settings(
-        Some(format!("{}/token", server.uri())),
-        algorithm,
-        "test-private.jwks.json",
-    );
+    answer(&server, "POST", "/token", token("tok-jwks"), None).await;
+    let endpoint = token_endpoint(&server);
+    let mut config = settings(Some(endpoint.clone()), algorithm, "test-private.jwks.json");
     config.auth.key_id = key_id.map(str::to_owned);
-    let client = FhirClient::new(&format!("{}/fhir", server.uri()), &config).unwrap();
-    client
-        .page(&format!("{}/fhir/Patient", server.uri()))
-        .await
-        .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let request = requests
-        .into_iter()
-        .find(|r| r.url.path() == "/token")
-        .unwrap();
-    (request, format!("{}/token", server.uri()))
-}
-
-fn assertion_header(request: &Request) -> jsonwebtoken::Header {
-    jsonwebtoken::decode_header(&form(request)["client_assertion"]).unwrap()
+    read_patients(&server, &config).await.unwrap();
+    let request = requests_to(&server, "/token").await.remove(0);
+    (request, endpoint)
 }
 
 #[tokio::test]
@@ -353,16 +313,13 @@ async fn an_rs384_key_from_a_jwk_set_signs_the_assertion() {
 async fn an_es384_key_from_a_jwk_set_is_chosen_by_type_and_keeps_its_kid() {
     // No key_id configured: the set's only EC key is used, with its own kid in the header.
     let (request, audience) = token_request_with("ES384", None).await;
-    assert_eq!(assertion_header(&request).kid.as_deref(), Some("key-2"));
-    let pem = std::fs::read(key("test-es384-public.pem")).unwrap();
-    let mut validation = Validation::new(Algorithm::ES384);
-    validation.set_audience(&[audience]);
-    jsonwebtoken::decode::<Value>(
-        &form(&request)["client_assertion"],
-        &DecodingKey::from_ec_pem(&pem).unwrap(),
-        &validation,
-    )
-    .unwrap();
+    let decoded = verified_assertion(
+        &request,
+        "test-es384-public.pem",
+        Algorithm::ES384,
+        &audience,
+    );
+    assert_eq!(decoded.header.kid.as_deref(), Some("key-2"));
 }
 
 #[test]
@@ -382,48 +339,25 @@ fn a_jwk_set_without_the_configured_kid_is_a_configuration_error() {
 #[tokio::test]
 async fn a_503_from_smart_configuration_discovery_is_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/.well-known/smart-configuration"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/.well-known/smart-configuration"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_endpoint": format!("{}/token", server.uri())})),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(token("tok-3"))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fhir/Patient"))
-        .respond_with(empty_bundle())
-        .mount(&server)
-        .await;
-    let client = FhirClient::new(
-        &format!("{}/fhir", server.uri()),
-        &settings(None, "RS384", "test-rs384-private.pem"),
+    let discovery = "/fhir/.well-known/smart-configuration";
+    answer(
+        &server,
+        "GET",
+        discovery,
+        ResponseTemplate::new(503),
+        Some(1),
     )
-    .unwrap();
-    client
-        .page(&format!("{}/fhir/Patient", server.uri()))
+    .await;
+    let configuration = ResponseTemplate::new(200)
+        .set_body_json(json!({"token_endpoint": token_endpoint(&server)}));
+    answer(&server, "GET", discovery, configuration, None).await;
+    answer(&server, "POST", "/token", token("tok-3"), None).await;
+    read_patients(&server, &settings(None, "RS384", "test-rs384-private.pem"))
         .await
         .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    let discovery = requests
-        .iter()
-        .filter(|r| r.url.path().ends_with("smart-configuration"))
-        .count();
-    assert_eq!(discovery, 2);
-    let fhir = requests
-        .iter()
-        .find(|r| r.url.path() == "/fhir/Patient")
-        .unwrap();
-    assert_eq!(fhir.headers.get("authorization").unwrap(), "Bearer tok-3");
+    assert_eq!(requests_to(&server, discovery).await.len(), 2);
+    assert_eq!(
+        authorization(&requests_to(&server, "/fhir/Patient").await[0]),
+        "Bearer tok-3"
+    );
 }

@@ -1,22 +1,16 @@
 //! The CLI contract, end to end on the bundled demo cohort, exactly as a user runs it.
 
-use crate::helpers::{binary, demo, read, summary_of};
+use crate::helpers::{assert_success, binary, demo, job, read, summary_of};
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
 fn run_demo(extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
-    let out = tempfile::tempdir().unwrap();
-    let output = binary()
-        .args(["run", "--source-dir"])
-        .arg(demo())
-        .args(["--as-of", "2026-11-01", "--out"])
-        .arg(out.path())
-        .args(extra)
-        .output()
-        .unwrap();
-    (out, output)
+    let demo = demo();
+    let mut args = vec!["--source-dir", demo.to_str().unwrap()];
+    args.extend(extra);
+    job("run", &args)
 }
 
 fn csv_rows(text: &str) -> Vec<Vec<String>> {
@@ -29,11 +23,7 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn run_on_demo_writes_markers_csv_with_the_seed_row() {
     let (out, output) = run_demo(&[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let markers = read(out.path(), "markers.csv");
     let mut lines = markers.lines();
     assert_eq!(
@@ -235,11 +225,7 @@ fn shipped_default_config_equals_the_built_in_defaults() {
         "--config",
         concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let (built_in, _) = run_demo(&[]);
     assert_eq!(
         read(with_file.path(), "markers.csv"),
@@ -394,11 +380,7 @@ fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
     let parts = tempfile::tempdir().unwrap();
     for shard in 0..3 {
         let (part, output) = run_demo(&["--shard", &format!("{shard}/3")]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         for entry in std::fs::read_dir(part.path()).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             assert!(name.contains(&format!(".shard-{shard}-of-3.")), "{name}");
@@ -416,11 +398,7 @@ fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
         .arg(merged.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     for name in ["markers.csv", "flags.csv"] {
         assert_eq!(
             read(merged.path(), name),
@@ -492,11 +470,7 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
         "--patient",
         "demo-04-pivka-unconfirmed-rise",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         "warning: not found: nobody-here (no Patient)\n"
@@ -577,11 +551,7 @@ fn outputs_are_owner_only_and_formula_like_ids_are_neutralised_in_csv() {
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let markers = read(out.path(), "markers.csv");
     // The id is neutralised; the negative percentages stay numbers.
     assert!(markers.lines().any(|l| l.starts_with(
@@ -689,11 +659,7 @@ fn a_procedure_dated_in_year_minus_262143_is_left_out_and_the_run_goes_on() {
     ]);
     let out = tempfile::tempdir().unwrap();
     let output = run_folder(folder.path(), out.path());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let summary = summary_of(out.path());
     let left_out = &summary["resources"]["by_type"]["Procedure"]["left_out"];
     assert_eq!(left_out["date_outside_plausible_range"]["count"], 1);

@@ -3,6 +3,7 @@
 //! middle of a body, a page that is not JSON, a bad resource inside a good page, a slow
 //! server, and a `next` link to another host.
 
+use crate::helpers::assert_success;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -360,11 +361,7 @@ async fn a_resource_updated_while_paging_is_read_once_in_its_newest_version() {
             .mount(&server)
             .await;
         let (output, out) = dry_run(server.uri(), "2026-07-10").await;
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         let observations = &read_summary(&out)["resources"]["by_type"]["Observation"];
         assert_eq!(observations["read"], 2, "newest_first = {newest_first}");
         assert_eq!(observations["accepted"], 2, "newest_first = {newest_first}");
@@ -386,11 +383,7 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         .mount(&server)
         .await;
     let (output, out) = dry_run(server.uri(), "2026-07-10").await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     // Stderr is not a terminal: no progress bar, and nothing else at the default log level.
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     let summary = read_summary(&out);
@@ -1133,11 +1126,7 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
     })
     .await
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let transactions = out.join("transactions");
     let mut names: Vec<String> = std::fs::read_dir(&transactions)
         .unwrap()

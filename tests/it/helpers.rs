@@ -29,6 +29,36 @@ pub fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Runs the binary with `command` (`run`, `report`...), `--as-of 2026-11-01`, a new output
+/// folder, then `args`; returns the folder and what the process did.
+pub fn job(command: &str, args: &[&str]) -> (tempfile::TempDir, std::process::Output) {
+    let out = tempfile::tempdir().unwrap();
+    let output = binary()
+        .arg(command)
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .args(args)
+        .output()
+        .unwrap();
+    (out, output)
+}
+
+/// Panics with the process's stderr unless it exited 0.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `job`, which must succeed; returns the output folder.
+pub fn job_ok(command: &str, args: &[&str]) -> tempfile::TempDir {
+    let (out, output) = job(command, args);
+    assert_success(&output);
+    out
+}
+
 /// The run summary in `out`.
 pub fn summary_of(out: &Path) -> Value {
     serde_json::from_str(&read(out, "run-summary.json")).unwrap()
@@ -246,22 +276,27 @@ pub fn generated(patients: usize, seed: u64) -> Vec<Value> {
     resources
 }
 
+/// A `batch` Bundle of one PUT per resource (at `Type/id`).
+pub fn batch_of_puts(resources: &[Value]) -> Value {
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let url = format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            );
+            json!({"resource": r, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
+}
+
 /// Sends a batch of PUTs, one per resource; every one must be accepted.
 pub async fn put_all(base: &str, resources: &[Value]) {
     let http = reqwest::Client::new();
     for chunk in resources.chunks(200) {
-        let entries: Vec<Value> = chunk
-            .iter()
-            .map(|r| {
-                let url = format!(
-                    "{}/{}",
-                    r["resourceType"].as_str().unwrap(),
-                    r["id"].as_str().unwrap()
-                );
-                json!({"resource": r, "request": {"method": "PUT", "url": url}})
-            })
-            .collect();
-        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+        let bundle = batch_of_puts(chunk);
         let reply: Value = loop {
             let response = http
                 .post(base)
@@ -356,11 +391,7 @@ pub fn run_ok_as_of(args: &[&str], out: &Path, as_of: &str) -> Value {
         .arg(out)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let summary = std::fs::read_dir(out)
         .unwrap()
         .flatten()

@@ -1,25 +1,12 @@
 //! The audit report on the demo cohort: order, escaping, spreadsheet safety, file modes, and
 //! the page itself in a real browser (Debian's chromium, headless: installed by `.ci/run`).
 
-use crate::helpers::{binary, demo, read};
+use crate::helpers::{binary, demo, job_ok, read};
 
 use std::path::{Path, PathBuf};
 
 fn report(source: &Path) -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    let output = binary()
-        .args(["report", "--source-dir"])
-        .arg(source)
-        .args(["--as-of", "2026-11-01", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    job_ok("report", &["--source-dir", source.to_str().unwrap()])
 }
 
 /// The demo with the seed patient's name and one of its Observations' notes replaced.

@@ -2,7 +2,7 @@
 //! by TMM_TEST_FHIR_URL. Outside CI, without that variable, these tests say so and stop; in CI
 //! (CI=true) a missing server is a failure.
 
-use crate::helpers::{binary, demo, get_json, read, FLAG_SYSTEM};
+use crate::helpers::{batch_of_puts, demo, generated, get_json, job, job_ok, read, FLAG_SYSTEM};
 
 use serde_json::{json, Value};
 use std::path::Path;
@@ -44,18 +44,7 @@ async fn seed(base: &str, resources: Vec<Value>) -> Vec<Value> {
     let http = reqwest::Client::new();
     let mut accepted = Vec::new();
     for chunk in resources.chunks(100) {
-        let entries: Vec<Value> = chunk
-            .iter()
-            .map(|r| {
-                let url = format!(
-                    "{}/{}",
-                    r["resourceType"].as_str().unwrap(),
-                    r["id"].as_str().unwrap()
-                );
-                json!({"resource": r, "request": {"method": "PUT", "url": url}})
-            })
-            .collect();
-        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+        let bundle = batch_of_puts(chunk);
         let response = http
             .post(base)
             .header("Content-Type", "application/fhir+json")
@@ -94,20 +83,7 @@ fn write_folder(resources: &[Value]) -> tempfile::TempDir {
 }
 
 fn run(source: &[&str]) -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    let output = binary()
-        .arg("run")
-        .args(source)
-        .args(["--as-of", "2026-11-01", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    job_ok("run", source)
 }
 
 async fn put_json(url: &str, resource: &Value) {
@@ -268,29 +244,7 @@ async fn server_read_and_write_back_lifecycle() {
 
     // 5. Killed (SIGKILL) at several points while writing for 80 new patients, then run to
     // the end: exactly one DetectedIssue per flag, the same as an uninterrupted run gives.
-    let cohort = tempfile::tempdir().unwrap();
-    binary()
-        .args([
-            "generate",
-            "--patients",
-            "80",
-            "--seed",
-            "9",
-            "--as-of",
-            "2026-11-01",
-            "--out",
-        ])
-        .arg(cohort.path())
-        .assert()
-        .success();
-    let mut generated = Vec::new();
-    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
-        let text = std::fs::read_to_string(cohort.path().join(format!("{kind}.ndjson"))).unwrap();
-        generated.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        );
-    }
+    let generated = generated(80, 9);
     let total = generated.len();
     assert_eq!(seed(&base, generated).await.len(), total);
     let binary = assert_cmd::cargo::cargo_bin("tare-marker-monitor");
@@ -354,19 +308,7 @@ async fn server_read_and_write_back_lifecycle() {
 
 #[test]
 fn unreachable_server_exits_3_naming_it() {
-    let out = tempfile::tempdir().unwrap();
-    let output = binary()
-        .args([
-            "run",
-            "--server",
-            "http://127.0.0.1:9/fhir",
-            "--as-of",
-            "2026-11-01",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let (out, output) = job("run", &["--server", "http://127.0.0.1:9/fhir"]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
