@@ -8,10 +8,11 @@ import argparse
 import concurrent.futures
 import json
 import pathlib
+import urllib.error
 import urllib.request
 
 
-def batches(folder, size):
+def batches(folder, size, base):
     batch = []
     for kind in ["Patient", "Condition", "Procedure", "Observation"]:
         for path in sorted(pathlib.Path(folder).glob(f"{kind}*.ndjson")):
@@ -19,7 +20,10 @@ def batches(folder, size):
                 for line in lines:
                     resource = json.loads(line)
                     url = f"{resource['resourceType']}/{resource['id']}"
-                    batch.append({"resource": resource, "request": {"method": "PUT", "url": url}})
+                    # A fullUrl per entry: relative references inside a Bundle resolve against it
+                    # (HAPI's validator rejects them without one).
+                    batch.append({"fullUrl": f"{base.rstrip('/')}/{url}", "resource": resource,
+                                  "request": {"method": "PUT", "url": url}})
                     if len(batch) == size:
                         yield batch
                         batch = []
@@ -31,8 +35,16 @@ def send(base, entries):
     body = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}).encode()
     request = urllib.request.Request(base, data=body, method="POST",
                                      headers={"Content-Type": "application/fhir+json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        reply = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            reply = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        # The server's reasons (an OperationOutcome), errors only.
+        outcome = json.loads(error.read() or b"{}")
+        for issue in outcome.get("issue", []):
+            if issue.get("severity") in ("error", "fatal"):
+                print(f"{issue.get('diagnostics')} at {issue.get('location')}")
+        raise
     statuses = [e.get("response", {}).get("status", "") for e in reply.get("entry", [])]
     rejected = [s for s in statuses if not s.startswith("2")]
     if rejected:
@@ -50,7 +62,7 @@ def main():
     args = parser.parse_args()
     accepted = rejected = 0
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
-        for ok, bad in pool.map(lambda b: send(args.base, b), batches(args.folder, args.batch)):
+        for ok, bad in pool.map(lambda b: send(args.base, b), batches(args.folder, args.batch, args.base)):
             accepted += ok
             rejected += bad
     print(f"seeded {accepted} resources, {rejected} rejected")

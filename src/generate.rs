@@ -89,8 +89,18 @@ fn at_noon(date: NaiveDate, offset: i64) -> String {
     format!("{}T12:00:00Z", day(date, offset))
 }
 
+/// A Quantity as laboratories send it: the printed unit, and its UCUM code. `mAU/mL` is not UCUM,
+/// nor is `m[arb'U]/mL` (an arbitrary unit takes no prefix): the same quantity is `[arb'U]/L`,
+/// which validators accept.
 fn quantity(value: f64, unit: &str) -> Value {
-    json!({"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit})
+    json!({"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum_code(unit)})
+}
+
+fn ucum_code(unit: &str) -> &str {
+    match unit {
+        "mAU/mL" => "[arb'U]/L",
+        other => other,
+    }
 }
 
 impl Builder {
@@ -475,7 +485,7 @@ fn data_quality_patient() -> PatientResources {
             remove(o, "valueQuantity");
             o["valueString"] = json!("<2.0 ng/mL");
         })
-        .observation_with(PIVKA, &at_noon(t, 60), json!({"value": 75000, "comparator": ">", "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}), |o| {
+        .observation_with(PIVKA, &at_noon(t, 60), json!({"value": 75000, "comparator": ">", "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}), |o| {
             o["status"] = json!("amended");
         })
         // 23:30 at -05:00 on day 89 is day 90 in UTC.

@@ -208,6 +208,7 @@ impl SmartBackend {
             return Err(failed(TokenError::Status {
                 status: status.as_u16(),
                 oauth_error: String::new(),
+                description: String::new(),
             }));
         }
         let configuration: SmartConfiguration =
@@ -216,7 +217,10 @@ impl SmartBackend {
             .map_err(|e| failed(TokenError::BadTokenEndpoint(e)))
     }
 
-    fn assertion(&self, audience: &str) -> Result<String, CredentialsError> {
+    /// A client assertion for `audience` (the token endpoint), signed with the configured key;
+    /// each one has a new `jti`. Public for the tests that show an authorization server
+    /// refusing a replayed one.
+    pub fn client_assertion(&self, audience: &str) -> Result<String, CredentialsError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -255,7 +259,7 @@ impl SmartBackend {
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
         let Answer { status, body, .. } = authorization_request(&endpoint, || {
-            let assertion = self.assertion(endpoint.as_str())?;
+            let assertion = self.client_assertion(endpoint.as_str())?;
             Ok(http
                 .post(endpoint.clone())
                 .header("Accept", "application/json")
@@ -271,14 +275,17 @@ impl SmartBackend {
         })
         .await?;
         if !status.is_success() {
-            // An OAuth error body names the problem (`invalid_client`) and holds no secret.
-            let reason = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_default();
+            // An OAuth error body names the problem (`invalid_client`), says what it was, and
+            // holds no secret; printable, and cut short should a server send a page.
+            let body = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+            let text = |key: &str| -> String {
+                let value = body[key].as_str().unwrap_or_default();
+                crate::format::printable(value).chars().take(300).collect()
+            };
             return Err(failed(TokenError::Status {
                 status: status.as_u16(),
-                oauth_error: reason,
+                oauth_error: text("error"),
+                description: text("error_description"),
             }));
         }
         let token: TokenResponse =

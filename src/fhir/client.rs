@@ -58,6 +58,10 @@ struct IssueIn {
     code: Option<String>,
     diagnostics: Option<String>,
     details: Option<DetailsIn>,
+    #[serde(default)]
+    expression: Vec<String>,
+    #[serde(default)]
+    location: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -65,11 +69,17 @@ struct DetailsIn {
     text: Option<String>,
 }
 
-/// The readable text of an OperationOutcome body, or the start of whatever the body was.
+/// The readable text of an OperationOutcome body: its errors (with where they are) when it has
+/// any, else all its issues; or the start of whatever the body was.
 pub fn outcome_text(body: &[u8]) -> String {
     if let Ok(outcome) = serde_json::from_slice::<OperationOutcomeIn>(body) {
-        let issues: Vec<String> = outcome
-            .issue
+        let is_error = |i: &&IssueIn| matches!(i.severity.as_deref(), Some("error" | "fatal"));
+        let errors: Vec<&IssueIn> = outcome.issue.iter().filter(is_error).collect();
+        let shown: Vec<&IssueIn> = match errors.is_empty() {
+            true => outcome.issue.iter().collect(),
+            false => errors,
+        };
+        let issues: Vec<String> = shown
             .iter()
             .map(|i| {
                 let text = i
@@ -78,11 +88,14 @@ pub fn outcome_text(body: &[u8]) -> String {
                     .and_then(|d| d.text.clone())
                     .or_else(|| i.diagnostics.clone())
                     .unwrap_or_default();
+                let place = match i.expression.first().or(i.location.first()) {
+                    Some(place) => format!(" (at {place})"),
+                    None => String::new(),
+                };
                 format!(
-                    "{} {}: {}",
+                    "{} {}: {text}{place}",
                     i.severity.as_deref().unwrap_or("error"),
                     i.code.as_deref().unwrap_or("unknown"),
-                    text
                 )
             })
             .collect();
@@ -272,6 +285,12 @@ impl FhirClient {
         if settings.strict_search {
             headers.insert("Prefer", HeaderValue::from_static("handling=strict"));
         }
+        // Fresh answers: HAPI FHIR reuses the results of an identical search for a minute by
+        // default, so without this a run would not see what it (or anyone) just wrote.
+        headers.insert(
+            reqwest::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
         let http = http_client(settings, headers)?;
         let read_deadline = (settings.max_read_minutes > 0.0).then(|| {
             let budget = Duration::from_secs_f64(settings.max_read_minutes * 60.0);
@@ -566,6 +585,14 @@ mod tests {
     fn outcome_text_reads_issue_details() {
         let body = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"text":"bad param"}}]}"#;
         assert_eq!(outcome_text(body), "error invalid: bad param");
+        // Errors only, where there are errors, each with where it is.
+        let body = br#"{"resourceType":"OperationOutcome","issue":[
+            {"severity":"warning","code":"processing","diagnostics":"no narrative"},
+            {"severity":"error","code":"processing","diagnostics":"Bundle entry missing fullUrl","expression":["Bundle.entry[3]"]}]}"#;
+        assert_eq!(
+            outcome_text(body),
+            "error processing: Bundle entry missing fullUrl (at Bundle.entry[3])"
+        );
         assert_eq!(outcome_text(b"<html>oops</html>"), "<html>oops</html>");
     }
 

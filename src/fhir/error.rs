@@ -170,9 +170,17 @@ pub enum TokenError {
     NoAnswer(#[source] reqwest::Error),
     #[error("an answer over {0} bytes")]
     TooLarge(u64),
-    /// The OAuth error code (`invalid_client`) names the problem and holds no secret.
-    #[error("HTTP {status} {oauth_error}")]
-    Status { status: u16, oauth_error: String },
+    /// The OAuth error code (`invalid_client`) names the problem, and its description (from
+    /// the authorization server, for people) says what was wrong; neither holds a secret.
+    #[error("HTTP {status} {oauth_error}{}", match description.is_empty() {
+        true => String::new(),
+        false => format!(": {description}"),
+    })]
+    Status {
+        status: u16,
+        oauth_error: String,
+        description: String,
+    },
     #[error("the answer holds no access_token")]
     NoAccessToken(#[source] serde_json::Error),
     #[error("the SMART configuration holds no usable token_endpoint")]

@@ -2,5 +2,6 @@
 
 pub mod csv;
 pub mod detected_issue;
+pub mod plan;
 pub mod server;
 pub mod summary;

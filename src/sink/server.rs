@@ -13,32 +13,20 @@
 //! A patient whose transaction fails is reported with the server's OperationOutcome text, and
 //! the others go on.
 
-use super::detected_issue::{planned_issues, stable_id, PlannedIssue};
+use super::detected_issue::stable_id;
+use super::plan::{plan_everyone, transaction, Existing, Plan, Planner};
 use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::PatientFindings;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
 use crate::progress::Progress;
-use fhir_resources::{DeviceSpec, ProvenanceSpec};
+use fhir_resources::DeviceSpec;
 use futures::stream::{self, StreamExt};
 use reqwest::StatusCode;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
-
-/// The elements of a DetectedIssue the job owns; anything else on the server is kept.
-const OWNED_ELEMENTS: [&str; 9] = [
-    "status",
-    "code",
-    "severity",
-    "patient",
-    "identifiedDateTime",
-    "author",
-    "implicated",
-    "detail",
-    "reference",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteBackError {
@@ -133,22 +121,6 @@ pub struct WriteReport {
 }
 
 pub use super::summary::PatientFailure;
-
-/// A DetectedIssue of ours already on the server.
-struct Existing {
-    id: String,
-    version: Option<String>,
-    resource: Value,
-}
-
-fn owned_part(resource: &Value) -> Value {
-    Value::Object(
-        OWNED_ELEMENTS
-            .iter()
-            .filter_map(|k| resource.get(*k).map(|v| ((*k).to_owned(), v.clone())))
-            .collect(),
-    )
-}
 
 /// The job's Device: found by identifier, or created by conditional create. In a dry run it
 /// is only looked up.
@@ -261,6 +233,56 @@ pub fn identifier_in<'a>(resource: &'a Value, system: &str) -> Option<&'a str> {
         .as_str()
 }
 
+/// Of these references (`Type/id`), those whose target the server no longer has: one `_id`
+/// search per type and batch of ids.
+async fn vanished_references(
+    client: &FhirClient,
+    config: &Config,
+    references: &[&str],
+) -> Result<FxHashSet<String>, FhirError> {
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for reference in references {
+        if let Some((kind, id)) = reference.split_once('/') {
+            if crate::ingest::is_fhir_id(id) && kind.chars().all(|c| c.is_ascii_alphabetic()) {
+                by_type.entry(kind).or_default().push(id);
+            }
+        }
+    }
+    let mut vanished = FxHashSet::default();
+    for (kind, mut ids) in by_type {
+        ids.sort_unstable();
+        ids.dedup();
+        for batch in ids.chunks(config.server.patient_batch) {
+            let url = client.search_url(
+                kind,
+                &[
+                    ("_id", batch.join(",")),
+                    ("_count", batch.len().to_string()),
+                ],
+            );
+            let mut present = FxHashSet::default();
+            client
+                .search_all(url, |page| {
+                    for raw in &page.resources {
+                        if let Ok(resource) = serde_json::from_str::<Value>(raw.get()) {
+                            if let Some(id) = resource["id"].as_str() {
+                                present.insert(id.to_owned());
+                            }
+                        }
+                    }
+                })
+                .await?;
+            vanished.extend(
+                batch
+                    .iter()
+                    .filter(|id| !present.contains(**id))
+                    .map(|id| format!("{kind}/{id}")),
+            );
+        }
+    }
+    Ok(vanished)
+}
+
 /// Our DetectedIssues, by identifier value.
 async fn existing_issues(
     client: &FhirClient,
@@ -283,167 +305,6 @@ async fn existing_issues(
         }
     }
     Ok(found)
-}
-
-#[derive(Default)]
-struct Plan {
-    entries: Vec<Value>,
-    created: usize,
-    updated: usize,
-    cancelled: usize,
-    unchanged: usize,
-}
-
-fn provenance_entry(
-    target: &str,
-    content: &Value,
-    sources: &[String],
-    device: &str,
-    recorded: &str,
-) -> Result<Value, fhir_resources::BuildError> {
-    let id = stable_id(&format!("{target}\n{content}"));
-    let text = fhir_resources::provenance(&ProvenanceSpec {
-        id: &id,
-        target_reference: target,
-        recorded,
-        agent_reference: device,
-        source_references: sources,
-    })?;
-    let resource: Value = serde_json::from_str(&text).expect("built JSON parses");
-    Ok(json!({
-        "fullUrl": format!("urn:uuid:{}", uuid_from_hex(&id)),
-        "resource": resource,
-        "request": {"method": "PUT", "url": format!("Provenance/{id}")}
-    }))
-}
-
-/// A UUID-shaped string from 32 hex digits, for `urn:uuid:` full URLs.
-fn uuid_from_hex(hex: &str) -> String {
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
-/// Why one patient's entries could not be planned.
-#[derive(Debug, thiserror::Error)]
-enum PlanError {
-    #[error(transparent)]
-    Build(#[from] fhir_resources::BuildError),
-    /// Without a version there is no `If-Match`: a person's concurrent edit could be lost.
-    #[error("DetectedIssue/{0} has no meta.versionId on the server, so it cannot be updated safely (If-Match); it was left as it is")]
-    NoVersion(String),
-}
-
-/// A PUT of `resource` over an existing DetectedIssue, guarded by `If-Match` on the version
-/// read, and its Provenance.
-fn update_entries(
-    current: &Existing,
-    resource: Value,
-    sources: &[String],
-    device: &str,
-    recorded: &str,
-) -> Result<[Value; 2], PlanError> {
-    let Some(version) = &current.version else {
-        return Err(PlanError::NoVersion(current.id.clone()));
-    };
-    let target = format!("DetectedIssue/{}", current.id);
-    let request = json!({"method": "PUT", "url": target, "ifMatch": format!("W/\"{version}\"")});
-    let provenance = provenance_entry(&target, &owned_part(&resource), sources, device, recorded)?;
-    Ok([
-        json!({"resource": resource, "request": request}),
-        provenance,
-    ])
-}
-
-/// The entries that bring one patient's DetectedIssues in line with the findings.
-fn plan_patient(
-    planned: Vec<PlannedIssue>,
-    existing: &FxHashMap<String, Existing>,
-    ours_for_patient: Vec<String>,
-    config: &Config,
-    device: &str,
-    recorded: &str,
-) -> Result<Plan, PlanError> {
-    let system = &config.output.identifier_system;
-    let mut plan = Plan::default();
-    let mut wanted = rustc_hash::FxHashSet::default();
-    for issue in planned {
-        wanted.insert(issue.identifier.clone());
-        let desired: Value = serde_json::from_str(&issue.resource).expect("built JSON parses");
-        match existing.get(&issue.identifier) {
-            None => {
-                let full_url = format!("urn:uuid:{}", uuid_from_hex(&issue.identifier));
-                plan.entries.push(json!({
-                    "fullUrl": full_url,
-                    "resource": desired,
-                    "request": {
-                        "method": "POST",
-                        "url": "DetectedIssue",
-                        "ifNoneExist": format!("identifier={system}|{}", issue.identifier)
-                    }
-                }));
-                plan.entries.push(provenance_entry(
-                    &full_url,
-                    &owned_part(&desired),
-                    &issue.sources,
-                    device,
-                    recorded,
-                )?);
-                plan.created += 1;
-            }
-            Some(current) if owned_part(&current.resource) == owned_part(&desired) => {
-                plan.unchanged += 1;
-            }
-            Some(current) => {
-                let mut updated = current.resource.clone();
-                for key in OWNED_ELEMENTS {
-                    match desired.get(key) {
-                        Some(value) => updated[key] = value.clone(),
-                        None => {
-                            updated.as_object_mut().expect("an object").remove(key);
-                        }
-                    }
-                }
-                plan.entries.extend(update_entries(
-                    current,
-                    updated,
-                    &issue.sources,
-                    device,
-                    recorded,
-                )?);
-                plan.updated += 1;
-            }
-        }
-    }
-    for identifier in ours_for_patient {
-        if wanted.contains(&identifier) {
-            continue;
-        }
-        let Some(current) = existing.get(&identifier) else {
-            continue;
-        };
-        if current.resource["status"] == "cancelled" {
-            continue;
-        }
-        let mut cancelled = current.resource.clone();
-        cancelled["status"] = json!("cancelled");
-        let sources: Vec<String> = current.resource["implicated"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["reference"].as_str().map(str::to_owned))
-            .collect();
-        plan.entries.extend(update_entries(
-            current, cancelled, &sources, device, recorded,
-        )?);
-        plan.cancelled += 1;
-    }
-    Ok(plan)
 }
 
 /// Whether a DetectedIssue counts as active for the safety valve.
@@ -509,27 +370,35 @@ pub async fn write_back(
         device: device.clone(),
         ..WriteReport::default()
     };
-    let mut plans: Vec<(String, Result<Plan, PlanError>)> = patients
-        .iter()
-        .filter(|patient| !untouchable.contains(patient.patient_id.as_str()))
-        .map(|patient| {
-            let plan = planned_issues(patient, config, &device, false)
-                .map_err(PlanError::from)
-                .and_then(|planned| {
-                    let mut ours = by_patient.remove(&patient.patient_id).unwrap_or_default();
-                    ours.sort();
-                    plan_patient(planned, &existing, ours, config, &device, recorded)
-                });
-            (patient.patient_id.clone(), plan)
-        })
-        .collect();
-    // Patients with DetectedIssues of ours but no findings any more: each is cancelled.
-    let mut without_findings: Vec<(String, Vec<String>)> = by_patient.into_iter().collect();
-    without_findings.sort();
-    for (patient_id, mut ours) in without_findings {
+    for ours in by_patient.values_mut() {
         ours.sort();
-        let plan = plan_patient(Vec::new(), &existing, ours, config, &device, recorded);
-        plans.push((patient_id, plan));
+    }
+    let base = client.base().to_string();
+    let mut planner = Planner {
+        existing: &existing,
+        config,
+        device: &device,
+        recorded,
+        base: &base,
+        vanished: FxHashSet::default(),
+    };
+    let mut plans = plan_everyone(&planner, patients, &untouchable, &by_patient);
+    // A cancellation that implicates a resource since deleted would be refused by a server
+    // that checks references on write: planned again without those references.
+    let implicated: Vec<&str> = plans
+        .iter()
+        .filter_map(|(_, plan)| plan.as_ref().ok())
+        .flat_map(|plan| plan.cancelled_references.iter().map(String::as_str))
+        .collect();
+    if !implicated.is_empty() {
+        planner.vanished = vanished_references(client, config, &implicated).await?;
+        if !planner.vanished.is_empty() {
+            tracing::info!(
+                references = planner.vanished.len(),
+                "cancellations drop references to resources deleted from the server"
+            );
+            plans = plan_everyone(&planner, patients, &untouchable, &by_patient);
+        }
     }
     let mut bundles = Vec::new();
     for (patient_id, plan) in plans {
@@ -572,10 +441,6 @@ pub async fn write_back(
         .failed
         .sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
     Ok(report)
-}
-
-fn transaction(entries: Vec<Value>) -> Value {
-    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
 /// A dry run: each patient's Bundle saved whole (0600) under a name that cannot collide (the

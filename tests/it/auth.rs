@@ -224,7 +224,9 @@ async fn a_401_renews_the_token_once() {
 #[tokio::test]
 async fn a_failing_token_endpoint_is_a_clear_error_without_secrets() {
     let server = MockServer::start().await;
-    let refusal = ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_client"}));
+    let refusal = ResponseTemplate::new(400).set_body_json(
+        json!({"error": "invalid_client", "error_description": "unknown key\nid key-1"}),
+    );
     answer(&server, "POST", "/token", refusal, None).await;
     let endpoint = token_endpoint(&server);
     let error = read_patients(
@@ -236,7 +238,7 @@ async fn a_failing_token_endpoint_is_a_clear_error_without_secrets() {
     assert!(matches!(error, FhirError::Token { .. }), "{error}");
     assert_eq!(
         chain(&error),
-        format!("cannot get an access token from {endpoint}: HTTP 400 invalid_client")
+        format!("cannot get an access token from {endpoint}: HTTP 400 invalid_client: unknown key id key-1")
     );
     // No FHIR request went out without a token.
     assert!(requests_to(&server, "/fhir/Patient").await.is_empty());

@@ -1,12 +1,11 @@
 //! Helpers of the integration tests, in one place: the binary and the demo folder, hand-built
-//! patient timelines for the rule tests (dates are days relative to the TARE), and private
-//! FHIR servers with the seeding and reading the server tests need.
+//! patient timelines for the rule tests (dates are days relative to the TARE), generated
+//! cohorts and runs for the server tests (the servers themselves are in `servers`).
 
 use assert_cmd::Command;
 use chrono::{Duration, NaiveDate};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use tare_marker_monitor::config::Config;
 use tare_marker_monitor::domain::{
     Censoring, EpisodeFindings, Flag, FlagCode, Marker, MarkerCourse, MarkerValue, PatientFindings,
@@ -192,63 +191,7 @@ pub fn flag_codes(findings: &PatientFindings) -> Vec<&'static str> {
         .collect()
 }
 
-// ---- private FHIR servers ----
-
-pub const FLAG_SYSTEM: &str = "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id";
-
-/// A running HFS with an in-memory database, stopped (by PID) when dropped.
-pub struct Hfs {
-    pub base: String,
-    child: Child,
-}
-
-impl Drop for Hfs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts a private HFS; `None` (the test says it is skipped) outside CI without one.
-pub async fn start_hfs() -> Option<Hfs> {
-    let (Ok(bin), Ok(data)) = (
-        std::env::var("TMM_TEST_HFS_BIN"),
-        std::env::var("TMM_TEST_HFS_DATA"),
-    ) else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("TMM_TEST_HFS_BIN / TMM_TEST_HFS_DATA not set: .ci/run must set them");
-        }
-        eprintln!("TMM_TEST_HFS_BIN not set: skipping (run bash .ci/run)");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = std::process::Command::new(bin)
-        .args(["--port", &port.to_string(), "--database-url", ":memory:"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("HFS_BASE_URL", &base)
-        .env("HFS_UI_ENABLED", "false")
-        .env("HFS_VALIDATION_MODE", "enforce")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let hfs = Hfs { base, child };
-    for _ in 0..240 {
-        if let Ok(response) = reqwest::get(format!("{}/metadata", hfs.base)).await {
-            if response.status().is_success() {
-                return Some(hfs);
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    panic!("the private HFS on {} did not answer /metadata", hfs.base);
-}
+// ---- generated cohorts and runs against servers ----
 
 /// A generated cohort's resources (Patient, Condition, Procedure, Observation order).
 pub fn generated(patients: usize, seed: u64) -> Vec<Value> {
@@ -274,107 +217,6 @@ pub fn generated(patients: usize, seed: u64) -> Vec<Value> {
         );
     }
     resources
-}
-
-/// A `batch` Bundle of one PUT per resource (at `Type/id`).
-pub fn batch_of_puts(resources: &[Value]) -> Value {
-    let entries: Vec<Value> = resources
-        .iter()
-        .map(|r| {
-            let url = format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap(),
-                r["id"].as_str().unwrap()
-            );
-            json!({"resource": r, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
-}
-
-/// Sends a batch of PUTs, one per resource; every one must be accepted.
-pub async fn put_all(base: &str, resources: &[Value]) {
-    let http = reqwest::Client::new();
-    for chunk in resources.chunks(200) {
-        let bundle = batch_of_puts(chunk);
-        let reply: Value = loop {
-            let response = http
-                .post(base)
-                .header("Content-Type", "application/fhir+json")
-                .body(bundle.to_string())
-                .send()
-                .await
-                .unwrap();
-            if response.status().as_u16() == 503 {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
-            }
-            assert!(
-                response.status().is_success(),
-                "batch: HTTP {}",
-                response.status()
-            );
-            break serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-        };
-        for entry in reply["entry"].as_array().unwrap() {
-            let status = entry["response"]["status"].as_str().unwrap_or("");
-            assert!(status.starts_with('2'), "rejected: {entry}");
-        }
-    }
-}
-
-/// GET with the patience the job has: HFS answers 503 while its database is busy writing.
-pub async fn get_json(url: &str) -> Value {
-    for _ in 0..100 {
-        let response = reqwest::Client::new()
-            .get(url)
-            .header("Accept", "application/fhir+json")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        if status == 503 || status == 429 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        }
-        assert!(response.status().is_success(), "{url}: HTTP {status}");
-        return serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    }
-    panic!("{url}: still busy after 100 tries");
-}
-
-/// Our DetectedIssues on the server by identifier value: (patient, status, owned content).
-pub async fn our_issues(base: &str) -> std::collections::BTreeMap<String, (String, String, Value)> {
-    let mut found = std::collections::BTreeMap::new();
-    let mut url = format!("{base}/DetectedIssue?identifier={FLAG_SYSTEM}|&_count=500");
-    loop {
-        let page = get_json(&url).await;
-        for entry in page["entry"].as_array().into_iter().flatten() {
-            let r = &entry["resource"];
-            let identifier = r["identifier"][0]["value"].as_str().unwrap().to_owned();
-            let patient = r["patient"]["reference"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("Patient/")
-                .to_owned();
-            let content = json!({"code": r["code"], "severity": r["severity"], "detail": r["detail"],
-                "identified": r["identifiedDateTime"], "implicated": r["implicated"]});
-            let previous = found.insert(
-                identifier,
-                (patient, r["status"].as_str().unwrap().to_owned(), content),
-            );
-            assert!(previous.is_none(), "duplicate DetectedIssue");
-        }
-        match page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
-            None => return found,
-        }
-    }
 }
 
 /// Runs the binary as a user would, as of 2026-11-01; panics with its stderr unless it exits

@@ -14,4 +14,6 @@ mod report;
 mod rules;
 mod schedule;
 mod server;
+mod servers;
+mod smart;
 mod tls;

@@ -1,17 +1,21 @@
-//! Nightly and on-demand runs against a real FHIR server (a private HFS per test, since full
-//! runs reconcile every patient on the server): incremental runs after random changes leave
-//! the server as a full run would; a cohort run touches only its patients; shards together
-//! write what one run writes.
+//! Nightly and on-demand runs against a real FHIR server, on each server of `servers` (an empty
+//! one per test, since full runs reconcile every patient on the server): incremental runs after
+//! random changes leave the server as a full run would; a cohort run touches only its patients;
+//! shards together write what one run writes; the report shows the flag trail; the safety valve
+//! holds when a run reads no TARE patient.
 
 use crate::helpers::*;
+use crate::servers::{
+    delete, get_json, on_each_server, our_issues, patient_of, put_all, TestServer, FLAG_SYSTEM,
+};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const PIVKA: &str = "34444-0";
-/// HFS answers every export status poll with `Retry-After: 120`, even for an export that is
-/// ready within a second: the tests poll every second instead.
+/// Servers answer export status polls with `Retry-After: 120` (HFS, even for an export that
+/// is ready within a second) or more: the tests poll every second instead.
 const POLL_FAST: &str = "export_max_poll_interval_secs = 1\n";
 /// Every flag written, the time-dependent low `surveillance-overdue` included, so the server
 /// shows whether an incremental run re-evaluated everyone whose findings moved with the date.
@@ -23,7 +27,7 @@ fn observation(id: &str, patient: &str, day: &str, value: f64) -> Value {
         "code": {"coding": [{"system": "http://loinc.org", "code": PIVKA}]},
         "subject": {"reference": format!("Patient/{patient}")},
         "effectiveDateTime": format!("{day}T09:00:00Z"),
-        "valueQuantity": {"value": value, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}
+        "valueQuantity": {"value": value, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
     })
 }
 
@@ -114,25 +118,35 @@ fn random_change(
     changed
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn incremental_runs_after_random_changes_leave_the_server_as_a_full_run_would() {
-    incremental_runs_match_full_runs("search").await;
+on_each_server!(
+    incremental_runs_after_random_changes_leave_the_server_as_a_full_run_would,
+    incremental_runs_through_bulk_export_since_leave_the_server_as_a_full_run_would,
+    a_cohort_run_evaluates_and_writes_for_exactly_its_patients,
+    shards_on_the_server_together_write_what_one_run_writes,
+    the_report_on_the_server_shows_the_flag_trail_with_status_and_annotations,
+    a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why,
+);
+
+async fn incremental_runs_after_random_changes_leave_the_server_as_a_full_run_would(
+    server: TestServer,
+) {
+    incremental_runs_match_full_runs(server, "search").await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn incremental_runs_through_bulk_export_since_leave_the_server_as_a_full_run_would() {
-    incremental_runs_match_full_runs("export").await;
+async fn incremental_runs_through_bulk_export_since_leave_the_server_as_a_full_run_would(
+    server: TestServer,
+) {
+    incremental_runs_match_full_runs(server, "export").await;
 }
 
 /// Random changes between runs; after each incremental run (reading with `read_with`), a
 /// stateless full run by search finds nothing left to change.
-async fn incremental_runs_match_full_runs(read_with: &str) {
-    let Some(hfs) = start_hfs().await else { return };
+async fn incremental_runs_match_full_runs(server: TestServer, read_with: &str) {
     let mut data = generated(40, 21);
     // Never changed after this: its PIVKA-II was next due 2026-12-14 (last value + 90 days), so
     // surveillance-overdue starts on 2026-12-29 with no new data (the third round's date).
     data.extend(new_patient("steady"));
-    put_all(&hfs.base, &data).await;
+    put_all(&server.base, &data).await;
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state.json");
     // No overlap: the changes of this test come seconds after each run.
@@ -145,10 +159,10 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
     let stateless = work.path().join("stateless");
     std::fs::create_dir(&stateless).unwrap();
     let full_config = config_file(&stateless, ALL_FLAGS);
-    let server = ["--server", &hfs.base, "--config"];
+    let server_args = ["--server", &server.base, "--config"];
 
     let first = run_ok(
-        &[&server[..], &[config.to_str().unwrap()]].concat(),
+        &[&server_args[..], &[config.to_str().unwrap()]].concat(),
         &work.path().join("run-0"),
     );
     assert_eq!(first["mode"], "full");
@@ -174,14 +188,14 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
             .collect();
         // Strictly after the previous run's start (the watermark), in the server's clock.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        put_all(&hfs.base, &changes_now).await;
+        put_all(&server.base, &changes_now).await;
         let before = first_state_watermark(&state);
         // Each night a few weeks later: surveillance-overdue flags start, count on and end.
         let as_of = (chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
             + chrono::Duration::days(25 * round as i64))
         .to_string();
         let summary = run_ok_as_of(
-            &[&server[..], &[config.to_str().unwrap()]].concat(),
+            &[&server_args[..], &[config.to_str().unwrap()]].concat(),
             &work.path().join(format!("run-{round}")),
             &as_of,
         );
@@ -201,7 +215,7 @@ async fn incremental_runs_match_full_runs(read_with: &str) {
         // A full run (no state) now finds nothing to change: the server is as it would have it.
         let full = run_ok_as_of(
             &[
-                &["--server", &hfs.base, "--config"][..],
+                &["--server", &server.base, "--config"][..],
                 &[full_config.to_str().unwrap()],
             ]
             .concat(),
@@ -223,9 +237,7 @@ fn first_state_watermark(state: &std::path::Path) -> Value {
     state["watermark"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
-    let Some(hfs) = start_hfs().await else { return };
+async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients(server: TestServer) {
     let mut data = generated(12, 5);
     // Patient identifiers (MRNs), to be found by the cohort file.
     for resource in data.iter_mut().filter(|r| r["resourceType"] == "Patient") {
@@ -242,7 +254,7 @@ async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
         json!({"resourceType": "Group", "id": "tare-review", "type": "person", "actual": true,
         "member": [{"entity": {"reference": format!("Patient/{}", ids[2])}}]}),
     );
-    put_all(&hfs.base, &data).await;
+    put_all(&server.base, &data).await;
     let work = tempfile::tempdir().unwrap();
     let cohort = work.path().join("cohort.txt");
     std::fs::write(
@@ -253,7 +265,7 @@ async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
     let summary = run_ok(
         &[
             "--server",
-            &hfs.base,
+            &server.base,
             "--patient",
             &ids[0],
             "--cohort",
@@ -273,12 +285,12 @@ async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
         ])
     );
     let chosen: std::collections::BTreeSet<&str> = ids[..3].iter().map(String::as_str).collect();
-    let issues = our_issues(&hfs.base).await;
+    let issues = our_issues(&server.base).await;
     assert!(!issues.is_empty());
     assert!(
         issues
             .values()
-            .all(|(patient, _, _)| chosen.contains(patient.as_str())),
+            .all(|issue| chosen.contains(patient_of(issue))),
         "{issues:?}"
     );
     let markers = std::fs::read_to_string(work.path().join("cohort-run/markers.csv")).unwrap();
@@ -290,24 +302,22 @@ async fn a_cohort_run_evaluates_and_writes_for_exactly_its_patients() {
     assert!(rows.iter().all(|p| chosen.contains(p)), "{rows:?}");
 
     // A full run afterwards leaves the cohort's DetectedIssues alone and adds the others'.
-    let full = run_ok(&["--server", &hfs.base], &work.path().join("full"));
+    let full = run_ok(&["--server", &server.base], &work.path().join("full"));
     let (created, updated, cancelled) = changes(&full);
     assert_eq!((updated, cancelled), (0, 0));
     assert_eq!(
         created as usize + issues.len(),
-        our_issues(&hfs.base).await.len()
+        our_issues(&server.base).await.len()
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shards_on_the_server_together_write_what_one_run_writes() {
-    let Some(hfs) = start_hfs().await else { return };
-    put_all(&hfs.base, &generated(30, 8)).await;
+async fn shards_on_the_server_together_write_what_one_run_writes(server: TestServer) {
+    put_all(&server.base, &generated(30, 8)).await;
     let work = tempfile::tempdir().unwrap();
     let mut parts = Vec::new();
     for shard in ["0/3", "1/3", "2/3"] {
         let dir = work.path().join(format!("part-{}", &shard[..1]));
-        let summary = run_ok(&["--server", &hfs.base, "--shard", shard], &dir);
+        let summary = run_ok(&["--server", &server.base, "--shard", shard], &dir);
         assert_eq!(summary["shard"], shard);
         parts.push(dir);
     }
@@ -321,7 +331,7 @@ async fn shards_on_the_server_together_write_what_one_run_writes() {
         .success();
     // One unsharded run finds everything written, and reports what the shards reported.
     let single = work.path().join("single");
-    let full = run_ok(&["--server", &hfs.base], &single);
+    let full = run_ok(&["--server", &server.base], &single);
     assert_eq!(changes(&full), (0, 0, 0));
     for name in ["markers.csv", "flags.csv"] {
         assert_eq!(
@@ -338,21 +348,24 @@ async fn shards_on_the_server_together_write_what_one_run_writes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotations() {
-    let Some(hfs) = start_hfs().await else { return };
+async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotations(
+    server: TestServer,
+) {
     let mut data = new_patient("trail-a");
     data.extend(new_patient("trail-b"));
-    put_all(&hfs.base, &data).await;
+    put_all(&server.base, &data).await;
     let work = tempfile::tempdir().unwrap();
-    run_ok(&["--server", &hfs.base], &work.path().join("run-1"));
-    let issues = our_issues(&hfs.base).await;
+    run_ok(&["--server", &server.base], &work.path().join("run-1"));
+    let issues = our_issues(&server.base).await;
     assert_eq!(issues.len(), 2, "{issues:?}");
     // A clinician annotates trail-a's DetectedIssue ...
-    let (identifier_a, _) = issues.iter().find(|(_, (p, _, _))| p == "trail-a").unwrap();
+    let (identifier_a, _) = issues
+        .iter()
+        .find(|(_, issue)| patient_of(issue) == "trail-a")
+        .unwrap();
     let search = get_json(&format!(
-        "{}/DetectedIssue?identifier={FLAG_SYSTEM}|{identifier_a}",
-        hfs.base
+        "{}/DetectedIssue?identifier={FLAG_SYSTEM}%7C{identifier_a}",
+        server.base
     ))
     .await;
     let mut annotated = search["entry"][0]["resource"].clone();
@@ -360,20 +373,23 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
         json!([{"action": {"text": "MRI booked <b>urgently</b>"}, "date": "2026-10-20"}]);
     let url = format!(
         "{}/DetectedIssue/{}",
-        hfs.base,
+        server.base,
         annotated["id"].as_str().unwrap()
     );
-    put_all(&hfs.base, &[annotated]).await;
+    put_all(&server.base, &[annotated]).await;
     let _ = url;
     // ... and trail-b's rise ends with a new low value: cancelled by the next run.
     put_all(
-        &hfs.base,
+        &server.base,
         &[observation("trail-b-o4", "trail-b", "2026-10-01", 300.0)],
     )
     .await;
-    run_ok(&["--server", &hfs.base], &work.path().join("run-2"));
+    run_ok(&["--server", &server.base], &work.path().join("run-2"));
 
-    let out = job_ok("report", &["--server", &hfs.base, "--from", "2026-09-01"]);
+    let out = job_ok(
+        "report",
+        &["--server", &server.base, "--from", "2026-09-01"],
+    );
     let out = out.path();
     let trail: Vec<csv::StringRecord> = csv::Reader::from_path(out.join("report-flag-trail.csv"))
         .unwrap()
@@ -397,47 +413,25 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("MRI booked &lt;b&gt;urgently&lt;/b&gt;"));
     // A range that ends before the flags were identified holds none of them.
-    let early = job_ok("report", &["--server", &hfs.base, "--to", "2026-08-01"]);
+    let early = job_ok("report", &["--server", &server.base, "--to", "2026-08-01"]);
     let rows = std::fs::read_to_string(early.path().join("report-flag-trail.csv")).unwrap();
     assert_eq!(rows.lines().count(), 1, "{rows}");
 }
 
-/// DELETEs a resource, with the patience HFS needs while it is busy writing.
-async fn delete(url: &str) {
-    for _ in 0..100 {
-        let status = reqwest::Client::new()
-            .delete(url)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 503 || status == 429 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        }
-        assert!((200..300).contains(&status), "DELETE {url}: HTTP {status}");
-        return;
-    }
-    panic!("{url}: still busy after 100 tries");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
-    let Some(hfs) = start_hfs().await else { return };
+async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why(server: TestServer) {
     let data = generated(12, 7);
-    put_all(&hfs.base, &data).await;
+    put_all(&server.base, &data).await;
     let work = tempfile::tempdir().unwrap();
-    let first = run_ok(&["--server", &hfs.base], &work.path().join("first"));
+    let first = run_ok(&["--server", &server.base], &work.path().join("first"));
     let (created, _, _) = changes(&first);
     assert!(created > 0, "the cohort has flags to write");
-    let before = our_issues(&hfs.base).await;
+    let before = our_issues(&server.base).await;
 
     // The TARE Procedures disappear (a changed code list, a permission change...).
     for procedure in data.iter().filter(|r| r["resourceType"] == "Procedure") {
         delete(&format!(
             "{}/Procedure/{}",
-            hfs.base,
+            server.base,
             procedure["id"].as_str().unwrap()
         ))
         .await;
@@ -447,7 +441,7 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
         .args([
             "run",
             "--server",
-            &hfs.base,
+            &server.base,
             "--as-of",
             "2026-11-01",
             "--out",
@@ -468,7 +462,7 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
     assert!(stderr.contains("nothing was written"), "{stderr}");
     assert!(stderr.contains("--allow-mass-cancel"), "{stderr}");
     // Nothing on the server moved.
-    assert_eq!(our_issues(&hfs.base).await, before);
+    assert_eq!(our_issues(&server.base).await, before);
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
             .unwrap();
@@ -480,7 +474,7 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why() {
 
     // An operator who means it.
     let third = run_ok(
-        &["--server", &hfs.base, "--allow-mass-cancel"],
+        &["--server", &server.base, "--allow-mass-cancel"],
         &work.path().join("third"),
     );
     assert_eq!(changes(&third), (0, 0, before.len() as u64));

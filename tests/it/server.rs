@@ -1,26 +1,13 @@
-//! Against a real FHIR server: the Helios FHIR Server that `.ci/run` installs and starts, named
-//! by TMM_TEST_FHIR_URL. Outside CI, without that variable, these tests say so and stop; in CI
-//! (CI=true) a missing server is a failure.
+//! Reading from and writing back to a real FHIR server, on each server of `servers`: the
+//! server as a source gives what files give, write-back is idempotent and survives SIGKILL, a
+//! clinician's annotation is kept, a flag that ends is cancelled. And an independent judge of
+//! what the job writes: HAPI's `$validate`.
 
-use crate::helpers::{batch_of_puts, demo, generated, get_json, job, job_ok, read, FLAG_SYSTEM};
+use crate::helpers::{demo, generated, job, job_ok, read};
+use crate::servers::{get_json, on_each_server, our_issues, patient_of, seed, try_put, TestServer};
 
 use serde_json::{json, Value};
 use std::path::Path;
-
-fn server_url() -> Option<String> {
-    match std::env::var("TMM_TEST_FHIR_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("TMM_TEST_FHIR_URL is not set: .ci/run must start the FHIR server")
-        }
-        _ => {
-            eprintln!(
-                "TMM_TEST_FHIR_URL not set: skipping the FHIR server test (run bash .ci/run)"
-            );
-            None
-        }
-    }
-}
 
 /// Every demo resource that is valid JSON of its file's type.
 fn demo_resources() -> Vec<Value> {
@@ -36,37 +23,6 @@ fn demo_resources() -> Vec<Value> {
         }
     }
     resources
-}
-
-/// Loads the resources with `batch` Bundles of PUTs; returns the ones the server accepted (its
-/// validator rejects a few of the deliberately broken demo resources).
-async fn seed(base: &str, resources: Vec<Value>) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let mut accepted = Vec::new();
-    for chunk in resources.chunks(100) {
-        let bundle = batch_of_puts(chunk);
-        let response = http
-            .post(base)
-            .header("Content-Type", "application/fhir+json")
-            .header("Accept", "application/fhir+json")
-            .body(bundle.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "batch: HTTP {}",
-            response.status()
-        );
-        let reply: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-        for (resource, entry) in chunk.iter().zip(reply["entry"].as_array().unwrap()) {
-            let status = entry["response"]["status"].as_str().unwrap_or("");
-            if status.starts_with('2') {
-                accepted.push(resource.clone());
-            }
-        }
-    }
-    accepted
 }
 
 fn write_folder(resources: &[Value]) -> tempfile::TempDir {
@@ -86,50 +42,6 @@ fn run(source: &[&str]) -> tempfile::TempDir {
     job_ok("run", source)
 }
 
-async fn put_json(url: &str, resource: &Value) {
-    let response = reqwest::Client::new()
-        .put(url)
-        .header("Content-Type", "application/fhir+json")
-        .body(resource.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{url}: HTTP {}",
-        response.status()
-    );
-}
-
-/// Our DetectedIssues on the server, by identifier value.
-async fn our_issues(base: &str) -> std::collections::BTreeMap<String, Value> {
-    let mut found = std::collections::BTreeMap::new();
-    let mut url = format!("{base}/DetectedIssue?identifier={FLAG_SYSTEM}|&_count=500");
-    loop {
-        let page = get_json(&url).await;
-        for entry in page["entry"].as_array().into_iter().flatten() {
-            let resource = entry["resource"].clone();
-            let identifier = resource["identifier"][0]["value"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            assert!(
-                found.insert(identifier, resource).is_none(),
-                "duplicate DetectedIssue"
-            );
-        }
-        match page["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
-            None => return found,
-        }
-    }
-}
-
 fn write_back_counts(out: &Path) -> (u64, u64, u64, u64) {
     let summary: Value = serde_json::from_str(&read(out, "run-summary.json")).unwrap();
     let w = &summary["write_back"];
@@ -142,14 +54,38 @@ fn write_back_counts(out: &Path) -> (u64, u64, u64, u64) {
     )
 }
 
-/// One test, in steps, because every run reconciles every patient on the shared server.
-#[tokio::test(flavor = "multi_thread")]
-async fn server_read_and_write_back_lifecycle() {
-    let Some(base) = server_url() else { return };
-    let accepted = seed(&base, demo_resources()).await;
-    // The three the validator rejects: a non-date effective time, an unknown comparator and
-    // an Observation without its required code.
-    assert_eq!(accepted.len(), demo_resources().len() - 3);
+on_each_server!(server_read_and_write_back_lifecycle);
+
+/// One test, in steps, each building on the server the previous one left.
+async fn server_read_and_write_back_lifecycle(server: TestServer) {
+    let base = server.base.clone();
+    let demo = demo_resources();
+    let accepted = seed(&base, &demo).await;
+    // Every validator refuses the demo's three broken resources (a non-date effective time, an
+    // unknown comparator, an Observation without its code); a server that enforces referential
+    // integrity on write (HAPI) also refuses what refers to a Patient that does not exist.
+    let broken = [
+        "demo-24-data-quality-obs17",
+        "demo-24-data-quality-obs24",
+        "demo-24-data-quality-broken",
+    ];
+    let patients: Vec<String> = demo
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .map(|r| format!("Patient/{}", r["id"].as_str().unwrap()))
+        .collect();
+    let refused: Vec<&Value> = demo.iter().filter(|r| !accepted.contains(r)).collect();
+    for id in broken {
+        assert!(refused.iter().any(|r| r["id"] == id), "{id} was accepted");
+    }
+    for resource in &refused {
+        let id = resource["id"].as_str().unwrap();
+        let subject = resource["subject"]["reference"].as_str().unwrap_or("");
+        assert!(
+            broken.contains(&id) || !patients.iter().any(|p| p == subject),
+            "{id} was refused"
+        );
+    }
 
     // 1. The server as source gives what the same resources give from files.
     let folder = write_folder(&accepted);
@@ -186,11 +122,7 @@ async fn server_read_and_write_back_lifecycle() {
             (
                 identifier.clone(),
                 (
-                    r["patient"]["reference"]
-                        .as_str()
-                        .unwrap()
-                        .trim_start_matches("Patient/")
-                        .to_owned(),
+                    patient_of(r).to_owned(),
                     r["code"]["coding"][0]["code"].as_str().unwrap().to_owned(),
                     r["severity"].as_str().unwrap().to_owned(),
                 ),
@@ -219,7 +151,7 @@ async fn server_read_and_write_back_lifecycle() {
     let mut annotated = rise.clone();
     annotated["mitigation"] = json!([{"action": {"text": "CT booked"}, "date": "2026-10-01"}]);
     let issue_url = format!("{base}/DetectedIssue/{}", rise["id"].as_str().unwrap());
-    put_json(&issue_url, &annotated).await;
+    assert!(try_put(&base, &annotated).await);
 
     // ... and a new, lower PIVKA-II value ends the rise: the job cancels the DetectedIssue and
     // keeps the annotation.
@@ -228,9 +160,9 @@ async fn server_read_and_write_back_lifecycle() {
         "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
         "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
         "effectiveDateTime": "2026-09-29T10:00:00Z",
-        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "mAU/mL"}
+        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
     });
-    put_json(&format!("{base}/Observation/demo-04-new-low"), &observation).await;
+    assert!(try_put(&base, &observation).await);
     let third = run(&["--server", &base]);
     let (created, updated, cancelled, _) = write_back_counts(third.path());
     assert_eq!((created, cancelled), (0, 1));
@@ -246,7 +178,7 @@ async fn server_read_and_write_back_lifecycle() {
     // the end: exactly one DetectedIssue per flag, the same as an uninterrupted run gives.
     let generated = generated(80, 9);
     let total = generated.len();
-    assert_eq!(seed(&base, generated).await.len(), total);
+    assert_eq!(seed(&base, &generated).await.len(), total);
     let binary = assert_cmd::cargo::cargo_bin("tare-marker-monitor");
     // Each round kills the job as soon as the server shows that its write-back has begun
     // (one more of our DetectedIssues than before), so the kill lands mid-write.
@@ -316,4 +248,114 @@ fn unreachable_server_exits_3_naming_it() {
         "{stderr}"
     );
     assert!(!out.path().join("markers.csv").exists());
+}
+
+/// POSTs `resource` to HAPI's `$validate` for its type (against the R4 base definitions); the
+/// error-level findings, each with where it is.
+async fn validation_errors(base: &str, resource: &Value) -> Vec<String> {
+    let url = format!(
+        "{base}/{}/$validate",
+        resource["resourceType"].as_str().unwrap()
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("Content-Type", "application/fhir+json")
+        .header("Accept", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    // 200 with the findings, or 412 when there are errors: either way an OperationOutcome.
+    let outcome: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        outcome["resourceType"], "OperationOutcome",
+        "{url}: {outcome}"
+    );
+    outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "error" || i["severity"] == "fatal")
+        .map(|i| format!("{} at {}", i["diagnostics"], i["expression"]))
+        .collect()
+}
+
+/// The transaction Bundles a dry run saved.
+fn saved_transactions(out: &Path) -> Vec<Value> {
+    let mut bundles = Vec::new();
+    for entry in std::fs::read_dir(out.join("transactions")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            bundles.push(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap());
+        }
+    }
+    bundles
+}
+
+/// An independent judge: HAPI's `$validate` finds no error in any kind of resource the job
+/// writes (Device, DetectedIssue, Provenance) nor in its transaction Bundles, those that create
+/// and those that update and cancel.
+#[tokio::test(flavor = "multi_thread")]
+async fn hapi_validate_finds_no_error_in_anything_the_job_writes() {
+    let Some(server) = TestServer::start(crate::servers::Kind::Hapi).await else {
+        return;
+    };
+    let base = server.base.clone();
+    seed(&base, &demo_resources()).await;
+    let creating = run(&["--server", &base, "--dry-run"]);
+    run(&["--server", &base]);
+    // A lower PIVKA-II value ends demo-04's rise: the next run would cancel and update.
+    let observation = json!({
+        "resourceType": "Observation", "id": "demo-04-new-low", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+        "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
+        "effectiveDateTime": "2026-09-29T10:00:00Z",
+        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
+    });
+    assert!(try_put(&base, &observation).await);
+    let updating = run(&["--server", &base, "--dry-run"]);
+
+    let written = read(creating.path(), "detected-issues.ndjson");
+    let mut resources: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let creates = saved_transactions(creating.path());
+    let updates = saved_transactions(updating.path());
+    // Conditional creates in the first; a cancellation (an update guarded by If-Match) in the
+    // second.
+    let entries = |bundles: &[Value]| -> Vec<Value> {
+        bundles
+            .iter()
+            .flat_map(|b| b["entry"].as_array().unwrap().clone())
+            .collect()
+    };
+    assert!(entries(&creates)
+        .iter()
+        .any(|e| e["request"]["ifNoneExist"].is_string()));
+    assert!(entries(&updates)
+        .iter()
+        .any(|e| e["request"]["ifMatch"].is_string() && e["resource"]["status"] == "cancelled"));
+    resources.extend(creates);
+    resources.extend(updates);
+    let kinds: std::collections::BTreeSet<&str> = resources
+        .iter()
+        .map(|r| r["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Bundle", "DetectedIssue", "Device", "Provenance"].into()
+    );
+    // The judge is awake: a DetectedIssue with an unknown status has an error.
+    let broken = json!({"resourceType": "DetectedIssue", "status": "bogus"});
+    assert!(!validation_errors(&base, &broken).await.is_empty());
+    for resource in &resources {
+        let errors = validation_errors(&base, resource).await;
+        assert!(
+            errors.is_empty(),
+            "{} {}: {errors:?}",
+            resource["resourceType"],
+            resource["id"]
+        );
+    }
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The HAPI FHIR JPA server of the tests (tests/servers/hapi: R4, in-memory H2, Bulk Data $export,
+# every write validated against the R4 core definitions).
+#
+#   tests/servers/hapi.sh build        builds the jar when missing; prints its path
+#   tests/servers/hapi.sh start PORT   builds when missing, starts it on 127.0.0.1:PORT, waits
+#                                      for /metadata, prints the FHIR base URL on its last line
+#   tests/servers/hapi.sh stop         stops the server this script started (by its PID)
+#
+# The jar is cached outside the repository, under $HAPI_CACHE (default ~/.cache/tare-hapi), keyed
+# by the hash of the project's files (pom.xml and sources), so a second start takes seconds.
+# HAPI_JAVA_OPTS sets the JVM's options (default -Xmx2g; a benchmark holding 5,000 patients wants
+# more). The server's log is $HAPI_CACHE/hapi-PORT.log.
+set -euo pipefail
+
+PROJECT="$(cd "$(dirname "$0")/hapi" && pwd)"
+CACHE=${HAPI_CACHE:-$HOME/.cache/tare-hapi}
+PID_FILE="$CACHE/hapi.pid"
+
+project_hash() {
+    (cd "$PROJECT" && find pom.xml src -type f -print0 | sort -z | xargs -0 sha256sum) |
+        sha256sum | cut -c1-16
+}
+
+build() {
+    local jar="$CACHE/$(project_hash)/tare-test-hapi-server.jar"
+    if [ ! -s "$jar" ]; then
+        echo "building the HAPI FHIR test server (Maven; first time about 5 minutes)" >&2
+        local work
+        work=$(mktemp -d)
+        # Built in a copy, so the repository stays clean and an interrupted build leaves no jar.
+        cp -r "$PROJECT/pom.xml" "$PROJECT/src" "$work/"
+        if ! (cd "$work" && mvn -q -B -DskipTests package >"$work/build.log" 2>&1); then
+            tail -40 "$work/build.log" >&2
+            echo "the HAPI FHIR test server did not build (log above)" >&2
+            exit 1
+        fi
+        mkdir -p "$(dirname "$jar")"
+        mv "$work/target/tare-test-hapi-server.jar" "$jar.partial"
+        mv "$jar.partial" "$jar"
+        rm -rf "$work"
+    fi
+    echo "$jar"
+}
+
+start() {
+    local port=$1
+    local jar log pid
+    jar=$(build)
+    log="$CACHE/hapi-$port.log"
+    if [ -s "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+        echo "a HAPI server started by this script is running (PID $(cat "$PID_FILE")): stop it first" >&2
+        exit 1
+    fi
+    # shellcheck disable=SC2086 # HAPI_JAVA_OPTS is a list of options
+    nohup java ${HAPI_JAVA_OPTS:--Xmx2g} -jar "$jar" --server.port="$port" >"$log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+    local base="http://127.0.0.1:$port/fhir"
+    for _ in $(seq 300); do
+        if curl -fsS -o /dev/null "$base/metadata" 2>/dev/null; then
+            echo "HAPI FHIR up on port $port (PID $pid, log $log)" >&2
+            echo "$base"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -40 "$log" >&2
+            echo "the HAPI FHIR server exited (log above)" >&2
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        sleep 1
+    done
+    tail -40 "$log" >&2
+    echo "the HAPI FHIR server did not answer $base/metadata within 300 s" >&2
+    stop
+    exit 1
+}
+
+stop() {
+    if [ -s "$PID_FILE" ]; then
+        local pid
+        pid=$(cat "$PID_FILE")
+        kill "$pid" 2>/dev/null || true
+        # Up to 30 s for a clean shutdown, then no more patience.
+        for _ in $(seq 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$PID_FILE"
+    fi
+}
+
+mkdir -p "$CACHE"
+case "${1:-}" in
+    build) build ;;
+    start) [ $# -eq 2 ] || { echo "usage: $0 start PORT" >&2; exit 2; }; start "$2" ;;
+    stop) stop ;;
+    *) echo "usage: $0 build | start PORT | stop" >&2; exit 2 ;;
+esac
