@@ -27,10 +27,11 @@ def main():
             "subject": {"reference": f"Patient/{patient}"},
             "effectiveDateTime": "2026-10-30T09:00:00Z",
             "valueQuantity": {"value": rng.choice([12.0, 4800.0, 61000.0]), "unit": "mAU/mL",
-                              "system": "http://unitsofmeasure.org", "code": "mAU/mL"},
+                              "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"},
         }
-        entries.append({"resource": observation,
-                        "request": {"method": "PUT", "url": f"Observation/{observation['id']}"}})
+        url = f"Observation/{observation['id']}"
+        entries.append({"fullUrl": f"{base.rstrip('/')}/{url}", "resource": observation,
+                        "request": {"method": "PUT", "url": url}})
     body = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}).encode()
     request = urllib.request.Request(base, data=body, method="POST",
                                      headers={"Content-Type": "application/fhir+json"})

@@ -5,17 +5,18 @@
 #   tests/servers/hapi.sh build        builds the jar when missing; prints its path
 #   tests/servers/hapi.sh start PORT   builds when missing, starts it on 127.0.0.1:PORT, waits
 #                                      for /metadata, prints the FHIR base URL on its last line
-#   tests/servers/hapi.sh stop         stops the server this script started (by its PID)
+#   tests/servers/hapi.sh stop [PORT]  stops the server this script started on PORT, or every
+#                                      one it started (by PID)
 #
 # The jar is cached outside the repository, under $HAPI_CACHE (default ~/.cache/tare-hapi), keyed
 # by the hash of the project's files (pom.xml and sources), so a second start takes seconds.
 # HAPI_JAVA_OPTS sets the JVM's options (default -Xmx2g; a benchmark holding 5,000 patients wants
-# more). The server's log is $HAPI_CACHE/hapi-PORT.log.
+# more); HAPI_ARGS adds Spring arguments (`--tare.validate-writes=false` turns request validation
+# off, for loading benchmark data). The server's log is $HAPI_CACHE/hapi-PORT.log.
 set -euo pipefail
 
 PROJECT="$(cd "$(dirname "$0")/hapi" && pwd)"
 CACHE=${HAPI_CACHE:-$HOME/.cache/tare-hapi}
-PID_FILE="$CACHE/hapi.pid"
 
 project_hash() {
     (cd "$PROJECT" && find pom.xml src -type f -print0 | sort -z | xargs -0 sha256sum) |
@@ -48,14 +49,15 @@ start() {
     local jar log pid
     jar=$(build)
     log="$CACHE/hapi-$port.log"
-    if [ -s "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
-        echo "a HAPI server started by this script is running (PID $(cat "$PID_FILE")): stop it first" >&2
+    local pid_file="$CACHE/hapi-$port.pid"
+    if [ -s "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+        echo "a HAPI server started by this script runs on port $port (PID $(cat "$pid_file"))" >&2
         exit 1
     fi
-    # shellcheck disable=SC2086 # HAPI_JAVA_OPTS is a list of options
-    nohup java ${HAPI_JAVA_OPTS:--Xmx2g} -jar "$jar" --server.port="$port" >"$log" 2>&1 &
+    # shellcheck disable=SC2086 # HAPI_JAVA_OPTS and HAPI_ARGS are lists
+    nohup java ${HAPI_JAVA_OPTS:--Xmx2g} -jar "$jar" --server.port="$port" ${HAPI_ARGS:-} >"$log" 2>&1 &
     pid=$!
-    echo "$pid" >"$PID_FILE"
+    echo "$pid" >"$pid_file"
     local base="http://127.0.0.1:$port/fhir"
     for _ in $(seq 300); do
         if curl -fsS -o /dev/null "$base/metadata" 2>/dev/null; then
@@ -66,21 +68,22 @@ start() {
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -40 "$log" >&2
             echo "the HAPI FHIR server exited (log above)" >&2
-            rm -f "$PID_FILE"
+            rm -f "$pid_file"
             exit 1
         fi
         sleep 1
     done
     tail -40 "$log" >&2
     echo "the HAPI FHIR server did not answer $base/metadata within 300 s" >&2
-    stop
+    stop "$port"
     exit 1
 }
 
-stop() {
-    if [ -s "$PID_FILE" ]; then
-        local pid
-        pid=$(cat "$PID_FILE")
+stop() { # [PORT]
+    local pid_file pid
+    for pid_file in "$CACHE"/hapi-"${1:-*}".pid; do
+        [ -s "$pid_file" ] || continue
+        pid=$(cat "$pid_file")
         kill "$pid" 2>/dev/null || true
         # Up to 30 s for a clean shutdown, then no more patience.
         for _ in $(seq 30); do
@@ -88,14 +91,14 @@ stop() {
             sleep 1
         done
         kill -9 "$pid" 2>/dev/null || true
-        rm -f "$PID_FILE"
-    fi
+        rm -f "$pid_file"
+    done
 }
 
 mkdir -p "$CACHE"
 case "${1:-}" in
     build) build ;;
     start) [ $# -eq 2 ] || { echo "usage: $0 start PORT" >&2; exit 2; }; start "$2" ;;
-    stop) stop ;;
-    *) echo "usage: $0 build | start PORT | stop" >&2; exit 2 ;;
+    stop) stop "${2:-}" ;;
+    *) echo "usage: $0 build | start PORT | stop [PORT]" >&2; exit 2 ;;
 esac

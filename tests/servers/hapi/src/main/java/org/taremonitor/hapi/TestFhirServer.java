@@ -29,6 +29,7 @@ import jakarta.persistence.EntityManagerFactory;
 import java.util.List;
 import java.util.Map;
 import javax.sql.DataSource;
+import org.springframework.beans.factory.annotation.Value;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.SpringApplication;
 import org.springframework.boot.autoconfigure.SpringBootApplication;
@@ -140,7 +141,8 @@ public class TestFhirServer {
             IValidationSupport validationSupport,
             DatabaseBackedPagingProvider pagingProvider,
             BulkDataExportProvider bulkDataExportProvider,
-            IValidatorModule validatorModule) {
+            IValidatorModule validatorModule,
+            @Value("${tare.validate-writes:true}") boolean validateWrites) {
         RestfulServer server = new RestfulServer(systemDao.getContext());
         server.registerProviders(resourceProviders.createProviders());
         server.registerProvider(systemProvider);
@@ -149,11 +151,14 @@ public class TestFhirServer {
                 server, systemDao, storageSettings, searchParamRegistry, validationSupport));
         server.setPagingProvider(pagingProvider);
         server.setServerAddressStrategy(new IncomingRequestAddressStrategy());
-        // Every write is validated; an error-level finding rejects it (422).
-        RequestValidatingInterceptor validation = new RequestValidatingInterceptor();
-        validation.setFailOnSeverity(ResultSeverityEnum.ERROR);
-        validation.setValidatorModules(List.of(validatorModule));
-        server.registerInterceptor(validation);
+        // Every write is validated; an error-level finding rejects it (422). Only a benchmark
+        // loading data it generated turns this off (--tare.validate-writes=false).
+        if (validateWrites) {
+            RequestValidatingInterceptor validation = new RequestValidatingInterceptor();
+            validation.setFailOnSeverity(ResultSeverityEnum.ERROR);
+            validation.setValidatorModules(List.of(validatorModule));
+            server.registerInterceptor(validation);
+        }
         return server;
     }
 
