@@ -1,7 +1,8 @@
 //! Benchmark instrument, not a user command: the floor for any JSON job on a Bulk Data folder.
-//! Parses every line as `serde::de::IgnoredAny` with the job's own block reader and threads;
-//! with `--lean`, through the job's read structs and checks instead (records discarded).
-//! Prints the lines parsed and the seconds.
+//! Parses every line of every `.ndjson` / `.ndjson.gz` file of the folder (the types the job
+//! reads and all others) as `serde::de::IgnoredAny` with the job's own block reader and
+//! threads; with `--lean`, the lines of the job's own files through its read structs and
+//! checks instead (records discarded). Prints the lines parsed and the seconds.
 //!
 //!   cargo build --release --example parse_floor
 //!   target/release/examples/parse_floor --source-dir DIR [--lean] [--threads N]
@@ -9,8 +10,31 @@
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::path::PathBuf;
 use tare_marker_monitor::config::Config;
-use tare_marker_monitor::ingest::{Ingestor, LineOutcome};
-use tare_marker_monitor::source::ndjson::{discover, lines, BlockReader, BufferPool};
+use tare_marker_monitor::ingest::{Ingestor, LineOutcome, ResourceType};
+use tare_marker_monitor::source::ndjson::{discover, lines, BlockReader, BufferPool, SourceFile};
+
+/// Every NDJSON file of the folder, sorted by name; the type is the job's when the name
+/// declares one (any type will do for the floor, which reads no type).
+fn every_file(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let gzip = name.ends_with(".ndjson.gz");
+        if gzip || name.ends_with(".ndjson") {
+            let kind = ResourceType::ALL
+                .into_iter()
+                .find(|k| name.starts_with(k.name()))
+                .unwrap_or(ResourceType::Observation);
+            files.push(SourceFile { path, kind, gzip });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
 
 fn main() {
     let mut source_dir: Option<PathBuf> = None;
@@ -38,8 +62,13 @@ fn main() {
         .expect("worker threads");
     let config = Config::default();
     let ingestor = Ingestor::new(&config, chrono::Utc::now().date_naive());
-    let files = match discover(&dir) {
-        Ok(discovered) => discovered.files,
+    // The floor parses everything in the folder; the lean read only what the job reads.
+    let files = match lean {
+        true => discover(&dir).map(|d| d.files).map_err(|e| e.to_string()),
+        false => every_file(&dir).map_err(|e| e.to_string()),
+    };
+    let files = match files {
+        Ok(files) => files,
         Err(e) => {
             eprintln!("parse_floor: {e}");
             std::process::exit(3);

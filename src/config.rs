@@ -66,6 +66,9 @@ pub struct IngestConfig {
     pub latest_plausible_days_after_as_of: i64,
     /// A Bulk Data line longer than this is skipped unread and counted (file and line).
     pub max_line_bytes: usize,
+    /// Pass over Bulk Data lines that provably hold no monitored code, without parsing them
+    /// (docs/rules.md "Lines the job does not parse"); false parses every line in full.
+    pub pass_over_irrelevant_lines: bool,
 }
 
 impl Default for IngestConfig {
@@ -80,6 +83,7 @@ impl Default for IngestConfig {
             earliest_plausible_date: NaiveDate::from_ymd_opt(1900, 1, 1).expect("a date"),
             latest_plausible_days_after_as_of: 365,
             max_line_bytes: 16 << 20,
+            pass_over_irrelevant_lines: true,
         }
     }
 }

@@ -26,11 +26,19 @@ pub struct GenerateArgs {
     /// Write `.ndjson.gz` files.
     #[arg(long)]
     pub gzip: bool,
+    /// Surround the cohort with what a real hospital export carries: other Observations (19 for
+    /// each tumour marker or liver lab), Encounters, MedicationRequests, DiagnosticReports, other
+    /// Conditions and Procedures, and patients outside the cohort; Observations in files of a
+    /// million lines.
+    #[arg(long, conflicts_with = "demo")]
+    pub realistic: bool,
 }
 
 pub fn execute(args: GenerateArgs) -> Result<(), CommandError> {
     let plan = if args.demo {
         Plan::demo()
+    } else if args.realistic {
+        Plan::realistic(args.patients, args.seed, args.as_of)
     } else {
         Plan::random(args.patients, args.seed, args.as_of)
     };

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+pub mod realistic;
+
 const LOINC: &str = "http://loinc.org";
 const PIVKA: (&str, &str) = ("34444-0", "PIVKA-II");
 const AFP: (&str, &str) = (
@@ -38,6 +40,8 @@ pub enum Plan {
         patients: usize,
         seed: u64,
         as_of: NaiveDate,
+        /// Surrounded by what a real export carries (`realistic.rs`).
+        realistic: bool,
     },
 }
 
@@ -51,6 +55,17 @@ impl Plan {
             patients,
             seed,
             as_of,
+            realistic: false,
+        }
+    }
+
+    /// A random cohort inside a realistic export (`realistic.rs`).
+    pub fn realistic(patients: usize, seed: u64, as_of: NaiveDate) -> Plan {
+        Plan::Random {
+            patients,
+            seed,
+            as_of,
+            realistic: true,
         }
     }
 
@@ -623,18 +638,25 @@ pub fn random_patient(
     b.done()
 }
 
-struct Writers {
-    patients: BufWriter<Box<dyn Write>>,
-    conditions: BufWriter<Box<dyn Write>>,
-    procedures: BufWriter<Box<dyn Write>>,
-    observations: BufWriter<Box<dyn Write>>,
+/// Lines of one resource type, written to `Type.ndjson`, or, past `lines_per_file` lines, to
+/// `Type.000.ndjson`, `Type.001.ndjson`... as exports split large types.
+struct TypeWriter {
+    dir: std::path::PathBuf,
+    kind: &'static str,
+    gzip: bool,
+    lines_per_file: Option<u64>,
+    /// `resourceType` first in every line, as servers write it (a realistic export).
+    type_first: bool,
+    out: BufWriter<Box<dyn Write>>,
+    lines: u64,
+    files: u64,
 }
 
-fn open(dir: &Path, kind: &str, gzip: bool) -> std::io::Result<BufWriter<Box<dyn Write>>> {
+fn open(dir: &Path, name: &str, gzip: bool) -> std::io::Result<BufWriter<Box<dyn Write>>> {
     let name = if gzip {
-        format!("{kind}.ndjson.gz")
+        format!("{name}.ndjson.gz")
     } else {
-        format!("{kind}.ndjson")
+        format!("{name}.ndjson")
     };
     let file = File::create(dir.join(name))?;
     let inner: Box<dyn Write> = if gzip {
@@ -648,23 +670,132 @@ fn open(dir: &Path, kind: &str, gzip: bool) -> std::io::Result<BufWriter<Box<dyn
     Ok(BufWriter::with_capacity(1 << 20, inner))
 }
 
-fn write_lines(out: &mut impl Write, values: &[Value]) -> std::io::Result<()> {
-    for v in values {
-        serde_json::to_writer(&mut *out, v)?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
+/// Flushes a writer and, for gzip, writes its trailer (on drop), surfacing errors.
+fn close(writer: BufWriter<Box<dyn Write>>) -> std::io::Result<()> {
+    let mut inner = writer.into_inner().map_err(|e| e.into_error())?;
+    inner.flush()
 }
 
+impl TypeWriter {
+    fn new(
+        dir: &Path,
+        kind: &'static str,
+        gzip: bool,
+        lines_per_file: Option<u64>,
+        type_first: bool,
+    ) -> std::io::Result<TypeWriter> {
+        let first = match lines_per_file {
+            Some(_) => format!("{kind}.000"),
+            None => kind.to_owned(),
+        };
+        Ok(TypeWriter {
+            dir: dir.to_owned(),
+            kind,
+            gzip,
+            lines_per_file,
+            type_first,
+            out: open(dir, &first, gzip)?,
+            lines: 0,
+            files: 1,
+        })
+    }
+
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        if let Some(limit) = self.lines_per_file {
+            if self.lines == limit {
+                let next = open(
+                    &self.dir,
+                    &format!("{}.{:03}", self.kind, self.files),
+                    self.gzip,
+                )?;
+                close(std::mem::replace(&mut self.out, next))?;
+                self.files += 1;
+                self.lines = 0;
+            }
+        }
+        self.out.write_all(text.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn resources(&mut self, values: &[Value]) -> std::io::Result<()> {
+        for value in values {
+            let text = match self.type_first {
+                true => realistic::type_first(value),
+                false => value.to_string(),
+            };
+            self.line(&text)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        close(self.out)
+    }
+}
+
+/// One writer per resource type; the types beyond the four the job reads only with
+/// `--realistic`.
+struct Writers {
+    patients: TypeWriter,
+    conditions: TypeWriter,
+    procedures: TypeWriter,
+    observations: TypeWriter,
+    surroundings: Option<SurroundingWriters>,
+}
+
+struct SurroundingWriters {
+    encounters: TypeWriter,
+    medication_requests: TypeWriter,
+    diagnostic_reports: TypeWriter,
+}
+
+/// A realistic export splits Observations into files of a million lines.
+const OBSERVATION_LINES_PER_FILE: u64 = 1_000_000;
+
 impl Writers {
+    fn new(dir: &Path, gzip: bool, realistic: bool) -> std::io::Result<Writers> {
+        let split = realistic.then_some(OBSERVATION_LINES_PER_FILE);
+        let surroundings = match realistic {
+            true => Some(SurroundingWriters {
+                encounters: TypeWriter::new(dir, "Encounter", gzip, None, true)?,
+                medication_requests: TypeWriter::new(dir, "MedicationRequest", gzip, None, true)?,
+                diagnostic_reports: TypeWriter::new(dir, "DiagnosticReport", gzip, None, true)?,
+            }),
+            false => None,
+        };
+        Ok(Writers {
+            patients: TypeWriter::new(dir, "Patient", gzip, None, realistic)?,
+            conditions: TypeWriter::new(dir, "Condition", gzip, None, realistic)?,
+            procedures: TypeWriter::new(dir, "Procedure", gzip, None, realistic)?,
+            observations: TypeWriter::new(dir, "Observation", gzip, split, realistic)?,
+            surroundings,
+        })
+    }
+
     fn write(&mut self, p: &PatientResources) -> std::io::Result<()> {
-        write_lines(&mut self.patients, &p.patients)?;
-        write_lines(&mut self.conditions, &p.conditions)?;
-        write_lines(&mut self.procedures, &p.procedures)?;
-        write_lines(&mut self.observations, &p.observations)?;
+        self.patients.resources(&p.patients)?;
+        self.conditions.resources(&p.conditions)?;
+        self.procedures.resources(&p.procedures)?;
+        self.observations.resources(&p.observations)?;
         for line in &p.raw_observation_lines {
-            self.observations.write_all(line.as_bytes())?;
-            self.observations.write_all(b"\n")?;
+            self.observations.line(line)?;
+        }
+        Ok(())
+    }
+
+    fn write_surroundings(&mut self, s: &realistic::Surroundings) -> std::io::Result<()> {
+        self.patients.resources(&s.patients)?;
+        self.conditions.resources(&s.conditions)?;
+        self.procedures.resources(&s.procedures)?;
+        for line in &s.observation_lines {
+            self.observations.line(line)?;
+        }
+        if let Some(w) = &mut self.surroundings {
+            w.encounters.resources(&s.encounters)?;
+            w.medication_requests.resources(&s.medication_requests)?;
+            w.diagnostic_reports.resources(&s.diagnostic_reports)?;
         }
         Ok(())
     }
@@ -676,15 +807,17 @@ impl Writers {
             self.procedures,
             self.observations,
         ] {
-            // Dropping the boxed GzEncoder writes its trailer; flush first to surface errors.
-            let mut inner = w.into_inner().map_err(|e| e.into_error())?;
-            inner.flush()?;
+            w.finish()?;
+        }
+        if let Some(w) = self.surroundings {
+            w.encounters.finish()?;
+            w.medication_requests.finish()?;
+            w.diagnostic_reports.finish()?;
         }
         Ok(())
     }
 }
 
-/// Writes the cohort as `Patient`, `Condition`, `Procedure` and `Observation` NDJSON files.
 /// Removes a key from a JSON object (the generated resources are all objects).
 fn remove(resource: &mut Value, key: &str) {
     if let Some(object) = resource.as_object_mut() {
@@ -692,14 +825,18 @@ fn remove(resource: &mut Value, key: &str) {
     }
 }
 
+/// Writes the cohort as `Patient`, `Condition`, `Procedure` and `Observation` NDJSON files
+/// (and, for a realistic export, the other types and other patients around it).
 pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut writers = Writers {
-        patients: open(dir, "Patient", gzip)?,
-        conditions: open(dir, "Condition", gzip)?,
-        procedures: open(dir, "Procedure", gzip)?,
-        observations: open(dir, "Observation", gzip)?,
-    };
+    let realistic = matches!(
+        plan,
+        Plan::Random {
+            realistic: true,
+            ..
+        }
+    );
+    let mut writers = Writers::new(dir, gzip, realistic)?;
     match plan {
         Plan::Demo => {
             for p in demo_scenarios() {
@@ -721,15 +858,21 @@ pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> 
             patients,
             seed,
             as_of,
+            realistic,
         } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             for n in 0..*patients {
-                writers.write(&random_patient(
-                    &mut rng,
-                    &format!("syn-{seed}-{n}"),
-                    *as_of,
-                    12,
-                ))?;
+                let patient_id = format!("syn-{seed}-{n}");
+                let patient = random_patient(&mut rng, &patient_id, *as_of, 12);
+                writers.write(&patient)?;
+                if *realistic {
+                    writers.write_surroundings(&realistic::surround(
+                        &patient,
+                        &patient_id,
+                        *seed,
+                        n,
+                    ))?;
+                }
             }
         }
     }

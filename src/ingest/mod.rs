@@ -4,6 +4,7 @@
 
 pub mod code_systems;
 mod fhir_json;
+pub mod prefilter;
 pub mod quality;
 pub mod time;
 pub mod units;
@@ -182,8 +183,6 @@ pub enum SkipReason {
     /// used to build a URL or a file name.
     InvalidId,
     NoPatientReference,
-    /// Not a code of any monitored value set: not an error, counted for completeness.
-    NotMonitoredCode,
     /// A configured code under a code system the job does not know by that name (or under
     /// no system): a site that codes this way needs an alias (`[code_systems.aliases]`).
     CodeUnderUnknownSystem,
@@ -220,7 +219,6 @@ impl SkipReason {
             SkipReason::NoId => "no_id",
             SkipReason::InvalidId => "invalid_id",
             SkipReason::NoPatientReference => "no_patient_reference",
-            SkipReason::NotMonitoredCode => "not_a_monitored_code",
             SkipReason::CodeUnderUnknownSystem => "code_under_unknown_system",
             SkipReason::StatusNotAccepted => "status_not_accepted",
             SkipReason::NoEffectiveTime => "no_effective_time",
@@ -423,6 +421,11 @@ struct ValueSet<T> {
 }
 
 impl<T: Copy> ValueSet<T> {
+    /// Every code of the set.
+    fn codes(&self) -> Vec<&str> {
+        self.by_code.keys().map(String::as_str).collect()
+    }
+
     fn new<'c>(systems: &mut CodeSystems, codes: impl IntoIterator<Item = (&'c Code, T)>) -> Self {
         let mut by_code: FxHashMap<String, Vec<(SystemId, T)>> = FxHashMap::default();
         for (code, tag) in codes {
@@ -502,6 +505,8 @@ pub struct Ingestor {
     plausible_max: FxHashMap<Marker, f64>,
     /// In a sharded run, only the resources of this shard's patients are read and counted.
     shard: Option<crate::cohort::Shard>,
+    /// Lines that provably cannot matter (`ingest.pass_over_irrelevant_lines`).
+    prefilter: Option<prefilter::Prefilter>,
 }
 
 impl Ingestor {
@@ -527,6 +532,15 @@ impl Ingestor {
         );
         let tare_codes = ValueSet::new(&mut systems, codes.tare_procedure.iter().map(|c| (c, ())));
         let hcc_codes = ValueSet::new(&mut systems, codes.hcc_condition.iter().map(|c| (c, ())));
+        // Built from the same codes as the value sets: a line without any of them cannot
+        // classify as Found or NearMiss.
+        let prefilter = config.ingest.pass_over_irrelevant_lines.then(|| {
+            prefilter::Prefilter::new(
+                &hcc_codes.codes(),
+                &tare_codes.codes(),
+                &observation_codes.codes(),
+            )
+        });
         let latest = as_of
             .checked_add_signed(Duration::days(
                 config.ingest.latest_plausible_days_after_as_of,
@@ -549,7 +563,16 @@ impl Ingestor {
                 .map(|m| (m, config.markers.get(m).plausible_max))
                 .collect(),
             shard: None,
+            prefilter,
         }
+    }
+
+    /// Whether a Bulk Data line of a `kind` file provably holds nothing the job uses (see
+    /// `prefilter`): then it is counted as not relevant without being parsed.
+    pub fn cannot_matter(&self, kind: ResourceType, line: &[u8]) -> bool {
+        self.prefilter
+            .as_ref()
+            .is_some_and(|p| p.cannot_matter(kind, line))
     }
 
     /// An ingestor that keeps only the resources of one shard's patients.
@@ -559,12 +582,15 @@ impl Ingestor {
     }
 
     /// Whether a resource read as `outcome` belongs to this run's shard: by its patient, or,
-    /// when no patient can be told (a line that is not JSON), to shard 0 only, so that the
-    /// counts of all shards add up to those of one unsharded run.
+    /// when no patient can be told (a line that is not JSON) or none matters (a resource of
+    /// no monitored code), to shard 0 only, so that the counts of all shards add up to those
+    /// of one unsharded run.
     pub fn in_shard(&self, outcome: &LineOutcome<'_>, json: &str) -> bool {
         let Some(shard) = self.shard else { return true };
         let patient = match outcome {
             LineOutcome::Record(record) => Some(Cow::Borrowed(record.patient_id())),
+            // Not relevant: counted by shard 0, as the lines passed over unparsed are.
+            LineOutcome::NotRelevant => None,
             _ => patient_of_resource(json),
         };
         match patient {
@@ -704,7 +730,7 @@ impl Ingestor {
         {
             CodeMatch::Found(family) => family,
             CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
-            CodeMatch::NotInSet => return skip(SkipReason::NotMonitoredCode, id, None),
+            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
         };
         let observation_id = match Self::own_id(id) {
             Ok(id) => id,

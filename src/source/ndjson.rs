@@ -384,6 +384,14 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
         }
         // A byte-order mark some tools put before the first line is not part of the JSON.
         let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        if ingestor.cannot_matter(block.kind, line) {
+            // Counted as a parsed resource of no monitored code is: by shard 0.
+            if ingestor.counts_unattributable() {
+                into.quality.count_read(block.kind, 1);
+                into.quality.count_not_relevant(block.kind);
+            }
+            continue;
+        }
         match std::str::from_utf8(line) {
             Ok(text) => into.add_resource(ingestor, block.kind, text, || {
                 format!("line {line_no} of {}", file_name())

@@ -103,7 +103,6 @@ fn demo_summary_counts_every_left_out_reason() {
         "invalid_json_or_structure",
         "unexpected_resource_type",
         "no_patient_reference",
-        "not_a_monitored_code",
     ] {
         assert!(
             observations[reason]["count"].as_u64().unwrap() >= 1,

@@ -340,9 +340,9 @@ fn reference_range_high_in_the_marker_unit_family_is_kept() {
 }
 
 #[test]
-fn unmonitored_code_is_counted_apart() {
+fn an_observation_of_another_code_is_not_relevant() {
     let o = observation("718-7", json!("2026-03-01"), quantity(12.0, "g/dL"));
-    assert_eq!(skipped(&o).0, SkipReason::NotMonitoredCode);
+    assert_eq!(read(&o), LineOutcome::NotRelevant);
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod deploy;
 mod faults;
 mod helpers;
 mod ingest;
+mod prefilter;
 mod properties;
 mod report;
 mod rules;

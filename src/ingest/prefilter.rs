@@ -1,0 +1,253 @@
+//! Lines that cannot matter, told from their bytes without parsing them (docs/rules.md "Lines
+//! the job does not parse"). A resource matters only through a monitored code: a Procedure with
+//! a TARE code, a Condition with an HCC code, an Observation with a marker or liver-lab code.
+//! In JSON such a code is a string, and a string without escapes is its own bytes between
+//! quotes. So a line of an export file can be passed over, counted as not relevant, when all of
+//! these hold:
+//!
+//! 1. it begins `{"resourceType":"<Type>"` (whitespace allowed around `:`), the type its file
+//!    holds: the first key is the resource's own, so the resource is of that type;
+//! 2. it ends with `}` (a line cut short is parsed, and reported);
+//! 3. after that first key, no `"resourceType"` (a contained resource, a repeated key), and
+//!    no key `"code"` whose value is a monitored code (`"code":"34444-0"`), appear anywhere;
+//! 4. it holds no escape that could spell a character of a monitored code: no `\u` at all, and
+//!    no short escape (`\/`, `\"`, ...) of a character some code contains.
+//!
+//! Then no coding of the resource can hold a monitored code, and a full parse would find it
+//! not relevant too. Everything else is parsed in full. Patients are always parsed.
+
+use super::ResourceType;
+use memchr::memmem::Finder;
+use rustc_hash::FxHashSet;
+
+/// The test for one resource type.
+struct TypeTest {
+    /// `"Observation"`: the value of the first key.
+    type_name: Vec<u8>,
+    /// Every monitored code of the type.
+    codes: FxHashSet<Box<[u8]>>,
+    code_key: Finder<'static>,
+    type_key: Finder<'static>,
+    /// For each byte `X`, whether the escape `\X` decodes to a character of some code.
+    risky_escape: [bool; 256],
+}
+
+/// The byte-level test, built once from the configured codes.
+pub struct Prefilter {
+    tests: [Option<TypeTest>; 4],
+}
+
+/// What each short escape `\X` of JSON stands for.
+fn unescaped(x: u8) -> Option<char> {
+    Some(match x {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        _ => return None,
+    })
+}
+
+fn index(kind: ResourceType) -> usize {
+    match kind {
+        ResourceType::Patient => 0,
+        ResourceType::Condition => 1,
+        ResourceType::Procedure => 2,
+        ResourceType::Observation => 3,
+    }
+}
+
+/// Skips JSON whitespace from `at`; the index of the next other byte.
+fn skip_whitespace(line: &[u8], mut at: usize) -> usize {
+    while at < line.len() && matches!(line[at], b' ' | b'\t' | b'\n' | b'\r') {
+        at += 1;
+    }
+    at
+}
+
+impl TypeTest {
+    fn new(kind: ResourceType, codes: &[&str]) -> TypeTest {
+        let mut risky_escape = [false; 256];
+        risky_escape[usize::from(b'u')] = true;
+        for x in 0..=255u8 {
+            if let Some(c) = unescaped(x) {
+                risky_escape[usize::from(x)] = codes.iter().any(|code| code.contains(c));
+            }
+        }
+        TypeTest {
+            type_name: format!("\"{}\"", kind.name()).into_bytes(),
+            codes: codes.iter().map(|c| c.as_bytes().into()).collect(),
+            code_key: Finder::new(b"\"code\"").into_owned(),
+            type_key: Finder::new(b"\"resourceType\"").into_owned(),
+            risky_escape,
+        }
+    }
+
+    /// Whether some key `"code"` in `text` has a monitored code as its string value. Without
+    /// risky escapes a code's string is its own bytes, ending at the next quote.
+    fn names_a_monitored_code(&self, text: &[u8]) -> bool {
+        self.code_key.find_iter(text).any(|at| {
+            let after = skip_whitespace(text, at + 6);
+            if text.get(after) != Some(&b':') {
+                return false;
+            }
+            let start = skip_whitespace(text, after + 1);
+            if text.get(start) != Some(&b'"') {
+                return false;
+            }
+            let value = &text[start + 1..];
+            memchr::memchr(b'"', value).is_some_and(|end| self.codes.contains(&value[..end]))
+        })
+    }
+
+    /// The end of a `{"resourceType":"<Type>"` opening, or `None`.
+    fn opening(&self, line: &[u8]) -> Option<usize> {
+        let at = skip_whitespace(line, line.strip_prefix(b"{").map(|_| 1)?);
+        let at = at + line[at..].strip_prefix(b"\"resourceType\"").map(|_| 14)?;
+        let at = skip_whitespace(line, at);
+        let at = skip_whitespace(line, at + line[at..].strip_prefix(b":").map(|_| 1)?);
+        line[at..]
+            .starts_with(&self.type_name)
+            .then_some(at + self.type_name.len())
+    }
+
+    fn cannot_matter(&self, line: &[u8]) -> bool {
+        let Some(rest) = self.opening(line) else {
+            return false;
+        };
+        let rest = &line[rest..];
+        if line.last() != Some(&b'}')
+            || self.type_key.find(rest).is_some()
+            || self.names_a_monitored_code(rest)
+        {
+            return false;
+        }
+        let mut escapes = memchr::memchr_iter(b'\\', line);
+        while let Some(at) = escapes.next() {
+            match line.get(at + 1) {
+                Some(&x) if !self.risky_escape[usize::from(x)] => {
+                    // `\\` is one escape: its second backslash starts nothing.
+                    if x == b'\\' {
+                        escapes.next();
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Prefilter {
+    /// The test for each type from its monitored codes (every code, under any system).
+    pub fn new(
+        condition_codes: &[&str],
+        procedure_codes: &[&str],
+        observation_codes: &[&str],
+    ) -> Prefilter {
+        Prefilter {
+            tests: [
+                None,
+                Some(TypeTest::new(ResourceType::Condition, condition_codes)),
+                Some(TypeTest::new(ResourceType::Procedure, procedure_codes)),
+                Some(TypeTest::new(ResourceType::Observation, observation_codes)),
+            ],
+        }
+    }
+
+    /// Whether `line` (trimmed), from a file of `kind`, provably cannot matter.
+    pub fn cannot_matter(&self, kind: ResourceType, line: &[u8]) -> bool {
+        self.tests[index(kind)]
+            .as_ref()
+            .is_some_and(|test| test.cannot_matter(line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefilter() -> Prefilter {
+        Prefilter::new(&["C22.0"], &["79445"], &["34444-0", "1751-7", "a/b"])
+    }
+
+    fn passed_over(line: &str) -> bool {
+        prefilter().cannot_matter(ResourceType::Observation, line.as_bytes())
+    }
+
+    #[test]
+    fn a_line_of_another_code_is_passed_over() {
+        assert!(passed_over(
+            r#"{"resourceType":"Observation","code":{"coding":[{"system":"http://loinc.org","code":"718-7"}]}}"#
+        ));
+        assert!(passed_over(
+            r#"{ "resourceType" : "Observation" , "note":[{"text":"34444-0 trend, see 1751-7"}]}"#
+        ));
+    }
+
+    #[test]
+    fn a_monitored_code_as_the_value_of_a_code_key_means_a_full_parse() {
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","code":{"coding":[{"code":"34444-0"}]}}"#
+        ));
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","code":{"coding":[{"system":"x", "code" : "1751-7"}]}}"#
+        ));
+        // Anywhere: a component, a unit code, an extension.
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","component":[{"valueQuantity":{"code":"1751-7"}}]}"#
+        ));
+        // A monitored code as a display, or a code key with another value, is not enough.
+        assert!(passed_over(
+            r#"{"resourceType":"Observation","derivedFrom":[{"display":"1751-7"}],"code":{"coding":[{"code":"718-7"}]}}"#
+        ));
+    }
+
+    #[test]
+    fn an_opening_other_than_the_files_type_means_a_full_parse() {
+        for line in [
+            r#"{"id":"1","resourceType":"Observation"}"#,
+            r#"{"resourceType":"Encounter","id":"1"}"#,
+            r#"{"resourceType":"ObservationX","id":"1"}"#,
+            r#"["resourceType","Observation"]"#,
+            // Cut short.
+            r#"{"resourceType":"Observation","id":"1""#,
+            // A second resourceType: a contained resource, or a repeated key.
+            r#"{"resourceType":"Observation","contained":[{"resourceType":"Observation"}]}"#,
+        ] {
+            assert!(!passed_over(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn escapes_that_could_spell_a_code_mean_a_full_parse() {
+        // `\u` may spell anything; `\/` spells `/`, which the code `a/b` holds.
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","code":{"coding":[{"code":"34444\u002d0"}]}}"#
+        ));
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","code":{"coding":[{"code":"a\/b"}]}}"#
+        ));
+        // `\n` and `\"` spell nothing any code holds; `\\u` is a backslash, then `u`.
+        assert!(passed_over(
+            r#"{"resourceType":"Observation","note":[{"text":"line\nbreak \"quoted\" c:\\users"}]}"#
+        ));
+        // A `\/` cannot spell part of a Procedure code here: Procedures pass over it.
+        assert!(prefilter().cannot_matter(
+            ResourceType::Procedure,
+            br#"{"resourceType":"Procedure","code":{"coding":[{"system":"http:\/\/x","code":"1"}]}}"#
+        ));
+    }
+
+    #[test]
+    fn patients_are_always_parsed() {
+        assert!(!prefilter().cannot_matter(
+            ResourceType::Patient,
+            br#"{"resourceType":"Patient","id":"p"}"#
+        ));
+    }
+}
