@@ -29,7 +29,10 @@ struct PatientRecords {
     patient_copies: Vec<PatientCopy>,
     hcc_conditions: Vec<(ResourceId, CopyRank)>,
     procedures: Vec<(TareProcedure, CopyRank)>,
-    values: Vec<(MarkerValue, CopyRank)>,
+    /// The values, and at the same index each one's copy rank: apart, so the timeline takes
+    /// the values as they are (no second copy of the largest part of a run's memory).
+    values: Vec<MarkerValue>,
+    value_ranks: Vec<CopyRank>,
 }
 
 impl PatientRecords {
@@ -38,6 +41,7 @@ impl PatientRecords {
         self.hcc_conditions.extend(other.hcc_conditions);
         self.procedures.extend(other.procedures);
         self.values.extend(other.values);
+        self.value_ranks.extend(other.value_ranks);
     }
 }
 
@@ -90,7 +94,11 @@ impl CohortBuilder {
                 patient_id,
                 value,
                 rank,
-            } => self.entry(&patient_id).values.push((value, rank)),
+            } => {
+                let records = self.entry(&patient_id);
+                records.values.push(value);
+                records.value_ranks.push(rank);
+            }
         }
     }
 
@@ -135,11 +143,14 @@ impl CohortBuilder {
         let losers = superseded_copies(&patients, &skipped);
         let mut superseded: Vec<(ResourceType, String)> = Vec::new();
         for loser in &losers {
-            let (kind, id) = match loser.place {
-                Place::Skipped => (skipped[loser.item].0, skipped[loser.item].1.resource_id()),
+            let (kind, id) = match loser.place() {
+                Place::Skipped => (
+                    skipped[loser.item()].0,
+                    skipped[loser.item()].1.resource_id(),
+                ),
                 place => (
                     place.kind(),
-                    patients[loser.patient].1.resource_id(place, loser.item),
+                    patients[loser.patient()].1.resource_id(place, loser.item()),
                 ),
             };
             superseded.push((kind, id.to_owned()));
@@ -239,7 +250,7 @@ impl PatientRecords {
         match place {
             Place::Condition => &self.hcc_conditions[item].0,
             Place::Procedure => &self.procedures[item].0.procedure_id,
-            Place::Value => &self.values[item].0.observation_id,
+            Place::Value => &self.values[item].observation_id,
             Place::Skipped => "",
         }
     }
@@ -248,20 +259,57 @@ impl PatientRecords {
         match place {
             Place::Condition => self.hcc_conditions[item].1,
             Place::Procedure => self.procedures[item].1,
-            Place::Value => self.values[item].1,
+            Place::Value => self.value_ranks[item],
             Place::Skipped => CopyRank::default(),
         }
     }
 }
 
-/// One copy of a resource: a key (hash of type and id), and where it sits.
+/// One copy of a resource: a key (hash of type and id), and where it sits. 16 bytes, as there
+/// is one per record of a run.
 #[derive(Debug, Clone, Copy)]
 struct CopyRef {
     key: u64,
-    place: Place,
     /// Index of the patient (unused for skipped copies).
-    patient: usize,
-    item: usize,
+    patient: u32,
+    /// The place in the top two bits, the index of the item below.
+    slot: u32,
+}
+
+const ITEM_BITS: u32 = 30;
+
+impl CopyRef {
+    fn new(key: u64, place: Place, patient: usize, item: usize) -> CopyRef {
+        let place_bits = match place {
+            Place::Condition => 0,
+            Place::Procedure => 1,
+            Place::Value => 2,
+            Place::Skipped => 3,
+        };
+        // A run holds far fewer than 2^32 patients and 2^30 records per patient.
+        CopyRef {
+            key,
+            patient: u32::try_from(patient).unwrap_or(u32::MAX),
+            slot: (place_bits << ITEM_BITS) | (item as u32 & ((1 << ITEM_BITS) - 1)),
+        }
+    }
+
+    fn place(&self) -> Place {
+        match self.slot >> ITEM_BITS {
+            0 => Place::Condition,
+            1 => Place::Procedure,
+            2 => Place::Value,
+            _ => Place::Skipped,
+        }
+    }
+
+    fn item(&self) -> usize {
+        (self.slot & ((1 << ITEM_BITS) - 1)) as usize
+    }
+
+    fn patient(&self) -> usize {
+        self.patient as usize
+    }
 }
 
 fn copy_key(kind: ResourceType, id: &str) -> u64 {
@@ -276,52 +324,59 @@ fn superseded_copies(
     patients: &[(String, PatientRecords)],
     skipped: &[(ResourceType, Skip)],
 ) -> Vec<CopyRef> {
-    let mut refs: Vec<CopyRef> = patients
-        .par_iter()
-        .enumerate()
-        .flat_map_iter(|(patient, (_, records))| {
-            let at = move |place: Place, item: usize, id: &str| CopyRef {
-                key: copy_key(place.kind(), id),
-                place,
-                patient,
-                item,
-            };
-            let conditions = records
+    // Sized once: one 16-byte reference per record.
+    let total: usize = patients
+        .iter()
+        .map(|(_, r)| r.hcc_conditions.len() + r.procedures.len() + r.values.len())
+        .sum::<usize>()
+        + skipped.len();
+    let mut refs: Vec<CopyRef> = Vec::with_capacity(total);
+    for (patient, (_, records)) in patients.iter().enumerate() {
+        let at = |place: Place, item: usize, id: &str| {
+            CopyRef::new(copy_key(place.kind(), id), place, patient, item)
+        };
+        refs.extend(
+            records
                 .hcc_conditions
                 .iter()
                 .enumerate()
-                .map(move |(i, (id, _))| at(Place::Condition, i, id));
-            let procedures = records
+                .map(|(i, (id, _))| at(Place::Condition, i, id)),
+        );
+        refs.extend(
+            records
                 .procedures
                 .iter()
                 .enumerate()
-                .map(move |(i, (p, _))| at(Place::Procedure, i, &p.procedure_id));
-            let values = records
+                .map(|(i, (p, _))| at(Place::Procedure, i, &p.procedure_id)),
+        );
+        refs.extend(
+            records
                 .values
                 .iter()
                 .enumerate()
-                .map(move |(i, (v, _))| at(Place::Value, i, &v.observation_id));
-            conditions.chain(procedures).chain(values)
-        })
-        .collect();
-    refs.extend(skipped.iter().enumerate().map(|(i, (kind, skip))| CopyRef {
-        key: copy_key(*kind, skip.resource_id()),
-        place: Place::Skipped,
-        patient: usize::MAX,
-        item: i,
+                .map(|(i, v)| at(Place::Value, i, &v.observation_id)),
+        );
+    }
+    refs.extend(skipped.iter().enumerate().map(|(i, (kind, skip))| {
+        CopyRef::new(
+            copy_key(*kind, skip.resource_id()),
+            Place::Skipped,
+            usize::MAX,
+            i,
+        )
     }));
     refs.par_sort_unstable_by_key(|r| r.key);
-    let id_of = |r: &CopyRef| match r.place {
-        Place::Skipped => skipped[r.item].1.resource_id(),
-        place => patients[r.patient].1.resource_id(place, r.item),
+    let id_of = |r: &CopyRef| match r.place() {
+        Place::Skipped => skipped[r.item()].1.resource_id(),
+        place => patients[r.patient()].1.resource_id(place, r.item()),
     };
-    let kind_of = |r: &CopyRef| match r.place {
-        Place::Skipped => skipped[r.item].0,
+    let kind_of = |r: &CopyRef| match r.place() {
+        Place::Skipped => skipped[r.item()].0,
         place => place.kind(),
     };
-    let rank_of = |r: &CopyRef| match r.place {
-        Place::Skipped => skipped[r.item].1.copy.unwrap_or_default(),
-        place => patients[r.patient].1.rank(place, r.item),
+    let rank_of = |r: &CopyRef| match r.place() {
+        Place::Skipped => skipped[r.item()].1.copy.unwrap_or_default(),
+        place => patients[r.patient()].1.rank(place, r.item()),
     };
     let mut losers = Vec::new();
     for group in refs.chunk_by_mut(|a, b| a.key == b.key) {
@@ -352,14 +407,14 @@ fn remove_losers(
     let mut skipped_losers: FxHashSet<usize> = FxHashSet::default();
     let mut by_patient: FxHashMap<usize, Vec<(Place, usize)>> = FxHashMap::default();
     for loser in losers {
-        match loser.place {
+        match loser.place() {
             Place::Skipped => {
-                skipped_losers.insert(loser.item);
+                skipped_losers.insert(loser.item());
             }
             place => by_patient
-                .entry(loser.patient)
+                .entry(loser.patient())
                 .or_default()
-                .push((place, loser.item)),
+                .push((place, loser.item())),
         }
     }
     for (patient, places) in by_patient {
@@ -373,7 +428,9 @@ fn remove_losers(
         };
         retain_indexed(&mut records.hcc_conditions, &gone(Place::Condition));
         retain_indexed(&mut records.procedures, &gone(Place::Procedure));
-        retain_indexed(&mut records.values, &gone(Place::Value));
+        let gone_values = gone(Place::Value);
+        retain_indexed(&mut records.values, &gone_values);
+        retain_indexed(&mut records.value_ranks, &gone_values);
     }
     if !skipped_losers.is_empty() {
         retain_indexed(skipped, &skipped_losers);
@@ -409,12 +466,12 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
         patient_copies,
         hcc_conditions,
         mut procedures,
-        values,
+        mut values,
+        value_ranks: _,
     } = records;
     let superseded_patients = patient_copies.len().saturating_sub(1) as u64;
     let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
-    let mut values: Vec<MarkerValue> = values.into_iter().map(|(value, _)| value).collect();
     let duplicates = deduplicate(&mut values);
     let hcc_count = hcc_conditions.len() as u64;
     let timeline = PatientTimeline {

@@ -3,7 +3,11 @@
 //! they drop a malformed `effective[x]`/`value[x]` silently, and we must count it instead.
 
 use serde::Deserialize;
+use smallvec::SmallVec;
 use std::borrow::Cow;
+
+/// A list read inline: resources rarely carry more than two codings, one note, one range.
+pub(super) type Few<T> = SmallVec<[T; 2]>;
 
 #[derive(Deserialize)]
 pub(super) struct Coding<'a> {
@@ -16,7 +20,7 @@ pub(super) struct Coding<'a> {
 #[derive(Deserialize)]
 pub(super) struct CodeableConcept<'a> {
     #[serde(borrow, default)]
-    pub(super) coding: Vec<Coding<'a>>,
+    pub(super) coding: Few<Coding<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -95,10 +99,10 @@ pub(super) struct ObservationIn<'a> {
     #[serde(rename = "dataAbsentReason")]
     pub(super) data_absent_reason: Option<serde::de::IgnoredAny>,
     #[serde(borrow, rename = "referenceRange", default)]
-    pub(super) reference_range: Vec<ReferenceRange<'a>>,
+    pub(super) reference_range: Few<ReferenceRange<'a>>,
     /// For the audit report only.
     #[serde(borrow, default)]
-    pub(super) note: Vec<Annotation<'a>>,
+    pub(super) note: Few<Annotation<'a>>,
 }
 
 #[derive(Deserialize)]

@@ -131,7 +131,7 @@ pub fn chart(
         }
         let course = episode.courses.iter().find(|c| c.marker == marker);
         let id_of = |p: &Option<crate::domain::ValuePoint>| {
-            p.as_ref().map(|p| p.observation_id.as_ref().to_owned())
+            p.as_ref().map(|p| p.observation_id.to_string())
         };
         let baseline = course.and_then(|c| id_of(&c.baseline));
         let nadir = course.and_then(|c| id_of(&c.nadir));

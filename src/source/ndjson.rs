@@ -52,6 +52,16 @@ pub struct IgnoredInput {
     pub reason: String,
 }
 
+impl IgnoredInput {
+    /// A Bulk Data file of a type the job does not read (`Encounter.ndjson`).
+    pub fn is_other_resource_type(&self) -> bool {
+        self.reason == OTHER_TYPE
+            && (self.name.ends_with(".ndjson") || self.name.ends_with(".ndjson.gz"))
+    }
+}
+
+const OTHER_TYPE: &str = "not a Bulk Data file of a type the job reads";
+
 /// The files of a Bulk Data folder, sorted by name, and the names it ignored.
 #[derive(Debug, Clone, Default)]
 pub struct Discovered {
@@ -130,7 +140,7 @@ pub fn discover(dir: &Path) -> Result<Discovered, SourceError> {
         let Some((kind, gzip)) = classify(&name) else {
             let reason = match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => "a folder: the job reads the files of one folder",
-                _ => "not a Bulk Data file of a type the job reads",
+                _ => OTHER_TYPE,
             };
             discovered.ignored.push(ignore(reason.into()));
             continue;
@@ -428,7 +438,12 @@ pub fn load_export(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceErro
 fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     let discovered = discover(dir)?;
     for ignored in &discovered.ignored {
-        tracing::warn!(file = %ignored.name, reason = %ignored.reason, "input not read");
+        // Files of the other resource types are what every real export holds: no warning.
+        if ignored.is_other_resource_type() {
+            tracing::info!(file = %ignored.name, reason = %ignored.reason, "input not read");
+        } else {
+            tracing::warn!(file = %ignored.name, reason = %ignored.reason, "input not read");
+        }
     }
     let files = discovered.files;
     let pool = BufferPool::default();

@@ -110,6 +110,12 @@ fn demo_summary_counts_every_left_out_reason() {
         );
     }
     assert_eq!(observations["unknown_unit"]["by_value"]["mmol/L"], 1);
+    // Of no configured code: the haemoglobin, and the one without a code whose value is not a
+    // number (passed over unparsed: docs/rules.md 1.4a).
+    assert_eq!(
+        summary["resources"]["by_type"]["Observation"]["not_relevant"],
+        2
+    );
     assert_eq!(
         observations["status_not_accepted"]["by_value"]["preliminary"],
         1

@@ -149,6 +149,10 @@ public class TestFhirServer {
         server.registerProvider(bulkDataExportProvider);
         server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
                 server, systemDao, storageSettings, searchParamRegistry, validationSupport));
+        // Pages of 20 by default and at most 200, as the HAPI starter project configures them
+        // (the library's own cap is 50).
+        pagingProvider.setDefaultPageSize(20);
+        pagingProvider.setMaximumPageSize(200);
         server.setPagingProvider(pagingProvider);
         server.setServerAddressStrategy(new IncomingRequestAddressStrategy());
         // Every write is validated; an error-level finding rejects it (422). Only a benchmark
