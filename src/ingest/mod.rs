@@ -305,7 +305,7 @@ pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
         .and_then(ResourceType::from_name);
     Some(ResourceHeader {
         kind,
-        id: header.id,
+        id: header.id.map(|text| text.0),
         version: version_of(header.meta.as_ref()),
     })
 }
@@ -323,14 +323,14 @@ pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct Reference<'a> {
         #[serde(borrow)]
-        reference: Option<Cow<'a, str>>,
+        reference: Option<fhir_json::Text<'a>>,
     }
     #[derive(serde::Deserialize)]
     struct About<'a> {
         #[serde(borrow, rename = "resourceType")]
-        resource_type: Option<Cow<'a, str>>,
+        resource_type: Option<fhir_json::Text<'a>>,
         #[serde(borrow)]
-        id: Option<Cow<'a, str>>,
+        id: Option<fhir_json::Text<'a>>,
         #[serde(borrow)]
         subject: Option<Reference<'a>>,
         #[serde(borrow)]
@@ -338,7 +338,7 @@ pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
     }
     let about: About = serde_json::from_str(json).ok()?;
     if about.resource_type.as_deref() == Some("Patient") {
-        return about.id.filter(|id| is_fhir_id(id));
+        return about.id.map(|id| id.0).filter(|id| is_fhir_id(id));
     }
     let reference = about.subject.or(about.patient)?.reference?;
     patient_id_of(&reference)
@@ -373,17 +373,13 @@ pub fn describe_bad_id(text: &str) -> String {
 
 /// The patient id of a subject reference, borrowed from the line when the JSON had no escapes.
 fn subject_patient_id<'a>(subject: Option<&Reference<'a>>) -> Option<Cow<'a, str>> {
-    match subject?.reference.as_ref()? {
+    match &subject?.reference.as_ref()?.0 {
         Cow::Borrowed(reference) => patient_id_of(reference).map(Cow::Borrowed),
         Cow::Owned(reference) => patient_id_of(reference).map(|id| Cow::Owned(id.to_owned())),
     }
 }
 
-fn skip<'a>(
-    reason: SkipReason,
-    id: Option<&Cow<'_, str>>,
-    detail: Option<String>,
-) -> LineOutcome<'a> {
+fn skip<'a>(reason: SkipReason, id: Option<&str>, detail: Option<String>) -> LineOutcome<'a> {
     LineOutcome::Skipped(Skip {
         reason,
         resource_id: id.map(|s| s.to_string()),
@@ -650,8 +646,8 @@ impl Ingestor {
 
     fn check_type(
         expected: ResourceType,
-        found: Option<&Cow<'_, str>>,
-        id: Option<&Cow<'_, str>>,
+        found: Option<&str>,
+        id: Option<&str>,
     ) -> Option<LineOutcome<'static>> {
         match found {
             Some(t) if t == expected.name() => None,
@@ -662,7 +658,7 @@ impl Ingestor {
                     "expected {}, found {}",
                     expected.name(),
                     other
-                        .map(|s| describe_bad_id(s))
+                        .map(describe_bad_id)
                         .unwrap_or_else(|| "no resourceType".into())
                 )),
             )),
@@ -670,7 +666,7 @@ impl Ingestor {
     }
 
     /// The resource's own id, when it is a FHIR id; else why it is left out.
-    fn own_id<'i>(id: Option<&'i Cow<'_, str>>) -> Result<&'i str, Skip> {
+    fn own_id(id: Option<&str>) -> Result<&str, Skip> {
         let left_out = |reason, detail| Skip {
             reason,
             resource_id: None,
@@ -709,7 +705,7 @@ impl Ingestor {
         }
     }
 
-    fn near_miss<'a>(id: Option<&Cow<'_, str>>, system: String) -> LineOutcome<'a> {
+    fn near_miss<'a>(id: Option<&str>, system: String) -> LineOutcome<'a> {
         skip(
             SkipReason::CodeUnderUnknownSystem,
             id.filter(|id| is_fhir_id(id)),
@@ -718,9 +714,9 @@ impl Ingestor {
     }
 
     fn observation<'a>(&self, o: ObservationIn<'a>, line: &str) -> LineOutcome<'a> {
-        let id = o.id.as_ref();
+        let id = o.id.as_deref();
         if let Some(wrong) =
-            Self::check_type(ResourceType::Observation, o.resource_type.as_ref(), id)
+            Self::check_type(ResourceType::Observation, o.resource_type.as_deref(), id)
         {
             return wrong;
         }
@@ -858,8 +854,9 @@ impl Ingestor {
     }
 
     fn patient<'a>(&self, p: PatientIn<'a>, line: &str) -> LineOutcome<'a> {
-        let id = p.id.as_ref();
-        if let Some(wrong) = Self::check_type(ResourceType::Patient, p.resource_type.as_ref(), id) {
+        let id = p.id.as_deref();
+        if let Some(wrong) = Self::check_type(ResourceType::Patient, p.resource_type.as_deref(), id)
+        {
             return wrong;
         }
         let patient_id = match Self::own_id(id) {
@@ -895,8 +892,9 @@ impl Ingestor {
     }
 
     fn procedure<'a>(&self, p: ProcedureIn<'a>, line: &str) -> LineOutcome<'a> {
-        let id = p.id.as_ref();
-        if let Some(wrong) = Self::check_type(ResourceType::Procedure, p.resource_type.as_ref(), id)
+        let id = p.id.as_deref();
+        if let Some(wrong) =
+            Self::check_type(ResourceType::Procedure, p.resource_type.as_deref(), id)
         {
             return wrong;
         }
@@ -948,8 +946,9 @@ impl Ingestor {
     }
 
     fn condition<'a>(&self, c: ConditionIn<'a>, line: &str) -> LineOutcome<'a> {
-        let id = c.id.as_ref();
-        if let Some(wrong) = Self::check_type(ResourceType::Condition, c.resource_type.as_ref(), id)
+        let id = c.id.as_deref();
+        if let Some(wrong) =
+            Self::check_type(ResourceType::Condition, c.resource_type.as_deref(), id)
         {
             return wrong;
         }
