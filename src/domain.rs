@@ -110,8 +110,6 @@ pub struct MarkerValue {
     pub observation_id: ResourceId,
     /// `referenceRange.high`, converted, when it was in the marker's unit family.
     pub reference_high: Option<f64>,
-    /// `meta.lastUpdated` in Unix milliseconds, to resolve duplicates.
-    pub last_updated_ms: Option<i64>,
     /// The Observation's notes (`note.text`, joined), shown in the audit report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<Box<str>>,

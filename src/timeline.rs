@@ -466,13 +466,15 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
         patient_copies,
         hcc_conditions,
         mut procedures,
-        mut values,
-        value_ranks: _,
+        values,
+        value_ranks,
     } = records;
     let superseded_patients = patient_copies.len().saturating_sub(1) as u64;
     let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
-    let duplicates = deduplicate(&mut values);
+    let last_updated: Vec<Option<i64>> = value_ranks.iter().map(|r| r.last_updated_ms()).collect();
+    drop(value_ranks);
+    let (values, duplicates) = deduplicate(values, &last_updated);
     let hcc_count = hcc_conditions.len() as u64;
     let timeline = PatientTimeline {
         patient_id,
@@ -491,19 +493,27 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     }
 }
 
-/// Same marker and effective instant: the latest `meta.lastUpdated` wins, then the larger id.
-/// Leaves `values` sorted by (marker, instant) and returns the ids dropped.
-pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
-    values.sort_by(|a, b| {
+/// Same marker and effective instant: the latest `meta.lastUpdated` (`last_updated[i]` is that
+/// of `values[i]`) wins, then the larger id. Returns the values kept, sorted by (marker,
+/// instant), and the ids dropped.
+pub fn deduplicate(
+    values: Vec<MarkerValue>,
+    last_updated: &[Option<i64>],
+) -> (Vec<MarkerValue>, Vec<String>) {
+    let mut paired: Vec<(MarkerValue, Option<i64>)> = values
+        .into_iter()
+        .zip(last_updated.iter().copied())
+        .collect();
+    paired.sort_by(|(a, a_updated), (b, b_updated)| {
         (a.marker, a.instant_ms)
             .cmp(&(b.marker, b.instant_ms))
             // Winner first: later lastUpdated (None is oldest), then larger id.
-            .then_with(|| b.last_updated_ms.cmp(&a.last_updated_ms))
+            .then_with(|| b_updated.cmp(a_updated))
             .then_with(|| b.observation_id.cmp(&a.observation_id))
     });
     let mut dropped = Vec::new();
-    let mut kept: Vec<MarkerValue> = Vec::with_capacity(values.len());
-    for value in values.drain(..) {
+    let mut kept: Vec<MarkerValue> = Vec::with_capacity(paired.len());
+    for (value, _) in paired {
         match kept.last() {
             Some(last) if last.marker == value.marker && last.instant_ms == value.instant_ms => {
                 dropped.push(value.observation_id.to_string());
@@ -511,8 +521,7 @@ pub fn deduplicate(values: &mut Vec<MarkerValue>) -> Vec<String> {
             _ => kept.push(value),
         }
     }
-    *values = kept;
-    dropped
+    (kept, dropped)
 }
 
 #[cfg(test)]
@@ -521,7 +530,7 @@ mod tests {
     use crate::domain::{Censoring, Marker};
     use std::borrow::Cow;
 
-    fn value(id: &str, instant_ms: i64, last_updated_ms: Option<i64>, v: f64) -> MarkerValue {
+    fn value(id: &str, instant_ms: i64, v: f64) -> MarkerValue {
         MarkerValue {
             marker: Marker::Pivka2,
             value: v,
@@ -530,19 +539,18 @@ mod tests {
             instant_ms,
             observation_id: id.into(),
             reference_high: None,
-            last_updated_ms,
             note: None,
         }
     }
 
     #[test]
     fn duplicate_resolved_by_latest_last_updated() {
-        let mut values = vec![
-            value("b", 10, Some(200), 1.0),
-            value("a", 10, Some(300), 2.0),
-            value("c", 20, None, 3.0),
+        let values = vec![
+            value("b", 10, 1.0),
+            value("a", 10, 2.0),
+            value("c", 20, 3.0),
         ];
-        let dropped = deduplicate(&mut values);
+        let (values, dropped) = deduplicate(values, &[Some(200), Some(300), None]);
         assert_eq!(dropped, vec!["b".to_string()]);
         assert_eq!(
             values.iter().map(|v| v.value).collect::<Vec<_>>(),
@@ -552,15 +560,16 @@ mod tests {
 
     #[test]
     fn duplicate_tie_on_last_updated_keeps_larger_id() {
-        let mut values = vec![value("a", 10, Some(1), 1.0), value("b", 10, Some(1), 2.0)];
-        assert_eq!(deduplicate(&mut values), vec!["a".to_string()]);
+        let values = vec![value("a", 10, 1.0), value("b", 10, 2.0)];
+        let (values, dropped) = deduplicate(values, &[Some(1), Some(1)]);
+        assert_eq!(dropped, vec!["a".to_string()]);
         assert_eq!(&*values[0].observation_id, "b");
     }
 
     fn record(patient: &str, id: &str, instant_ms: i64, rank: CopyRank) -> Record<'static> {
         Record::Value {
             patient_id: Cow::Owned(patient.to_owned()),
-            value: value(id, instant_ms, rank.last_updated_ms(), instant_ms as f64),
+            value: value(id, instant_ms, instant_ms as f64),
             rank,
         }
     }

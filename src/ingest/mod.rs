@@ -846,7 +846,6 @@ impl Ingestor {
                 instant_ms: moment.instant_ms,
                 observation_id: observation_id.into(),
                 reference_high,
-                last_updated_ms: rank.last_updated_ms(),
                 note: note_text(&o.note),
             },
             rank,

@@ -126,7 +126,6 @@ impl Case {
             instant_ms: d.and_hms_opt(9, 0, 0).unwrap().and_utc().timestamp_millis(),
             observation_id: format!("obs-{:03}", self.next_id).into(),
             reference_high,
-            last_updated_ms: None,
             note: None,
         });
         self.timeline
