@@ -319,52 +319,70 @@ fn copy_key(kind: ResourceType, id: &str) -> u64 {
     hasher.finish()
 }
 
+/// Calls `visit(key, place, patient, item)` for every record and skipped copy.
+fn for_each_copy(
+    patients: &[(String, PatientRecords)],
+    skipped: &[(ResourceType, Skip)],
+    mut visit: impl FnMut(u64, Place, usize, usize),
+) {
+    for (patient, (_, records)) in patients.iter().enumerate() {
+        for (i, (id, _)) in records.hcc_conditions.iter().enumerate() {
+            visit(
+                copy_key(ResourceType::Condition, id),
+                Place::Condition,
+                patient,
+                i,
+            );
+        }
+        for (i, (procedure, _)) in records.procedures.iter().enumerate() {
+            let key = copy_key(ResourceType::Procedure, &procedure.procedure_id);
+            visit(key, Place::Procedure, patient, i);
+        }
+        for (i, value) in records.values.iter().enumerate() {
+            let key = copy_key(ResourceType::Observation, &value.observation_id);
+            visit(key, Place::Value, patient, i);
+        }
+    }
+    for (i, (kind, skip)) in skipped.iter().enumerate() {
+        visit(
+            copy_key(*kind, skip.resource_id()),
+            Place::Skipped,
+            usize::MAX,
+            i,
+        );
+    }
+}
+
 /// Every copy that another copy of the same resource (type and id) outranks, in any patient.
 fn superseded_copies(
     patients: &[(String, PatientRecords)],
     skipped: &[(ResourceType, Skip)],
 ) -> Vec<CopyRef> {
-    // Sized once: one 16-byte reference per record.
+    // First only the keys (8 bytes a record), to find those that repeat; then a reference to
+    // each copy of those alone. Most resources come once, so the run's peak memory stays low.
     let total: usize = patients
         .iter()
         .map(|(_, r)| r.hcc_conditions.len() + r.procedures.len() + r.values.len())
         .sum::<usize>()
         + skipped.len();
-    let mut refs: Vec<CopyRef> = Vec::with_capacity(total);
-    for (patient, (_, records)) in patients.iter().enumerate() {
-        let at = |place: Place, item: usize, id: &str| {
-            CopyRef::new(copy_key(place.kind(), id), place, patient, item)
-        };
-        refs.extend(
-            records
-                .hcc_conditions
-                .iter()
-                .enumerate()
-                .map(|(i, (id, _))| at(Place::Condition, i, id)),
-        );
-        refs.extend(
-            records
-                .procedures
-                .iter()
-                .enumerate()
-                .map(|(i, (p, _))| at(Place::Procedure, i, &p.procedure_id)),
-        );
-        refs.extend(
-            records
-                .values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| at(Place::Value, i, &v.observation_id)),
-        );
+    let mut keys: Vec<u64> = Vec::with_capacity(total);
+    for_each_copy(patients, skipped, |key, _, _, _| keys.push(key));
+    keys.par_sort_unstable();
+    let repeated: FxHashSet<u64> = keys
+        .chunk_by(|a, b| a == b)
+        .filter(|same| same.len() > 1)
+        .map(|same| same[0])
+        .collect();
+    drop(keys);
+    if repeated.is_empty() {
+        return Vec::new();
     }
-    refs.extend(skipped.iter().enumerate().map(|(i, (kind, skip))| {
-        CopyRef::new(
-            copy_key(*kind, skip.resource_id()),
-            Place::Skipped,
-            usize::MAX,
-            i,
-        )
-    }));
+    let mut refs: Vec<CopyRef> = Vec::new();
+    for_each_copy(patients, skipped, |key, place, patient, item| {
+        if repeated.contains(&key) {
+            refs.push(CopyRef::new(key, place, patient, item));
+        }
+    });
     refs.par_sort_unstable_by_key(|r| r.key);
     let id_of = |r: &CopyRef| match r.place() {
         Place::Skipped => skipped[r.item()].1.resource_id(),
@@ -474,7 +492,8 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
     let last_updated: Vec<Option<i64>> = value_ranks.iter().map(|r| r.last_updated_ms()).collect();
     drop(value_ranks);
-    let (values, duplicates) = deduplicate(values, &last_updated);
+    let mut values = values;
+    let duplicates = deduplicate(&mut values, &last_updated);
     let hcc_count = hcc_conditions.len() as u64;
     let timeline = PatientTimeline {
         patient_id,
@@ -494,34 +513,43 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
 }
 
 /// Same marker and effective instant: the latest `meta.lastUpdated` (`last_updated[i]` is that
-/// of `values[i]`) wins, then the larger id. Returns the values kept, sorted by (marker,
-/// instant), and the ids dropped.
-pub fn deduplicate(
-    values: Vec<MarkerValue>,
-    last_updated: &[Option<i64>],
-) -> (Vec<MarkerValue>, Vec<String>) {
-    let mut paired: Vec<(MarkerValue, Option<i64>)> = values
-        .into_iter()
-        .zip(last_updated.iter().copied())
-        .collect();
-    paired.sort_by(|(a, a_updated), (b, b_updated)| {
+/// of `values[i]`) wins, then the larger id. Leaves `values` sorted by (marker, instant), in
+/// place (no second copy), and returns the ids dropped.
+pub fn deduplicate(values: &mut Vec<MarkerValue>, last_updated: &[Option<i64>]) -> Vec<String> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&i, &j| {
+        let (a, b) = (&values[i], &values[j]);
         (a.marker, a.instant_ms)
             .cmp(&(b.marker, b.instant_ms))
             // Winner first: later lastUpdated (None is oldest), then larger id.
-            .then_with(|| b_updated.cmp(a_updated))
+            .then_with(|| last_updated[j].cmp(&last_updated[i]))
             .then_with(|| b.observation_id.cmp(&a.observation_id))
     });
+    arrange(values, order);
     let mut dropped = Vec::new();
-    let mut kept: Vec<MarkerValue> = Vec::with_capacity(paired.len());
-    for (value, _) in paired {
-        match kept.last() {
-            Some(last) if last.marker == value.marker && last.instant_ms == value.instant_ms => {
-                dropped.push(value.observation_id.to_string());
-            }
-            _ => kept.push(value),
+    // Keeps the first of each run of equal (marker, instant): the winner.
+    values.dedup_by(|later, kept| {
+        let same = later.marker == kept.marker && later.instant_ms == kept.instant_ms;
+        if same {
+            dropped.push(later.observation_id.to_string());
         }
+        same
+    });
+    dropped
+}
+
+/// Puts `items[order[k]]` at place `k` for every `k`, by swaps along the permutation's cycles.
+fn arrange<T>(items: &mut [T], mut order: Vec<usize>) {
+    for start in 0..order.len() {
+        let mut at = start;
+        while order[at] != start {
+            let from = order[at];
+            items.swap(at, from);
+            order[at] = at;
+            at = from;
+        }
+        order[at] = at;
     }
-    (kept, dropped)
 }
 
 #[cfg(test)]
@@ -538,19 +566,19 @@ mod tests {
             date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
             instant_ms,
             observation_id: id.into(),
-            reference_high: None,
+            reference_high: crate::domain::OptionalNumber::NONE,
             note: None,
         }
     }
 
     #[test]
     fn duplicate_resolved_by_latest_last_updated() {
-        let values = vec![
+        let mut values = vec![
             value("b", 10, 1.0),
             value("a", 10, 2.0),
             value("c", 20, 3.0),
         ];
-        let (values, dropped) = deduplicate(values, &[Some(200), Some(300), None]);
+        let dropped = deduplicate(&mut values, &[Some(200), Some(300), None]);
         assert_eq!(dropped, vec!["b".to_string()]);
         assert_eq!(
             values.iter().map(|v| v.value).collect::<Vec<_>>(),
@@ -559,9 +587,19 @@ mod tests {
     }
 
     #[test]
+    fn arrange_puts_each_item_where_its_order_says() {
+        let mut items = vec!['a', 'b', 'c', 'd', 'e'];
+        arrange(&mut items, vec![2, 0, 4, 1, 3]);
+        assert_eq!(items, vec!['c', 'a', 'e', 'b', 'd']);
+        let mut items = vec![1, 2, 3];
+        arrange(&mut items, vec![0, 1, 2]);
+        assert_eq!(items, vec![1, 2, 3]);
+    }
+
+    #[test]
     fn duplicate_tie_on_last_updated_keeps_larger_id() {
-        let values = vec![value("a", 10, 1.0), value("b", 10, 2.0)];
-        let (values, dropped) = deduplicate(values, &[Some(1), Some(1)]);
+        let mut values = vec![value("a", 10, 1.0), value("b", 10, 2.0)];
+        let dropped = deduplicate(&mut values, &[Some(1), Some(1)]);
         assert_eq!(dropped, vec!["a".to_string()]);
         assert_eq!(&*values[0].observation_id, "b");
     }

@@ -104,7 +104,7 @@ pub fn uln(series: &EpisodeSeries<'_>, config: &Config) -> f64 {
         .unwrap_or(f64::INFINITY);
     series
         .latest()
-        .and_then(|v| v.reference_high)
+        .and_then(|v| v.reference_high.get())
         .unwrap_or(default)
 }
 

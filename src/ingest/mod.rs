@@ -311,9 +311,10 @@ pub fn resource_header(json: &str) -> Option<ResourceHeader<'_>> {
 }
 
 /// An Observation's notes as one text, or `None`.
-fn note_text(notes: &[fhir_json::Annotation<'_>]) -> Option<Box<str>> {
+#[allow(clippy::box_collection)] // see MarkerValue::note
+fn note_text(notes: &[fhir_json::Annotation<'_>]) -> Option<Box<String>> {
     let texts: Vec<&str> = notes.iter().filter_map(|n| n.text.as_deref()).collect();
-    (!texts.is_empty()).then(|| texts.join(" / ").into_boxed_str())
+    (!texts.is_empty()).then(|| Box::new(texts.join(" / ")))
 }
 
 /// The patient a resource is about: a Patient's own id, else its `subject` (or `patient`)
@@ -845,7 +846,7 @@ impl Ingestor {
                 date: moment.date,
                 instant_ms: moment.instant_ms,
                 observation_id: observation_id.into(),
-                reference_high,
+                reference_high: reference_high.into(),
                 note: note_text(&o.note),
             },
             rank,

@@ -153,7 +153,7 @@ pub fn chart(
                         | bit(baseline.as_deref() == Some(id), point::BASELINE)
                         | bit(nadir.as_deref() == Some(id), point::NADIR),
                     observation: id.to_owned(),
-                    note: v.note.as_deref().map(str::to_owned),
+                    note: v.note.as_deref().cloned(),
                 }
             })
             .collect();
