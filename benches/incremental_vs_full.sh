@@ -15,7 +15,7 @@ ROUNDS=${ROUNDS:-3}
 CHANGED=$((PATIENTS / 100))
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/tare-marker-monitor"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
 WORK=$(mktemp -d)
 # shellcheck source=benches/server.sh
 . "$ROOT/benches/server.sh"

@@ -24,8 +24,8 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
-BIN="$ROOT/target/release/tare-marker-monitor"
-EXAMPLES="$ROOT/target/release/examples"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
+EXAMPLES="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 measure() { # prints "seconds max_rss_kb"

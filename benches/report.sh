@@ -12,7 +12,7 @@ PATIENTS=${PATIENTS:-20000}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/tare-marker-monitor"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$BIN" generate --patients "$PATIENTS" --seed 11 --as-of 2026-11-01 --out "$WORK/cohort" >/dev/null

@@ -16,8 +16,8 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
-BIN="$ROOT/target/release/tare-marker-monitor"
-EXAMPLES="$ROOT/target/release/examples"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
+EXAMPLES="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"
 
 if [ ! -s "$DATA/Observation.ndjson" ]; then
     "$BIN" generate --patients "$PATIENTS" --seed 1 --as-of 2026-11-01 --out "$DATA" >/dev/null

@@ -12,7 +12,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
-BIN="$ROOT/target/release/tare-marker-monitor"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
 ROWS=()
 PAYLOAD_ROWS=()
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -20,11 +20,11 @@ seconds_of() { sed -E 's/.* in ([0-9.]+) s.*/\1/'; }
 payload() { # prints a table row: fetch-only plain / _elements / _count=1000
     local plain=() elements=() big=() line mb_plain mb_elements
     for _ in $(seq "${ROUNDS:-3}"); do
-        line=$("$ROOT/target/release/examples/fetch_only" --server "$BASE"); plain+=("$(echo "$line" | seconds_of)")
+        line=$("${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/fetch_only" --server "$BASE"); plain+=("$(echo "$line" | seconds_of)")
         mb_plain=$(echo "$line" | sed -E 's/.*\(([0-9.]+) MB.*/\1/')
-        line=$("$ROOT/target/release/examples/fetch_only" --server "$BASE" --elements); elements+=("$(echo "$line" | seconds_of)")
+        line=$("${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/fetch_only" --server "$BASE" --elements); elements+=("$(echo "$line" | seconds_of)")
         mb_elements=$(echo "$line" | sed -E 's/.*\(([0-9.]+) MB.*/\1/')
-        line=$(TMM_SERVER__PAGE_SIZE=1000 "$ROOT/target/release/examples/fetch_only" --server "$BASE"); big+=("$(echo "$line" | seconds_of)")
+        line=$(TMM_SERVER__PAGE_SIZE=1000 "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/fetch_only" --server "$BASE"); big+=("$(echo "$line" | seconds_of)")
     done
     echo "| $SERVER_NAME | $PATIENTS | $(median "${plain[@]}") s ($mb_plain MB) | $(median "${elements[@]}") s ($mb_elements MB) | $(median "${big[@]}") s |"
 }

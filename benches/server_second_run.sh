@@ -14,8 +14,8 @@ PATIENTS=${PATIENTS:-5000}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
-BIN="$ROOT/target/release/tare-marker-monitor"
-EXAMPLES="$ROOT/target/release/examples"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tare-marker-monitor"
+EXAMPLES="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"
 WORK=$(mktemp -d)
 # shellcheck source=benches/server.sh
 . "$ROOT/benches/server.sh"
