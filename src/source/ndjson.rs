@@ -285,9 +285,12 @@ impl Iterator for BlockReader<'_> {
                     Err(e) => return self.error(e),
                 }
             }
-            // The partial line left by the previous block starts this one (no copy).
+            // A pooled buffer, with room for the partial line left by the previous block and a
+            // whole read, so reading never grows it (growing asks for fresh zeroed pages).
             let mut bytes = self.pool.take();
-            std::mem::swap(&mut bytes, &mut self.carry);
+            bytes.reserve(self.carry.len() + BLOCK_BYTES + 1);
+            bytes.extend_from_slice(&self.carry);
+            self.carry.clear();
             let mut too_long = Vec::new();
             // Bytes already known to hold no newline: only new bytes are searched.
             let mut scanned = 0;

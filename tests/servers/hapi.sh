@@ -50,7 +50,7 @@ start() {
     jar=$(build)
     log="$CACHE/hapi-$port.log"
     local pid_file="$CACHE/hapi-$port.pid"
-    if [ -s "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    if [ -s "$pid_file" ] && grep -qs tare-test-hapi-server "/proc/$(cat "$pid_file")/cmdline"; then
         echo "a HAPI server started by this script runs on port $port (PID $(cat "$pid_file"))" >&2
         exit 1
     fi
@@ -80,10 +80,16 @@ start() {
 }
 
 stop() { # [PORT]
-    local pid_file pid
-    for pid_file in "$CACHE"/hapi-"${1:-*}".pid; do
+    local pid_file pid pattern="hapi-${1:-*}.pid"
+    # $pattern unquoted: without a port it is a glob over every PID file.
+    for pid_file in "$CACHE"/$pattern; do
         [ -s "$pid_file" ] || continue
         pid=$(cat "$pid_file")
+        # A PID file left by a server that died may name another process by now.
+        if ! grep -qs tare-test-hapi-server "/proc/$pid/cmdline"; then
+            rm -f "$pid_file"
+            continue
+        fi
         kill "$pid" 2>/dev/null || true
         # Up to 30 s for a clean shutdown, then no more patience.
         for _ in $(seq 30); do

@@ -39,10 +39,16 @@ install() {
     echo "TMM_TEST_HFS_DATA=$DATA"
 }
 
+# Whether the PID file names a running HFS of ours (a PID file left by a server that died may
+# name another process by now).
+running() {
+    [ -s "$PID_FILE" ] && grep -qs -- "$BIN" "/proc/$(cat "$PID_FILE")/cmdline"
+}
+
 start() {
     local port=$1
     install >/dev/null
-    if [ -s "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+    if running; then
         echo "an HFS started by this script is running (PID $(cat "$PID_FILE")): stop it first" >&2
         exit 1
     fi
@@ -73,10 +79,10 @@ start() {
 }
 
 stop() {
-    if [ -s "$PID_FILE" ]; then
+    if running; then
         kill "$(cat "$PID_FILE")" 2>/dev/null || true
-        rm -f "$PID_FILE"
     fi
+    rm -f "$PID_FILE"
 }
 
 mkdir -p "$ROOT"
