@@ -26,6 +26,11 @@ struct TypeTest {
     type_name: Vec<u8>,
     /// Every monitored code of the type.
     codes: FxHashSet<Box<[u8]>>,
+    /// Which lengths (up to 63 bytes; longer ones share bit 63) and first bytes the codes
+    /// have: most `"code"` values of an export (units, categories, other labs' codes) fail
+    /// these two lookups and are never hashed.
+    code_lengths: u64,
+    code_first_bytes: [bool; 256],
     code_key: Finder<'static>,
     type_key: Finder<'static>,
     /// For each byte `X`, whether the escape `\X` decodes to a character of some code.
@@ -50,6 +55,11 @@ fn unescaped(x: u8) -> Option<char> {
         b't' => '\t',
         _ => return None,
     })
+}
+
+/// A length's bit in `TypeTest::code_lengths`.
+fn length_bit(length: usize) -> u64 {
+    1 << length.min(63)
 }
 
 fn index(kind: ResourceType) -> usize {
@@ -78,9 +88,19 @@ impl TypeTest {
                 risky_escape[usize::from(x)] = codes.iter().any(|code| code.contains(c));
             }
         }
+        let mut code_lengths = 0u64;
+        let mut code_first_bytes = [false; 256];
+        for code in codes {
+            code_lengths |= length_bit(code.len());
+            if let Some(&first) = code.as_bytes().first() {
+                code_first_bytes[usize::from(first)] = true;
+            }
+        }
         TypeTest {
             type_name: format!("\"{}\"", kind.name()).into_bytes(),
             codes: codes.iter().map(|c| c.as_bytes().into()).collect(),
+            code_lengths,
+            code_first_bytes,
             code_key: Finder::new(b"\"code\"").into_owned(),
             type_key: Finder::new(b"\"resourceType\"").into_owned(),
             risky_escape,
@@ -100,7 +120,15 @@ impl TypeTest {
                 return false;
             }
             let value = &text[start + 1..];
-            memchr::memchr(b'"', value).is_some_and(|end| self.codes.contains(&value[..end]))
+            memchr::memchr(b'"', value).is_some_and(|end| self.is_code(&value[..end]))
+        })
+    }
+
+    fn is_code(&self, value: &[u8]) -> bool {
+        value.first().is_some_and(|&first| {
+            self.code_first_bytes[usize::from(first)]
+                && self.code_lengths & length_bit(value.len()) != 0
+                && self.codes.contains(value)
         })
     }
 
