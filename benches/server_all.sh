@@ -9,6 +9,8 @@
 # one table row per server and size.
 #
 #   SERVERS="hfs hapi" SIZES="1000 5000" ROUNDS=3 bash benches/server_all.sh
+# Lines are echoed to stderr as they come with `tee -a /dev/stderr`: without -a, tee truncates
+# stderr when it is a file (2>log), and the log loses what was written before.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin tare-marker-monitor --examples
@@ -36,17 +38,17 @@ for SERVER in ${SERVERS:-hfs hapi}; do
         trap 'stop_server; rm -rf "$WORK"' EXIT
         echo "== $SERVER_NAME, $PATIENTS patients: second run vs fetch-only"
         second=$(BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS SERVER_NAME=$SERVER_NAME \
-            bash "$ROOT/benches/server_second_run.sh" | tee /dev/stderr)
+            bash "$ROOT/benches/server_second_run.sh" | tee -a /dev/stderr)
         echo "== $SERVER_NAME, $PATIENTS patients: incremental vs full"
         incremental=$(BASE=$BASE COHORT=$COHORT_DIR PATIENTS=$PATIENTS SERVER_NAME=$SERVER_NAME \
-            bash "$ROOT/benches/incremental_vs_full.sh" | tee /dev/stderr)
+            bash "$ROOT/benches/incremental_vs_full.sh" | tee -a /dev/stderr)
         rate=$(echo "$second" | sed -nE 's/^fetch-only:.* ([0-9.]+) requests\/s.*/\1/p')
         ratio=$(echo "$second" | sed -nE 's/^ratio second run \/ fetch-only: ([0-9.]+).*/\1/p')
         inc=$(echo "$incremental" | sed -nE 's/^ratio incremental \/ full: time ([0-9.]+),.*/\1/p')
         ROWS+=("| $SERVER_NAME | $PATIENTS | $rate | $ratio | $inc |")
         if [[ " ${PAYLOAD_SIZES:-1000} " == *" $PATIENTS "* ]]; then
             echo "== $SERVER_NAME, $PATIENTS patients: payload"
-            PAYLOAD_ROWS+=("$(payload | tee /dev/stderr)")
+            PAYLOAD_ROWS+=("$(payload | tee -a /dev/stderr)")
         fi
         stop_server
         rm -rf "$WORK"
