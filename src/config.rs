@@ -481,7 +481,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             base_url: None,
-            page_size: 200,
+            page_size: 1000,
             patient_batch: 50,
             concurrency: 4,
             write_concurrency: 1,
