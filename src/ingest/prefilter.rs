@@ -8,13 +8,15 @@
 //! 1. it begins `{"resourceType":"<Type>"` (whitespace allowed around `:`), the type its file
 //!    holds: the first key is the resource's own, so the resource is of that type;
 //! 2. it ends with `}` (a line cut short is parsed, and reported);
-//! 3. after that first key, no `"resourceType"` (a contained resource, a repeated key), and
-//!    no key `"code"` whose value is a monitored code (`"code":"34444-0"`), appear anywhere;
+//! 3. no key `"code"` anywhere in it (in contained resources too) has a monitored code as its
+//!    string value (`"code":"34444-0"`);
 //! 4. it holds no escape that could spell a character of a monitored code: no `\u` at all, and
 //!    no short escape (`\/`, `\"`, ...) of a character some code contains.
 //!
 //! Then no coding of the resource can hold a monitored code, and a full parse would find it
-//! not relevant too. Everything else is parsed in full. Patients are always parsed.
+//! not relevant too (contained resources are never read; a repeated `resourceType` key makes
+//! the line malformed, and a malformed line without a monitored code is counted as not
+//! relevant, docs/rules.md 1.4a). Everything else is parsed in full. Patients are always parsed.
 
 use super::ResourceType;
 use memchr::memmem::Finder;
@@ -32,7 +34,6 @@ struct TypeTest {
     code_lengths: u64,
     code_first_bytes: [bool; 256],
     code_key: Finder<'static>,
-    type_key: Finder<'static>,
     /// For each byte `X`, whether the escape `\X` decodes to a character of some code.
     risky_escape: [bool; 256],
 }
@@ -102,7 +103,6 @@ impl TypeTest {
             code_lengths,
             code_first_bytes,
             code_key: Finder::new(b"\"code\"").into_owned(),
-            type_key: Finder::new(b"\"resourceType\"").into_owned(),
             risky_escape,
         }
     }
@@ -148,10 +148,7 @@ impl TypeTest {
             return false;
         };
         let rest = &line[rest..];
-        if line.last() != Some(&b'}')
-            || self.type_key.find(rest).is_some()
-            || self.names_a_monitored_code(rest)
-        {
+        if line.last() != Some(&b'}') || self.names_a_monitored_code(rest) {
             return false;
         }
         let mut escapes = memchr::memchr_iter(b'\\', line);
@@ -244,11 +241,19 @@ mod tests {
             r#"["resourceType","Observation"]"#,
             // Cut short.
             r#"{"resourceType":"Observation","id":"1""#,
-            // A second resourceType: a contained resource, or a repeated key.
-            r#"{"resourceType":"Observation","contained":[{"resourceType":"Observation"}]}"#,
         ] {
             assert!(!passed_over(line), "{line}");
         }
+    }
+
+    #[test]
+    fn a_contained_resource_is_parsed_only_when_it_holds_a_monitored_code() {
+        assert!(passed_over(
+            r#"{"resourceType":"Observation","contained":[{"resourceType":"Observation","code":{"coding":[{"code":"718-7"}]}}]}"#
+        ));
+        assert!(!passed_over(
+            r#"{"resourceType":"Observation","contained":[{"resourceType":"Observation","code":{"coding":[{"code":"34444-0"}]}}]}"#
+        ));
     }
 
     #[test]
