@@ -59,6 +59,20 @@ pub fn job_ok(command: &str, args: &[&str]) -> tempfile::TempDir {
 }
 
 /// The run summary in `out`.
+/// A Bulk Data folder (one `.ndjson` file per type the job reads) holding `resources`.
+pub fn write_folder(resources: &[Value]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
+        let lines: String = resources
+            .iter()
+            .filter(|r| r["resourceType"] == kind)
+            .map(|r| format!("{r}\n"))
+            .collect();
+        std::fs::write(dir.path().join(format!("{kind}.ndjson")), lines).unwrap();
+    }
+    dir
+}
+
 pub fn summary_of(out: &Path) -> Value {
     serde_json::from_str(&read(out, "run-summary.json")).unwrap()
 }

@@ -3,7 +3,7 @@
 //! clinician's annotation is kept, a flag that ends is cancelled. And an independent judge of
 //! what the job writes: HAPI's `$validate`.
 
-use crate::helpers::{demo, generated, job, job_ok, read};
+use crate::helpers::{demo, generated, job, job_ok, read, write_folder};
 use crate::servers::{get_json, on_each_server, our_issues, patient_of, seed, try_put, TestServer};
 
 use serde_json::{json, Value};
@@ -25,19 +25,6 @@ fn demo_resources() -> Vec<Value> {
     resources
 }
 
-fn write_folder(resources: &[Value]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
-        let lines: String = resources
-            .iter()
-            .filter(|r| r["resourceType"] == kind)
-            .map(|r| format!("{r}\n"))
-            .collect();
-        std::fs::write(dir.path().join(format!("{kind}.ndjson")), lines).unwrap();
-    }
-    dir
-}
-
 fn run(source: &[&str]) -> tempfile::TempDir {
     job_ok("run", source)
 }
@@ -55,6 +42,18 @@ fn write_back_counts(out: &Path) -> (u64, u64, u64, u64) {
 }
 
 on_each_server!(server_read_and_write_back_lifecycle);
+
+/// A PIVKA-II value for demo-04 below its nadir: it ends the unconfirmed rise, so the next run
+/// cancels that DetectedIssue.
+fn demo_04_lower_pivka() -> Value {
+    json!({
+        "resourceType": "Observation", "id": "demo-04-new-low", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+        "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
+        "effectiveDateTime": "2026-09-29T10:00:00Z",
+        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
+    })
+}
 
 /// One test, in steps, each building on the server the previous one left.
 async fn server_read_and_write_back_lifecycle(server: TestServer) {
@@ -155,13 +154,7 @@ async fn server_read_and_write_back_lifecycle(server: TestServer) {
 
     // ... and a new, lower PIVKA-II value ends the rise: the job cancels the DetectedIssue and
     // keeps the annotation.
-    let observation = json!({
-        "resourceType": "Observation", "id": "demo-04-new-low", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
-        "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
-        "effectiveDateTime": "2026-09-29T10:00:00Z",
-        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
-    });
+    let observation = demo_04_lower_pivka();
     assert!(try_put(&base, &observation).await);
     let third = run(&["--server", &base]);
     let (created, updated, cancelled, _) = write_back_counts(third.path());
@@ -305,13 +298,7 @@ async fn hapi_validate_finds_no_error_in_anything_the_job_writes() {
     let creating = run(&["--server", &base, "--dry-run"]);
     run(&["--server", &base]);
     // A lower PIVKA-II value ends demo-04's rise: the next run would cancel and update.
-    let observation = json!({
-        "resourceType": "Observation", "id": "demo-04-new-low", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
-        "subject": {"reference": "Patient/demo-04-pivka-unconfirmed-rise"},
-        "effectiveDateTime": "2026-09-29T10:00:00Z",
-        "valueQuantity": {"value": 100, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}
-    });
+    let observation = demo_04_lower_pivka();
     assert!(try_put(&base, &observation).await);
     let updating = run(&["--server", &base, "--dry-run"]);
 

@@ -5,7 +5,7 @@
 //! scopes asked for. `.ci/run` installs it and names the program in TMM_TEST_SEKMET; each test
 //! starts a private instance.
 
-use crate::helpers::{binary, demo, read};
+use crate::helpers::{binary, demo, read, write_folder};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -216,15 +216,7 @@ async fn an_independent_token_endpoint_accepts_our_rs384_and_es384_assertions_on
 
     // The job reads with a token for each key (each run signs its own assertion) and sees
     // what the same resources give from files.
-    let folder = tempfile::tempdir().unwrap();
-    for kind in ["Patient", "Condition", "Procedure", "Observation"] {
-        let lines: String = resources
-            .iter()
-            .filter(|r| r["resourceType"] == kind)
-            .map(|r| format!("{r}\n"))
-            .collect();
-        std::fs::write(folder.path().join(format!("{kind}.ndjson")), lines).unwrap();
-    }
+    let folder = write_folder(&resources);
     let from_files = explain(&["--source-dir", folder.path().to_str().unwrap()]);
     assert!(from_files.status.success());
     let configs = sekmet.dir.path();
