@@ -17,6 +17,8 @@ set -euo pipefail
 
 PROJECT="$(cd "$(dirname "$0")/hapi" && pwd)"
 CACHE=${HAPI_CACHE:-$HOME/.cache/tare-hapi}
+# shellcheck source=tests/servers/common.sh
+. "$(dirname "$0")/common.sh"
 
 project_hash() {
     (cd "$PROJECT" && find pom.xml src -type f -print0 | sort -z | xargs -0 sha256sum) |
@@ -50,7 +52,7 @@ start() {
     jar=$(build)
     log="$CACHE/hapi-$port.log"
     local pid_file="$CACHE/hapi-$port.pid"
-    if [ -s "$pid_file" ] && grep -qs tare-test-hapi-server "/proc/$(cat "$pid_file")/cmdline"; then
+    if runs "$pid_file" tare-test-hapi-server; then
         echo "a HAPI server started by this script runs on port $port (PID $(cat "$pid_file"))" >&2
         exit 1
     fi
@@ -59,24 +61,7 @@ start() {
     pid=$!
     echo "$pid" >"$pid_file"
     local base="http://127.0.0.1:$port/fhir"
-    for _ in $(seq 300); do
-        if curl -fsS -o /dev/null "$base/metadata" 2>/dev/null; then
-            echo "HAPI FHIR up on port $port (PID $pid, log $log)" >&2
-            echo "$base"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -40 "$log" >&2
-            echo "the HAPI FHIR server exited (log above)" >&2
-            rm -f "$pid_file"
-            exit 1
-        fi
-        sleep 1
-    done
-    tail -40 "$log" >&2
-    echo "the HAPI FHIR server did not answer $base/metadata within 300 s" >&2
-    stop "$port"
-    exit 1
+    await_metadata "HAPI FHIR on port $port" "$base" "$pid" "$log" 300 || { stop "$port"; exit 1; }
 }
 
 stop() { # [PORT]
@@ -85,8 +70,7 @@ stop() { # [PORT]
     for pid_file in "$CACHE"/$pattern; do
         [ -s "$pid_file" ] || continue
         pid=$(cat "$pid_file")
-        # A PID file left by a server that died may name another process by now.
-        if ! grep -qs tare-test-hapi-server "/proc/$pid/cmdline"; then
+        if ! runs "$pid_file" tare-test-hapi-server; then
             rm -f "$pid_file"
             continue
         fi

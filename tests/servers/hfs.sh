@@ -19,6 +19,8 @@ ROOT=${HFS_CACHE:-$HOME/.cache/tare-hfs}
 BIN="$ROOT/bin/hfs"
 DATA="$ROOT/data-r4"
 PID_FILE="$ROOT/hfs.pid"
+# shellcheck source=tests/servers/common.sh
+. "$(dirname "$0")/common.sh"
 
 install() {
     if [ ! -x "$BIN" ]; then
@@ -39,16 +41,10 @@ install() {
     echo "TMM_TEST_HFS_DATA=$DATA"
 }
 
-# Whether the PID file names a running HFS of ours (a PID file left by a server that died may
-# name another process by now).
-running() {
-    [ -s "$PID_FILE" ] && grep -qs -- "$BIN" "/proc/$(cat "$PID_FILE")/cmdline"
-}
-
 start() {
     local port=$1
     install >/dev/null
-    if running; then
+    if runs "$PID_FILE" "$BIN"; then
         echo "an HFS started by this script is running (PID $(cat "$PID_FILE")): stop it first" >&2
         exit 1
     fi
@@ -58,28 +54,11 @@ start() {
         nohup "$BIN" --port "$port" --database-url :memory: --data-dir "$DATA" >"$log" 2>&1 &
     local pid=$!
     echo "$pid" >"$PID_FILE"
-    for _ in $(seq 120); do
-        if curl -fsS -o /dev/null "$base/metadata" 2>/dev/null; then
-            echo "HFS $HFS_VERSION up on port $port (PID $pid, log $log)" >&2
-            echo "$base"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -20 "$log" >&2
-            echo "HFS exited (log above)" >&2
-            rm -f "$PID_FILE"
-            exit 1
-        fi
-        sleep 1
-    done
-    tail -20 "$log" >&2
-    echo "HFS did not answer $base/metadata within 120 s" >&2
-    stop
-    exit 1
+    await_metadata "HFS $HFS_VERSION on port $port" "$base" "$pid" "$log" 120 || { stop; exit 1; }
 }
 
 stop() {
-    if running; then
+    if runs "$PID_FILE" "$BIN"; then
         kill "$(cat "$PID_FILE")" 2>/dev/null || true
     fi
     rm -f "$PID_FILE"
