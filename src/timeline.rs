@@ -490,10 +490,8 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     let superseded_patients = patient_copies.len().saturating_sub(1) as u64;
     let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
-    let last_updated: Vec<Option<i64>> = value_ranks.iter().map(|r| r.last_updated_ms()).collect();
-    drop(value_ranks);
     let mut values = values;
-    let duplicates = deduplicate(&mut values, &last_updated);
+    let duplicates = deduplicate(&mut values, |i| value_ranks[i].last_updated_ms());
     let hcc_count = hcc_conditions.len() as u64;
     let timeline = PatientTimeline {
         patient_id,
@@ -512,17 +510,20 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     }
 }
 
-/// Same marker and effective instant: the latest `meta.lastUpdated` (`last_updated[i]` is that
+/// Same marker and effective instant: the latest `meta.lastUpdated` (`last_updated(i)` is that
 /// of `values[i]`) wins, then the larger id. Leaves `values` sorted by (marker, instant), in
 /// place (no second copy), and returns the ids dropped.
-pub fn deduplicate(values: &mut Vec<MarkerValue>, last_updated: &[Option<i64>]) -> Vec<String> {
+pub fn deduplicate(
+    values: &mut Vec<MarkerValue>,
+    last_updated: impl Fn(usize) -> Option<i64>,
+) -> Vec<String> {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&i, &j| {
         let (a, b) = (&values[i], &values[j]);
         (a.marker, a.instant_ms)
             .cmp(&(b.marker, b.instant_ms))
             // Winner first: later lastUpdated (None is oldest), then larger id.
-            .then_with(|| last_updated[j].cmp(&last_updated[i]))
+            .then_with(|| last_updated(j).cmp(&last_updated(i)))
             .then_with(|| b.observation_id.cmp(&a.observation_id))
     });
     arrange(values, order);
@@ -578,7 +579,7 @@ mod tests {
             value("a", 10, 2.0),
             value("c", 20, 3.0),
         ];
-        let dropped = deduplicate(&mut values, &[Some(200), Some(300), None]);
+        let dropped = deduplicate(&mut values, |i| [Some(200), Some(300), None][i]);
         assert_eq!(dropped, vec!["b".to_string()]);
         assert_eq!(
             values.iter().map(|v| v.value).collect::<Vec<_>>(),
@@ -599,7 +600,7 @@ mod tests {
     #[test]
     fn duplicate_tie_on_last_updated_keeps_larger_id() {
         let mut values = vec![value("a", 10, 1.0), value("b", 10, 2.0)];
-        let dropped = deduplicate(&mut values, &[Some(1), Some(1)]);
+        let dropped = deduplicate(&mut values, |_| Some(1));
         assert_eq!(dropped, vec!["a".to_string()]);
         assert_eq!(&*values[0].observation_id, "b");
     }

@@ -264,10 +264,10 @@ async fn vanished_references(
             client
                 .search_all(url, |page| {
                     for raw in &page.resources {
-                        if let Ok(resource) = serde_json::from_str::<Value>(raw.get()) {
-                            if let Some(id) = resource["id"].as_str() {
-                                present.insert(id.to_owned());
-                            }
+                        if let Some(id) =
+                            crate::ingest::resource_header(raw.get()).and_then(|h| h.id)
+                        {
+                            present.insert(id.into_owned());
                         }
                     }
                 })
