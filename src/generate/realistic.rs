@@ -9,7 +9,7 @@
 //! A separate random stream per patient: the cohort's own resources are those `generate`
 //! writes without `--realistic`, so the findings are the same.
 
-use super::PatientResources;
+use super::{quantity, PatientResources, LOINC};
 use chrono::{DateTime, Duration, Utc};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 /// Other Observations per monitored one: markers and liver labs are 1 in 20 lines.
 pub const OTHERS_PER_MONITORED: usize = 19;
 
-const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 const LOCAL_LAB: &str = "https://lab.hospital.example.org/codes";
 const SNOMED: &str = "http://snomed.info/sct";
@@ -337,7 +336,7 @@ impl Surrounder<'_> {
             "subject": self.subject(),
             "effectiveDateTime": instant(at),
             "issued": instant(at + Duration::hours(3)),
-            "valueQuantity": {"value": value, "unit": test.unit, "system": UCUM, "code": test.unit},
+            "valueQuantity": quantity(value, test.unit),
             "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": interpretation}]}],
             "referenceRange": [{"low": {"value": test.low, "unit": test.unit}, "high": {"value": middle * 1.4, "unit": test.unit}, "text": "adult"}],
         })
@@ -543,7 +542,7 @@ pub fn surround(patient: &PatientResources, patient_id: &str, seed: u64, n: usiz
                 "category": category("laboratory"),
                 "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
                 "subject": o.subject(), "effectiveDateTime": instant(at),
-                "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+                "valueQuantity": quantity(value, unit),
             }),
             false,
         ));

@@ -322,20 +322,15 @@ fn note_text(notes: &[fhir_json::Annotation<'_>]) -> Option<Box<String>> {
 /// valid FHIR id is returned.
 pub fn patient_of_resource(json: &str) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
-    struct Reference<'a> {
-        #[serde(borrow)]
-        reference: Option<fhir_json::Text<'a>>,
-    }
-    #[derive(serde::Deserialize)]
     struct About<'a> {
         #[serde(borrow, rename = "resourceType")]
         resource_type: Option<fhir_json::Text<'a>>,
         #[serde(borrow)]
         id: Option<fhir_json::Text<'a>>,
         #[serde(borrow)]
-        subject: Option<Reference<'a>>,
+        subject: Option<fhir_json::Reference<'a>>,
         #[serde(borrow)]
-        patient: Option<Reference<'a>>,
+        patient: Option<fhir_json::Reference<'a>>,
     }
     let about: About = serde_json::from_str(json).ok()?;
     if about.resource_type.as_deref() == Some("Patient") {
