@@ -11,27 +11,25 @@ use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::path::PathBuf;
 use tare_marker_monitor::config::Config;
 use tare_marker_monitor::ingest::{Ingestor, LineOutcome, ResourceType};
+use tare_marker_monitor::source::ndjson::SourceError;
 use tare_marker_monitor::source::ndjson::{discover, lines, BlockReader, BufferPool, SourceFile};
 
-/// Every NDJSON file of the folder, sorted by name; the type is the job's when the name
-/// declares one (any type will do for the floor, which reads no type).
-fn every_file(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let gzip = name.ends_with(".ndjson.gz");
-        if gzip || name.ends_with(".ndjson") {
-            let kind = ResourceType::ALL
-                .into_iter()
-                .find(|k| name.starts_with(k.name()))
-                .unwrap_or(ResourceType::Observation);
-            files.push(SourceFile { path, kind, gzip });
-        }
-    }
+/// Every NDJSON file of the folder, sorted by name: those the job reads and those of the other
+/// types, which `discover` lists as not read (any type will do for the floor, which reads none).
+fn every_file(dir: &std::path::Path) -> Result<Vec<SourceFile>, SourceError> {
+    let discovered = discover(dir)?;
+    let mut files = discovered.files;
+    files.extend(
+        discovered
+            .ignored
+            .iter()
+            .filter(|ignored| ignored.is_other_resource_type())
+            .map(|ignored| SourceFile {
+                path: dir.join(&ignored.name),
+                kind: ResourceType::Observation,
+                gzip: ignored.name.ends_with(".gz"),
+            }),
+    );
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }

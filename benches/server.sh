@@ -34,7 +34,9 @@ case "$SERVER" in
         SERVER_PID=$!
         stop_server() { kill "$SERVER_PID" 2>/dev/null || true; }
         BASE="http://127.0.0.1:$PORT"
-        for _ in $(seq 120); do curl -fsS -o /dev/null "$BASE/metadata" 2>/dev/null && break; sleep 1; done
+        # shellcheck source=tests/servers/common.sh
+        . "$ROOT/tests/servers/common.sh"
+        await_metadata "$SERVER_NAME" "$BASE" "$SERVER_PID" "$WORK/hfs.log" 120 >/dev/null || exit 1
         ;;
     hapi)
         SERVER_NAME="HAPI FHIR 8.8 JPA (H2 in memory)"
