@@ -74,7 +74,9 @@ macro_rules! on_each_server {
 }
 pub(crate) use on_each_server;
 
-fn configured(variable: &str) -> Option<String> {
+/// The value of a test-server variable `.ci/run` sets; outside CI, `None` (the test says it is
+/// skipped); in CI, a missing one fails the test.
+pub(crate) fn configured(variable: &str) -> Option<String> {
     match std::env::var(variable) {
         Ok(value) if !value.is_empty() => Some(value),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -97,14 +99,19 @@ impl TestServer {
     }
 }
 
-async fn start_hfs() -> Option<TestServer> {
-    let bin = configured("TMM_TEST_HFS_BIN")?;
-    let data = configured("TMM_TEST_HFS_DATA")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on now, for a server process to take.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+async fn start_hfs() -> Option<TestServer> {
+    let bin = configured("TMM_TEST_HFS_BIN")?;
+    let data = configured("TMM_TEST_HFS_DATA")?;
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = std::process::Command::new(bin)
         .args(["--port", &port.to_string(), "--database-url", ":memory:"])

@@ -6,6 +6,7 @@
 //! starts a private instance.
 
 use crate::helpers::{binary, demo, read, write_folder};
+use crate::servers::{configured, free_port};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -39,22 +40,9 @@ fn fixture_key(name: &str) -> PathBuf {
 /// A private SEKMET with two SMART clients: `tmm-rs384` (our RSA public key, read and write)
 /// and `tmm-es384` (our P-384 public key, read only).
 async fn start_sekmet() -> Option<Sekmet> {
-    let program = match std::env::var("TMM_TEST_SEKMET") {
-        Ok(program) if !program.is_empty() => program,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("TMM_TEST_SEKMET is not set: .ci/run must install sekmet-fhir")
-        }
-        _ => {
-            eprintln!("TMM_TEST_SEKMET not set: skipping (run bash .ci/run)");
-            return None;
-        }
-    };
+    let program = configured("TMM_TEST_SEKMET")?;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}/fhir");
     let settings = format!(
         "base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {data:?}\n\
