@@ -163,6 +163,15 @@ pub struct MarkerLimit {
     pub plateau_level: Option<f64>,
     /// A value above this (canonical unit) is not a measurement: left out and counted.
     pub plausible_max: f64,
+    /// A `referenceRange.high` is used as the ULN only between these multiples of `uln`
+    /// (docs/rules.md §2.5): a laboratory's own limit differs from the default by a little,
+    /// not by orders of magnitude (1e9 mAU/mL would silence every flag).
+    #[serde(default = "default_reference_high_band")]
+    pub reference_high_band: [f64; 2],
+}
+
+fn default_reference_high_band() -> [f64; 2] {
+    [0.2, 10.0]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +192,7 @@ impl Default for MarkerLimits {
                 uln,
                 plateau_level,
                 plausible_max,
+                reference_high_band: default_reference_high_band(),
             };
         // Plausible maxima: far above the highest values reported in the literature (PIVKA-II
         // and AFP run into the millions in advanced HCC), low enough to stop 1e308.
@@ -853,6 +863,17 @@ impl Config {
                 return invalid(
                     "markers.*.uln",
                     format!("{} needs an upper limit of normal", marker.key()),
+                );
+            }
+            let [low, high] = limit.reference_high_band;
+            if !(low.is_finite() && high.is_finite() && low > 0.0 && low <= 1.0 && high >= 1.0) {
+                return invalid(
+                    "markers.*.reference_high_band",
+                    format!(
+                        "{}: [{low}, {high}] must be two multiples of the ULN, the first \
+                         between 0 and 1, the second 1 or more",
+                        marker.key()
+                    ),
                 );
             }
         }

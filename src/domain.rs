@@ -110,12 +110,25 @@ pub struct MarkerValue {
     pub observation_id: ResourceId,
     /// `referenceRange.high`, converted, when it was in the marker's unit family.
     pub reference_high: OptionalNumber,
+    /// The high lies outside the marker's plausible band (`markers.*.reference_high_band`):
+    /// kept to be reported, never used as the ULN (docs/rules.md §2.5).
+    #[serde(default)]
+    pub reference_high_implausible: bool,
     /// The Observation's notes (`note.text`, joined), shown in the audit report. Rare, so
     /// behind one thin pointer: a run holds a million values, and this keeps each 8 bytes
     /// smaller than `Option<Box<str>>` would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(clippy::box_collection)]
     pub note: Option<Box<String>>,
+}
+
+impl MarkerValue {
+    /// The `referenceRange.high` the ULN may come from: present and plausible.
+    pub fn usable_reference_high(&self) -> Option<f64> {
+        self.reference_high
+            .get()
+            .filter(|_| !self.reference_high_implausible)
+    }
 }
 
 /// An optional number in 8 bytes instead of `Option<f64>`'s 16 (a run holds a million

@@ -39,11 +39,12 @@ pub fn fixed(value: f64, decimals: usize) -> String {
 }
 
 /// Rounds half away from zero, as a person does: `93.05` -> `93.1`, although 93.05 is stored as
-/// 93.04999... A relative nudge of 1e-12, far below any laboratory precision, absorbs that noise.
+/// 93.04999... A nudge of a few units in the last place absorbs that representation noise and
+/// nothing more: a relative nudge of 1e-12 turned 1e9 into 1000000000.001 at three decimals.
 pub fn round_half_away(value: f64, decimals: usize) -> f64 {
     let scale = 10f64.powi(decimals as i32);
     let scaled = value * scale;
-    (scaled + scaled * 1e-12).round() / scale
+    (scaled + scaled * 8.0 * f64::EPSILON).round() / scale
 }
 
 /// A number for a sentence: thousands separated, at most two decimals (`88,000`, `6,088`,
@@ -165,6 +166,18 @@ mod tests {
         assert_eq!(csv_number(10.0 * 1.21, 3), "12.1");
         assert_eq!(csv_number(-2.345, 2), "-2.35");
         assert_eq!(csv_percent(40.0), "40.0");
+    }
+
+    #[test]
+    fn large_numbers_carry_no_rounding_noise() {
+        assert_eq!(csv_number(1e9, 3), "1000000000");
+        assert_eq!(csv_number(123456789012.5, 3), "123456789012.5");
+        assert_eq!(human_number(1e9), "1,000,000,000");
+        assert_eq!(csv_percent(1e9), "1000000000.0");
+        // Half-way cases still round away from zero, small and large.
+        assert_eq!(csv_number(93.05, 1), "93.1");
+        assert_eq!(csv_number(0.125, 2), "0.13");
+        assert_eq!(csv_number(1000000.0005, 3), "1000000.001");
     }
 
     #[test]

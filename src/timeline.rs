@@ -3,18 +3,19 @@
 //! 1. copies of one resource id (a feed that re-sends, a file read twice, a resource updated
 //!    between two exports) resolve to one: the newest `meta.lastUpdated`, then `versionId`,
 //!    then content order; a copy left out for a reason (entered in error) competes like any
-//!    other, so a newer cancelled copy removes an older value;
+//!    other, so a newer cancelled copy removes an older value; so does a newer copy the job
+//!    does not follow at all (re-coded to another test, malformed, a near miss: a
+//!    *competitor*), which is counted where it was read and only removes older copies;
 //! 2. values of one marker at one instant resolve to one (the latest `meta.lastUpdated`, then
 //!    the larger id).
 //!
 //! Every copy or duplicate dropped is counted.
 
 use crate::domain::{MarkerValue, PatientTimeline, ResourceId, TareProcedure};
-use crate::ingest::{CopyRank, DataQuality, Record, ResourceType, Skip, SkipReason};
+use crate::ingest::{CopyKey, CopyRank, DataQuality, Record, ResourceType, Skip, SkipReason};
 use chrono::NaiveDate;
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::hash::{Hash, Hasher};
 
 /// One copy of a Patient resource.
 struct PatientCopy {
@@ -36,6 +37,13 @@ struct PatientRecords {
 }
 
 impl PatientRecords {
+    fn is_empty(&self) -> bool {
+        self.patient_copies.is_empty()
+            && self.hcc_conditions.is_empty()
+            && self.procedures.is_empty()
+            && self.values.is_empty()
+    }
+
     fn extend(&mut self, other: PatientRecords) {
         self.patient_copies.extend(other.patient_copies);
         self.hcc_conditions.extend(other.hcc_conditions);
@@ -53,6 +61,16 @@ pub struct CohortBuilder {
     /// Left-out copies of resources the job follows, by type: each competes with the other
     /// copies of its id, and only the kept copy's reason is counted.
     skipped_copies: Vec<(ResourceType, Skip)>,
+    /// Copies of followed resources that the job does not follow (re-coded, malformed):
+    /// already counted where they were read; when newest, they remove the other copies.
+    competitors: Vec<Competitor>,
+}
+
+/// A copy the job does not follow, ranked against the copies of its id.
+struct Competitor {
+    kind: ResourceType,
+    id: String,
+    rank: CopyRank,
 }
 
 impl CohortBuilder {
@@ -107,6 +125,20 @@ impl CohortBuilder {
         self.skipped_copies.push((kind, skip));
     }
 
+    /// A copy the job does not follow (`Ingestor::unfollowed_copy`), of a resource it does.
+    pub fn add_competitor(&mut self, kind: ResourceType, id: String, rank: CopyRank) {
+        self.competitors.push(Competitor { kind, id, rank });
+    }
+
+    /// The keys of every copy the job follows: records and skipped copies.
+    pub fn followed_keys(&self) -> FxHashSet<CopyKey> {
+        let mut keys = FxHashSet::default();
+        for_each_copy(self, |key, _, _, _| {
+            keys.insert(key);
+        });
+        keys
+    }
+
     /// The patients with at least one TARE procedure read so far.
     pub fn patients_with_procedures(&self) -> Vec<String> {
         self.patients
@@ -123,6 +155,7 @@ impl CohortBuilder {
             return self.merge(mine);
         }
         self.skipped_copies.extend(other.skipped_copies);
+        self.competitors.extend(other.competitors);
         for (patient_id, theirs) in other.patients {
             match self.patients.get_mut(&patient_id) {
                 None => {
@@ -140,22 +173,23 @@ impl CohortBuilder {
         let mut patients: Vec<(String, PatientRecords)> = self.patients.into_iter().collect();
         patients.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut skipped = self.skipped_copies;
-        let losers = superseded_copies(&patients, &skipped);
-        let mut superseded: Vec<(ResourceType, String)> = Vec::new();
-        for loser in &losers {
-            let (kind, id) = match loser.place() {
-                Place::Skipped => (
-                    skipped[loser.item()].0,
-                    skipped[loser.item()].1.resource_id(),
-                ),
-                place => (
-                    place.kind(),
-                    patients[loser.patient()].1.resource_id(place, loser.item()),
-                ),
-            };
-            superseded.push((kind, id.to_owned()));
-        }
+        let copies = Copies {
+            patients: &patients,
+            skipped: &skipped,
+            competitors: &self.competitors,
+        };
+        let losers = copies.superseded();
+        // A competitor that loses was counted where it was read; every other loser is a
+        // superseded copy.
+        let superseded: Vec<(ResourceType, String)> = losers
+            .iter()
+            .filter(|loser| loser.place() != Place::Competitor)
+            .map(|loser| (copies.kind(loser), copies.id(loser).to_owned()))
+            .collect();
         remove_losers(&mut patients, &mut skipped, losers);
+        // A patient all of whose resources turned out to be older copies of another patient's
+        // (a result moved to the right patient) has nothing left: not a patient of this read.
+        patients.retain(|(_, records)| !records.is_empty());
         for (kind, skip) in skipped {
             quality.count_skip(kind, skip, String::new);
         }
@@ -179,7 +213,6 @@ impl CohortBuilder {
         for Built {
             timeline,
             duplicates,
-            superseded_patients,
             hcc_conditions,
         } in built
         {
@@ -190,17 +223,12 @@ impl CohortBuilder {
             quality.count_accepted(ResourceType::Condition, hcc_conditions);
             quality.count_accepted(ResourceType::Procedure, timeline.procedures.len() as u64);
             quality.count_accepted(ResourceType::Observation, timeline.values.len() as u64);
-            for _ in 0..superseded_patients {
-                quality.count_skip(
-                    ResourceType::Patient,
-                    Skip {
-                        reason: SkipReason::SupersededCopy,
-                        resource_id: Some(timeline.patient_id.clone()),
-                        detail: None,
-                        copy: None,
-                    },
-                    String::new,
-                );
+            for value in timeline
+                .values
+                .iter()
+                .filter(|v| v.reference_high_implausible)
+            {
+                count_implausible_reference_high(quality, value);
             }
             for observation_id in duplicates {
                 quality.count_skip(
@@ -220,48 +248,126 @@ impl CohortBuilder {
     }
 }
 
+/// A value kept with the default ULN, its `referenceRange.high` not used (docs/rules.md §2.5).
+fn count_implausible_reference_high(quality: &mut DataQuality, value: &MarkerValue) {
+    let high = value.reference_high.get().unwrap_or(f64::NAN);
+    quality.count_element_not_used(
+        ResourceType::Observation,
+        "reference_high_implausible",
+        &value.observation_id,
+        format!(
+            "referenceRange.high {} {} is outside the plausible band of the {} ULN \
+             (markers.{}.reference_high_band)",
+            crate::format::csv_number(high, 3),
+            value.marker.canonical_unit(),
+            value.marker.key(),
+            value.marker.key()
+        ),
+    );
+}
+
 impl Skip {
     fn resource_id(&self) -> &str {
         self.resource_id.as_deref().unwrap_or("")
     }
 }
 
-/// Where a copy sits: in a patient's records, or among the skipped copies.
+/// Where a copy sits: in a patient's records, among the skipped copies, or among the
+/// competitors. The order is the last tie-break between copies of equal rank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Place {
+    Patient,
     Condition,
     Procedure,
     Value,
     Skipped,
+    Competitor,
 }
 
 impl Place {
-    fn kind(self) -> ResourceType {
+    const ALL: [Place; 6] = [
+        Place::Patient,
+        Place::Condition,
+        Place::Procedure,
+        Place::Value,
+        Place::Skipped,
+        Place::Competitor,
+    ];
+
+    /// The type of a record at this place (skipped copies and competitors carry their own).
+    fn record_kind(self) -> ResourceType {
         match self {
+            Place::Patient => ResourceType::Patient,
             Place::Condition => ResourceType::Condition,
             Place::Procedure => ResourceType::Procedure,
-            Place::Value | Place::Skipped => ResourceType::Observation,
+            Place::Value | Place::Skipped | Place::Competitor => ResourceType::Observation,
         }
     }
 }
 
 impl PatientRecords {
-    fn resource_id(&self, place: Place, item: usize) -> &str {
+    fn resource_id<'a>(&'a self, patient_id: &'a str, place: Place, item: usize) -> &'a str {
         match place {
+            Place::Patient => patient_id,
             Place::Condition => &self.hcc_conditions[item].0,
             Place::Procedure => &self.procedures[item].0.procedure_id,
             Place::Value => &self.values[item].observation_id,
-            Place::Skipped => "",
+            Place::Skipped | Place::Competitor => "",
         }
     }
 
     fn rank(&self, place: Place, item: usize) -> CopyRank {
         match place {
+            Place::Patient => self.patient_copies[item].rank,
             Place::Condition => self.hcc_conditions[item].1,
             Place::Procedure => self.procedures[item].1,
             Place::Value => self.value_ranks[item],
-            Place::Skipped => CopyRank::default(),
+            Place::Skipped | Place::Competitor => CopyRank::default(),
         }
+    }
+
+    /// Calls `visit(key, place, item)` for every record.
+    fn for_each_copy(&self, patient_id: &str, mut visit: impl FnMut(CopyKey, Place, usize)) {
+        for i in 0..self.patient_copies.len() {
+            visit(
+                CopyKey::of(ResourceType::Patient, patient_id),
+                Place::Patient,
+                i,
+            );
+        }
+        for (i, (id, _)) in self.hcc_conditions.iter().enumerate() {
+            visit(
+                CopyKey::of(ResourceType::Condition, id),
+                Place::Condition,
+                i,
+            );
+        }
+        for (i, (procedure, _)) in self.procedures.iter().enumerate() {
+            let key = CopyKey::of(ResourceType::Procedure, &procedure.procedure_id);
+            visit(key, Place::Procedure, i);
+        }
+        for (i, value) in self.values.iter().enumerate() {
+            let key = CopyKey::of(ResourceType::Observation, &value.observation_id);
+            visit(key, Place::Value, i);
+        }
+    }
+}
+
+/// Calls `visit(key, place, patient, item)` for every followed copy the builder holds (the
+/// patient index is that of the map's order: only the keys are meant).
+fn for_each_copy(builder: &CohortBuilder, mut visit: impl FnMut(CopyKey, Place, usize, usize)) {
+    for (patient, (patient_id, records)) in builder.patients.iter().enumerate() {
+        records.for_each_copy(patient_id, |key, place, item| {
+            visit(key, place, patient, item)
+        });
+    }
+    for (i, (kind, skip)) in builder.skipped_copies.iter().enumerate() {
+        visit(
+            CopyKey::of(*kind, skip.resource_id()),
+            Place::Skipped,
+            usize::MAX,
+            i,
+        );
     }
 }
 
@@ -269,38 +375,27 @@ impl PatientRecords {
 /// is one per record of a run.
 #[derive(Debug, Clone, Copy)]
 struct CopyRef {
-    key: u64,
-    /// Index of the patient (unused for skipped copies).
+    key: CopyKey,
+    /// Index of the patient (unused for skipped copies and competitors).
     patient: u32,
-    /// The place in the top two bits, the index of the item below.
+    /// The place in the top three bits, the index of the item below.
     slot: u32,
 }
 
-const ITEM_BITS: u32 = 30;
+const ITEM_BITS: u32 = 29;
 
 impl CopyRef {
-    fn new(key: u64, place: Place, patient: usize, item: usize) -> CopyRef {
-        let place_bits = match place {
-            Place::Condition => 0,
-            Place::Procedure => 1,
-            Place::Value => 2,
-            Place::Skipped => 3,
-        };
-        // A run holds far fewer than 2^32 patients and 2^30 records per patient.
+    fn new(key: CopyKey, place: Place, patient: usize, item: usize) -> CopyRef {
+        // A run holds far fewer than 2^32 patients and 2^29 records per patient.
         CopyRef {
             key,
             patient: u32::try_from(patient).unwrap_or(u32::MAX),
-            slot: (place_bits << ITEM_BITS) | (item as u32 & ((1 << ITEM_BITS) - 1)),
+            slot: ((place as u32) << ITEM_BITS) | (item as u32 & ((1 << ITEM_BITS) - 1)),
         }
     }
 
     fn place(&self) -> Place {
-        match self.slot >> ITEM_BITS {
-            0 => Place::Condition,
-            1 => Place::Procedure,
-            2 => Place::Value,
-            _ => Place::Skipped,
-        }
+        Place::ALL[(self.slot >> ITEM_BITS) as usize]
     }
 
     fn item(&self) -> usize {
@@ -312,111 +407,112 @@ impl CopyRef {
     }
 }
 
-fn copy_key(kind: ResourceType, id: &str) -> u64 {
-    let mut hasher = rustc_hash::FxHasher::default();
-    kind.hash(&mut hasher);
-    id.hash(&mut hasher);
-    hasher.finish()
+/// Every copy of a run, to resolve them.
+struct Copies<'a> {
+    patients: &'a [(String, PatientRecords)],
+    skipped: &'a [(ResourceType, Skip)],
+    competitors: &'a [Competitor],
 }
 
-/// Calls `visit(key, place, patient, item)` for every record and skipped copy.
-fn for_each_copy(
-    patients: &[(String, PatientRecords)],
-    skipped: &[(ResourceType, Skip)],
-    mut visit: impl FnMut(u64, Place, usize, usize),
-) {
-    for (patient, (_, records)) in patients.iter().enumerate() {
-        for (i, (id, _)) in records.hcc_conditions.iter().enumerate() {
+impl Copies<'_> {
+    /// Calls `visit(key, place, patient, item)` for every copy.
+    fn for_each(&self, mut visit: impl FnMut(CopyKey, Place, usize, usize)) {
+        for (patient, (patient_id, records)) in self.patients.iter().enumerate() {
+            records.for_each_copy(patient_id, |key, place, item| {
+                visit(key, place, patient, item)
+            });
+        }
+        for (i, (kind, skip)) in self.skipped.iter().enumerate() {
             visit(
-                copy_key(ResourceType::Condition, id),
-                Place::Condition,
-                patient,
+                CopyKey::of(*kind, skip.resource_id()),
+                Place::Skipped,
+                usize::MAX,
                 i,
             );
         }
-        for (i, (procedure, _)) in records.procedures.iter().enumerate() {
-            let key = copy_key(ResourceType::Procedure, &procedure.procedure_id);
-            visit(key, Place::Procedure, patient, i);
-        }
-        for (i, value) in records.values.iter().enumerate() {
-            let key = copy_key(ResourceType::Observation, &value.observation_id);
-            visit(key, Place::Value, patient, i);
+        for (i, competitor) in self.competitors.iter().enumerate() {
+            let key = CopyKey::of(competitor.kind, &competitor.id);
+            visit(key, Place::Competitor, usize::MAX, i);
         }
     }
-    for (i, (kind, skip)) in skipped.iter().enumerate() {
-        visit(
-            copy_key(*kind, skip.resource_id()),
-            Place::Skipped,
-            usize::MAX,
-            i,
-        );
-    }
-}
 
-/// Every copy that another copy of the same resource (type and id) outranks, in any patient.
-fn superseded_copies(
-    patients: &[(String, PatientRecords)],
-    skipped: &[(ResourceType, Skip)],
-) -> Vec<CopyRef> {
-    // First only the keys (8 bytes a record), to find those that repeat; then a reference to
-    // each copy of those alone. Most resources come once, so the run's peak memory stays low.
-    let total: usize = patients
-        .iter()
-        .map(|(_, r)| r.hcc_conditions.len() + r.procedures.len() + r.values.len())
-        .sum::<usize>()
-        + skipped.len();
-    let mut keys: Vec<u64> = Vec::with_capacity(total);
-    for_each_copy(patients, skipped, |key, _, _, _| keys.push(key));
-    keys.par_sort_unstable();
-    let repeated: FxHashSet<u64> = keys
-        .chunk_by(|a, b| a == b)
-        .filter(|same| same.len() > 1)
-        .map(|same| same[0])
-        .collect();
-    drop(keys);
-    if repeated.is_empty() {
-        return Vec::new();
+    fn id(&self, r: &CopyRef) -> &str {
+        match r.place() {
+            Place::Skipped => self.skipped[r.item()].1.resource_id(),
+            Place::Competitor => &self.competitors[r.item()].id,
+            place => {
+                let (patient_id, records) = &self.patients[r.patient()];
+                records.resource_id(patient_id, place, r.item())
+            }
+        }
     }
-    let mut refs: Vec<CopyRef> = Vec::new();
-    for_each_copy(patients, skipped, |key, place, patient, item| {
-        if repeated.contains(&key) {
-            refs.push(CopyRef::new(key, place, patient, item));
+
+    fn kind(&self, r: &CopyRef) -> ResourceType {
+        match r.place() {
+            Place::Skipped => self.skipped[r.item()].0,
+            Place::Competitor => self.competitors[r.item()].kind,
+            place => place.record_kind(),
         }
-    });
-    refs.par_sort_unstable_by_key(|r| r.key);
-    let id_of = |r: &CopyRef| match r.place() {
-        Place::Skipped => skipped[r.item()].1.resource_id(),
-        place => patients[r.patient()].1.resource_id(place, r.item()),
-    };
-    let kind_of = |r: &CopyRef| match r.place() {
-        Place::Skipped => skipped[r.item()].0,
-        place => place.kind(),
-    };
-    let rank_of = |r: &CopyRef| match r.place() {
-        Place::Skipped => skipped[r.item()].1.copy.unwrap_or_default(),
-        place => patients[r.patient()].1.rank(place, r.item()),
-    };
-    let mut losers = Vec::new();
-    for group in refs.chunk_by_mut(|a, b| a.key == b.key) {
-        if group.len() < 2 {
-            continue;
+    }
+
+    fn rank(&self, r: &CopyRef) -> CopyRank {
+        match r.place() {
+            Place::Skipped => self.skipped[r.item()].1.copy.unwrap_or_default(),
+            Place::Competitor => self.competitors[r.item()].rank,
+            place => self.patients[r.patient()].1.rank(place, r.item()),
         }
-        // Same key: sort by type and id (a hash collision keeps them apart), newest first;
-        // the order of equal copies is made total by their place, so nothing depends on the
-        // order the files were read in.
-        group.sort_by(|a, b| {
-            (kind_of(a), id_of(a))
-                .cmp(&(kind_of(b), id_of(b)))
-                .then_with(|| rank_of(b).cmp(&rank_of(a)))
+    }
+
+    /// Every copy that another copy of the same resource (type and id) outranks, in any
+    /// patient.
+    fn superseded(&self) -> Vec<CopyRef> {
+        // First only the keys (8 bytes a record), to find those that repeat; then a reference
+        // to each copy of those alone. Most resources come once, so the run's peak memory
+        // stays low.
+        let mut keys: Vec<CopyKey> = Vec::new();
+        self.for_each(|key, _, _, _| keys.push(key));
+        keys.par_sort_unstable();
+        let repeated: FxHashSet<CopyKey> = keys
+            .chunk_by(|a, b| a == b)
+            .filter(|same| same.len() > 1)
+            .map(|same| same[0])
+            .collect();
+        drop(keys);
+        if repeated.is_empty() {
+            return Vec::new();
+        }
+        let mut refs: Vec<CopyRef> = Vec::new();
+        self.for_each(|key, place, patient, item| {
+            if repeated.contains(&key) {
+                refs.push(CopyRef::new(key, place, patient, item));
+            }
         });
-        for same in group.chunk_by(|a, b| kind_of(a) == kind_of(b) && id_of(a) == id_of(b)) {
-            losers.extend_from_slice(&same[1..]);
+        refs.par_sort_unstable_by_key(|r| r.key);
+        let mut losers = Vec::new();
+        for group in refs.chunk_by_mut(|a, b| a.key == b.key) {
+            // Same key: sort by type and id (a hash collision keeps them apart), newest first;
+            // copies of equal rank are ordered by where they sit, so nothing depends on the
+            // order the files were read in.
+            group.sort_by(|a, b| {
+                (self.kind(a), self.id(a))
+                    .cmp(&(self.kind(b), self.id(b)))
+                    .then_with(|| self.rank(b).cmp(&self.rank(a)))
+                    .then_with(|| {
+                        (a.place(), a.patient, a.item()).cmp(&(b.place(), b.patient, b.item()))
+                    })
+            });
+            let same_resource =
+                |a: &CopyRef, b: &CopyRef| self.kind(a) == self.kind(b) && self.id(a) == self.id(b);
+            for same in group.chunk_by(same_resource) {
+                losers.extend_from_slice(&same[1..]);
+            }
         }
+        losers
     }
-    losers
 }
 
-/// Removes the superseded copies from the records and the skipped copies.
+/// Removes the superseded copies from the records and the skipped copies (competitors are
+/// dropped whole after this).
 fn remove_losers(
     patients: &mut [(String, PatientRecords)],
     skipped: &mut Vec<(ResourceType, Skip)>,
@@ -426,6 +522,7 @@ fn remove_losers(
     let mut by_patient: FxHashMap<usize, Vec<(Place, usize)>> = FxHashMap::default();
     for loser in losers {
         match loser.place() {
+            Place::Competitor => {}
             Place::Skipped => {
                 skipped_losers.insert(loser.item());
             }
@@ -444,6 +541,7 @@ fn remove_losers(
                 .map(|(_, i)| *i)
                 .collect()
         };
+        retain_indexed(&mut records.patient_copies, &gone(Place::Patient));
         retain_indexed(&mut records.hcc_conditions, &gone(Place::Condition));
         retain_indexed(&mut records.procedures, &gone(Place::Procedure));
         let gone_values = gone(Place::Value);
@@ -472,8 +570,6 @@ struct Built {
     timeline: PatientTimeline,
     /// Observations dropped as duplicates of another at the same instant.
     duplicates: Vec<String>,
-    /// Copies of the Patient resource other than the newest.
-    superseded_patients: u64,
     hcc_conditions: u64,
 }
 
@@ -487,7 +583,7 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
         values,
         value_ranks,
     } = records;
-    let superseded_patients = patient_copies.len().saturating_sub(1) as u64;
+    // Copies were resolved before: at most one is left.
     let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
     let mut values = values;
@@ -505,7 +601,6 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     Built {
         timeline,
         duplicates,
-        superseded_patients,
         hcc_conditions: hcc_count,
     }
 }
@@ -568,6 +663,7 @@ mod tests {
             instant_ms,
             observation_id: id.into(),
             reference_high: crate::domain::OptionalNumber::NONE,
+            reference_high_implausible: false,
             note: None,
         }
     }
@@ -620,9 +716,9 @@ mod tests {
         builder.add(record("p2", "o1", 20, CopyRank::new(Some(2), None, 1)));
         let mut quality = DataQuality::default();
         let timelines = builder.finish(&mut quality);
-        let p1 = timelines.iter().find(|t| t.patient_id == "p1").unwrap();
+        // p1 held nothing but the older copy: nothing of p1 is left to evaluate.
+        assert!(timelines.iter().all(|t| t.patient_id != "p1"));
         let p2 = timelines.iter().find(|t| t.patient_id == "p2").unwrap();
-        assert!(p1.values.is_empty());
         assert_eq!(p2.values[0].value, 20.0);
         assert_eq!(
             quality.left_out_count(ResourceType::Observation, SkipReason::SupersededCopy),

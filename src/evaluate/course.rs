@@ -95,7 +95,8 @@ pub fn percent_change(from: f64, to: f64) -> Option<f64> {
     (from != 0.0).then(|| (to - from) / from * 100.0)
 }
 
-/// The ULN of the latest value: its `referenceRange.high` when usable, else the default.
+/// The ULN of the latest value: its `referenceRange.high` when present and plausible, else the
+/// default.
 pub fn uln(series: &EpisodeSeries<'_>, config: &Config) -> f64 {
     let default = config
         .markers
@@ -104,7 +105,7 @@ pub fn uln(series: &EpisodeSeries<'_>, config: &Config) -> f64 {
         .unwrap_or(f64::INFINITY);
     series
         .latest()
-        .and_then(|v| v.reference_high.get())
+        .and_then(|v| v.usable_reference_high())
         .unwrap_or(default)
 }
 

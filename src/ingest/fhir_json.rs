@@ -1,8 +1,16 @@
 //! Lean read structs: only the elements the rules use, borrowed from the line where possible.
 //! Everything else in a resource is skipped unparsed. fhir-sdk's typed models are not used here:
 //! they drop a malformed `effective[x]`/`value[x]` silently, and we must count it instead.
+//!
+//! Only FHIR JSON is read (docs/rules.md §1.4b): a resource and every complex element the job
+//! reads must be a JSON object. serde's derived impls also take an array of the fields in
+//! their order (`["http://loinc.org","34444-0"]` as a Coding); here each struct is derived
+//! with `remote = "Self"` and reached only through `deserialize_map` (`objects_only!`), so
+//! such a form makes the resource malformed. Lists must be arrays, numbers numbers and
+//! strings strings, as serde already requires.
 
-use serde::de::{Deserializer, Visitor};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -41,10 +49,71 @@ impl std::ops::Deref for Text<'_> {
     }
 }
 
+/// Implements `Deserialize` for read structs derived with `remote = "Self"`: a JSON object is
+/// handed to the derived code, anything else is an error.
+macro_rules! objects_only {
+    ($($name:ident),* $(,)?) => {$(
+        impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct ObjectVisitor<'a>(std::marker::PhantomData<$name<'a>>);
+                impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+                    type Value = $name<'a>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str(concat!("a JSON object (", stringify!($name), ")"))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$name<'a>, A::Error> {
+                        $name::deserialize(MapAccessDeserializer::new(map))
+                    }
+                }
+                deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+
+objects_only!(
+    Coding,
+    CodeableConcept,
+    Reference,
+    Period,
+    Meta,
+    Quantity,
+    ReferenceRange,
+    Header,
+    ObservationIn,
+    PatientIn,
+    HumanName,
+    Annotation,
+    ProcedureIn,
+    ConditionIn,
+);
+
+/// An element the job only tests for presence (`dataAbsentReason`): any JSON object, its
+/// content skipped.
+pub(super) struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
 /// A list read inline: resources rarely carry more than two codings, one note, one range.
 pub(super) type Few<T> = SmallVec<[T; 2]>;
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Coding<'a> {
     #[serde(borrow)]
     pub(super) system: Option<Text<'a>>,
@@ -53,32 +122,37 @@ pub(super) struct Coding<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct CodeableConcept<'a> {
     #[serde(borrow, default)]
     pub(super) coding: Few<Coding<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Reference<'a> {
     #[serde(borrow)]
     pub(super) reference: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Period<'a> {
     #[serde(borrow)]
     pub(super) start: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Meta<'a> {
-    #[serde(borrow, rename = "lastUpdated")]
+    #[serde(borrow)]
     pub(super) last_updated: Option<Text<'a>>,
-    #[serde(borrow, rename = "versionId")]
+    #[serde(borrow)]
     pub(super) version_id: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Quantity<'a> {
     pub(super) value: Option<f64>,
     #[serde(borrow)]
@@ -92,14 +166,16 @@ pub(super) struct Quantity<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ReferenceRange<'a> {
     #[serde(borrow)]
     pub(super) high: Option<Quantity<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Header<'a> {
-    #[serde(borrow, rename = "resourceType")]
+    #[serde(borrow)]
     pub(super) resource_type: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) id: Option<Text<'a>>,
@@ -108,8 +184,9 @@ pub(super) struct Header<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ObservationIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
+    #[serde(borrow)]
     pub(super) resource_type: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) id: Option<Text<'a>>,
@@ -121,19 +198,18 @@ pub(super) struct ObservationIn<'a> {
     pub(super) code: Option<CodeableConcept<'a>>,
     #[serde(borrow)]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "effectiveDateTime")]
+    #[serde(borrow)]
     pub(super) effective_date_time: Option<Text<'a>>,
-    #[serde(borrow, rename = "effectivePeriod")]
+    #[serde(borrow)]
     pub(super) effective_period: Option<Period<'a>>,
-    #[serde(borrow, rename = "effectiveInstant")]
+    #[serde(borrow)]
     pub(super) effective_instant: Option<Text<'a>>,
-    #[serde(borrow, rename = "valueQuantity")]
+    #[serde(borrow)]
     pub(super) value_quantity: Option<Quantity<'a>>,
-    #[serde(borrow, rename = "valueString")]
+    #[serde(borrow)]
     pub(super) value_string: Option<Text<'a>>,
-    #[serde(rename = "dataAbsentReason")]
-    pub(super) data_absent_reason: Option<serde::de::IgnoredAny>,
-    #[serde(borrow, rename = "referenceRange", default)]
+    pub(super) data_absent_reason: Option<AnyObject>,
+    #[serde(borrow, default)]
     pub(super) reference_range: Few<ReferenceRange<'a>>,
     /// For the audit report only.
     #[serde(borrow, default)]
@@ -141,14 +217,15 @@ pub(super) struct ObservationIn<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct PatientIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
+    #[serde(borrow)]
     pub(super) resource_type: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) id: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) meta: Option<Meta<'a>>,
-    #[serde(borrow, rename = "birthDate")]
+    #[serde(borrow)]
     pub(super) birth_date: Option<Text<'a>>,
     /// For the audit report only.
     #[serde(borrow, default)]
@@ -156,6 +233,7 @@ pub(super) struct PatientIn<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct HumanName<'a> {
     #[serde(borrow)]
     pub(super) text: Option<Text<'a>>,
@@ -166,14 +244,16 @@ pub(super) struct HumanName<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Annotation<'a> {
     #[serde(borrow)]
     pub(super) text: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ProcedureIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
+    #[serde(borrow)]
     pub(super) resource_type: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) id: Option<Text<'a>>,
@@ -185,15 +265,16 @@ pub(super) struct ProcedureIn<'a> {
     pub(super) code: Option<CodeableConcept<'a>>,
     #[serde(borrow)]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "performedDateTime")]
+    #[serde(borrow)]
     pub(super) performed_date_time: Option<Text<'a>>,
-    #[serde(borrow, rename = "performedPeriod")]
+    #[serde(borrow)]
     pub(super) performed_period: Option<Period<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ConditionIn<'a> {
-    #[serde(borrow, rename = "resourceType")]
+    #[serde(borrow)]
     pub(super) resource_type: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) id: Option<Text<'a>>,
@@ -203,6 +284,6 @@ pub(super) struct ConditionIn<'a> {
     pub(super) code: Option<CodeableConcept<'a>>,
     #[serde(borrow)]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow, rename = "verificationStatus")]
+    #[serde(borrow)]
     pub(super) verification_status: Option<CodeableConcept<'a>>,
 }

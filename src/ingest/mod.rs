@@ -17,6 +17,7 @@ pub use code_systems::{CodeSystems, SystemId};
 use fhir_json::{
     CodeableConcept, ConditionIn, Header, Meta, ObservationIn, PatientIn, ProcedureIn, Reference,
 };
+pub use prefilter::PassedOver;
 pub use quality::DataQuality;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -78,6 +79,21 @@ impl CopyRank {
 
     pub fn last_updated_ms(&self) -> Option<i64> {
         (self.last_updated_ms != i64::MIN).then_some(self.last_updated_ms)
+    }
+}
+
+/// Which resource a copy is a copy of: its type and id, hashed. Two copies of one resource
+/// have the same key whichever form they came in (parsed, or passed over unparsed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CopyKey(u64);
+
+impl CopyKey {
+    pub fn of(kind: ResourceType, id: &str) -> CopyKey {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = rustc_hash::FxHasher::default();
+        kind.hash(&mut hasher);
+        id.hash(&mut hasher);
+        CopyKey(hasher.finish())
     }
 }
 
@@ -260,8 +276,10 @@ pub struct Skip {
 pub enum LineOutcome<'a> {
     Record(Record<'a>),
     Skipped(Skip),
-    /// A resource that is valid but not one the job uses (another Procedure, another Condition).
-    NotRelevant,
+    /// A resource that is valid but not one the job uses (another Procedure, another
+    /// Condition), with its key when its id is a FHIR id: a newer copy of a resource the job
+    /// follows that was re-coded still replaces the older copies (docs/rules.md §1.5).
+    NotRelevant(Option<CopyKey>),
 }
 
 impl LineOutcome<'_> {
@@ -269,7 +287,23 @@ impl LineOutcome<'_> {
         match self {
             LineOutcome::Record(record) => LineOutcome::Record(record.into_owned()),
             LineOutcome::Skipped(skip) => LineOutcome::Skipped(skip),
-            LineOutcome::NotRelevant => LineOutcome::NotRelevant,
+            LineOutcome::NotRelevant(key) => LineOutcome::NotRelevant(key),
+        }
+    }
+
+    /// The key of a resource the job does not follow (another code, malformed, a near miss)
+    /// that may still be a newer copy of one it follows; `None` for followed resources (they
+    /// compete as records or skipped copies) and for those without a FHIR id.
+    pub fn unfollowed_key(&self, kind: ResourceType) -> Option<CopyKey> {
+        match self {
+            LineOutcome::Record(_) => None,
+            LineOutcome::NotRelevant(key) => *key,
+            LineOutcome::Skipped(skip) => match skip.reason {
+                _ if skip.copy.is_some() => None,
+                // Another type's resource is not a copy of one of this type.
+                SkipReason::UnexpectedResourceType => None,
+                _ => skip.resource_id.as_deref().map(|id| CopyKey::of(kind, id)),
+            },
         }
     }
 }
@@ -495,6 +529,9 @@ pub struct Ingestor {
     dates: PlausibleDates,
     /// `markers.*.plausible_max`, in the canonical unit.
     plausible_max: FxHashMap<Marker, f64>,
+    /// The `referenceRange.high` a marker's results may carry to be used: its default ULN
+    /// times `markers.*.reference_high_band`; none for a marker without a ULN.
+    plausible_reference_high: FxHashMap<Marker, Option<(f64, f64)>>,
     /// In a sharded run, only the resources of this shard's patients are read and counted.
     shard: Option<crate::cohort::Shard>,
     /// Lines that provably cannot matter (`ingest.pass_over_irrelevant_lines`).
@@ -554,17 +591,47 @@ impl Ingestor {
                 .into_iter()
                 .map(|m| (m, config.markers.get(m).plausible_max))
                 .collect(),
+            plausible_reference_high: Marker::ALL
+                .into_iter()
+                .map(|m| {
+                    let limit = config.markers.get(m);
+                    let [low, high] = limit.reference_high_band;
+                    (m, limit.uln.map(|uln| (uln * low, uln * high)))
+                })
+                .collect(),
             shard: None,
             prefilter,
         }
     }
 
     /// Whether a Bulk Data line of a `kind` file provably holds nothing the job uses (see
-    /// `prefilter`): then it is counted as not relevant without being parsed.
-    pub fn cannot_matter(&self, kind: ResourceType, line: &[u8]) -> bool {
-        self.prefilter
-            .as_ref()
-            .is_some_and(|p| p.cannot_matter(kind, line))
+    /// `prefilter`): then it is counted as not relevant without being parsed, and its key
+    /// kept in case it is a newer copy of a resource that is read.
+    pub fn passes_over(&self, kind: ResourceType, line: &[u8]) -> Option<PassedOver> {
+        self.prefilter.as_ref()?.pass_over(kind, line)
+    }
+
+    /// The key of a line the job does not follow (passed over, another code, malformed, a
+    /// near miss), as the first read kept it; `None` for a followed resource.
+    pub fn unfollowed_key(&self, kind: ResourceType, line: &str) -> Option<CopyKey> {
+        match self.passes_over(kind, line.as_bytes()) {
+            Some(passed) => passed.key,
+            None => self.read_line(kind, line).unfollowed_key(kind),
+        }
+    }
+
+    /// The id and copy rank of a line of a `kind` file that was not followed, read again to
+    /// rank it against the copies of a resource that was; `None` when its header cannot be
+    /// read (then it cannot be ranked, and is no copy of anything).
+    pub fn copy_rank(&self, kind: ResourceType, line: &str) -> Option<(String, CopyRank)> {
+        let header = resource_header(line)?;
+        let id = header.id.filter(|id| is_fhir_id(id))?;
+        if header.kind != Some(kind) {
+            return None;
+        }
+        let (last_updated, version_id) = header.version;
+        let rank = CopyRank::new(last_updated, version_id, content_fingerprint(line));
+        Some((id.into_owned(), rank))
     }
 
     /// An ingestor that keeps only the resources of one shard's patients.
@@ -582,7 +649,7 @@ impl Ingestor {
         let patient = match outcome {
             LineOutcome::Record(record) => Some(Cow::Borrowed(record.patient_id())),
             // Not relevant: counted by shard 0, as the lines passed over unparsed are.
-            LineOutcome::NotRelevant => None,
+            LineOutcome::NotRelevant(_) => None,
             _ => patient_of_resource(json),
         };
         match patient {
@@ -701,6 +768,13 @@ impl Ingestor {
         }
     }
 
+    fn not_relevant<'a>(kind: ResourceType, id: Option<&str>) -> LineOutcome<'a> {
+        LineOutcome::NotRelevant(
+            id.filter(|id| is_fhir_id(id))
+                .map(|id| CopyKey::of(kind, id)),
+        )
+    }
+
     fn near_miss<'a>(id: Option<&str>, system: String) -> LineOutcome<'a> {
         skip(
             SkipReason::CodeUnderUnknownSystem,
@@ -722,7 +796,7 @@ impl Ingestor {
         {
             CodeMatch::Found(family) => family,
             CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
-            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
+            CodeMatch::NotInSet => return Self::not_relevant(ResourceType::Observation, id),
         };
         let observation_id = match Self::own_id(id) {
             Ok(id) => id,
@@ -832,6 +906,10 @@ impl Ingestor {
             )?;
             (range_marker == marker).then(|| units::in_canonical_unit(value, range_factor))
         });
+        let reference_high_implausible = reference_high.is_some_and(|high| {
+            self.plausible_reference_high[&marker]
+                .is_some_and(|(low, top)| !(low..=top).contains(&high))
+        });
         LineOutcome::Record(Record::Value {
             patient_id,
             value: MarkerValue {
@@ -842,6 +920,7 @@ impl Ingestor {
                 instant_ms: moment.instant_ms,
                 observation_id: observation_id.into(),
                 reference_high: reference_high.into(),
+                reference_high_implausible,
                 note: note_text(&o.note),
             },
             rank,
@@ -896,7 +975,7 @@ impl Ingestor {
         match self.tare_codes.classify(&self.systems, p.code.as_ref()) {
             CodeMatch::Found(()) => {}
             CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
-            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
+            CodeMatch::NotInSet => return Self::not_relevant(ResourceType::Procedure, id),
         }
         let procedure_id = match Self::own_id(id) {
             Ok(id) => id,
@@ -950,7 +1029,7 @@ impl Ingestor {
         match self.hcc_codes.classify(&self.systems, c.code.as_ref()) {
             CodeMatch::Found(()) => {}
             CodeMatch::NearMiss(system) => return Self::near_miss(id, system),
-            CodeMatch::NotInSet => return LineOutcome::NotRelevant,
+            CodeMatch::NotInSet => return Self::not_relevant(ResourceType::Condition, id),
         }
         let condition_id = match Self::own_id(id) {
             Ok(id) => id,

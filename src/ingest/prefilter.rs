@@ -13,12 +13,19 @@
 //! 4. it holds no escape that could spell a character of a monitored code: no `\u` at all, and
 //!    no short escape (`\/`, `\"`, ...) of a character some code contains.
 //!
+//! 5. its id can be told from its bytes: the key after the type is `"id"` with a string
+//!    value, or no key `"id"` is anywhere in the line (then it has no id).
+//!
 //! Then no coding of the resource can hold a monitored code, and a full parse would find it
 //! not relevant too (contained resources are never read; a repeated `resourceType` key makes
 //! the line malformed, and a malformed line without a monitored code is counted as not
 //! relevant, docs/rules.md 1.4a). Everything else is parsed in full. Patients are always parsed.
+//!
+//! A line passed over may still be a newer copy of a resource the job reads (a result
+//! re-coded to another test): its key (type and id) is kept, and the reader parses it in full
+//! after all when a resource it read has the same key (docs/rules.md §1.5).
 
-use super::ResourceType;
+use super::{is_fhir_id, CopyKey, ResourceType};
 use memchr::memmem::Finder;
 use rustc_hash::FxHashSet;
 
@@ -34,8 +41,17 @@ struct TypeTest {
     code_lengths: u64,
     code_first_bytes: [bool; 256],
     code_key: Finder<'static>,
+    id_key: Finder<'static>,
+    kind: ResourceType,
     /// For each byte `X`, whether the escape `\X` decodes to a character of some code.
     risky_escape: [bool; 256],
+}
+
+/// A line that provably cannot matter, and the key of the resource it holds, if it has an id
+/// that a resource the job reads could have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassedOver {
+    pub key: Option<CopyKey>,
 }
 
 /// The byte-level test, built once from the configured codes.
@@ -103,6 +119,8 @@ impl TypeTest {
             code_lengths,
             code_first_bytes,
             code_key: Finder::new(b"\"code\"").into_owned(),
+            id_key: Finder::new(b"\"id\"").into_owned(),
+            kind,
             risky_escape,
         }
     }
@@ -143,13 +161,28 @@ impl TypeTest {
             .then_some(at + self.type_name.len())
     }
 
-    fn cannot_matter(&self, line: &[u8]) -> bool {
-        let Some(rest) = self.opening(line) else {
-            return false;
-        };
-        let rest = &line[rest..];
+    /// The resource's id as the key after the type, or `Some(None)` when the line has no
+    /// key `"id"` at all; `None` when the id cannot be told without parsing.
+    fn own_id<'l>(&self, rest: &'l [u8]) -> Option<Option<&'l [u8]>> {
+        let at = skip_whitespace(rest, 0);
+        let leading = (|| {
+            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b",").map(|_| 1)?);
+            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b"\"id\"").map(|_| 4)?);
+            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b":").map(|_| 1)?);
+            let value = rest[at..].strip_prefix(b"\"")?;
+            memchr::memchr(b'"', value).map(|end| &value[..end])
+        })();
+        match leading {
+            Some(id) => Some(Some(id)),
+            None if self.id_key.find(rest).is_none() => Some(None),
+            None => None,
+        }
+    }
+
+    fn pass_over(&self, line: &[u8]) -> Option<PassedOver> {
+        let rest = &line[self.opening(line)?..];
         if line.last() != Some(&b'}') || self.names_a_monitored_code(rest) {
-            return false;
+            return None;
         }
         let mut escapes = memchr::memchr_iter(b'\\', line);
         while let Some(at) = escapes.next() {
@@ -160,10 +193,17 @@ impl TypeTest {
                         escapes.next();
                     }
                 }
-                _ => return false,
+                _ => return None,
             }
         }
-        true
+        // An id with an escape in it is no FHIR id (`\u` was refused above): no resource the
+        // job reads has it.
+        let id = self.own_id(rest)?;
+        let key = id
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .filter(|id| is_fhir_id(id))
+            .map(|id| CopyKey::of(self.kind, id));
+        Some(PassedOver { key })
     }
 }
 
@@ -184,11 +224,10 @@ impl Prefilter {
         }
     }
 
-    /// Whether `line` (trimmed), from a file of `kind`, provably cannot matter.
-    pub fn cannot_matter(&self, kind: ResourceType, line: &[u8]) -> bool {
-        self.tests[index(kind)]
-            .as_ref()
-            .is_some_and(|test| test.cannot_matter(line))
+    /// Whether `line` (trimmed), from a file of `kind`, provably cannot matter; with the key
+    /// of the resource it holds.
+    pub fn pass_over(&self, kind: ResourceType, line: &[u8]) -> Option<PassedOver> {
+        self.tests[index(kind)].as_ref()?.pass_over(line)
     }
 }
 
@@ -201,7 +240,9 @@ mod tests {
     }
 
     fn passed_over(line: &str) -> bool {
-        prefilter().cannot_matter(ResourceType::Observation, line.as_bytes())
+        prefilter()
+            .pass_over(ResourceType::Observation, line.as_bytes())
+            .is_some()
     }
 
     #[test]
@@ -270,17 +311,63 @@ mod tests {
             r#"{"resourceType":"Observation","note":[{"text":"line\nbreak \"quoted\" c:\\users"}]}"#
         ));
         // A `\/` cannot spell part of a Procedure code here: Procedures pass over it.
-        assert!(prefilter().cannot_matter(
-            ResourceType::Procedure,
-            br#"{"resourceType":"Procedure","code":{"coding":[{"system":"http:\/\/x","code":"1"}]}}"#
-        ));
+        assert!(prefilter()
+            .pass_over(
+                ResourceType::Procedure,
+                br#"{"resourceType":"Procedure","code":{"coding":[{"system":"http:\/\/x","code":"1"}]}}"#
+            )
+            .is_some());
     }
 
     #[test]
     fn patients_are_always_parsed() {
-        assert!(!prefilter().cannot_matter(
-            ResourceType::Patient,
-            br#"{"resourceType":"Patient","id":"p"}"#
-        ));
+        assert!(prefilter()
+            .pass_over(
+                ResourceType::Patient,
+                br#"{"resourceType":"Patient","id":"p"}"#
+            )
+            .is_none());
+    }
+
+    fn key_of(line: &str) -> Option<Option<CopyKey>> {
+        prefilter()
+            .pass_over(ResourceType::Observation, line.as_bytes())
+            .map(|passed| passed.key)
+    }
+
+    #[test]
+    fn a_line_passed_over_keeps_the_key_of_its_id() {
+        let key = Some(CopyKey::of(ResourceType::Observation, "o-1.2"));
+        assert_eq!(
+            key_of(r#"{"resourceType":"Observation","id":"o-1.2","status":"final"}"#),
+            Some(key)
+        );
+        assert_eq!(
+            key_of(r#"{ "resourceType" : "Observation" , "id" : "o-1.2" }"#),
+            Some(key)
+        );
+        // No id anywhere: nothing it could be a copy of.
+        assert_eq!(
+            key_of(r#"{"resourceType":"Observation","status":"final"}"#),
+            Some(None)
+        );
+        // An id that is no FHIR id cannot be that of a resource the job reads.
+        assert_eq!(
+            key_of(r#"{"resourceType":"Observation","id":"a b"}"#),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn a_line_whose_id_is_not_after_its_type_is_parsed() {
+        assert_eq!(
+            key_of(r#"{"resourceType":"Observation","status":"final","id":"o1"}"#),
+            None
+        );
+        // A key "id" inside an element could hide the resource's own: parsed.
+        assert_eq!(
+            key_of(r#"{"resourceType":"Observation","extension":[{"id":"e"}],"id":"o1"}"#),
+            None
+        );
     }
 }

@@ -20,6 +20,21 @@ pub struct ReasonCount {
 }
 
 impl ReasonCount {
+    /// One more, with its example: the smallest examples are kept, the same one once (copies
+    /// of one id), as `merge` does, so the list never depends on how the lines were shared
+    /// among threads.
+    fn count(&mut self, example: Example) {
+        self.count += 1;
+        if self.examples.contains(&example) {
+            return;
+        }
+        if self.examples.len() < MAX_EXAMPLES || Some(&example) < self.examples.last() {
+            self.examples.push(example);
+            self.examples.sort();
+            self.examples.truncate(MAX_EXAMPLES);
+        }
+    }
+
     /// Adds `n` to the count of one offending value; past 50 distinct values, new ones are
     /// not listed (the total still counts them).
     fn count_value(&mut self, value: &str, n: u64) {
@@ -47,6 +62,10 @@ pub struct TypeCounts {
     /// Valid resources the job does not use (other codes): not a data-quality problem.
     pub not_relevant: u64,
     pub left_out: BTreeMap<&'static str, ReasonCount>,
+    /// Elements of accepted resources that were not used, by reason (a
+    /// `referenceRange.high` outside the marker's plausible band): the resource itself counts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub elements_not_used: BTreeMap<&'static str, ReasonCount>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -95,22 +114,35 @@ impl DataQuality {
             .left_out
             .entry(skip.reason.key())
             .or_default();
-        entry.count += 1;
-        if categorical(skip.reason) {
-            if let Some(value) = &skip.detail {
-                entry.count_value(value, 1);
-            }
+        let value = categorical(skip.reason)
+            .then_some(skip.detail.as_deref())
+            .flatten();
+        if let Some(value) = value {
+            entry.count_value(value, 1);
         }
-        let resource = skip.resource_id.unwrap_or_else(location);
-        let example = Example {
-            resource,
+        entry.count(Example {
+            resource: skip.resource_id.unwrap_or_else(location),
             detail: skip.detail,
-        };
-        if entry.examples.len() < MAX_EXAMPLES || Some(&example) < entry.examples.last() {
-            entry.examples.push(example);
-            entry.examples.sort();
-            entry.examples.truncate(MAX_EXAMPLES);
-        }
+        });
+    }
+
+    /// Counts an element of an accepted resource that was not used (`reason`: the key in
+    /// the summary).
+    pub fn count_element_not_used(
+        &mut self,
+        kind: ResourceType,
+        reason: &'static str,
+        resource_id: &str,
+        detail: String,
+    ) {
+        self.counts(kind)
+            .elements_not_used
+            .entry(reason)
+            .or_default()
+            .count(Example {
+                resource: resource_id.to_owned(),
+                detail: Some(detail),
+            });
     }
 
     /// Configured codes found under code systems the job does not know by that name:
@@ -148,8 +180,13 @@ impl DataQuality {
             ours.read += theirs.read;
             ours.accepted += theirs.accepted;
             ours.not_relevant += theirs.not_relevant;
-            for (reason, count) in theirs.left_out {
-                let entry = ours.left_out.entry(reason).or_default();
+            let reasons = theirs.left_out.into_iter().map(|r| (r, false));
+            let elements = theirs.elements_not_used.into_iter().map(|r| (r, true));
+            for ((reason, count), element) in reasons.chain(elements) {
+                let entry = match element {
+                    false => ours.left_out.entry(reason).or_default(),
+                    true => ours.elements_not_used.entry(reason).or_default(),
+                };
                 entry.count += count.count;
                 for (value, n) in count.by_value {
                     entry.count_value(&value, n);

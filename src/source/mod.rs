@@ -11,7 +11,7 @@ use crate::cohort::Scope;
 use crate::config::{Config, ReadWith};
 use crate::domain::PatientTimeline;
 use crate::fhir::client::{FhirClient, FhirError};
-use crate::ingest::{DataQuality, Ingestor, LineOutcome, ResourceType};
+use crate::ingest::{CopyKey, DataQuality, Ingestor, LineOutcome, ResourceType};
 use crate::timeline::CohortBuilder;
 use crate::workers::Workers;
 use chrono::NaiveDate;
@@ -150,22 +150,29 @@ pub struct Loaded {
 pub(crate) struct Collected {
     pub(crate) cohort: CohortBuilder,
     pub(crate) quality: DataQuality,
+    /// The keys of the lines read but not followed (another code, malformed, passed over),
+    /// per block with the index of its file: a line whose key a followed resource shares is
+    /// read again to rank it against that resource's copies.
+    pub(crate) unfollowed: Vec<(usize, Box<[CopyKey]>)>,
 }
 
 impl Collected {
     /// Reads one resource's JSON text and files its record or its reason for being left out,
     /// counting it as read. `location` names it (file and line, or search) when it has no id.
-    /// A resource of another shard's patient is neither filed nor counted.
+    /// A resource of another shard's patient is neither filed nor counted. Returns the key of
+    /// a resource the job does not follow (`LineOutcome::unfollowed_key`), in any shard: it
+    /// may be a newer copy of one this shard follows.
     pub(crate) fn add_resource(
         &mut self,
         ingestor: &Ingestor,
         kind: ResourceType,
         json: &str,
         location: impl FnOnce() -> String,
-    ) {
+    ) -> Option<CopyKey> {
         let outcome = ingestor.read_line(kind, json);
+        let unfollowed = outcome.unfollowed_key(kind);
         if !ingestor.in_shard(&outcome, json) {
-            return;
+            return unfollowed;
         }
         self.quality.count_read(kind, 1);
         match outcome {
@@ -176,14 +183,34 @@ impl Collected {
                 self.cohort.add_skipped_copy(kind, skip)
             }
             LineOutcome::Skipped(skip) => self.quality.count_skip(kind, skip, location),
-            LineOutcome::NotRelevant => self.quality.count_not_relevant(kind),
+            LineOutcome::NotRelevant(_) => self.quality.count_not_relevant(kind),
         }
+        unfollowed
     }
 
     pub(crate) fn merge(mut self, other: Collected) -> Collected {
         self.cohort.merge(other.cohort);
         self.quality.merge(other.quality);
+        self.unfollowed.extend(other.unfollowed);
         self
+    }
+
+    /// The unfollowed keys that a followed resource shares, by file index; the keys are
+    /// dropped.
+    pub(crate) fn take_shared_keys(
+        &mut self,
+    ) -> std::collections::BTreeMap<usize, FxHashSet<CopyKey>> {
+        if self.unfollowed.is_empty() {
+            return Default::default();
+        }
+        let followed = self.cohort.followed_keys();
+        let mut shared: std::collections::BTreeMap<usize, FxHashSet<CopyKey>> = Default::default();
+        for (file, keys) in std::mem::take(&mut self.unfollowed) {
+            for key in keys.iter().filter(|key| followed.contains(key)) {
+                shared.entry(file).or_default().insert(*key);
+            }
+        }
+        shared
     }
 
     /// Sorts, de-duplicates and counts (on the current rayon pool).

@@ -3,7 +3,7 @@
 //! into one cohort as they finish, so memory holds compact records, not the files.
 
 use super::{Collected, Loaded};
-use crate::ingest::{Ingestor, ResourceType, Skip, SkipReason};
+use crate::ingest::{CopyKey, Ingestor, ResourceType, Skip, SkipReason};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -390,14 +390,15 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
     for &line_no in &block.too_long {
         count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
     }
+    let mut unfollowed: Vec<CopyKey> = Vec::new();
     for (line_no, line) in lines(block) {
         if line.len() > max_line {
             count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
             continue;
         }
-        // A byte-order mark some tools put before the first line is not part of the JSON.
-        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
-        if ingestor.cannot_matter(block.kind, line) {
+        let line = without_byte_order_mark(line);
+        if let Some(passed) = ingestor.passes_over(block.kind, line) {
+            unfollowed.extend(passed.key);
             // Counted as a parsed resource of no monitored code is: by shard 0.
             if ingestor.counts_unattributable() {
                 into.quality.count_read(block.kind, 1);
@@ -406,9 +407,9 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
             continue;
         }
         match std::str::from_utf8(line) {
-            Ok(text) => into.add_resource(ingestor, block.kind, text, || {
+            Ok(text) => unfollowed.extend(into.add_resource(ingestor, block.kind, text, || {
                 format!("line {line_no} of {}", file_name())
-            }),
+            })),
             Err(e) => count_unreadable(
                 into,
                 line_no,
@@ -417,6 +418,61 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
             ),
         }
     }
+    if !unfollowed.is_empty() {
+        into.unfollowed
+            .push((block.file_index, unfollowed.into_boxed_slice()));
+    }
+}
+
+/// A byte-order mark some tools put before the first line is not part of the JSON.
+fn without_byte_order_mark(line: &[u8]) -> &[u8] {
+    line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
+}
+
+/// The second look at the lines that were not followed but share a key with a resource that
+/// was (docs/rules.md §1.5): each is ranked against that resource's copies, so a newer copy
+/// re-coded to another test, malformed, or a near miss replaces the older ones. Only the files
+/// holding such a line are read again; an export without repeated ids reads nothing more.
+fn rank_unfollowed_copies(
+    files: &[SourceFile],
+    ingestor: &Ingestor,
+    collected: &mut Collected,
+) -> Result<(), SourceError> {
+    let shared = collected.take_shared_keys();
+    for (file_index, keys) in shared {
+        tracing::debug!(
+            file = %files[file_index].path.display(),
+            copies = keys.len(),
+            "reading a file again for copies of resources it read under another form"
+        );
+        let pool = BufferPool::default();
+        let file = &files[file_index..=file_index];
+        for block in BlockReader::new(file, &pool, ingestor.max_line_bytes()) {
+            if crate::interrupt::requested() {
+                return Err(SourceError::Interrupted);
+            }
+            let block = block?;
+            for (_, line) in lines(&block) {
+                if line.len() > ingestor.max_line_bytes() {
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(without_byte_order_mark(line)) else {
+                    continue;
+                };
+                let shares_a_key = ingestor
+                    .unfollowed_key(block.kind, text)
+                    .is_some_and(|key| keys.contains(&key));
+                if let Some((id, rank)) = shares_a_key
+                    .then(|| ingestor.copy_rank(block.kind, text))
+                    .flatten()
+                {
+                    collected.cohort.add_competitor(block.kind, id, rank);
+                }
+            }
+            pool.give_back(block.bytes);
+        }
+    }
+    Ok(())
 }
 
 /// Reads every file of the folder on the current rayon pool into patient timelines. A folder
@@ -477,6 +533,8 @@ fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     if let Some(error) = error {
         return Err(error);
     }
+    let mut collected = collected;
+    rank_unfollowed_copies(&files, ingestor, &mut collected)?;
     Ok(collected.finish(
         files.iter().map(|f| f.path.display().to_string()).collect(),
         discovered.ignored,

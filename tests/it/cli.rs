@@ -716,3 +716,61 @@ fn a_folder_without_observations_exits_3_naming_it() {
         folder.path().display()
     )));
 }
+
+/// demo-03 (a confirmed PIVKA-II rise), its latest value carrying `referenceRange.high`.
+fn confirmed_rise_with_reference_high(high: f64) -> Vec<Value> {
+    let scenario = tare_marker_monitor::generate::demo_scenarios()
+        .into_iter()
+        .find(|p| p.patients[0]["id"] == "demo-03-pivka-confirmed-rise")
+        .unwrap();
+    let mut observations = scenario.observations.clone();
+    let latest = observations
+        .iter_mut()
+        .filter(|o| o["code"].to_string().contains("34444-0"))
+        .max_by_key(|o| o["effectiveDateTime"].as_str().unwrap().to_owned())
+        .unwrap();
+    latest["referenceRange"] = serde_json::json!([{"high": {"value": high, "unit": "mAU/mL", "system": "http://unitsofmeasure.org", "code": "[arb'U]/L"}}]);
+    [
+        scenario.patients,
+        scenario.conditions,
+        scenario.procedures,
+        observations,
+    ]
+    .concat()
+}
+
+/// (uln, response, flags) of the PIVKA-II row, and the summary.
+fn pivka_row_with_reference_high(high: f64) -> ((String, String, String), Value) {
+    let folder = crate::helpers::write_folder(&confirmed_rise_with_reference_high(high));
+    let (out, output) = job("run", &["--source-dir", folder.path().to_str().unwrap()]);
+    assert_success(&output);
+    let rows = csv_rows(&read(out.path(), "markers.csv"));
+    let row = rows.iter().find(|r| r[2] == "pivka2").unwrap();
+    (
+        (row[13].clone(), row[14].clone(), row[19].clone()),
+        summary_of(out.path()),
+    )
+}
+
+#[test]
+fn an_implausible_reference_high_is_not_used_and_the_rise_stays_flagged() {
+    let ((uln, response, flags), summary) = pivka_row_with_reference_high(1e9);
+    assert_eq!(
+        (uln.as_str(), response.as_str(), flags.as_str()),
+        ("40", "PD", "marker-rise")
+    );
+    let not_used = &summary["resources"]["by_type"]["Observation"]["elements_not_used"]
+        ["reference_high_implausible"];
+    assert_eq!(not_used["count"], 1);
+    assert_eq!(
+        not_used["examples"][0]["detail"],
+        "referenceRange.high 1000000000 mAU/mL is outside the plausible band of the pivka2 ULN \
+         (markers.pivka2.reference_high_band)"
+    );
+    // Within the band (0.2x to 10x the default 40 mAU/mL), a laboratory's own limit is used.
+    let ((uln, _, _), summary) = pivka_row_with_reference_high(400.0);
+    assert_eq!(uln, "400");
+    assert!(summary["resources"]["by_type"]["Observation"]
+        .get("elements_not_used")
+        .is_none());
+}

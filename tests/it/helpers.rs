@@ -140,6 +140,7 @@ impl Case {
             instant_ms: d.and_hms_opt(9, 0, 0).unwrap().and_utc().timestamp_millis(),
             observation_id: format!("obs-{:03}", self.next_id).into(),
             reference_high: reference_high.into(),
+            reference_high_implausible: false,
             note: None,
         });
         self.timeline

@@ -3,7 +3,9 @@
 use serde_json::{json, Value};
 use tare_marker_monitor::config::Config;
 use tare_marker_monitor::domain::{Censoring, Marker, MarkerValue};
-use tare_marker_monitor::ingest::{Ingestor, LineOutcome, Record, ResourceType, SkipReason};
+use tare_marker_monitor::ingest::{
+    CopyKey, Ingestor, LineOutcome, Record, ResourceType, SkipReason,
+};
 use tare_marker_monitor::source::ndjson;
 
 fn observation(code: &str, effective: Value, value: Value) -> Value {
@@ -342,7 +344,10 @@ fn reference_range_high_in_the_marker_unit_family_is_kept() {
 #[test]
 fn an_observation_of_another_code_is_not_relevant() {
     let o = observation("718-7", json!("2026-03-01"), quantity(12.0, "g/dL"));
-    assert_eq!(read(&o), LineOutcome::NotRelevant);
+    assert_eq!(
+        read(&o),
+        LineOutcome::NotRelevant(Some(CopyKey::of(ResourceType::Observation, "o1")))
+    );
 }
 
 #[test]
@@ -547,7 +552,7 @@ fn a_configured_code_under_an_unknown_system_is_a_near_miss_naming_the_system() 
             &procedure(Some("http://snomed.info/sct"), "79445"),
             &config
         ),
-        LineOutcome::NotRelevant
+        LineOutcome::NotRelevant(Some(CopyKey::of(ResourceType::Procedure, "t1")))
     );
 }
 
@@ -931,4 +936,303 @@ fn lines_over_the_limit_are_skipped_with_file_and_line_and_the_rest_is_read() {
             Some("longer than 1048576 bytes (ingest.max_line_bytes)")
         );
     }
+}
+
+// ---- only FHIR JSON (docs/rules.md §1.4b) ----
+
+#[test]
+fn json_forms_that_fhir_json_does_not_allow_are_malformed_and_never_read() {
+    let good = pivka(quantity(100.0, "mAU/mL"));
+    let mut forms: Vec<(&str, Value)> = vec![
+        // An array in place of an object, at every level the job reads.
+        (
+            "a coding as an array",
+            with(
+                good.clone(),
+                "code",
+                json!({"coding": [["http://loinc.org", "34444-0"]]}),
+            ),
+        ),
+        (
+            "a CodeableConcept as an array",
+            with(
+                good.clone(),
+                "code",
+                json!([[["http://loinc.org", "34444-0"]]]),
+            ),
+        ),
+        (
+            "a reference as an array",
+            with(good.clone(), "subject", json!(["Patient/p1"])),
+        ),
+        (
+            "a quantity as an array",
+            with(
+                good.clone(),
+                "valueQuantity",
+                json!([100.0, null, null, "mAU/mL", "mAU/mL"]),
+            ),
+        ),
+        (
+            "meta as an array",
+            with(good.clone(), "meta", json!(["1", "2026-03-02T00:00:00Z"])),
+        ),
+        (
+            "a period as an array",
+            with(
+                without(good.clone(), "effectiveDateTime"),
+                "effectivePeriod",
+                json!(["2026-03-01"]),
+            ),
+        ),
+        (
+            "a reference range as an array",
+            with(good.clone(), "referenceRange", json!([[{"value": 40}]])),
+        ),
+        (
+            "dataAbsentReason as an array",
+            with(good.clone(), "dataAbsentReason", json!(["unknown"])),
+        ),
+        // An object where FHIR JSON has an array, a string where it has a number.
+        (
+            "codings as an object",
+            with(
+                good.clone(),
+                "code",
+                json!({"coding": {"system": "http://loinc.org", "code": "34444-0"}}),
+            ),
+        ),
+        (
+            "a value as a string",
+            with(
+                good.clone(),
+                "valueQuantity",
+                json!({"value": "100", "code": "mAU/mL"}),
+            ),
+        ),
+    ];
+    forms.push((
+        "the whole resource as an array",
+        json!(["Observation", "o1", "final", {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]}]),
+    ));
+    assert!(matches!(read(&good), LineOutcome::Record(_)));
+    for (form, resource) in forms {
+        match read(&resource) {
+            LineOutcome::Skipped(skip) => {
+                assert_eq!(skip.reason, SkipReason::InvalidJson, "{form}")
+            }
+            other => panic!("{form}: read as {other:?}"),
+        }
+    }
+}
+
+// ---- one id, one resource: the newest copy decides, whatever it says (docs/rules.md §1.5) ----
+
+fn every_line_config() -> Config {
+    let mut config = Config::default();
+    config.ingest.pass_over_irrelevant_lines = false;
+    config
+}
+
+/// Loads the folder in both read modes (lines passed over, and every line parsed), checks
+/// that they give the same timelines, and returns the first.
+fn load_both_ways(dir: &std::path::Path) -> ndjson_loaded::Loaded {
+    let fast = ndjson::load(dir, &ingestor(&Config::default())).unwrap();
+    let full = ndjson::load(dir, &ingestor(&every_line_config())).unwrap();
+    assert_eq!(fast.timelines, full.timelines);
+    fast
+}
+
+mod ndjson_loaded {
+    pub use tare_marker_monitor::source::Loaded;
+}
+
+fn tare_patient_files(extra: &[(&str, Vec<String>)]) -> tempfile::TempDir {
+    let mut files: Vec<(&str, Vec<String>)> = vec![
+        (
+            "Patient.ndjson",
+            vec![
+                json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"})
+                    .to_string(),
+            ],
+        ),
+        (
+            "Condition.ndjson",
+            vec![condition_line("c1", "C22.0", "2026-01-01T00:00:00Z")],
+        ),
+        (
+            "Procedure.ndjson",
+            vec![procedure_line("t1", "79445", "2026-01-01T00:00:00Z")],
+        ),
+        (
+            "Observation.ndjson",
+            vec![obs_line(
+                "o0",
+                "2026-01-05T10:00:00Z",
+                900.0,
+                "2026-01-06T00:00:00Z",
+            )],
+        ),
+    ];
+    for (name, lines) in extra {
+        match files.iter_mut().find(|(n, _)| n == name) {
+            Some((_, existing)) => existing.extend(lines.iter().cloned()),
+            None => files.push((name, lines.clone())),
+        }
+    }
+    write_folder(&files)
+}
+
+fn observation_ids(loaded: &ndjson_loaded::Loaded) -> Vec<&str> {
+    loaded.timelines[0]
+        .values
+        .iter()
+        .map(|v| &*v.observation_id)
+        .collect()
+}
+
+fn condition_line(id: &str, code: &str, last_updated: &str) -> String {
+    json!({
+        "resourceType": "Condition", "id": id, "meta": {"lastUpdated": last_updated},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]},
+        "subject": {"reference": "Patient/p1"}
+    })
+    .to_string()
+}
+
+fn procedure_line(id: &str, code: &str, last_updated: &str) -> String {
+    json!({
+        "resourceType": "Procedure", "id": id, "status": "completed",
+        "meta": {"lastUpdated": last_updated},
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": code}]},
+        "subject": {"reference": "Patient/p1"}, "performedDateTime": "2026-01-10"
+    })
+    .to_string()
+}
+
+/// Observation `id` of code `code` (LOINC) as a line, newer with a later `last_updated`.
+fn coded_obs_line(id: &str, code: &str, value: f64, last_updated: &str) -> String {
+    obs_line(id, "2026-03-01T10:00:00Z", value, last_updated).replace("34444-0", code)
+}
+
+#[test]
+fn a_newer_copy_recoded_to_another_test_removes_the_older_value() {
+    // The correction sits in another file, read in any order, and is passed over unparsed.
+    let dir = tare_patient_files(&[
+        (
+            "Observation.1.ndjson",
+            vec![coded_obs_line(
+                "o1",
+                "34444-0",
+                400.0,
+                "2026-03-02T00:00:00Z",
+            )],
+        ),
+        (
+            "Observation.0.ndjson",
+            vec![coded_obs_line("o1", "718-7", 13.0, "2026-03-05T00:00:00Z")],
+        ),
+    ]);
+    let loaded = load_both_ways(dir.path());
+    assert_eq!(observation_ids(&loaded), ["o0"]);
+    let observations = &loaded.quality.by_type["Observation"];
+    assert_eq!(
+        (
+            observations.read,
+            observations.not_relevant,
+            observations.accepted
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(observations.left_out["superseded_copy"].count, 1);
+}
+
+#[test]
+fn a_newer_malformed_or_near_miss_copy_removes_the_older_value() {
+    let mut newer_malformed: Value = serde_json::from_str(&obs_line(
+        "o1",
+        "2026-03-01T10:00:00Z",
+        400.0,
+        "2026-03-05T00:00:00Z",
+    ))
+    .unwrap();
+    newer_malformed["valueQuantity"] = json!([newer_malformed["valueQuantity"].clone()]);
+    let newer_malformed = newer_malformed.to_string();
+    let newer_near_miss = obs_line("o1", "2026-03-01T10:00:00Z", 400.0, "2026-03-05T00:00:00Z")
+        .replace("http://loinc.org", "http://loinc.example.org");
+    for (case, newer, reason) in [
+        ("malformed", newer_malformed, "invalid_json_or_structure"),
+        ("near miss", newer_near_miss, "code_under_unknown_system"),
+    ] {
+        let dir = tare_patient_files(&[(
+            "Observation.ndjson",
+            vec![
+                newer,
+                obs_line("o1", "2026-03-01T10:00:00Z", 400.0, "2026-03-02T00:00:00Z"),
+            ],
+        )]);
+        let loaded = load_both_ways(dir.path());
+        assert_eq!(observation_ids(&loaded), ["o0"], "{case}");
+        let left_out = &loaded.quality.by_type["Observation"].left_out;
+        assert_eq!(left_out[reason].count, 1, "{case}");
+        assert_eq!(left_out["superseded_copy"].count, 1, "{case}");
+    }
+}
+
+#[test]
+fn an_older_copy_of_another_code_leaves_the_newer_value_in_place() {
+    let dir = tare_patient_files(&[(
+        "Observation.ndjson",
+        vec![
+            coded_obs_line("o1", "718-7", 13.0, "2026-03-01T00:00:00Z"),
+            coded_obs_line("o1", "34444-0", 400.0, "2026-03-05T00:00:00Z"),
+        ],
+    )]);
+    let loaded = load_both_ways(dir.path());
+    assert_eq!(observation_ids(&loaded), ["o0", "o1"]);
+    assert_eq!(loaded.timelines[0].values[1].value, 400.0);
+    let observations = &loaded.quality.by_type["Observation"];
+    assert_eq!((observations.accepted, observations.not_relevant), (2, 1));
+    assert!(!observations.left_out.contains_key("superseded_copy"));
+}
+
+#[test]
+fn a_tare_recoded_to_another_procedure_and_an_hcc_recoded_to_another_diagnosis_no_longer_count() {
+    let dir = tare_patient_files(&[
+        (
+            "Procedure.ndjson",
+            vec![procedure_line("t1", "36245", "2026-02-01T00:00:00Z")],
+        ),
+        (
+            "Condition.ndjson",
+            vec![condition_line("c1", "K74.6", "2026-02-01T00:00:00Z")],
+        ),
+    ]);
+    let loaded = load_both_ways(dir.path());
+    let timeline = &loaded.timelines[0];
+    assert!(timeline.procedures.is_empty());
+    assert!(!timeline.has_hcc);
+    for kind in ["Procedure", "Condition"] {
+        assert_eq!(
+            loaded.quality.by_type[kind].left_out["superseded_copy"].count, 1,
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn a_newer_malformed_patient_copy_removes_the_patient_resource() {
+    let dir = tare_patient_files(&[(
+        "Patient.ndjson",
+        vec![json!({
+            "resourceType": "Patient", "id": "p1", "meta": {"lastUpdated": "2026-05-01T00:00:00Z"},
+            "birthDate": ["1950-01-01"]
+        })
+        .to_string()],
+    )]);
+    let loaded = load_both_ways(dir.path());
+    assert!(!loaded.timelines[0].has_patient_resource);
+    let patients = &loaded.quality.by_type["Patient"];
+    assert_eq!(patients.left_out["superseded_copy"].count, 1);
+    assert_eq!(patients.left_out["invalid_json_or_structure"].count, 1);
 }
