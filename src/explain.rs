@@ -5,7 +5,7 @@ use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
-use crate::format::{csv_number, csv_percent, date, fixed, human_number, human_value};
+use crate::format::{csv_number, csv_percent, date, fixed, human_value};
 use crate::source::{ReadError, Reader};
 use crate::workers::Workers;
 use chrono::{Duration, NaiveDate};
@@ -75,7 +75,9 @@ fn roles(courses: &[MarkerCourse], value: &crate::domain::MarkerValue) -> String
     }
     if is(&course.nadir) {
         roles.push("nadir");
-    } else if is(&course.reference_nadir) {
+    }
+    // The figure the rise is measured from; it may be the baseline or the nadir as well.
+    if is(&course.reference_nadir) {
         roles.push("reference nadir");
     }
     if is(&course.latest) {
@@ -87,15 +89,16 @@ fn roles(courses: &[MarkerCourse], value: &crate::domain::MarkerValue) -> String
 fn course_line(course: &MarkerCourse) -> String {
     let pct = |v: Option<f64>| v.map_or("-".into(), |p| format!("{}%", csv_percent(p)));
     format!(
-        "  {}: baseline {}; nadir {}; latest {}; {} post values; change from baseline {}; rise from reference nadir {}; ULN {}; response {}; half-life {}; next due {}; ALBI {} -> {}",
+        "  {}: baseline {}; nadir {}; latest {}; {} post values; change from baseline {}; reference nadir {}; rise from reference nadir {}; ULN {}; response {}; half-life {}; next due {}; ALBI {} -> {}",
         course.marker.display_name(),
         point(&course.baseline, course.marker),
         point(&course.nadir, course.marker),
         point(&course.latest, course.marker),
         course.n_post,
         pct(course.pct_change),
+        point(&course.reference_nadir, course.marker),
         pct(course.rise_from_nadir_pct),
-        human_number(course.uln),
+        human_value(course.uln, crate::domain::Censoring::Exact, course.marker),
         course.response.code(),
         course.halflife_days.map_or("-".into(), |d| format!("{} days", csv_number(d, 1))),
         date(course.next_due_date),

@@ -8,11 +8,55 @@ use crate::domain::{Flag, FlagCode, Marker, MarkerCourse, MarkerValue, Response,
 use crate::format::{csv_percent, date, human_number, human_value};
 use chrono::{Duration, NaiveDate};
 
+/// A value with its unit and date: `6,088 mAU/mL (2026-10-20)`.
 fn show(v: &MarkerValue) -> String {
     format!(
         "{} ({})",
         human_value(v.value, v.censoring, v.marker),
         date(v.date)
+    )
+}
+
+/// Where a value lies against the TARE.
+fn against_tare(v: &MarkerValue, window: Window) -> &'static str {
+    match window.days_since_index(v.date) {
+        days if days < 0 => "before TARE",
+        0 => "on the day of TARE",
+        _ => "after TARE",
+    }
+}
+
+/// A value with its unit, where it lies against the TARE, and its date, as the CSV and the
+/// chart place it: `88,000 mAU/mL before TARE (2026-06-15)`, `1,020 mAU/mL after TARE
+/// (2026-03-01)`.
+fn placed(v: &MarkerValue, window: Window) -> String {
+    format!(
+        "{} {} ({})",
+        human_value(v.value, v.censoring, v.marker),
+        against_tare(v, window),
+        date(v.date)
+    )
+}
+
+/// The reference nadir, which is the baseline when no value after TARE was lower: `30 mAU/mL
+/// at baseline before TARE (2026-04-10)`.
+fn placed_reference_nadir(v: &MarkerValue, window: Window) -> String {
+    match window.days_since_index(v.date) {
+        days if days <= 0 => format!(
+            "{} at baseline {} ({})",
+            human_value(v.value, v.censoring, v.marker),
+            against_tare(v, window),
+            date(v.date)
+        ),
+        _ => placed(v, window),
+    }
+}
+
+/// `the upper limit of normal of 40 mAU/mL`.
+fn upper_limit(uln: f64, marker: Marker) -> String {
+    format!(
+        "the upper limit of normal of {}",
+        human_value(uln, crate::domain::Censoring::Exact, marker)
     )
 }
 
@@ -24,13 +68,18 @@ fn tare_on(window: Window) -> String {
     format!("TARE on {}", date(window.index_date))
 }
 
+/// `marker-rise`, in the words of the CSV: the rise (`rise_from_nadir_pct`) is measured from
+/// the reference nadir, the lowest value so far, which may be the baseline before TARE.
 pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
     let marker = rise.latest.marker;
     let pct = percent_change(rise.reference_nadir.value, rise.latest.value)
         .map(|p| format!("{}%", csv_percent(p)))
         .unwrap_or_else(|| "from zero".into());
     let confirmation = match rise.confirmed_by {
-        Some(previous) => format!(", confirmed by the previous value of {}", show(previous)),
+        Some(previous) => format!(
+            ", confirmed by the value before it, {}",
+            placed(previous, window)
+        ),
         None => ", not yet confirmed by a second raised value".into(),
     };
     let mut evidence = vec![rise.reference_nadir];
@@ -46,13 +95,13 @@ pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
         },
         identified_date: rise.latest.date,
         detail: format!(
-            "{} rose {} from its nadir of {} to {}{}, above the upper limit of {}; {}. Confirm with contrast CT/MRI.",
+            "{} rose {} from its lowest value so far (reference nadir), {}, to {}{}, above {}; {}. Confirm with contrast CT/MRI.",
             marker.display_name(),
             pct,
-            show(rise.reference_nadir),
-            show(rise.latest),
+            placed_reference_nadir(rise.reference_nadir, window),
+            placed(rise.latest, window),
             confirmation,
-            human_number(uln),
+            upper_limit(uln, marker),
             tare_on(window)
         ),
         evidence_observation_ids: ids(&evidence),
@@ -80,8 +129,8 @@ pub fn marker_plateau(series: &EpisodeSeries<'_>, window: Window, config: &Confi
             "{} has plateaued above {}: {} then {}, a change of {}%; {}. Consider imaging.",
             series.marker.display_name(),
             human_value(level, crate::domain::Censoring::Exact, series.marker),
-            show(previous),
-            show(latest),
+            placed(previous, window),
+            placed(latest, window),
             csv_percent(change),
             tare_on(window)
         ),
@@ -112,13 +161,13 @@ pub fn no_response(
         severity: Severity::Moderate,
         identified_date: latest.date,
         detail: format!(
-            "{} has not fallen to {}% of its baseline of {} by day {}: lowest {}, latest {}; {}.",
+            "{} has not fallen to {}% of its baseline, {}, by day {} after TARE: nadir {}, latest {}; {}.",
             series.marker.display_name(),
             human_number(config.rules.response_fraction * 100.0),
-            show(baseline),
+            placed(baseline, window),
             window.days_since_index(latest.date),
-            show(lowest),
-            show(latest),
+            placed(lowest, window),
+            placed(latest, window),
             tare_on(window)
         ),
         evidence_observation_ids: ids(&[baseline, latest]),
@@ -141,12 +190,12 @@ pub fn incomplete_response(
         severity: Severity::Low,
         identified_date: latest.date,
         detail: format!(
-            "{} fell {}% from its baseline of {} to {}, but remains above the upper limit of {}; {}.",
+            "{} fell {}% from its baseline, {}, to {}, but remains above {}; {}.",
             series.marker.display_name(),
             csv_percent(fall),
-            show(baseline),
-            show(latest),
-            human_number(course.uln),
+            placed(baseline, window),
+            placed(latest, window),
+            upper_limit(course.uln, series.marker),
             tare_on(window)
         ),
         evidence_observation_ids: ids(&[baseline, latest]),
@@ -176,7 +225,7 @@ pub fn surveillance_overdue(
             "{} was due on {} (last value {}) and is {} days overdue as of {}; {}.",
             series.marker.display_name(),
             date(course.next_due_date),
-            show(last),
+            placed(last, window),
             (as_of - course.next_due_date).num_days(),
             date(as_of),
             tare_on(window)
@@ -209,9 +258,31 @@ pub fn possible_reild(
         .iter()
         .copied()
         .find(|v| v.date >= from && v.date <= to && raised(v))?;
-    let against = match baseline {
-        Some(b) => format!("baseline {}", show(b)),
-        None => "no baseline".into(),
+    let bilirubin_value =
+        |umol_l: f64| human_value(umol_l, crate::domain::Censoring::Exact, Marker::Bilirubin);
+    // Which limit the value crossed, in plain words: the absolute limit, else twice the
+    // baseline above the ULN.
+    let crossed = match baseline {
+        _ if at_least(value.value, rules.reild_bilirubin_umol_l) => format!(
+            "at or above the REILD limit of {}",
+            bilirubin_value(rules.reild_bilirubin_umol_l)
+        ),
+        Some(b) => format!(
+            "at least {} times its baseline of {} (so at least {}) and above {}",
+            human_number(rules.reild_baseline_multiple),
+            placed(b, window),
+            bilirubin_value(b.value * rules.reild_baseline_multiple),
+            upper_limit(bilirubin_uln, Marker::Bilirubin)
+        ),
+        // `raised` holds without the absolute limit only against a baseline.
+        None => return None,
+    };
+    let baseline_note = match baseline {
+        Some(b) if at_least(value.value, rules.reild_bilirubin_umol_l) => {
+            format!("; baseline {}", placed(b, window))
+        }
+        Some(_) => String::new(),
+        None => "; no baseline bilirubin".into(),
     };
     let mut evidence: Vec<&MarkerValue> = baseline.into_iter().collect();
     evidence.push(value);
@@ -221,14 +292,12 @@ pub fn possible_reild(
         severity: Severity::High,
         identified_date: value.date,
         detail: format!(
-            "Bilirubin {} on day {} after {} ({}); threshold {} or {} x baseline above {}. Assess for radioembolization-induced liver disease.",
+            "Bilirubin {} on day {} after TARE: {}{}; {}. Assess for radioembolization-induced liver disease.",
             show(value),
             window.days_since_index(value.date),
-            tare_on(window),
-            against,
-            human_value(rules.reild_bilirubin_umol_l, crate::domain::Censoring::Exact, Marker::Bilirubin),
-            human_number(rules.reild_baseline_multiple),
-            human_number(bilirubin_uln)
+            crossed,
+            baseline_note,
+            tare_on(window)
         ),
         evidence_observation_ids: ids(&evidence),
     })
@@ -249,7 +318,21 @@ pub fn marker_discordance(courses: &[MarkerCourse], window: Window) -> Option<Fl
     }
     let describe = |list: &[&MarkerCourse]| {
         list.iter()
-            .map(|c| format!("{} ({})", c.marker.display_name(), c.response.code()))
+            .map(|c| {
+                let latest = c.latest.as_ref().map(|l| {
+                    format!(
+                        ", latest {} ({})",
+                        human_value(l.value, l.censoring, c.marker),
+                        date(l.date)
+                    )
+                });
+                format!(
+                    "{} ({}{})",
+                    c.marker.display_name(),
+                    c.response.code(),
+                    latest.unwrap_or_default()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

@@ -6,7 +6,7 @@ use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
 use crate::format::{csv_number, csv_percent, date, fixed, GuardedCsv};
 use std::io::Write;
 
-pub const MARKERS_HEADER: [&str; 20] = [
+pub const MARKERS_HEADER: [&str; 22] = [
     "patient_id",
     "episode_index_date",
     "marker",
@@ -27,6 +27,8 @@ pub const MARKERS_HEADER: [&str; 20] = [
     "albi_baseline",
     "albi_latest",
     "flags",
+    "reference_nadir_value",
+    "reference_nadir_date",
 ];
 
 pub const FLAGS_HEADER: [&str; 7] = [
@@ -74,6 +76,7 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                 let (baseline_value, baseline_date) = value(&course.baseline);
                 let (nadir_value, nadir_date) = value(&course.nadir);
                 let (latest_value, latest_date) = value(&course.latest);
+                let (reference_nadir_value, reference_nadir_date) = value(&course.reference_nadir);
                 writer.row([
                     patient.patient_id.clone(),
                     date(episode.index_date),
@@ -95,6 +98,8 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     optional(course.albi_baseline, |a| fixed(a, 2)),
                     optional(course.albi_latest, |a| fixed(a, 2)),
                     marker_flag_codes(course, &episode.flags),
+                    reference_nadir_value,
+                    reference_nadir_date,
                 ])?;
             }
         }

@@ -28,12 +28,14 @@ fn run_on_demo_writes_markers_csv_with_the_seed_row() {
     let mut lines = markers.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "patient_id,episode_index_date,marker,unit,baseline_value,baseline_date,nadir_value,nadir_date,latest_value,latest_date,n_post,pct_change,rise_from_nadir_pct,uln,response,halflife_days,next_due_date,albi_baseline,albi_latest,flags"
+        "patient_id,episode_index_date,marker,unit,baseline_value,baseline_date,nadir_value,nadir_date,latest_value,latest_date,n_post,pct_change,rise_from_nadir_pct,uln,response,halflife_days,next_due_date,albi_baseline,albi_latest,flags,reference_nadir_value,reference_nadir_date"
     );
     // 88,000 -> 6,088 mAU/mL four months after TARE: -93.1%, above 40: PR, incomplete-response.
     // ALBI: 0.66 x log10(14) - 0.085 x 38 = -2.47; 0.66 x log10(16) - 0.085 x 36 = -2.27.
+    // The rise of -33.1% is from the reference nadir, 9,100 mAU/mL on 2026-09-20: the lowest
+    // of the baseline and the values before the latest, named in the last two columns.
     assert!(markers.lines().any(|l| l
-        == "demo-01-seed-partial-response,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,40,PR,31.8,2027-01-18,-2.47,-2.27,incomplete-response"));
+        == "demo-01-seed-partial-response,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,40,PR,31.8,2027-01-18,-2.47,-2.27,incomplete-response,9100,2026-09-20"));
 }
 
 #[test]
@@ -306,7 +308,7 @@ fn explain_prints_values_with_days_since_tare_and_the_finding() {
         "{text}"
     );
     assert!(text.contains("response PR"), "{text}");
-    assert!(text.contains("incomplete-response [low, PIVKA-II; report only] PIVKA-II fell 93.1% from its baseline of 88,000 mAU/mL (2026-06-15) to 6,088 mAU/mL (2026-10-20), but remains above the upper limit of 40"), "{text}");
+    assert!(text.contains("incomplete-response [low, PIVKA-II; report only] PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE (2026-06-15), to 6,088 mAU/mL after TARE (2026-10-20), but remains above the upper limit of normal of 40 mAU/mL; TARE on 2026-06-20."), "{text}");
 }
 
 #[test]

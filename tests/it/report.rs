@@ -91,7 +91,7 @@ fn flagged_patients_come_most_severe_then_most_recent_first_each_with_a_chart() 
     assert!(data.iter().any(|p| p["flags"][0][5]
         .as_str()
         .unwrap()
-        .starts_with("PIVKA-II fell 93.1% from its baseline of 88,000 mAU/mL")));
+        .starts_with("PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE")));
     // Self-contained: nothing fetched from elsewhere.
     for external in ["<script src", "<link", "@import", "url(http", "src=\"http"] {
         assert!(!html.contains(external), "{external}");

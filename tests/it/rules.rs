@@ -162,7 +162,35 @@ fn rise_after_nadir_confirmed_by_second_value_is_progression_and_high() {
     assert_eq!(evidence, vec!["obs-002", "obs-003", "obs-004"]);
     assert_eq!(
         rise.detail,
-        "PIVKA-II rose 133.3% from its nadir of 900 mAU/mL (2026-02-09) to 2,100 mAU/mL (2026-07-09), confirmed by the previous value of 1,400 mAU/mL (2026-05-10), above the upper limit of 40; TARE on 2026-01-10. Confirm with contrast CT/MRI."
+        "PIVKA-II rose 133.3% from its lowest value so far (reference nadir), 900 mAU/mL after TARE (2026-02-09), to 2,100 mAU/mL after TARE (2026-07-09), confirmed by the value before it, 1,400 mAU/mL after TARE (2026-05-10), above the upper limit of normal of 40 mAU/mL; TARE on 2026-01-10. Confirm with contrast CT/MRI."
+    );
+}
+
+#[test]
+fn rise_from_a_baseline_reference_nadir_says_so_in_words_and_in_the_course() {
+    // The post values never fell below the baseline: the rise is measured from the baseline,
+    // while the nadir (the lowest value after TARE) is 35.
+    let f = Case::new()
+        .pivka(-5, 30.0)
+        .pivka(30, 35.0)
+        .pivka(60, 180.0)
+        .as_of_day(70);
+    let c = course(&f, Marker::Pivka2);
+    assert_eq!(
+        c.nadir.as_ref().map(|n| (n.value, n.date)),
+        Some((35.0, date("2026-02-09")))
+    );
+    assert_eq!(
+        c.reference_nadir.as_ref().map(|n| (n.value, n.date)),
+        Some((30.0, date("2026-01-05")))
+    );
+    assert_eq!(csv_percent(c.rise_from_nadir_pct.unwrap()), "500.0");
+    assert_eq!(
+        flag(&f, FlagCode::MarkerRise).unwrap().detail,
+        "PIVKA-II rose 500.0% from its lowest value so far (reference nadir), 30 mAU/mL at \
+         baseline before TARE (2026-01-05), to 180 mAU/mL after TARE (2026-03-11), not yet \
+         confirmed by a second raised value, above the upper limit of normal of 40 mAU/mL; TARE \
+         on 2026-01-10. Confirm with contrast CT/MRI."
     );
 }
 
@@ -538,6 +566,33 @@ fn reild_by_doubling_needs_a_value_above_the_uln() {
         .bilirubin(30, 30.0)
         .as_of_day(40);
     assert!(flag(&f, FlagCode::PossibleReild).is_some());
+}
+
+#[test]
+fn reild_sentence_names_the_limit_the_bilirubin_value_crossed() {
+    // 3.5 mg/dL = 59.85 umol/L: the absolute limit; the baseline is named beside it.
+    let f = Case::new()
+        .bilirubin(-2, 12.0)
+        .bilirubin(30, 59.85)
+        .as_of_day(40);
+    assert_eq!(
+        flag(&f, FlagCode::PossibleReild).unwrap().detail,
+        "Bilirubin 59.85 umol/L (2026-02-09) on day 30 after TARE: at or above the REILD limit of \
+         51.3 umol/L; baseline 12 umol/L before TARE (2026-01-08); TARE on 2026-01-10. Assess for \
+         radioembolization-induced liver disease."
+    );
+    // Doubled from 15 to 30 umol/L, above the ULN of 21 but below 51.3: the relative limit.
+    let f = Case::new()
+        .bilirubin(-2, 15.0)
+        .bilirubin(30, 30.0)
+        .as_of_day(40);
+    assert_eq!(
+        flag(&f, FlagCode::PossibleReild).unwrap().detail,
+        "Bilirubin 30 umol/L (2026-02-09) on day 30 after TARE: at least 2 times its baseline of \
+         15 umol/L before TARE (2026-01-08) (so at least 30 umol/L) and above the upper limit of \
+         normal of 21 umol/L; TARE on 2026-01-10. Assess for radioembolization-induced liver \
+         disease."
+    );
 }
 
 // ---- discordance, incomplete response ----
