@@ -23,5 +23,6 @@ pub mod run;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod text;
 pub mod timeline;
 pub mod workers;
