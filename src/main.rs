@@ -1,5 +1,5 @@
 //! The binary: parse the command line, set up logging, run the command, and map its error to
-//! the documented exit code, printed once, with its causes.
+//! the documented exit code, printed once, with its causes, on one line (`CommandError::lines`).
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     match cli.command.execute() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", tare_marker_monitor::fhir::error::chain(&error));
+            for line in error.lines() {
+                eprintln!("{line}");
+            }
             ExitCode::from(error.exit_code())
         }
     }
