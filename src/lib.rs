@@ -15,6 +15,7 @@ pub mod generate;
 pub mod ingest;
 pub mod interrupt;
 pub mod isolation;
+pub mod logging;
 pub mod merge;
 pub mod output;
 pub mod progress;
