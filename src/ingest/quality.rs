@@ -54,6 +54,14 @@ pub struct DataQuality {
     pub by_type: BTreeMap<&'static str, TypeCounts>,
 }
 
+/// `text::shown`, without a copy when there is nothing to escape.
+fn shown_owned(text: String) -> String {
+    match crate::text::shown(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
 fn categorical(reason: SkipReason) -> bool {
     matches!(
         reason,
@@ -83,7 +91,9 @@ impl DataQuality {
         self.counts(kind).not_relevant += 1;
     }
 
-    /// Counts a left-out resource. `location` names it when it has no id.
+    /// Counts a left-out resource. `location` names it when it has no id. The offending values
+    /// and the location (a file name) come from the source: they are kept as `text::shown`
+    /// writes them, for the summary, the warnings and the report.
     pub fn count_skip(
         &mut self,
         kind: ResourceType,
@@ -96,16 +106,14 @@ impl DataQuality {
             .entry(skip.reason.key())
             .or_default();
         entry.count += 1;
+        let detail = skip.detail.map(shown_owned);
         if categorical(skip.reason) {
-            if let Some(value) = &skip.detail {
+            if let Some(value) = &detail {
                 entry.count_value(value, 1);
             }
         }
-        let resource = skip.resource_id.unwrap_or_else(location);
-        let example = Example {
-            resource,
-            detail: skip.detail,
-        };
+        let resource = shown_owned(skip.resource_id.unwrap_or_else(location));
+        let example = Example { resource, detail };
         if entry.examples.len() < MAX_EXAMPLES || Some(&example) < entry.examples.last() {
             entry.examples.push(example);
             entry.examples.sort();
@@ -160,5 +168,38 @@ impl DataQuality {
                 entry.examples.truncate(MAX_EXAMPLES);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offending_values_and_file_names_are_kept_escaped() {
+        let mut quality = DataQuality::default();
+        let skip = |reason, detail: &str| Skip {
+            reason,
+            resource_id: None,
+            detail: Some(detail.to_owned()),
+            copy: None,
+        };
+        quality.count_skip(
+            ResourceType::Observation,
+            skip(SkipReason::UnknownUnit, "mAU\u{202e}/mL\n\u{1b}[2J"),
+            || "line 3 of Observation\u{202e}.ndjson".to_owned(),
+        );
+        let unit = &quality.by_type["Observation"].left_out["unknown_unit"];
+        assert_eq!(
+            unit.by_value.keys().collect::<Vec<_>>(),
+            ["mAU\\u{202e}/mL\\u{a}\\u{1b}[2J"]
+        );
+        assert_eq!(
+            unit.examples,
+            [Example {
+                resource: "line 3 of Observation\\u{202e}.ndjson".into(),
+                detail: Some("mAU\\u{202e}/mL\\u{a}\\u{1b}[2J".into()),
+            }]
+        );
     }
 }
