@@ -524,20 +524,40 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {} is not valid", path.display())]
+    /// `message` in one line (`toml_error_line`): the binary prints an error as one line.
+    #[error("config file {} is not valid: {message}", path.display())]
     Parse {
         path: std::path::PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
+        message: String,
     },
-    #[error("environment variable {variable} is not a valid setting")]
-    Environment {
-        variable: String,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    #[error("environment variable {variable} is not a valid setting: {message}")]
+    Environment { variable: String, message: String },
     #[error("config value {key} is not valid: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// A TOML error in one line: `line 2, column 16: invalid string; expected ...` when it points
+/// into `text`, else its message and the key it is about (`unknown field ...; in `rules``).
+/// toml writes several lines, with the text around the place; an error is printed as one.
+fn toml_error_line(error: &toml::de::Error, text: &str) -> String {
+    let one_line = |text: &str| {
+        text.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match error.span().and_then(|span| text.get(..span.start)) {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!(
+                "line {line}, column {column}: {}",
+                one_line(error.message())
+            )
+        }
+        None => one_line(&error.to_string()),
+    }
 }
 
 /// The prefix of the environment variables that set a key: `TMM_SERVER__BASE_URL` sets
@@ -615,9 +635,9 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-            let parse_error = |source| ConfigError::Parse {
+            let parse_error = |error| ConfigError::Parse {
                 path: path.to_owned(),
-                source: Box::new(source),
+                message: toml_error_line(&error, &text),
             };
             let overrides: toml::Table = toml::from_str(&text).map_err(parse_error)?;
             merge(&mut layers, overrides);
@@ -630,14 +650,14 @@ impl Config {
         variables.sort();
         for (variable, value) in variables {
             merge(&mut layers, environment_layer(&variable, &value));
-            Config::deserialize(layers.clone()).map_err(|source| ConfigError::Environment {
+            Config::deserialize(layers.clone()).map_err(|error| ConfigError::Environment {
                 variable,
-                source: Box::new(source),
+                message: toml_error_line(&error, ""),
             })?;
         }
-        let config = Config::deserialize(layers).map_err(|source| ConfigError::Parse {
+        let config = Config::deserialize(layers).map_err(|error| ConfigError::Parse {
             path: file.map(Path::to_owned).unwrap_or_default(),
-            source: Box::new(source),
+            message: toml_error_line(&error, ""),
         })?;
         config.validate()?;
         Ok(config)
@@ -959,6 +979,28 @@ mod tests {
         );
         let error = Config::load(None, env("TMM_SERVER__CONCURRENCY", "0")).unwrap_err();
         assert!(error.to_string().contains("server.concurrency"), "{error}");
+    }
+
+    #[test]
+    fn a_config_error_is_one_line_that_says_where_and_what() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site.toml");
+        std::fs::write(&file, "[rules]\nrise_pct = = 3\n").unwrap();
+        let error = Config::load(Some(&file), Vec::new()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "config file {} is not valid: line 2, column 12: invalid string; expected `\"`, `'`",
+                file.display()
+            )
+        );
+        std::fs::write(&file, "[rules]\nrise_percent = 30\n").unwrap();
+        let error = Config::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(error.contains("unknown field `rise_percent`"), "{error}");
+        assert!(error.ends_with("; in `rules`"), "{error}");
     }
 
     #[test]

@@ -88,30 +88,12 @@ pub fn date(d: NaiveDate) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
-/// Text without control characters: line breaks and tabs become a space, every other control
-/// character (NUL, escape, the C1 range, ...) is removed. For every text a person reads in a
-/// CSV file or the HTML report, whatever the source put in it.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(
-        text.chars()
-            .filter_map(|c| match c {
-                '\n' | '\r' | '\t' => Some(' '),
-                c if c.is_control() => None,
-                c => Some(c),
-            })
-            .collect(),
-    )
-}
-
-/// A text cell a spreadsheet will not run, and without control characters: one whose first
-/// character past any leading white space is `=`, `+`, `-` or `@` gets a leading `'` (OWASP's
-/// advice against CSV formula injection), unless it is a plain number (`-93.1` stays a
-/// number).
+/// A text cell a spreadsheet will not run, and without control or bidirectional characters
+/// (`text::printable`): one whose first character past any leading white space is `=`, `+`,
+/// `-` or `@` gets a leading `'` (OWASP's advice against CSV formula injection), unless it is
+/// a plain number (`-93.1` stays a number).
 pub fn csv_text(text: &str) -> Cow<'_, str> {
-    let text = printable(text);
+    let text = crate::text::printable(text);
     let risky = text.trim_start().starts_with(['=', '+', '-', '@']);
     if risky && text.trim().parse::<f64>().is_err() {
         Cow::Owned(format!("'{text}"))
@@ -193,6 +175,8 @@ mod tests {
             ("\u{a0}@SUM(A1)", "'\u{a0}@SUM(A1)"),
             ("a\u{0}b\u{1b}[31m", "ab[31m"),
             ("line one\nline two", "line one line two"),
+            ("\u{202e}=1+1", "'=1+1"),
+            ("mAU\u{202e}/mL\u{2066}", "mAU/mL"),
             (" -93.1", " -93.1"),
             ("-93.1", "-93.1"),
             ("+40", "+40"),

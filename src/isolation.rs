@@ -27,11 +27,16 @@ pub fn isolated<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     let was = ISOLATED.with(|flag| flag.replace(true));
     let result = catch_unwind(AssertUnwindSafe(work));
     ISOLATED.with(|flag| flag.set(was));
+    // The message may quote the data (an id, a unit): escaped for the summary and stderr.
     result.map_err(|payload| {
         payload
             .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .map(|s| crate::text::shown(s).into_owned())
+            .or_else(|| {
+                payload
+                    .downcast_ref::<String>()
+                    .map(|s| crate::text::shown(s).into_owned())
+            })
             .unwrap_or_else(|| "an unexpected failure".to_owned())
     })
 }
@@ -45,5 +50,15 @@ mod tests {
         let failed: Result<(), String> = isolated(|| panic!("date arithmetic overflowed"));
         assert_eq!(failed, Err("date arithmetic overflowed".to_owned()));
         assert_eq!(isolated(|| 41 + 1), Ok(42));
+    }
+
+    #[test]
+    fn a_failure_message_quoting_the_data_comes_back_escaped() {
+        let unit = "mAU/mL\n\u{202e}";
+        let failed: Result<(), String> = isolated(|| panic!("no factor for {unit}"));
+        assert_eq!(
+            failed,
+            Err("no factor for mAU/mL\\u{a}\\u{202e}".to_owned())
+        );
     }
 }

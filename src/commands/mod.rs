@@ -193,8 +193,28 @@ pub enum CommandError {
     #[error("{0}")]
     MassCancel(crate::sink::server::MassCancel),
     /// Some patients' write-back failed; the others were written.
-    #[error("{}", .0.iter().map(|f| format!("patient {}: {}", f.patient_id, f.message)).collect::<Vec<_>>().join("\nerror: "))]
+    #[error("{}", .0.iter().map(failure_line).collect::<Vec<_>>().join("; "))]
     WriteBackFailed(Vec<crate::sink::summary::PatientFailure>),
+}
+
+fn failure_line(failure: &crate::sink::summary::PatientFailure) -> String {
+    format!("patient {}: {}", failure.patient_id, failure.message)
+}
+
+impl CommandError {
+    /// What the binary prints, one `error:` line each, with every control and bidirectional
+    /// character escaped (`text::shown`): the whole chain of causes, or one line per patient
+    /// whose write-back failed. No text inside can start a line of its own.
+    pub fn lines(&self) -> Vec<String> {
+        let lines = match self {
+            CommandError::WriteBackFailed(failures) => failures.iter().map(failure_line).collect(),
+            _ => vec![crate::fhir::error::chain(self)],
+        };
+        lines
+            .iter()
+            .map(|line| format!("error: {}", crate::text::shown(line)))
+            .collect()
+    }
 }
 
 /// The documented exit codes (README "Exit codes").
@@ -257,5 +277,40 @@ impl CommandError {
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,
             _ => exit::FAILURE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::summary::PatientFailure;
+
+    #[test]
+    fn an_error_prints_as_escaped_lines_one_per_failed_patient() {
+        let failed = CommandError::WriteBackFailed(vec![
+            PatientFailure {
+                patient_id: "p1".into(),
+                message: "HTTP 412: changed\nerror: patient p9: forged".into(),
+            },
+            PatientFailure {
+                patient_id: "p2".into(),
+                message: "HTTP 500: \u{1b}[2J\u{202e}".into(),
+            },
+        ]);
+        assert_eq!(
+            failed.lines(),
+            [
+                "error: patient p1: HTTP 412: changed\\u{a}error: patient p9: forged",
+                "error: patient p2: HTTP 500: \\u{1b}[2J\\u{202e}",
+            ]
+        );
+        let config = CommandError::Config(ConfigError::Invalid {
+            key: "server.base_url",
+            message: "a\nb".into(),
+        });
+        assert_eq!(
+            config.lines(),
+            ["error: config value server.base_url is not valid: a\\u{a}b"]
+        );
     }
 }

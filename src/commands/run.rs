@@ -84,7 +84,7 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
     let s = &outcome.summary;
     if let Some(cohort) = &s.cohort {
         for unknown in &cohort.unknown {
-            eprintln!("warning: not found: {unknown}");
+            eprintln!("warning: not found: {}", crate::text::shown(unknown));
         }
     }
     let observations = s.resources.by_type.get("Observation");

@@ -280,7 +280,7 @@ impl SmartBackend {
             let body = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
             let text = |key: &str| -> String {
                 let value = body[key].as_str().unwrap_or_default();
-                crate::format::printable(value).chars().take(300).collect()
+                crate::text::printable(value).chars().take(300).collect()
             };
             return Err(failed(TokenError::Status {
                 status: status.as_u16(),

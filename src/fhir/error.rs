@@ -2,7 +2,11 @@
 //! the URL and keeps its cause as `source`, so the message an operator reads is the whole
 //! chain: `https://fhir.example.org/Patient: no answer: error sending request: invalid peer
 //! certificate: UnknownIssuer`. Tokens, keys and assertions never appear in any of them.
+//! Text a server chose (its OperationOutcome, a URL from a link or a manifest, a resource type,
+//! an OAuth error) enters a message through `text::shown`, so it cannot break a log line or
+//! hold a terminal escape or a bidirectional override.
 
+use crate::text::shown;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +18,7 @@ pub enum FhirError {
         source: url::ParseError,
     },
     /// A URL the job will not send to (plain http off this machine, not http at all).
-    #[error("{url}: {refusal}")]
+    #[error("{}: {refusal}", shown(url))]
     Refused { url: String, refusal: Refusal },
     #[error("cannot set up the HTTP client")]
     Client(#[from] ClientError),
@@ -22,52 +26,62 @@ pub enum FhirError {
     #[error("FHIR server credentials")]
     Credentials(#[from] CredentialsError),
     /// The token endpoint (or its discovery) failed.
-    #[error("cannot get an access token from {url}")]
+    #[error("cannot get an access token from {}", shown(url))]
     Token {
         url: String,
         #[source]
         source: TokenError,
     },
-    #[error("{url}: no answer")]
+    #[error("{}: no answer", shown(url))]
     Transport {
         url: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("{url}: HTTP {status}: {outcome}")]
+    #[error("{}: HTTP {status}: {}", shown(url), shown(outcome))]
     Status {
         url: String,
         status: u16,
         /// The server's OperationOutcome text, or the start of its body.
         outcome: String,
     },
-    #[error("{url}: not a FHIR Bundle")]
+    #[error("{}: not a FHIR Bundle", shown(url))]
     NotABundle {
         url: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{url}: a {found} where a Bundle was expected")]
+    #[error("{}: a {} where a Bundle was expected", shown(url), shown(found))]
     NotABundleType { url: String, found: String },
-    #[error("{url}: not JSON")]
+    #[error("{}: not JSON", shown(url))]
     NotJson {
         url: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{url}: the search goes on past {limit} pages (server.max_pages_per_search)")]
+    #[error(
+        "{}: the search goes on past {limit} pages (server.max_pages_per_search)",
+        shown(url)
+    )]
     TooManyPages { url: String, limit: usize },
-    #[error("{url}: the next link repeats a page already read; the search would never end")]
+    #[error(
+        "{}: the next link repeats a page already read; the search would never end",
+        shown(url)
+    )]
     RepeatedPage { url: String },
-    #[error("{url}: the answer is larger than {limit} bytes (server.max_response_bytes)")]
+    #[error(
+        "{}: the answer is larger than {limit} bytes (server.max_response_bytes)",
+        shown(url)
+    )]
     TooLarge { url: String, limit: u64 },
     #[error(
-        "{url}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)"
+        "{}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)",
+        shown(url)
     )]
     ReadBudget { url: String, minutes: f64 },
-    #[error("interrupted while reading {url}")]
+    #[error("interrupted while reading {}", shown(url))]
     Interrupted { url: String },
-    #[error("{url}: the create answered without the resource")]
+    #[error("{}: the create answered without the resource", shown(url))]
     NoResourceInAnswer { url: String },
     #[error("cannot write {}", path.display())]
     Disk {
@@ -172,9 +186,9 @@ pub enum TokenError {
     TooLarge(u64),
     /// The OAuth error code (`invalid_client`) names the problem, and its description (from
     /// the authorization server, for people) says what was wrong; neither holds a secret.
-    #[error("HTTP {status} {oauth_error}{}", match description.is_empty() {
+    #[error("HTTP {status} {}{}", shown(oauth_error), match description.is_empty() {
         true => String::new(),
-        false => format!(": {description}"),
+        false => format!(": {}", shown(description)),
     })]
     Status {
         status: u16,
@@ -194,9 +208,9 @@ pub enum TokenError {
 /// A Bulk Data `$export` that did not go as the protocol says.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{url}: a kick-off answered 202 without Content-Location")]
+    #[error("{}: a kick-off answered 202 without Content-Location", shown(url))]
     NoStatusUrl { url: String },
-    #[error("{url}: Content-Location {location:?}")]
+    #[error("{}: Content-Location {location:?}", shown(url))]
     BadStatusUrl {
         url: String,
         location: String,
@@ -204,16 +218,21 @@ pub enum ExportError {
         source: url::ParseError,
     },
     #[error(
-        "{url}: the kick-off names {status_url} as its status URL, which is a FHIR resource URL of the server; it was neither polled nor deleted"
+        "{}: the kick-off names {} as its status URL, which is a FHIR resource URL of the server; it was neither polled nor deleted",
+        shown(url),
+        shown(status_url)
     )]
     ResourceStatusUrl { url: String, status_url: String },
-    #[error("{url}: not a Bulk Data manifest")]
+    #[error("{}: not a Bulk Data manifest", shown(url))]
     NotAManifest {
         url: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{url}: the export is not ready within {seconds} s (server.export_max_wait_secs)")]
+    #[error(
+        "{}: the export is not ready within {seconds} s (server.export_max_wait_secs)",
+        shown(url)
+    )]
     NotReady { url: String, seconds: u64 },
     #[error("cannot create the download folder {}", path.display())]
     Folder {
@@ -243,4 +262,40 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_in_a_message_is_shown_escaped() {
+        let error = FhirError::Status {
+            url: "https://fhir.example.org/Observation?x=\u{202e}".into(),
+            status: 400,
+            outcome: "error invalid: bad\n2026-01-01T00:00:00Z  INFO forged \u{1b}[2J\u{202e}"
+                .into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "https://fhir.example.org/Observation?x=\\u{202e}: HTTP 400: error invalid: bad\\u{a}2026-01-01T00:00:00Z  INFO forged \\u{1b}[2J\\u{202e}"
+        );
+        let token = TokenError::Status {
+            status: 401,
+            oauth_error: "invalid_client\r".into(),
+            description: "no\u{202d}".into(),
+        };
+        assert_eq!(
+            token.to_string(),
+            "HTTP 401 invalid_client\\u{d}: no\\u{202d}"
+        );
+        let found = FhirError::NotABundleType {
+            url: "u".into(),
+            found: "Bundle\u{85}".into(),
+        };
+        assert_eq!(
+            found.to_string(),
+            "u: a Bundle\\u{85} where a Bundle was expected"
+        );
+    }
 }

@@ -73,6 +73,14 @@ pub struct DataQuality {
     pub by_type: BTreeMap<&'static str, TypeCounts>,
 }
 
+/// `text::shown`, without a copy when there is nothing to escape.
+fn shown_owned(text: String) -> String {
+    match crate::text::shown(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
 fn categorical(reason: SkipReason) -> bool {
     matches!(
         reason,
@@ -102,7 +110,9 @@ impl DataQuality {
         self.counts(kind).not_relevant += 1;
     }
 
-    /// Counts a left-out resource. `location` names it when it has no id.
+    /// Counts a left-out resource. `location` names it when it has no id. The offending values
+    /// and the location (a file name) come from the source: they are kept as `text::shown`
+    /// writes them, for the summary, the warnings and the report.
     pub fn count_skip(
         &mut self,
         kind: ResourceType,
@@ -114,15 +124,16 @@ impl DataQuality {
             .left_out
             .entry(skip.reason.key())
             .or_default();
+        let detail = skip.detail.map(shown_owned);
         let value = categorical(skip.reason)
-            .then_some(skip.detail.as_deref())
+            .then_some(detail.as_deref())
             .flatten();
         if let Some(value) = value {
             entry.count_value(value, 1);
         }
         entry.count(Example {
-            resource: skip.resource_id.unwrap_or_else(location),
-            detail: skip.detail,
+            resource: shown_owned(skip.resource_id.unwrap_or_else(location)),
+            detail,
         });
     }
 
@@ -140,7 +151,7 @@ impl DataQuality {
             .entry(reason)
             .or_default()
             .count(Example {
-                resource: resource_id.to_owned(),
+                resource: shown_owned(resource_id.to_owned()),
                 detail: Some(detail),
             });
     }
@@ -197,5 +208,38 @@ impl DataQuality {
                 entry.examples.truncate(MAX_EXAMPLES);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offending_values_and_file_names_are_kept_escaped() {
+        let mut quality = DataQuality::default();
+        let skip = |reason, detail: &str| Skip {
+            reason,
+            resource_id: None,
+            detail: Some(detail.to_owned()),
+            copy: None,
+        };
+        quality.count_skip(
+            ResourceType::Observation,
+            skip(SkipReason::UnknownUnit, "mAU\u{202e}/mL\n\u{1b}[2J"),
+            || "line 3 of Observation\u{202e}.ndjson".to_owned(),
+        );
+        let unit = &quality.by_type["Observation"].left_out["unknown_unit"];
+        assert_eq!(
+            unit.by_value.keys().collect::<Vec<_>>(),
+            ["mAU\\u{202e}/mL\\u{a}\\u{1b}[2J"]
+        );
+        assert_eq!(
+            unit.examples,
+            [Example {
+                resource: "line 3 of Observation\\u{202e}.ndjson".into(),
+                detail: Some("mAU\\u{202e}/mL\\u{a}\\u{1b}[2J".into()),
+            }]
+        );
     }
 }

@@ -76,8 +76,21 @@ fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     fast_rfc3339_ms(text.as_bytes()).or_else(|| {
         DateTime::<FixedOffset>::parse_from_rfc3339(text)
             .ok()
+            .filter(|t| t.offset().local_minus_utc().abs() <= MAX_OFFSET_SECONDS)
             .map(|t| t.timestamp_millis())
     })
+}
+
+/// The largest UTC offset FHIR allows (`(Z|(+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))`): any
+/// larger one (`+24:00`, chrono accepts up to `+23:59`) is no time anywhere, so the value is
+/// not a valid date.
+const MAX_OFFSET_SECONDS: i32 = 14 * 3600;
+
+/// An offset's seconds east of UTC from its `HH` and `MM`, when FHIR allows it: minutes below
+/// 60, at most 14:00.
+fn offset_seconds(hours: u32, minutes: u32) -> Option<i64> {
+    let seconds = hours * 3600 + minutes * 60;
+    (minutes < 60 && seconds <= MAX_OFFSET_SECONDS as u32).then_some(i64::from(seconds))
 }
 
 fn fast_rfc3339_ms(b: &[u8]) -> Option<i64> {
@@ -122,7 +135,7 @@ fn fast_rfc3339_ms(b: &[u8]) -> Option<i64> {
     let offset_seconds = match b.get(i..)? {
         [b'Z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let seconds = i64::from(digits(&[*h1, *h2])? * 3600 + digits(&[*m1, *m2])? * 60);
+            let seconds = offset_seconds(digits(&[*h1, *h2])?, digits(&[*m1, *m2])?)?;
             if *sign == b'+' {
                 seconds
             } else {
@@ -209,6 +222,36 @@ mod tests {
             "2026-03-05T10:11:12.Z",
         ] {
             assert_eq!(fast_rfc3339_ms(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_offset_beyond_fourteen_hours_or_sixty_minutes_is_invalid() {
+        for text in [
+            "2026-01-01T10:00:00+99:99",
+            "2026-01-01T10:00:00+24:00",
+            "2026-01-01T10:00:00-12:60",
+            "2026-01-01T10:00:00+14:01",
+            "2026-01-01T10:00:00-15:00",
+            "2026-01-01T10:00:00.5+23:59",
+            // Through chrono (a space for the T): the same limit.
+            "2026-01-01 10:00:00+23:59",
+            "2026-01-01t10:00:00-14:30",
+        ] {
+            assert_eq!(
+                parse_moment(text, chrono_tz::UTC),
+                Err(TimeError::Invalid),
+                "{text}"
+            );
+            assert_eq!(parse_instant_ms(text), None, "{text}");
+        }
+        for text in [
+            "2026-01-01T10:00:00+14:00",
+            "2026-01-01T10:00:00-14:00",
+            "2026-01-01T10:00:00+13:59",
+            "2026-01-01T10:00:00-00:00",
+        ] {
+            assert!(parse_moment(text, chrono_tz::UTC).is_ok(), "{text}");
         }
     }
 

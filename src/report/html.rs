@@ -5,7 +5,8 @@
 
 use super::{FlaggedPatient, Report};
 use crate::config::Config;
-use crate::format::{date, human_number, printable};
+use crate::format::{date, human_number};
+use crate::text::printable;
 use std::borrow::Cow;
 use std::io::{self, Write};
 
@@ -15,9 +16,9 @@ const STYLE: &str = include_str!("assets/report.css");
 const TABLE_ROWS: usize = 500;
 const SCRIPT: &str = include_str!("assets/report.js");
 
-/// Text for HTML content and attribute values, without control characters.
+/// Text for HTML content and attribute values, without control or bidirectional characters.
 pub fn escape(text: &str) -> String {
-    let text = crate::format::printable(text);
+    let text = printable(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -63,7 +64,8 @@ impl<'a> PatientView<'a> {
     fn of(p: &'a FlaggedPatient) -> PatientView<'a> {
         PatientView {
             id: &p.patient_id,
-            // Text from the source, as a person reads it: without control characters.
+            // Text from the source, as a person reads it: without control or bidirectional
+            // characters.
             name: p.name.as_deref().map(printable),
             worst: p.worst.code(),
             latest: date(p.latest_identified),
@@ -405,6 +407,14 @@ mod tests {
     #[test]
     fn escape_removes_control_characters() {
         assert_eq!(escape("a\u{0}b\u{1b}[1m\nc"), "ab[1m c");
+    }
+
+    #[test]
+    fn escape_removes_bidirectional_controls() {
+        assert_eq!(
+            escape("Ann\u{202e}exe.fdp\u{202c} \u{2067}<b>\u{2069}\u{200f}"),
+            "Annexe.fdp &lt;b&gt;"
+        );
     }
 
     #[test]

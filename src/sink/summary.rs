@@ -4,8 +4,32 @@
 use crate::config::Config;
 use crate::domain::{PatientFindings, Response};
 use crate::ingest::DataQuality;
-use serde::Serialize;
+use crate::source::ndjson::IgnoredInput;
+use crate::text::shown;
+use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
+
+// File names and messages come from the source: written as `text::shown` writes them, like
+// the examples of left-out resources (`ingest::DataQuality`), so that no control or
+// bidirectional character reaches a reader of the summary.
+
+fn shown_text<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&shown(text))
+}
+
+fn shown_texts<S: Serializer>(texts: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(texts.iter().map(|text| shown(text)))
+}
+
+fn shown_ignored<S: Serializer>(
+    ignored: &[IgnoredInput],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ignored.iter().map(|input| IgnoredInput {
+        name: shown(&input.name).into_owned(),
+        reason: shown(&input.reason).into_owned(),
+    }))
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PatientCounts {
@@ -27,6 +51,8 @@ pub struct PatientCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PatientFailure {
     pub patient_id: String,
+    /// May quote a server's answer.
+    #[serde(serialize_with = "shown_text")]
     pub message: String,
 }
 
@@ -53,6 +79,7 @@ pub struct Timings {
 pub struct CohortReport {
     pub requested: usize,
     /// Ids without a Patient resource, identifiers without exactly one Patient, empty Groups.
+    #[serde(serialize_with = "shown_texts")]
     pub unknown: Vec<String>,
 }
 
@@ -84,9 +111,11 @@ pub struct RunSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark: Option<Watermark>,
     /// Files read, or searches run with their page counts.
+    #[serde(serialize_with = "shown_texts")]
     pub inputs: Vec<String>,
     /// Names in the source folder that were not read, each with the reason.
-    pub inputs_ignored: Vec<crate::source::ndjson::IgnoredInput>,
+    #[serde(serialize_with = "shown_ignored")]
+    pub inputs_ignored: Vec<IgnoredInput>,
     pub threads: usize,
     pub patients: PatientCounts,
     /// marker -> response code -> number of episode rows.

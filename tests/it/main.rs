@@ -13,6 +13,7 @@ mod prefilter;
 mod properties;
 mod report;
 mod rules;
+mod safety;
 mod schedule;
 mod server;
 mod servers;
