@@ -126,10 +126,10 @@ impl Reader {
 fn warn_about_near_misses(quality: &DataQuality) {
     for (kind, system, count) in quality.near_misses() {
         tracing::warn!(
-            "{count} {kind} resources carry a configured code under the code system {system:?}, \
+            "{count} {kind} resources carry a configured code under the code system \"{system}\", \
              which this job does not know by that name, and were left out; if it is another \
              name of a known system, add it under [code_systems.aliases] in the config \
-             (e.g. \"http://loinc.org\" = [{system:?}]), or add the codes under that system to \
+             (e.g. \"http://loinc.org\" = [\"{system}\"]), or add the codes under that system to \
              [codes]"
         );
     }
