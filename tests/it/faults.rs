@@ -321,8 +321,8 @@ impl Respond for UpdatedWhilePaging {
 }
 
 /// `run --server BASE --dry-run` as a user would; the exit status, stderr and the output folder.
-async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::TempDir) {
-    let out = tempfile::tempdir().unwrap();
+async fn dry_run(base: String, as_of: &str) -> (std::process::Output, crate::helpers::OutDir) {
+    let out = crate::helpers::out_dir();
     let as_of = as_of.to_owned();
     tokio::task::spawn_blocking(move || {
         let output = crate::helpers::binary()
@@ -344,7 +344,7 @@ async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::
     .unwrap()
 }
 
-fn read_summary(out: &tempfile::TempDir) -> Value {
+fn read_summary(out: &crate::helpers::OutDir) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out.path().join("run-summary.json")).unwrap())
         .unwrap()
 }
@@ -1079,7 +1079,8 @@ async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_
     .unwrap();
     assert_eq!(status.0.code(), Some(130), "{}", status.1);
     assert!(status.1.contains("interrupted"), "{}", status.1);
-    let left: Vec<String> = std::fs::read_dir(&out)
+    assert!(!out.exists(), "nothing published");
+    let left: Vec<String> = std::fs::read_dir(work.path().join(".out.runs"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -1087,7 +1088,7 @@ async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_
     assert_eq!(
         left,
         [".tare-marker-monitor.lock"],
-        "no output, no temporary file"
+        "no run folder, no temporary file"
     );
     assert!(!state.exists(), "the state does not move on");
 }
