@@ -33,6 +33,14 @@ pub enum OutputError {
     Locked { path: String, holder: String },
     #[error("interrupted: {path} was not written")]
     Interrupted { path: String },
+    /// A file of a set could not be written (a full disk): the set is not published.
+    #[error("cannot write {path}: {source}; nothing was published: {shown} shows the previous outputs as they were")]
+    NotPublished {
+        path: String,
+        shown: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// `--out` holds something this job did not write (exit code 2: the request is wrong).
     #[error("{path} {what}: nothing was touched; give --out a new or empty folder, or one this job wrote")]
     NotOurs { path: String, what: String },
@@ -60,21 +68,37 @@ pub struct OutputFile {
     pub sha256: String,
 }
 
-/// The files written so far into each run folder not yet published. A registry rather than a
-/// value passed along: the dry-run Bundles are written by the write-back sink, which knows only
-/// their folder.
-static UNPUBLISHED: Mutex<Vec<(PathBuf, Vec<OutputFile>)>> = Mutex::new(Vec::new());
+/// A run folder not yet published: where it will be shown, and the files written into it so
+/// far.
+struct Unpublished {
+    folder: PathBuf,
+    link: PathBuf,
+    files: Vec<OutputFile>,
+}
 
-fn unpublished() -> MutexGuard<'static, Vec<(PathBuf, Vec<OutputFile>)>> {
+/// The run folders not yet published. A registry rather than a value passed along: the
+/// dry-run Bundles are written by the write-back sink, which knows only their folder.
+static UNPUBLISHED: Mutex<Vec<Unpublished>> = Mutex::new(Vec::new());
+
+fn unpublished() -> MutexGuard<'static, Vec<Unpublished>> {
     UNPUBLISHED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the set that `path` belongs to will be shown, if it belongs to an unpublished one.
+fn shown_at(path: &Path) -> Option<PathBuf> {
+    unpublished()
+        .iter()
+        .find(|set| path.starts_with(&set.folder))
+        .map(|set| set.link.clone())
 }
 
 /// Notes a file written into an unpublished run folder (anything else is not part of a set).
 fn record(path: &Path, bytes: u64, sha256: String) {
     let mut sets = unpublished();
-    let Some((folder, files)) = sets.iter_mut().find(|(folder, _)| path.starts_with(folder)) else {
+    let Some(set) = sets.iter_mut().find(|set| path.starts_with(&set.folder)) else {
         return;
     };
+    let (folder, files) = (&set.folder, &mut set.files);
     let name = path
         .strip_prefix(folder)
         .unwrap_or(path)
@@ -118,7 +142,15 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), OutputError> {
-    let fail = write_error(path);
+    let shown = shown_at(path);
+    let fail = |source: std::io::Error| match &shown {
+        Some(link) => OutputError::NotPublished {
+            path: path.display().to_string(),
+            shown: link.display().to_string(),
+            source,
+        },
+        None => write_error(path)(source),
+    };
     let folder = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -465,7 +497,11 @@ impl OutputSet {
         );
         let folder = store.join(run_id);
         make_private_folder(&folder)?;
-        unpublished().push((folder.clone(), Vec::new()));
+        unpublished().push(Unpublished {
+            folder: folder.clone(),
+            link: link.clone(),
+            files: Vec::new(),
+        });
         Ok(OutputSet {
             link,
             store,
@@ -494,8 +530,8 @@ impl OutputSet {
     pub fn files(&self) -> Vec<OutputFile> {
         let mut files = unpublished()
             .iter()
-            .find(|(folder, _)| *folder == self.folder)
-            .map(|(_, files)| files.clone())
+            .find(|set| set.folder == self.folder)
+            .map(|set| set.files.clone())
             .unwrap_or_default();
         files.sort_by(|a, b| a.name.cmp(&b.name));
         files
@@ -505,6 +541,9 @@ impl OutputSet {
     /// shown before stays as `previous`; older ones go. Nothing is shown when a stop was asked
     /// for.
     pub fn publish(&mut self) -> Result<(), OutputError> {
+        if self.published {
+            return Ok(());
+        }
         if crate::interrupt::requested() {
             return Err(OutputError::Interrupted {
                 path: self.link.display().to_string(),
@@ -527,7 +566,7 @@ impl OutputSet {
 
 impl Drop for OutputSet {
     fn drop(&mut self) {
-        unpublished().retain(|(folder, _)| *folder != self.folder);
+        unpublished().retain(|set| set.folder != self.folder);
         if !self.published {
             let _ = std::fs::remove_dir_all(&self.folder);
         }

@@ -9,6 +9,7 @@ mod deploy;
 mod faults;
 mod helpers;
 mod ingest;
+mod outputs;
 mod prefilter;
 mod properties;
 mod report;
