@@ -12,6 +12,7 @@ mod ingest;
 mod outputs;
 mod prefilter;
 mod properties;
+mod reading;
 mod report;
 mod rules;
 mod schedule;
