@@ -312,7 +312,8 @@ fn published_path(out: &Path) -> Result<PathBuf, OutputError> {
         path: out.display().to_string(),
         what: what.to_owned(),
     };
-    let mut path = out.to_owned();
+    // Rebuilt from its components: `out/demo/` would name the folder a link points to.
+    let mut path: PathBuf = out.components().collect();
     if path.file_name().is_none() {
         path = path.canonicalize().map_err(write_error(out))?;
     }
@@ -758,6 +759,20 @@ mod tests {
         assert_eq!(
             std::fs::read_link(store.join("previous")).unwrap(),
             Path::new("r2")
+        );
+    }
+
+    #[test]
+    fn an_out_path_with_a_trailing_slash_names_the_link_not_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        publish(&out, "r1", "one");
+        let with_slash = PathBuf::from(format!("{}/", out.display()));
+        publish(&with_slash, "r2", "two");
+        assert_eq!(std::fs::read_link(&out).unwrap(), Path::new(".out.runs/r2"));
+        assert_eq!(
+            names_in(&dir.path().join(".out.runs")),
+            [LOCK_FILE, "previous", "r1", "r2"]
         );
     }
 
