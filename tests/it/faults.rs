@@ -1153,6 +1153,44 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
         serde_json::from_str(&std::fs::read_to_string(transactions.join(&bundle_name)).unwrap())
             .unwrap();
     assert_eq!(bundle["type"], "transaction");
+    // The run's summary lists the Bundles with the other files of its set, each with its size
+    // and hash.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
+            .unwrap();
+    let listed: Vec<(String, u64, String)> = summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["bytes"].as_u64().unwrap(),
+                f["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = listed.iter().map(|(name, _, _)| name.as_str()).collect();
+    let bundle_path = format!("transactions/{bundle_name}");
+    assert_eq!(
+        names,
+        [
+            "detected-issues.ndjson",
+            "flags.csv",
+            "markers.csv",
+            "transactions/index.csv",
+            bundle_path.as_str()
+        ]
+    );
+    for (name, bytes, sha256) in &listed {
+        let content = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(*bytes, content.len() as u64, "{name}");
+        assert_eq!(
+            *sha256,
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&content)),
+            "{name}"
+        );
+    }
     // Ids that differ in case only get different files.
     assert_ne!(
         tare_marker_monitor::sink::server::bundle_file_name("Ab").to_lowercase(),
