@@ -416,12 +416,25 @@ fn trim_examples(value: &mut Value) {
     }
 }
 
-/// Merges the parts found in `dirs` into the run folder of `set` (published by the caller).
-pub fn merge(dirs: &[PathBuf], set: &OutputSet) -> Result<Merged, MergeError> {
+/// The parts of one sharded run, found and checked: every shard once, each whole.
+pub struct Parts {
+    count: u32,
+    parts: Vec<Part>,
+}
+
+/// Finds the parts in `dirs` (and their shard sets) and checks each against its summary,
+/// before anything is written.
+pub fn find(dirs: &[PathBuf]) -> Result<Parts, MergeError> {
     let (count, parts) = find_parts(dirs)?;
     for part in &parts {
         check_part(part)?;
     }
+    Ok(Parts { count, parts })
+}
+
+/// Merges the parts into the run folder of `set` (published by the caller).
+pub fn merge(found: &Parts, set: &OutputSet) -> Result<Merged, MergeError> {
+    let (count, parts) = (found.count, &found.parts);
     let out = set.folder();
     let files =
         |stem: &str| -> Vec<&Path> { parts.iter().map(|files| files[stem].as_path()).collect() };

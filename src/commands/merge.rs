@@ -16,9 +16,11 @@ pub struct MergeArgs {
 }
 
 pub fn execute(args: MergeArgs) -> Result<(), CommandError> {
+    // Parts that cannot be merged touch nothing.
+    let parts = crate::merge::find(&args.parts)?;
     let run_id = crate::output::new_run_id(chrono::Utc::now());
     let mut set = crate::output::OutputSet::open(&args.out, &crate::merge::OUTPUT_NAMES, &run_id)?;
-    let merged = crate::merge::merge(&args.parts, &set)?;
+    let merged = crate::merge::merge(&parts, &set)?;
     set.publish()?;
     println!(
         "{} shards merged into {} (run {run_id}): {} markers rows, {} flags, {} DetectedIssues",

@@ -543,16 +543,19 @@ fn merge_refuses_part_files_of_two_runs_mixed() {
         "{stderr}"
     );
     assert!(!merged.path().exists());
+    assert!(!merged.store().exists());
 }
 
 #[test]
 fn merge_names_a_missing_shard() {
     let (part, output) = run_demo(&["--shard", "0/2"]);
     assert!(output.status.success());
+    let merged = out_dir();
     let output = binary()
         .arg("merge")
         .arg(part.path())
-        .args(["--out", "/tmp/never-written"])
+        .arg("--out")
+        .arg(merged.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -560,6 +563,9 @@ fn merge_names_a_missing_shard() {
         String::from_utf8_lossy(&output.stderr),
         "error: shard 1/2 is incomplete: missing markers.shard-1-of-2.csv, flags.shard-1-of-2.csv, detected-issues.shard-1-of-2.ndjson, run-summary.shard-1-of-2.json\n"
     );
+    // Nothing was touched: no set, no store beside it.
+    assert!(!merged.path().exists());
+    assert!(!merged.store().exists());
 }
 
 #[test]
