@@ -66,6 +66,9 @@ pub struct IngestConfig {
     pub latest_plausible_days_after_as_of: i64,
     /// A Bulk Data line longer than this is skipped unread and counted (file and line).
     pub max_line_bytes: usize,
+    /// Reading a Bulk Data folder (opening and reading its files) stops with an error after
+    /// this long: a file or a file system that does not answer never holds a run forever.
+    pub max_read_minutes: f64,
     /// Pass over Bulk Data lines that provably hold no monitored code, without parsing them
     /// (docs/rules.md "Lines the job does not parse"); false parses every line in full.
     pub pass_over_irrelevant_lines: bool,
@@ -83,6 +86,7 @@ impl Default for IngestConfig {
             earliest_plausible_date: NaiveDate::from_ymd_opt(1900, 1, 1).expect("a date"),
             latest_plausible_days_after_as_of: 365,
             max_line_bytes: 16 << 20,
+            max_read_minutes: 60.0,
             pass_over_irrelevant_lines: true,
         }
     }
@@ -823,6 +827,15 @@ impl Config {
                 "must be in year 1 or later".into(),
             );
         }
+        if !(self.ingest.max_read_minutes.is_finite() && self.ingest.max_read_minutes > 0.0) {
+            return invalid(
+                "ingest.max_read_minutes",
+                format!(
+                    "{} must be more than 0 (every read has a deadline)",
+                    self.ingest.max_read_minutes
+                ),
+            );
+        }
         if !(self.server.max_read_minutes.is_finite() && self.server.max_read_minutes >= 0.0) {
             return invalid(
                 "server.max_read_minutes",
@@ -935,6 +948,10 @@ mod tests {
             ("[server]\npage_size = 0\n", "server.page_size"),
             ("[ingest]\nthreads = 100000\n", "ingest.threads"),
             ("[ingest]\nmax_line_bytes = 0\n", "ingest.max_line_bytes"),
+            (
+                "[ingest]\nmax_read_minutes = 0.0\n",
+                "ingest.max_read_minutes",
+            ),
             ("[episodes]\nmerge_days = 99999999\n", "episodes.merge_days"),
         ] {
             let error = Config::from_toml(text).unwrap().validate().unwrap_err();

@@ -1,6 +1,8 @@
 //! SIGINT and SIGTERM stop a run cleanly: the first sets a flag that the long loops (reading
-//! blocks, search pages, write-back transactions) check between two steps, so nothing is left
-//! half-written, temporary files are removed and the state does not move on. A second signal
+//! blocks, search pages, write-back transactions) check between two steps, and the wait for a
+//! file's next block checks several times a second (a read that blocks is left behind), so
+//! nothing is left half-written or published, temporary files are removed and the state does
+//! not move on. A second signal
 //! ends the process at once (exit code 130), for an operator who means it.
 
 use std::sync::atomic::{AtomicBool, Ordering};

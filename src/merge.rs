@@ -2,9 +2,12 @@
 //! the files one unsharded run writes. Each patient is in exactly one shard and each part
 //! lists its patients in id order, so a stable sort by patient id of all rows gives the
 //! unsharded order; the run summaries' counts add up (each resource is counted by one shard).
+//! The parts are found in the folders given and in their `shard-I-of-N` sets (where the shards
+//! publish them); a part whose files are not the ones its shard's summary lists is refused.
 
-use crate::output::write_atomically;
+use crate::output::{write_atomically, OutputSet};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +19,13 @@ pub enum MergeError {
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("no part files (NAME.shard-I-of-N.EXT) found")]
+    #[error(
+        "no part files (NAME.shard-I-of-N.EXT) found in the folders or their shard-I-of-N sets"
+    )]
     NoParts,
+    /// A part file that is not the one its shard's summary lists (parts of two runs mixed).
+    #[error("{} is not the file its shard's run-summary lists ({summary}): the parts come from different runs", path.display())]
+    NotOfItsRun { path: PathBuf, summary: PathBuf },
     #[error("parts of runs with different shard counts: {0:?}")]
     ShardCounts(Vec<u32>),
     #[error("shard {index}/{count} is incomplete: missing {}", missing.join(", "))]
@@ -69,11 +77,46 @@ const OUTPUTS: [(&str, &str); 4] = [
     ("run-summary", "json"),
 ];
 
+/// The names a merge writes into its output folder.
+pub const OUTPUT_NAMES: [&str; 4] = [
+    "markers.csv",
+    "flags.csv",
+    "detected-issues.ndjson",
+    "run-summary.json",
+];
+
+/// `shard-I-of-N`: the name under which a shard publishes its set.
+fn is_shard_set(name: &str) -> bool {
+    name.strip_prefix("shard-")
+        .and_then(|rest| rest.split_once("-of-"))
+        .is_some_and(|(index, count)| index.parse::<u32>().is_ok() && count.parse::<u32>().is_ok())
+}
+
+/// The folders given, and the shard sets published in them.
+fn folders_with_parts(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, MergeError> {
+    let mut folders = Vec::new();
+    for dir in dirs {
+        folders.push(dir.clone());
+        let entries = std::fs::read_dir(dir).map_err(|source| MergeError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut sets: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| is_shard_set(&e.file_name().to_string_lossy()) && e.path().is_dir())
+            .map(|e| e.path())
+            .collect();
+        sets.sort();
+        folders.extend(sets);
+    }
+    Ok(folders)
+}
+
 /// Finds the part files in the folders: every shard of one count, each exactly once, each
 /// with all four files; in shard order.
 fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
     let mut found: BTreeMap<(u32, u32), BTreeMap<&'static str, PathBuf>> = BTreeMap::new();
-    for dir in dirs {
+    for dir in &folders_with_parts(dirs)? {
         let entries = std::fs::read_dir(dir).map_err(|source| MergeError::Read {
             path: dir.clone(),
             source,
@@ -131,6 +174,46 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
         parts.push(files);
     }
     Ok((count, parts))
+}
+
+/// Checks each part file against the list in its shard's summary (size and SHA-256), when the
+/// summary has one (older versions wrote none).
+fn check_part(files: &Part) -> Result<(), MergeError> {
+    let summary_path = &files["run-summary"];
+    let summary: Value =
+        serde_json::from_str(&read(summary_path)?).map_err(|source| MergeError::Json {
+            path: summary_path.clone(),
+            source,
+        })?;
+    let Some(listed) = summary["files"].as_array() else {
+        return Ok(());
+    };
+    for (stem, path) in files {
+        if *stem == "run-summary" {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|source| MergeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let matches = listed.iter().any(|file| {
+            file["name"] == name.as_str()
+                && file["bytes"] == bytes.len() as u64
+                && file["sha256"] == sha256.as_str()
+        });
+        if !matches {
+            return Err(MergeError::NotOfItsRun {
+                path: path.clone(),
+                summary: summary_path.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, MergeError> {
@@ -257,16 +340,27 @@ fn add_json(into: &mut Value, other: Value) {
 }
 
 /// Run summaries added up. Examples stay at most five per reason (those of the first shards);
-/// timings are the slowest shard's (the shards ran side by side).
-fn merge_summaries(paths: &[&Path], count: u32, out: &Path) -> Result<(), MergeError> {
+/// timings are the slowest shard's (the shards ran side by side). The merge is a run of its
+/// own: its id, the shards' run ids, and the files of its set.
+fn merge_summaries(
+    paths: &[&Path],
+    count: u32,
+    set: &OutputSet,
+    out: &Path,
+) -> Result<(), MergeError> {
     let mut merged: Option<Value> = None;
     let mut slowest = serde_json::Map::new();
+    let mut shard_runs = Vec::new();
     for path in paths {
         let mut summary: Value =
             serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if let Some(object) = summary.as_object_mut() {
+            shard_runs.push(object.remove("run_id").unwrap_or(Value::Null));
+            object.remove("files");
+        }
         if let Some(Value::Object(timings)) =
             summary.as_object_mut().and_then(|s| s.remove("timings"))
         {
@@ -294,6 +388,12 @@ fn merge_summaries(paths: &[&Path], count: u32, out: &Path) -> Result<(), MergeE
     }
     merged["shard"] = format!("merged from {count} shards").into();
     merged["timings"] = Value::Object(slowest);
+    merged["run_id"] = set.run_id().into();
+    merged["merged_from"] = Value::Array(shard_runs);
+    merged["files"] = serde_json::to_value(set.files()).map_err(|source| MergeError::Json {
+        path: out.to_path_buf(),
+        source,
+    })?;
     write_atomically(out, |w| {
         serde_json::to_writer_pretty(&mut *w, &merged)?;
         w.write_all(b"\n")
@@ -316,9 +416,26 @@ fn trim_examples(value: &mut Value) {
     }
 }
 
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
+/// The parts of one sharded run, found and checked: every shard once, each whole.
+pub struct Parts {
+    count: u32,
+    parts: Vec<Part>,
+}
+
+/// Finds the parts in `dirs` (and their shard sets) and checks each against its summary,
+/// before anything is written.
+pub fn find(dirs: &[PathBuf]) -> Result<Parts, MergeError> {
     let (count, parts) = find_parts(dirs)?;
-    crate::output::create_folder(out)?;
+    for part in &parts {
+        check_part(part)?;
+    }
+    Ok(Parts { count, parts })
+}
+
+/// Merges the parts into the run folder of `set` (published by the caller).
+pub fn merge(found: &Parts, set: &OutputSet) -> Result<Merged, MergeError> {
+    let (count, parts) = (found.count, &found.parts);
+    let out = set.folder();
     let files =
         |stem: &str| -> Vec<&Path> { parts.iter().map(|files| files[stem].as_path()).collect() };
     let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"))?;
@@ -327,7 +444,12 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
         &files("detected-issues"),
         &out.join("detected-issues.ndjson"),
     )?;
-    merge_summaries(&files("run-summary"), count, &out.join("run-summary.json"))?;
+    merge_summaries(
+        &files("run-summary"),
+        count,
+        set,
+        &out.join("run-summary.json"),
+    )?;
     Ok(Merged {
         shards: count,
         marker_rows,

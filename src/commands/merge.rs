@@ -6,19 +6,24 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// Folders holding the part files (`markers.shard-I-of-N.csv`, ...).
+    /// Folders holding the part files (`markers.shard-I-of-N.csv`, ...), directly or in the
+    /// `shard-I-of-N` sets the shards publish there.
     #[arg(required = true, value_name = "DIR")]
     pub parts: Vec<PathBuf>,
-    /// Output folder (created if missing).
+    /// Where the merged files are published, as `run` publishes its own.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
 pub fn execute(args: MergeArgs) -> Result<(), CommandError> {
-    let _lock = crate::output::lock_folder(&args.out, "")?;
-    let merged = crate::merge::merge(&args.parts, &args.out)?;
+    // Parts that cannot be merged touch nothing.
+    let parts = crate::merge::find(&args.parts)?;
+    let run_id = crate::output::new_run_id(chrono::Utc::now());
+    let mut set = crate::output::OutputSet::open(&args.out, &crate::merge::OUTPUT_NAMES, &run_id)?;
+    let merged = crate::merge::merge(&parts, &set)?;
+    set.publish()?;
     println!(
-        "{} shards merged into {}: {} markers rows, {} flags, {} DetectedIssues",
+        "{} shards merged into {} (run {run_id}): {} markers rows, {} flags, {} DetectedIssues",
         merged.shards,
         args.out.display(),
         merged.marker_rows,

@@ -256,6 +256,7 @@ impl CommandError {
                 RunError::Server(e) | RunError::Read(ReadError::Server(e)) => fhir(e),
                 RunError::Read(_) => exit::SOURCE,
                 RunError::Output(OutputError::Locked { .. }) => exit::LOCKED,
+                RunError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
                 RunError::Output(OutputError::Interrupted { .. }) | RunError::Interrupted => {
                     exit::INTERRUPTED
                 }
@@ -272,6 +273,7 @@ impl CommandError {
             | CommandError::Report(_)
             | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,
             CommandError::Output(OutputError::Locked { .. }) => exit::LOCKED,
+            CommandError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
             CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
             CommandError::MassCancel(_) => exit::MASS_CANCEL,
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub struct ReportArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Output folder (created if missing).
+    /// Where the report is published, as `run` publishes its outputs.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Flags and trail entries identified on or after this date.
@@ -23,24 +23,28 @@ pub struct ReportArgs {
 
 pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
     let opened = args.source.open()?;
-    let _lock = crate::output::lock_folder(&args.out, "")?;
+    let run_id = crate::output::new_run_id(chrono::Utc::now());
+    let mut set = crate::output::OutputSet::open(&args.out, &report::OUTPUT_NAMES, &run_id)?;
     let options = ReportOptions {
         source: opened.reader.source(),
         as_of: opened.as_of,
         from: args.from,
         to: args.to,
         out_dir: args.out,
+        run_id,
     };
     let report = report::build(&options, &opened.config, &opened.reader, &opened.workers)?;
-    let written = report::write(&report, &opened.config)?;
+    let written = report::write(&report, &opened.config, &set)?;
+    set.publish()?;
     println!(
-        "report as of {}: {} flagged patients, {} trail entries; written: {}",
+        "report as of {} (run {}): {} flagged patients, {} trail entries; written: {}",
         options.as_of,
+        options.run_id,
         report.flagged.len(),
         report.trail.as_ref().map_or(0, Vec::len),
         written
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|name| options.out_dir.join(name).display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );

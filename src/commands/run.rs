@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub struct RunArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Output folder (created if missing).
+    /// Where the outputs are published: a link to this run's folder in `.NAME.runs` beside it
+    /// (a shard publishes OUT/shard-I-of-N).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// With --server: send no writes; save each patient's transaction Bundle under
@@ -89,7 +90,7 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
     }
     let observations = s.resources.by_type.get("Observation");
     println!(
-        "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {}",
+        "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {} (run {})",
         s.as_of,
         s.patients.seen,
         s.patients.evaluated,
@@ -98,7 +99,8 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         observations.map_or(0, |o| o.left_out.values().map(|r| r.count).sum::<u64>()),
         s.flags.total,
         s.flags.written_as_detected_issues,
-        options.out_dir.display()
+        options.out_dir.display(),
+        outcome.run_id
     );
     if let Some(report) = &s.write_back {
         println!(

@@ -663,6 +663,11 @@ impl Ingestor {
         self.config.max_line_bytes
     }
 
+    /// `ingest.max_read_minutes`: reading a folder ends with an error after this long.
+    pub fn max_read_minutes(&self) -> f64 {
+        self.config.max_read_minutes
+    }
+
     /// Whether this run's shard counts what cannot be tied to a patient (a line that is not
     /// text, a line too long to read).
     pub fn counts_unattributable(&self) -> bool {

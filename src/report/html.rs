@@ -153,11 +153,12 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
     writeln!(
         out,
         "<header><h1>Post-TARE tumor-marker audit</h1><p>As of {} &middot; flags identified {} &middot; \
-         source {} &middot; generated {} by tare-marker-monitor {} &middot; rules: {}</p></header>",
+         source {} &middot; generated {} (run {}) by tare-marker-monitor {} &middot; rules: {}</p></header>",
         date(o.as_of),
         escape(&range),
         escape(&o.source.to_string()),
         escape(&report.generated_at),
+        escape(&o.run_id),
         env!("CARGO_PKG_VERSION"),
         escape(&config.output.rules_url)
     )?;

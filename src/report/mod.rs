@@ -31,7 +31,10 @@ pub struct ReportOptions {
     pub from: Option<NaiveDate>,
     /// ... up to this one (inclusive).
     pub to: Option<NaiveDate>,
+    /// Where the report is published.
     pub out_dir: PathBuf,
+    /// The report run's id: its run folder's name, shown in the page and its manifest.
+    pub run_id: String,
 }
 
 impl ReportOptions {
@@ -270,29 +273,56 @@ fn flagged_patient(
     })
 }
 
-/// Writes `report.html` and its CSV twins; returns the paths written.
-pub fn write(report: &Report, config: &Config) -> Result<Vec<PathBuf>, OutputError> {
-    let dir = &report.options.out_dir;
-    crate::output::create_folder(dir)?;
-    let mut written = Vec::new();
-    let html_path = dir.join("report.html");
-    crate::output::write_atomically(&html_path, |w| html::write(w, report, config))?;
-    written.push(html_path);
+/// The names the report writes into its output folder.
+pub const OUTPUT_NAMES: [&str; 6] = [
+    "report.html",
+    "report-cohort.csv",
+    "report-flagged-patients.csv",
+    "report-flag-trail.csv",
+    "report-data-quality.csv",
+    "report-manifest.json",
+];
+
+/// `report-manifest.json`: the report run's id and every other file of its set, with its size
+/// and hash.
+#[derive(serde::Serialize)]
+struct Manifest<'a> {
+    run_id: &'a str,
+    generated_at: &'a str,
+    files: Vec<crate::output::OutputFile>,
+}
+
+/// Writes `report.html`, its CSV twins and the manifest into the run folder of `set`
+/// (published by the caller); returns the names written.
+pub fn write(
+    report: &Report,
+    config: &Config,
+    set: &crate::output::OutputSet,
+) -> Result<Vec<String>, OutputError> {
+    let dir = set.folder();
+    crate::output::write_atomically(&dir.join("report.html"), |w| html::write(w, report, config))?;
     for (name, fill) in [
         ("report-cohort.csv", cohort_csv as CsvFiller),
         ("report-flagged-patients.csv", flagged_csv),
         ("report-flag-trail.csv", trail_csv),
         ("report-data-quality.csv", quality_csv),
     ] {
-        let path = dir.join(name);
-        crate::output::write_atomically(&path, |w| {
+        crate::output::write_atomically(&dir.join(name), |w| {
             let mut writer = GuardedCsv::new(w);
             fill(&mut writer, report).map_err(std::io::Error::other)?;
             writer.flush()
         })?;
-        written.push(path);
     }
-    Ok(written)
+    let manifest = Manifest {
+        run_id: &report.options.run_id,
+        generated_at: &report.generated_at,
+        files: set.files(),
+    };
+    crate::output::write_atomically(&dir.join("report-manifest.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, &manifest)?;
+        w.write_all(b"\n")
+    })?;
+    Ok(OUTPUT_NAMES.iter().map(|n| (*n).to_owned()).collect())
 }
 
 type CsvWriter<'a> = GuardedCsv<&'a mut dyn std::io::Write>;

@@ -1,6 +1,6 @@
-//! One run, as its steps: lock the outputs, select the patients, load them, evaluate them,
-//! write the files, write back to the server, save the state, summarise. A stop asked for by
-//! SIGINT/SIGTERM ends it between two steps.
+//! One run, as its steps: open its output set (locked), select the patients, load them,
+//! evaluate them, write the files, write back to the server, summarise, publish the set, save
+//! the state. A stop asked for by SIGINT/SIGTERM ends it between two steps.
 
 mod select;
 
@@ -10,7 +10,7 @@ use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::isolation::isolated;
-use crate::output::{self, write_atomically, OutputError};
+use crate::output::{self, write_atomically, OutputError, OutputFile, OutputSet};
 use crate::sink::summary::{CohortReport, RunSummary, Timings, Watermark};
 use crate::sink::{csv as csv_sink, detected_issue, server};
 use crate::source::{ReadError, Reader, Source};
@@ -78,8 +78,35 @@ pub struct RunOptions {
 }
 
 pub struct RunOutcome {
+    /// The run's id, in its summary and the name of its run folder.
+    pub run_id: String,
     pub summary: RunSummary,
     pub findings: Vec<PatientFindings>,
+}
+
+/// What `run-summary.json` holds: the run's id, its summary, and every other file of its set
+/// with its size and hash, so each output can be tied to the run that wrote it.
+#[derive(serde::Serialize)]
+struct PublishedSummary<'a> {
+    run_id: &'a str,
+    #[serde(flatten)]
+    summary: &'a RunSummary,
+    files: Vec<OutputFile>,
+}
+
+/// The names a run writes into its output folder (shard part names in a sharded run).
+fn output_names(shard: Option<Shard>) -> Vec<String> {
+    let mut names: Vec<String> = [
+        ("markers", "csv"),
+        ("flags", "csv"),
+        ("detected-issues", "ndjson"),
+        ("run-summary", "json"),
+    ]
+    .into_iter()
+    .map(|(stem, extension)| output_name(stem, extension, shard))
+    .collect();
+    names.push("transactions".into());
+    names
 }
 
 /// `markers.csv`, or `markers.shard-0-of-4.csv` in a sharded run.
@@ -97,6 +124,8 @@ struct Started {
     utc: chrono::DateTime<chrono::Utc>,
     /// RFC 3339, whole seconds: `Provenance.recorded` and the summary.
     text: String,
+    /// The run's id: its start and something unique (`output::new_run_id`).
+    run_id: String,
 }
 
 impl Started {
@@ -106,6 +135,7 @@ impl Started {
             clock: Instant::now(),
             utc,
             text: utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            run_id: output::new_run_id(utc),
         }
     }
 }
@@ -116,6 +146,8 @@ struct Run<'a> {
     options: &'a RunOptions,
     config: &'a Config,
     started: Started,
+    /// The run folder everything is written into, published at the end.
+    set: OutputSet,
     workers: Workers,
     reader: Reader,
 }
@@ -128,15 +160,29 @@ fn check_interrupted() -> Result<(), RunError> {
     }
 }
 
-/// The locks a run holds from start to end: its output folder and, with a schedule, its
-/// state file. A second run into either stops here, before anything is read or written.
-fn lock_outputs(options: &RunOptions, config: &Config) -> Result<Vec<output::RunLock>, RunError> {
-    let suffix = options.shard.map(|s| s.file_suffix()).unwrap_or_default();
-    let mut locks = vec![output::lock_folder(&options.out_dir, &suffix)?];
-    if let Some(state) = select::state_path_of(options, config) {
-        locks.push(output::lock_beside(&state)?);
-    }
-    Ok(locks)
+/// What a run holds from start to end: its output set (locked) and, with a schedule, the
+/// lock of its state file. A second run into either stops here, before anything is read or
+/// written. A shard publishes at `OUT/shard-I-of-N`, beside the other shards.
+fn open_outputs(
+    options: &RunOptions,
+    config: &Config,
+    run_id: &str,
+) -> Result<(OutputSet, Option<output::RunLock>), RunError> {
+    let names = output_names(options.shard);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let set = match options.shard {
+        None => OutputSet::open(&options.out_dir, &names, run_id)?,
+        Some(shard) => {
+            let name = shard.file_suffix();
+            let name = name.trim_start_matches('.');
+            OutputSet::open_shard(&options.out_dir, name, &names, run_id)?
+        }
+    };
+    let state_lock = match select::state_path_of(options, config) {
+        Some(state) => Some(output::lock_beside(&state)?),
+        None => None,
+    };
+    Ok((set, state_lock))
 }
 
 fn csv_io(e: csv::Error) -> std::io::Error {
@@ -173,8 +219,8 @@ impl Run<'_> {
     }
 
     fn out(&self, stem: &str, extension: &str) -> PathBuf {
-        self.options
-            .out_dir
+        self.set
+            .folder()
             .join(output_name(stem, extension, self.options.shard))
     }
 
@@ -216,7 +262,7 @@ impl Run<'_> {
         let dry_run_dir = self
             .options
             .dry_run
-            .then(|| self.options.out_dir.join("transactions"));
+            .then(|| self.set.folder().join("transactions"));
         let write_options = server::WriteBackOptions {
             recorded: &self.started.text,
             scope,
@@ -233,43 +279,54 @@ impl Run<'_> {
         Ok(Some(report))
     }
 
-    /// Saves the state for the next run, only after a run that fully succeeded and wrote for
-    /// real; returns the summary's watermark.
+    /// The summary's watermark: the state's file, the bound this run used, and this run's
+    /// start when it fully succeeded and wrote for real (the state saved after publishing).
+    fn watermark(&self, mode: &Mode, fully_succeeded: bool) -> Option<Watermark> {
+        let path = mode.state_path()?;
+        Some(Watermark {
+            state_file: path.display().to_string(),
+            used: mode.since().map(str::to_owned),
+            next: fully_succeeded.then_some(self.started.utc),
+        })
+    }
+
+    /// Saves the state for the next run, only after a run that fully succeeded, wrote for real
+    /// and published its outputs.
     fn save_state(
         &self,
         mode: &Mode,
         rechecks: &[Recheck],
         scope: &Scope,
         fully_succeeded: bool,
-    ) -> Result<Option<Watermark>, RunError> {
-        let Some(path) = mode.state_path() else {
-            return Ok(None);
+    ) -> Result<(), RunError> {
+        let Some(path) = mode.state_path().filter(|_| fully_succeeded) else {
+            return Ok(());
         };
-        if fully_succeeded {
-            check_interrupted()?;
-            let next = select::next_state(
-                mode,
-                self.options,
-                self.config,
-                self.started.utc,
-                rechecks,
-                scope,
-            );
-            write_atomically(path, |w| {
-                serde_json::to_writer_pretty(&mut *w, &next)?;
-                w.write_all(b"\n")
-            })?;
-        }
-        Ok(Some(Watermark {
-            state_file: path.display().to_string(),
-            used: mode.since().map(str::to_owned),
-            next: fully_succeeded.then_some(self.started.utc),
-        }))
+        check_interrupted()?;
+        let next = select::next_state(
+            mode,
+            self.options,
+            self.config,
+            self.started.utc,
+            rechecks,
+            scope,
+        );
+        write_atomically(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &next)?;
+            w.write_all(b"\n")
+        })?;
+        Ok(())
     }
 
+    /// `run-summary.json`, last: it lists every other file of the set.
     fn write_summary(&self, summary: &RunSummary) -> Result<(), RunError> {
+        let published = PublishedSummary {
+            run_id: &self.started.run_id,
+            summary,
+            files: self.set.files(),
+        };
         write_atomically(&self.out("run-summary", "json"), |w| {
-            serde_json::to_writer_pretty(&mut *w, summary)?;
+            serde_json::to_writer_pretty(&mut *w, &published)?;
             w.write_all(b"\n")
         })?;
         Ok(())
@@ -279,11 +336,12 @@ impl Run<'_> {
 /// One run, as its steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Started::now();
-    let _locks = lock_outputs(options, config)?;
-    let run = Run {
+    let (set, _state_lock) = open_outputs(options, config, &started.run_id)?;
+    let mut run = Run {
         options,
         config,
         started,
+        set,
         workers: Workers::new(config.ingest.threads)?,
         reader: Reader::open(&options.source, config)?,
     };
@@ -335,14 +393,14 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
     let write_back = run.write_back(&findings, &scope, tare_patients_read)?;
     let write_ms = write_started.elapsed().as_millis();
 
-    // Save the state: it moves on only after a run that fully succeeded and wrote for real.
+    // The state moves on only after a run that fully succeeded and wrote for real.
     let (patients, responses, flags) = RunSummary::count(&findings, config);
     let fully_succeeded = !options.dry_run
         && patients.evaluation_failed.is_empty()
         && write_back
             .as_ref()
             .is_none_or(|report| report.failed.is_empty() && report.mass_cancel.is_none());
-    let watermark = run.save_state(&mode, &rechecks, &scope, fully_succeeded)?;
+    let watermark = run.watermark(&mode, fully_succeeded);
 
     // Summarise.
     let summary = RunSummary {
@@ -371,11 +429,21 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         },
     };
     run.write_summary(&summary)?;
+
+    // Publish the set, then save the state: a run whose outputs were not published is done
+    // again.
+    run.set.publish()?;
+    run.save_state(&mode, &rechecks, &scope, fully_succeeded)?;
     tracing::info!(
+        run_id = %run.started.run_id,
         evaluated = summary.patients.evaluated,
         flags = summary.flags.total,
         total_ms = summary.timings.total_ms,
         "run finished"
     );
-    Ok(RunOutcome { summary, findings })
+    Ok(RunOutcome {
+        run_id: run.started.run_id,
+        summary,
+        findings,
+    })
 }

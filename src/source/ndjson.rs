@@ -8,7 +8,10 @@ use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const BLOCK_BYTES: usize = 1 << 20;
 
@@ -32,9 +35,12 @@ pub enum SourceError {
         line: u64,
         source: std::io::Error,
     },
-    /// SIGINT or SIGTERM: the read stopped between two blocks.
+    /// SIGINT or SIGTERM: the read stopped between two blocks, or while one was awaited.
     #[error("interrupted")]
     Interrupted,
+    /// The reading did not end in time: a file or its file system that does not answer.
+    #[error("reading {path} did not end within {minutes} minutes (ingest.max_read_minutes): the file, or the file system it is on, does not answer")]
+    TooSlow { path: String, minutes: f64 },
 }
 
 /// One input file and the resource type its name declares.
@@ -204,21 +210,38 @@ impl BufferPool {
 /// `max_line` is never held whole: it is read past and its number reported, so memory stays
 /// within a few blocks and time grows linearly whatever the input (a gzip stream that expands
 /// to gigabytes without a newline included).
+///
+/// The files are opened and read on a thread of their own, so that the thread waiting for the
+/// next block can give up: at the deadline (`ingest.max_read_minutes`), or within a fraction of
+/// a second of SIGINT/SIGTERM. A read that never returns (a stalled network mount) then only
+/// leaves that thread behind, and the process ends all the same. A name that is no longer a
+/// regular file when it is opened (a FIFO or a device put in its place after the folder was
+/// listed) is refused without waiting for it.
 pub struct BlockReader<'a> {
     files: &'a [SourceFile],
     pool: &'a BufferPool,
     max_line: usize,
-    file_index: usize,
-    reader: Option<Box<dyn Read + Send>>,
-    carry: Vec<u8>,
-    next_line: u64,
-    failed: bool,
+    /// The reading must be over by then (`ingest.max_read_minutes`, in minutes).
+    deadline: Option<(Instant, f64)>,
+    thread: Option<ReadingThread>,
+    ended: bool,
 }
 
-/// Appends up to `limit` bytes from `reader` to `bytes`; returns how many.
-fn read_chunk(reader: &mut dyn Read, bytes: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
-    reader.take(limit as u64).read_to_end(bytes)
+/// The thread that reads, seen from the one that waits: empty buffers go to it, blocks come
+/// back (`None` at the end), and it says which file it is at.
+struct ReadingThread {
+    buffers: SyncSender<Vec<u8>>,
+    blocks: Receiver<Option<Result<Block, SourceError>>>,
+    at_file: Arc<AtomicUsize>,
+    /// Buffers sent and not yet answered.
+    asked: usize,
 }
+
+/// Blocks read ahead of the one being handed out: one read while the other is parsed.
+const READ_AHEAD: usize = 2;
+
+/// How often the waiting thread looks at the deadline and for a stop.
+const WAIT_TICK: Duration = Duration::from_millis(100);
 
 impl<'a> BlockReader<'a> {
     pub fn new(files: &'a [SourceFile], pool: &'a BufferPool, max_line: usize) -> Self {
@@ -226,16 +249,215 @@ impl<'a> BlockReader<'a> {
             files,
             pool,
             max_line: max_line.max(1),
+            deadline: None,
+            thread: None,
+            ended: false,
+        }
+    }
+
+    /// The reading ends with an error once it has taken longer than `minutes`.
+    pub fn within_minutes(mut self, minutes: f64) -> Self {
+        let limit = Duration::try_from_secs_f64(minutes * 60.0).unwrap_or(Duration::MAX);
+        self.deadline = Instant::now()
+            .checked_add(limit)
+            .map(|deadline| (deadline, minutes));
+        self
+    }
+
+    fn start(&mut self) -> &mut ReadingThread {
+        self.thread.get_or_insert_with(|| {
+            let (buffers, buffers_in) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            let (blocks_out, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            let at_file = Arc::new(AtomicUsize::new(0));
+            let mut files = FileBlocks::new(self.files.to_vec(), self.max_line, at_file.clone());
+            std::thread::Builder::new()
+                .name("read-files".into())
+                .spawn(move || {
+                    while let Ok(buffer) = buffers_in.recv() {
+                        let block = files.next_block(buffer);
+                        let last = !matches!(block, Some(Ok(_)));
+                        if blocks_out.send(block).is_err() || last {
+                            return;
+                        }
+                    }
+                })
+                .map(|_| ())
+                .unwrap_or_else(|e| {
+                    // Without a thread the wait below ends on the closed channel.
+                    tracing::error!(error = %e, "cannot start the thread that reads the files");
+                });
+            ReadingThread {
+                buffers,
+                blocks,
+                at_file,
+                asked: 0,
+            }
+        })
+    }
+
+    fn fail(&mut self, error: SourceError) -> Option<Result<Block, SourceError>> {
+        self.ended = true;
+        // Dropping the channels lets a thread that is not stuck end.
+        self.thread = None;
+        Some(Err(error))
+    }
+}
+
+/// What the waiting thread got.
+enum Waited {
+    Block(Result<Block, SourceError>),
+    End,
+    /// The deadline passed while the thread was at this file.
+    TooLate(usize),
+    /// The reading thread is gone (it could not start, or panicked) while at this file.
+    Gone(usize),
+}
+
+impl ReadingThread {
+    /// Waits for the next block, looking every `WAIT_TICK` for a stop asked for and at the
+    /// deadline.
+    fn wait(&mut self, deadline: Option<Instant>) -> Waited {
+        loop {
+            match self.blocks.recv_timeout(WAIT_TICK) {
+                Ok(block) => {
+                    self.asked -= 1;
+                    return block.map_or(Waited::End, Waited::Block);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if crate::interrupt::requested() {
+                        return Waited::Block(Err(SourceError::Interrupted));
+                    }
+                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        return Waited::TooLate(self.at_file.load(Ordering::Relaxed));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Waited::Gone(self.at_file.load(Ordering::Relaxed))
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for BlockReader<'_> {
+    type Item = Result<Block, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended || self.files.is_empty() {
+            return None;
+        }
+        let (pool, files) = (self.pool, self.files);
+        let deadline = self.deadline.map(|(deadline, _)| deadline);
+        let thread = self.start();
+        while thread.asked < READ_AHEAD && thread.buffers.send(pool.take()).is_ok() {
+            thread.asked += 1;
+        }
+        let path_of = |at: usize| files[at.min(files.len() - 1)].path.display().to_string();
+        match thread.wait(deadline) {
+            Waited::Block(Ok(block)) => Some(Ok(block)),
+            Waited::Block(Err(error)) => self.fail(error),
+            Waited::End => {
+                self.ended = true;
+                self.thread = None;
+                None
+            }
+            Waited::TooLate(at) => {
+                let error = SourceError::TooSlow {
+                    path: path_of(at),
+                    minutes: self.deadline.map_or(0.0, |(_, minutes)| minutes),
+                };
+                self.fail(error)
+            }
+            Waited::Gone(at) => {
+                let error = SourceError::File {
+                    path: path_of(at),
+                    line: 0,
+                    source: std::io::Error::other("the thread reading it stopped"),
+                };
+                self.fail(error)
+            }
+        }
+    }
+}
+
+/// Opens a Bulk Data file for reading without waiting on it: opened non-blocking (opening a
+/// FIFO with no writer would wait forever), refused unless it is a regular file, then read
+/// blocking as usual.
+fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NOT_REGULAR_ANY_MORE,
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+const NOT_REGULAR_ANY_MORE: &str =
+    "not a regular file any more (a FIFO, device or socket put in its place after the folder was listed): not read";
+
+/// Debug builds only, for the tests: `TMM_TEST_STALL_READING=NAME` makes the reading thread
+/// wait forever before opening the file NAME, as on a network mount that stopped answering.
+#[cfg(debug_assertions)]
+fn stall_if_asked(path: &Path) {
+    let asked = std::env::var_os("TMM_TEST_STALL_READING");
+    if asked.is_some() && path.file_name() == asked.as_deref() {
+        eprintln!(
+            "test: reading {} stalls (TMM_TEST_STALL_READING)",
+            path.display()
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn stall_if_asked(_: &Path) {}
+
+/// The reading itself, on the reading thread: the files one after another, in blocks of whole
+/// lines.
+struct FileBlocks {
+    files: Vec<SourceFile>,
+    max_line: usize,
+    file_index: usize,
+    /// Shared with the waiting thread, for its messages.
+    at_file: Arc<AtomicUsize>,
+    reader: Option<Box<dyn Read + Send>>,
+    carry: Vec<u8>,
+    next_line: u64,
+}
+
+/// Appends up to `limit` bytes from `reader` to `bytes`; returns how many.
+fn read_chunk(reader: &mut dyn Read, bytes: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    reader.take(limit as u64).read_to_end(bytes)
+}
+
+impl FileBlocks {
+    fn new(files: Vec<SourceFile>, max_line: usize, at_file: Arc<AtomicUsize>) -> Self {
+        FileBlocks {
+            files,
+            max_line,
             file_index: 0,
+            at_file,
             reader: None,
             carry: Vec::new(),
             next_line: 1,
-            failed: false,
         }
     }
 
     fn open(file: &SourceFile) -> std::io::Result<Box<dyn Read + Send>> {
-        let file_handle = File::open(&file.path)?;
+        stall_if_asked(&file.path);
+        let file_handle = open_regular_file(&file.path)?;
         Ok(if file.gzip {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
                 file_handle,
@@ -246,8 +468,7 @@ impl<'a> BlockReader<'a> {
         })
     }
 
-    fn error(&mut self, source: std::io::Error) -> Option<Result<Block, SourceError>> {
-        self.failed = true;
+    fn error(&self, source: std::io::Error) -> Option<Result<Block, SourceError>> {
         Some(Err(SourceError::File {
             path: self.files[self.file_index].path.display().to_string(),
             line: self.next_line.saturating_sub(1),
@@ -269,25 +490,23 @@ impl<'a> BlockReader<'a> {
             }
         }
     }
-}
 
-impl Iterator for BlockReader<'_> {
-    type Item = Result<Block, SourceError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next block, read into `bytes` (an empty buffer, reused); `None` after the last file.
+    fn next_block(&mut self, mut bytes: Vec<u8>) -> Option<Result<Block, SourceError>> {
         loop {
-            if self.failed || self.file_index >= self.files.len() {
+            if self.file_index >= self.files.len() {
                 return None;
             }
             if self.reader.is_none() {
+                self.at_file.store(self.file_index, Ordering::Relaxed);
                 match Self::open(&self.files[self.file_index]) {
                     Ok(r) => self.reader = Some(r),
                     Err(e) => return self.error(e),
                 }
             }
-            // A pooled buffer, with room for the partial line left by the previous block and a
-            // whole read, so reading never grows it (growing asks for fresh zeroed pages).
-            let mut bytes = self.pool.take();
+            // With room for the partial line left by the previous block and a whole read, so
+            // reading never grows it (growing asks for fresh zeroed pages).
+            bytes.clear();
             bytes.reserve(self.carry.len() + BLOCK_BYTES + 1);
             bytes.extend_from_slice(&self.carry);
             self.carry.clear();
@@ -325,24 +544,25 @@ impl Iterator for BlockReader<'_> {
                     bytes.truncate(pos + 1);
                 }
             }
-            let block = Block {
-                file_index: self.file_index,
-                kind: self.files[self.file_index].kind,
-                first_line: self.next_line,
-                bytes,
-                too_long,
-            };
-            self.next_line += memchr::memchr_iter(b'\n', &block.bytes).count() as u64;
+            let first_line = self.next_line;
+            self.next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+            let kind = self.files[self.file_index].kind;
+            let file_index = self.file_index;
             if at_end {
                 self.reader = None;
                 self.file_index += 1;
                 self.next_line = 1;
-                if block.bytes.is_empty() && block.too_long.is_empty() {
-                    self.pool.give_back(block.bytes);
+                if bytes.is_empty() && too_long.is_empty() {
                     continue;
                 }
             }
-            return Some(Ok(block));
+            return Some(Ok(Block {
+                file_index,
+                kind,
+                first_line,
+                bytes,
+                too_long,
+            }));
         }
     }
 }
@@ -509,6 +729,7 @@ fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     // Each worker collects its own share; they merge at the end, so no lock is held while
     // parsing.
     let (collected, error) = BlockReader::new(&files, &pool, ingestor.max_line_bytes())
+        .within_minutes(ingestor.max_read_minutes())
         .par_bridge()
         .fold(
             || (Collected::default(), None),

@@ -1,12 +1,12 @@
 //! The CLI contract, end to end on the bundled demo cohort, exactly as a user runs it.
 
-use crate::helpers::{assert_success, binary, demo, job, read, summary_of};
+use crate::helpers::{assert_success, binary, demo, job, out_dir, read, summary_of, OutDir};
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-fn run_demo(extra: &[&str]) -> (tempfile::TempDir, std::process::Output) {
+fn run_demo(extra: &[&str]) -> (OutDir, std::process::Output) {
     let demo = demo();
     let mut args = vec!["--source-dir", demo.to_str().unwrap()];
     args.extend(extra);
@@ -199,7 +199,7 @@ fn rerun_into_the_same_folder_gives_the_same_files() {
 
 #[test]
 fn run_without_as_of_uses_today() {
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     binary()
         .args(["run", "--source-dir"])
         .arg(demo())
@@ -257,7 +257,7 @@ fn invalid_config_exits_2_naming_the_key() {
 
 #[test]
 fn missing_source_folder_exits_3_with_its_path() {
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = binary()
         .args([
             "run",
@@ -380,38 +380,76 @@ fn without_recorded(text: &str) -> String {
         .join("\n")
 }
 
+/// `merge PARTS --out OUT`; panics unless it succeeds.
+fn merge_ok(parts: &[&Path], out: &Path) {
+    let output = binary()
+        .arg("merge")
+        .args(parts)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_success(&output);
+}
+
 #[test]
 fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
     let (single, output) = run_demo(&[]);
     assert!(output.status.success());
-    let parts = tempfile::tempdir().unwrap();
+    // The shards share one output folder, each publishing its set as `shard-I-of-3` there.
+    let shared = out_dir();
+    let plain = tempfile::tempdir().unwrap();
     for shard in 0..3 {
-        let (part, output) = run_demo(&["--shard", &format!("{shard}/3")]);
+        let output = binary()
+            .args(["run", "--source-dir"])
+            .arg(demo())
+            .args([
+                "--as-of",
+                "2026-11-01",
+                "--shard",
+                &format!("{shard}/3"),
+                "--out",
+            ])
+            .arg(shared.path())
+            .output()
+            .unwrap();
         assert_success(&output);
-        for entry in std::fs::read_dir(part.path()).unwrap().flatten() {
+        let set = shared.path().join(format!("shard-{shard}-of-3"));
+        for entry in std::fs::read_dir(&set).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             assert!(name.contains(&format!(".shard-{shard}-of-3.")), "{name}");
-            if name.starts_with('.') {
-                continue; // the shard's lock file
-            }
-            std::fs::copy(entry.path(), parts.path().join(name)).unwrap();
+            std::fs::copy(entry.path(), plain.path().join(name)).unwrap();
         }
     }
-    let merged = tempfile::tempdir().unwrap();
-    let output = binary()
-        .arg("merge")
-        .arg(parts.path())
-        .arg("--out")
-        .arg(merged.path())
-        .output()
-        .unwrap();
-    assert_success(&output);
+    let mut names: Vec<String> = std::fs::read_dir(shared.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".shard-0-of-3.runs",
+            ".shard-1-of-3.runs",
+            ".shard-2-of-3.runs",
+            "shard-0-of-3",
+            "shard-1-of-3",
+            "shard-2-of-3"
+        ]
+    );
+    // Merged from the shards' sets, and from copies of their part files in a plain folder.
+    let merged = out_dir();
+    merge_ok(&[shared.path()], merged.path());
+    let from_copies = out_dir();
+    merge_ok(&[plain.path()], from_copies.path());
     for name in ["markers.csv", "flags.csv"] {
         assert_eq!(
             read(merged.path(), name),
             read(single.path(), name),
             "{name}"
         );
+        assert_eq!(read(from_copies.path(), name), read(single.path(), name));
     }
     assert_eq!(
         without_recorded(&read(merged.path(), "detected-issues.ndjson")),
@@ -435,16 +473,91 @@ fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
         }
     }
     assert_eq!(merged["shard"], "merged from 3 shards");
+    // The merge is a run of its own, tied to the shard runs it read.
+    assert_eq!(merged["merged_from"].as_array().unwrap().len(), 3);
+    assert_ne!(merged["run_id"], merged["merged_from"][0]);
+    let files: Vec<&str> = merged["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        ["detected-issues.ndjson", "flags.csv", "markers.csv"]
+    );
+}
+
+#[test]
+fn merge_refuses_part_files_of_two_runs_mixed() {
+    let shared = out_dir();
+    for (shard, as_of) in [
+        ("0/2", "2026-11-01"),
+        ("1/2", "2026-11-01"),
+        ("0/2", "2026-10-01"),
+    ] {
+        let output = binary()
+            .args(["run", "--source-dir"])
+            .arg(demo())
+            .args(["--as-of", as_of, "--shard", shard, "--out"])
+            .arg(shared.path())
+            .output()
+            .unwrap();
+        assert_success(&output);
+    }
+    // Shard 0's markers of its second run beside the summary of its first.
+    let plain = tempfile::tempdir().unwrap();
+    for (set, name) in [
+        ("shard-0-of-2", "markers.shard-0-of-2.csv"),
+        ("shard-0-of-2", "flags.shard-0-of-2.csv"),
+        ("shard-0-of-2", "detected-issues.shard-0-of-2.ndjson"),
+        ("shard-1-of-2", "markers.shard-1-of-2.csv"),
+        ("shard-1-of-2", "flags.shard-1-of-2.csv"),
+        ("shard-1-of-2", "detected-issues.shard-1-of-2.ndjson"),
+        ("shard-1-of-2", "run-summary.shard-1-of-2.json"),
+    ] {
+        std::fs::copy(shared.path().join(set).join(name), plain.path().join(name)).unwrap();
+    }
+    let store = shared.path().join(".shard-0-of-2.runs");
+    std::fs::copy(
+        store.join("previous/run-summary.shard-0-of-2.json"),
+        plain.path().join("run-summary.shard-0-of-2.json"),
+    )
+    .unwrap();
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(plain.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} is not the file its shard's run-summary lists",
+            plain
+                .path()
+                .join("detected-issues.shard-0-of-2.ndjson")
+                .display()
+        )),
+        "{stderr}"
+    );
+    assert!(!merged.path().exists());
+    assert!(!merged.store().exists());
 }
 
 #[test]
 fn merge_names_a_missing_shard() {
     let (part, output) = run_demo(&["--shard", "0/2"]);
     assert!(output.status.success());
+    let merged = out_dir();
     let output = binary()
         .arg("merge")
         .arg(part.path())
-        .args(["--out", "/tmp/never-written"])
+        .arg("--out")
+        .arg(merged.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -452,6 +565,9 @@ fn merge_names_a_missing_shard() {
         String::from_utf8_lossy(&output.stderr),
         "error: shard 1/2 is incomplete: missing markers.shard-1-of-2.csv, flags.shard-1-of-2.csv, detected-issues.shard-1-of-2.ndjson, run-summary.shard-1-of-2.json\n"
     );
+    // Nothing was touched: no set, no store beside it.
+    assert!(!merged.path().exists());
+    assert!(!merged.store().exists());
 }
 
 #[test]
@@ -513,7 +629,7 @@ fn identifiers_in_a_cohort_need_a_server() {
 
 #[test]
 fn json_logs_are_one_object_per_line_without_patient_data() {
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = binary()
         .env("RUST_LOG", "info")
         .args(["--log-format", "json", "run", "--source-dir"])
@@ -550,7 +666,7 @@ fn outputs_are_owner_only_and_formula_like_ids_are_neutralised_in_csv() {
         )
         .unwrap();
     }
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = binary()
         .args(["run", "--source-dir"])
         .arg(folder.path())
@@ -629,7 +745,7 @@ fn a_code_under_an_unknown_system_warns_once_per_system_and_type_with_the_fix() 
             procedure(3, "HCPCS"),
         ],
     )]);
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = run_folder(folder.path(), out.path());
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -664,7 +780,7 @@ fn a_procedure_dated_in_year_minus_262143_is_left_out_and_the_run_goes_on() {
             .to_string()],
         ),
     ]);
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = run_folder(folder.path(), out.path());
     assert_success(&output);
     let summary = summary_of(out.path());
@@ -680,26 +796,37 @@ fn a_procedure_dated_in_year_minus_262143_is_left_out_and_the_run_goes_on() {
 
 #[test]
 fn a_run_into_a_folder_another_run_holds_exits_7_and_touches_nothing() {
-    let out = tempfile::tempdir().unwrap();
-    let held = tare_marker_monitor::output::lock_folder(out.path(), "").unwrap();
+    let out = out_dir();
+    assert_success(&run_folder(&demo(), out.path()));
+    let shown = std::fs::read_link(out.path()).unwrap();
+    let stored = names_in(&out.store());
+    let held = tare_marker_monitor::output::lock_output(out.path()).unwrap();
     let output = run_folder(&demo(), out.path());
     assert_eq!(output.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
-            "is in use by another run (process {} since",
+            "{} is in use by another run (process {} since",
+            out.path().display(),
             std::process::id()
         )),
         "{stderr}"
     );
-    let names: Vec<String> = std::fs::read_dir(out.path())
+    assert_eq!(std::fs::read_link(out.path()).unwrap(), shown);
+    assert_eq!(names_in(&out.store()), stored);
+    drop(held);
+    assert!(run_folder(&demo(), out.path()).status.success());
+}
+
+/// The names in a folder, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, [".tare-marker-monitor.lock"]);
-    drop(held);
-    assert!(run_folder(&demo(), out.path()).status.success());
+    names.sort();
+    names
 }
 
 #[test]
@@ -710,7 +837,7 @@ fn a_folder_without_observations_exits_3_naming_it() {
         folder.path().join("Patient.ndjson"),
     )
     .unwrap();
-    let out = tempfile::tempdir().unwrap();
+    let out = out_dir();
     let output = run_folder(folder.path(), out.path());
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).contains(&format!(

@@ -321,8 +321,8 @@ impl Respond for UpdatedWhilePaging {
 }
 
 /// `run --server BASE --dry-run` as a user would; the exit status, stderr and the output folder.
-async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::TempDir) {
-    let out = tempfile::tempdir().unwrap();
+async fn dry_run(base: String, as_of: &str) -> (std::process::Output, crate::helpers::OutDir) {
+    let out = crate::helpers::out_dir();
     let as_of = as_of.to_owned();
     tokio::task::spawn_blocking(move || {
         let output = crate::helpers::binary()
@@ -344,7 +344,7 @@ async fn dry_run(base: String, as_of: &str) -> (std::process::Output, tempfile::
     .unwrap()
 }
 
-fn read_summary(out: &tempfile::TempDir) -> Value {
+fn read_summary(out: &crate::helpers::OutDir) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out.path().join("run-summary.json")).unwrap())
         .unwrap()
 }
@@ -1079,7 +1079,8 @@ async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_
     .unwrap();
     assert_eq!(status.0.code(), Some(130), "{}", status.1);
     assert!(status.1.contains("interrupted"), "{}", status.1);
-    let left: Vec<String> = std::fs::read_dir(&out)
+    assert!(!out.exists(), "nothing published");
+    let left: Vec<String> = std::fs::read_dir(work.path().join(".out.runs"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -1087,7 +1088,7 @@ async fn sigterm_stops_a_run_between_two_pages_with_exit_130_and_leaves_nothing_
     assert_eq!(
         left,
         [".tare-marker-monitor.lock"],
-        "no output, no temporary file"
+        "no run folder, no temporary file"
     );
     assert!(!state.exists(), "the state does not move on");
 }
@@ -1152,6 +1153,44 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
         serde_json::from_str(&std::fs::read_to_string(transactions.join(&bundle_name)).unwrap())
             .unwrap();
     assert_eq!(bundle["type"], "transaction");
+    // The run's summary lists the Bundles with the other files of its set, each with its size
+    // and hash.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
+            .unwrap();
+    let listed: Vec<(String, u64, String)> = summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["bytes"].as_u64().unwrap(),
+                f["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = listed.iter().map(|(name, _, _)| name.as_str()).collect();
+    let bundle_path = format!("transactions/{bundle_name}");
+    assert_eq!(
+        names,
+        [
+            "detected-issues.ndjson",
+            "flags.csv",
+            "markers.csv",
+            "transactions/index.csv",
+            bundle_path.as_str()
+        ]
+    );
+    for (name, bytes, sha256) in &listed {
+        let content = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(*bytes, content.len() as u64, "{name}");
+        assert_eq!(
+            *sha256,
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&content)),
+            "{name}"
+        );
+    }
     // Ids that differ in case only get different files.
     assert_ne!(
         tare_marker_monitor::sink::server::bundle_file_name("Ab").to_lowercase(),

@@ -28,10 +28,34 @@ pub fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// A new place for a command's outputs: `out` in a temporary folder, so that the published
+/// link and its store of run folders beside it (`.out.runs`) go with the temporary folder.
+pub struct OutDir {
+    _work: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl OutDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The store of run folders beside the published link.
+    pub fn store(&self) -> PathBuf {
+        self.path.with_file_name(".out.runs")
+    }
+}
+
+pub fn out_dir() -> OutDir {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("out");
+    OutDir { _work: work, path }
+}
+
 /// Runs the binary with `command` (`run`, `report`...), `--as-of 2026-11-01`, a new output
-/// folder, then `args`; returns the folder and what the process did.
-pub fn job(command: &str, args: &[&str]) -> (tempfile::TempDir, std::process::Output) {
-    let out = tempfile::tempdir().unwrap();
+/// place, then `args`; returns the place and what the process did.
+pub fn job(command: &str, args: &[&str]) -> (OutDir, std::process::Output) {
+    let out = out_dir();
     let output = binary()
         .arg(command)
         .args(["--as-of", "2026-11-01", "--out"])
@@ -52,7 +76,7 @@ pub fn assert_success(output: &std::process::Output) {
 }
 
 /// `job`, which must succeed; returns the output folder.
-pub fn job_ok(command: &str, args: &[&str]) -> tempfile::TempDir {
+pub fn job_ok(command: &str, args: &[&str]) -> OutDir {
     let (out, output) = job(command, args);
     assert_success(&output);
     out
@@ -248,7 +272,12 @@ pub fn run_ok_as_of(args: &[&str], out: &Path, as_of: &str) -> Value {
         .output()
         .unwrap();
     assert_success(&output);
-    let summary = std::fs::read_dir(out)
+    // A shard publishes its set as OUT/shard-I-of-N.
+    let set = match args.iter().position(|a| *a == "--shard") {
+        Some(i) => out.join(format!("shard-{}", args[i + 1].replace('/', "-of-"))),
+        None => out.to_owned(),
+    };
+    let summary = std::fs::read_dir(set)
         .unwrap()
         .flatten()
         .map(|e| e.path())

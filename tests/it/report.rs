@@ -5,7 +5,7 @@ use crate::helpers::{binary, demo, job_ok, read};
 
 use std::path::{Path, PathBuf};
 
-fn report(source: &Path) -> tempfile::TempDir {
+fn report(source: &Path) -> crate::helpers::OutDir {
     job_ok("report", &["--source-dir", source.to_str().unwrap()])
 }
 
@@ -61,7 +61,7 @@ fn flagged_patients_come_most_severe_then_most_recent_first_each_with_a_chart() 
         );
     }
     // Every patient with a flag in the run's flags.csv, once.
-    let run = tempfile::tempdir().unwrap();
+    let run = crate::helpers::out_dir();
     binary()
         .args(["run", "--source-dir"])
         .arg(demo())

@@ -25,7 +25,7 @@ fn demo_resources() -> Vec<Value> {
     resources
 }
 
-fn run(source: &[&str]) -> tempfile::TempDir {
+fn run(source: &[&str]) -> crate::helpers::OutDir {
     job_ok("run", source)
 }
 
@@ -178,7 +178,7 @@ async fn server_read_and_write_back_lifecycle(server: TestServer) {
     let mut partial_rounds = 0;
     for _ in 0..3 {
         let before = our_issues(&base).await.len();
-        let out = tempfile::tempdir().unwrap();
+        let out = crate::helpers::out_dir();
         let mut child = std::process::Command::new(&binary)
             .args(["run", "--server", &base, "--as-of", "2026-11-01", "--out"])
             .arg(out.path())
