@@ -8,7 +8,8 @@
 # - hfs: the release build in ~/.cache/tare-hfs-release when there is one (build it with
 #   `cargo install helios-hfs --version 0.2.7 --locked --root ~/.cache/tare-hfs-release`, 30-50
 #   minutes), else the debug build `.ci/run` installs, which answers about 4x slower.
-# - hapi: tests/servers/hapi.sh, with an 8 GB heap (HAPI_JAVA_OPTS overrides).
+# - hapi: tests/servers/hapi.sh (on a PostgreSQL cluster of its own, emptied and deleted with the
+#   server), with an 8 GB heap (HAPI_JAVA_OPTS overrides).
 SERVER=${SERVER:-hfs}
 stop_server() { :; }
 if [ -n "${BASE:-}" ] && [ -n "${COHORT:-}" ]; then
@@ -39,7 +40,7 @@ case "$SERVER" in
         await_metadata "$SERVER_NAME" "$BASE" "$SERVER_PID" "$WORK/hfs.log" 120 >/dev/null || exit 1
         ;;
     hapi)
-        SERVER_NAME="HAPI FHIR 8.8 JPA (H2 in memory)"
+        SERVER_NAME="HAPI FHIR 8.8 JPA (PostgreSQL)"
         BASE=$(HAPI_JAVA_OPTS=${HAPI_JAVA_OPTS:--Xmx8g} HAPI_ARGS=--tare.validate-writes=false \
             "$ROOT/tests/servers/hapi.sh" start "$PORT" | tail -1)
         stop_server() { "$ROOT/tests/servers/hapi.sh" stop "$PORT"; }

@@ -13,7 +13,7 @@ import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
-import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
 import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
@@ -45,12 +45,14 @@ import org.springframework.orm.jpa.JpaTransactionManager;
 import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
 /**
- * The smallest HAPI FHIR JPA server the job's tests need: R4 on an in-memory H2 database, the
- * resource providers of every type, paging, Bulk Data {@code $export} (batch2 jobs), and every
- * write validated against the R4 core definitions (an error rejects it). {@code $expunge} is on,
+ * The smallest HAPI FHIR JPA server the job's tests need: R4 on PostgreSQL (the database
+ * hospitals run it on), the resource providers of every type, paging, Bulk Data {@code $export}
+ * (batch2 jobs), and every write validated against the R4 core definitions (an error rejects it). {@code $expunge} is on,
  * so a test can empty the server between tests.
  *
- * <p>Started by {@code tests/servers/hapi.sh start PORT}; the FHIR base is {@code /fhir}.
+ * <p>Started by {@code tests/servers/hapi.sh start PORT}, which starts a private PostgreSQL
+ * cluster first and passes its URL, user and password as Spring properties; the FHIR base is
+ * {@code /fhir}.
  */
 // HAPI brings its own JPA set-up and scheduler, and the Elasticsearch client it can use: Spring
 // Boot's versions of these stay off.
@@ -111,7 +113,7 @@ public class TestFhirServer {
         factory.setPersistenceUnitName("HAPI_PU");
         factory.setDataSource(dataSource);
         factory.setJpaPropertyMap(Map.of(
-                "hibernate.dialect", HapiFhirH2Dialect.class.getName(),
+                "hibernate.dialect", HapiFhirPostgresDialect.class.getName(),
                 "hibernate.hbm2ddl.auto", "update",
                 "hibernate.archive.scanner", "org.hibernate.boot.archive.scan.internal.DisabledScanner",
                 "hibernate.jdbc.batch_size", "20",
