@@ -1158,3 +1158,311 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
         tare_marker_monitor::sink::server::bundle_file_name("aB").to_lowercase()
     );
 }
+
+// ---- every URL under the same rules ----
+
+/// A host that is not this machine (and that no resolver knows, should anything try).
+const ELSEWHERE: &str = "fhir.example.invalid";
+
+#[tokio::test]
+async fn a_next_link_in_plain_http_to_another_host_is_refused_before_it_is_followed() {
+    let server = MockServer::start().await;
+    let next = format!("http://{ELSEWHERE}/Patient?page=2");
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &[json!({"resourceType": "Patient", "id": "a"})],
+            Some(&next),
+        )))
+        .mount(&server)
+        .await;
+    let error = search_error(
+        &server.uri(),
+        &ServerConfig::default(),
+        &format!("{}/Patient", server.uri()),
+    )
+    .await;
+    assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{next} (named by the server): plain http to {ELSEWHERE} would send patient data and credentials unencrypted: use https, or set server.allow_insecure_http = true"
+        )
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_on_another_host_is_refused() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("Location", format!("http://{ELSEWHERE}/Patient").as_str()),
+        )
+        .mount(&server)
+        .await;
+    let error = client(&server.uri())
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        chain(&error).contains(&format!(
+            "a redirect was refused: plain http to {ELSEWHERE} would send patient data"
+        )),
+        "{}",
+        chain(&error)
+    );
+    // Allowed by the site, the redirect is followed (and finds no such host; not retried).
+    let allowed = settings(|s| {
+        s.allow_insecure_http = true;
+        s.max_retry_secs = 0;
+    });
+    let error = FhirClient::new(&server.uri(), &allowed)
+        .unwrap()
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(!chain(&error).contains("refused"), "{}", chain(&error));
+}
+
+#[tokio::test]
+async fn an_export_status_url_in_plain_http_elsewhere_is_neither_polled_nor_deleted() {
+    let home = MockServer::start().await;
+    kickoff_answering(&home, &format!("http://{ELSEWHERE}/status/1")).await;
+    let error = export_error(&home).await;
+    assert!(
+        error.contains(&format!(
+            "http://{ELSEWHERE}/status/1 (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        home.received_requests().await.unwrap().len(),
+        1,
+        "only the kick-off"
+    );
+}
+
+/// A Bulk Data server whose export is ready at once and lists `files` (type and URL); the
+/// export job can be deleted.
+async fn export_ready_with(home: &MockServer, files: &[(&str, String)]) {
+    kickoff_answering(home, &format!("{}/status/ready", home.uri())).await;
+    let output: Vec<Value> = files
+        .iter()
+        .map(|(kind, url)| json!({"type": kind, "url": url}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/status/ready"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transactionTime": "2026-11-27T02:00:00Z", "request": "x",
+            "requiresAccessToken": true, "output": output, "error": []
+        })))
+        .mount(home)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/status/ready"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(home)
+        .await;
+}
+
+/// Serves `answer` at `at` on `server`.
+async fn file_at(server: &MockServer, at: &str, answer: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(answer)
+        .mount(server)
+        .await;
+}
+
+/// An export of Patients into a new folder with `config`.
+async fn export_patients(
+    home: &MockServer,
+    config: &tare_marker_monitor::config::Config,
+) -> (
+    Result<tare_marker_monitor::source::bulk::Exported, FhirError>,
+    tempfile::TempDir,
+) {
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let exported = tare_marker_monitor::source::bulk::export(
+        &client,
+        config,
+        &["Patient"],
+        None,
+        folder.path(),
+    )
+    .await;
+    (exported, folder)
+}
+
+#[tokio::test]
+async fn a_bulk_file_in_plain_http_elsewhere_is_refused_even_from_a_plain_http_server() {
+    let home = MockServer::start().await;
+    let file = format!("http://{ELSEWHERE}/files/patients.ndjson");
+    export_ready_with(&home, &[("Patient", file.clone())]).await;
+    let (exported, _folder) =
+        export_patients(&home, &tare_marker_monitor::config::Config::default()).await;
+    let error = exported.err().unwrap();
+    assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with(&format!(
+            "{file} (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{error}"
+    );
+}
+
+/// `count` Patient lines, and the same gzip-compressed.
+fn patient_lines(count: usize) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let text: String = (0..count)
+        .map(|n| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{n}\"}}\n"))
+        .collect();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(text.as_bytes()).unwrap();
+    (text, gzip.finish().unwrap())
+}
+
+fn capped_download(bytes: u64) -> tare_marker_monitor::config::Config {
+    let mut config = tare_marker_monitor::config::Config::default();
+    config.server.max_download_bytes = bytes;
+    config
+}
+
+#[tokio::test]
+async fn a_gzip_encoded_bulk_file_over_the_download_cap_is_refused_naming_host_and_cap() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(40_000);
+    assert!(text.len() > 1 << 20 && gzip.len() < 1 << 20);
+    export_ready_with(&home, &[("Patient", format!("{}/files/p", home.uri()))]).await;
+    file_at(
+        &home,
+        "/files/p",
+        ResponseTemplate::new(200)
+            .insert_header("Content-Encoding", "gzip")
+            .set_body_raw(gzip, "application/fhir+ndjson"),
+    )
+    .await;
+    let (exported, folder) = export_patients(&home, &capped_download(1 << 20)).await;
+    let error = exported.err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes); it was not read"
+    );
+    // Refused, not retried; nothing of it is left.
+    let requests = home.received_requests().await.unwrap();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.url.path() == "/files/p")
+            .count(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_ndjson_gz_file_whose_contents_exceed_the_download_cap_is_refused() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(40_000);
+    assert!(text.len() > 1 << 20 && gzip.len() < 1 << 20);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let (exported, _folder) = export_patients(&home, &capped_download(1 << 20)).await;
+    assert_eq!(
+        exported.err().unwrap().to_string(),
+        "a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes); it was not read"
+    );
+}
+
+#[tokio::test]
+async fn a_ndjson_gz_file_within_the_download_cap_is_read_as_gzip() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(3);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let config = capped_download(text.len() as u64);
+    let (exported, folder) = export_patients(&home, &config).await;
+    let exported = exported.unwrap();
+    let names: Vec<String> = exported
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["Patient-0000.ndjson.gz"]);
+    let ingestor = tare_marker_monitor::ingest::Ingestor::new(
+        &config,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+    );
+    let loaded =
+        tare_marker_monitor::source::ndjson::load_export(folder.path(), &ingestor).unwrap();
+    let patients = &loaded.quality.by_type["Patient"];
+    assert_eq!((patients.read, patients.accepted), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_export_file_is_over_the_download_cap_exits_3() {
+    let home = MockServer::start().await;
+    let (_, gzip) = patient_lines(40_000);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[server]\nmax_download_bytes = 1048576\n").unwrap();
+    let (base, out) = (home.uri(), work.path().join("out"));
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--export",
+                "--as-of",
+                "2026-11-01",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes)"),
+        "{stderr}"
+    );
+}
