@@ -63,6 +63,7 @@ fn categorical(reason: SkipReason) -> bool {
             | SkipReason::ProcedureNotCompleted
             | SkipReason::UnexpectedResourceType
             | SkipReason::CodeUnderUnknownSystem
+            | SkipReason::NotAskedFor
     )
 }
 

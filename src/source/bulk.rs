@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
 use crate::fhir::error::ExportError;
+use crate::ingest::ResourceType;
 use futures::stream::{self, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::Url;
@@ -264,7 +265,7 @@ pub async fn export(
                 }
             }
         };
-        download_all(client, config, &manifest, dir).await
+        download_all(client, config, &manifest, types, dir).await
     }
     .await;
     if is_status_endpoint {
@@ -277,17 +278,19 @@ async fn download_all(
     client: &FhirClient,
     config: &Config,
     manifest: &Manifest,
+    types: &[&str],
     dir: &Path,
 ) -> Result<Exported, FhirError> {
     std::fs::create_dir_all(dir).map_err(|source| ExportError::Folder {
         path: dir.to_owned(),
         source,
     })?;
-    // Only our types (a server may send more); each file named for the folder source.
+    // Only the types asked for (a server may send more); each file named for the folder
+    // source.
     let wanted: Vec<(usize, &OutputFile)> = manifest
         .output
         .iter()
-        .filter(|o| TYPES.contains(&o.kind.as_str()))
+        .filter(|o| types.contains(&o.kind.as_str()))
         .enumerate()
         .collect();
     let files: Vec<(PathBuf, u64)> = stream::iter(wanted.into_iter().map(Ok))
@@ -348,7 +351,17 @@ pub async fn changed_patients(
             path: path.clone(),
             source,
         })?;
+        // Only a resource of its file's type tells of a changed patient.
+        let kind = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.split('-').next())
+            .and_then(ResourceType::from_name);
         for line in text.lines() {
+            let header = crate::ingest::resource_header(line);
+            if kind.is_none() || header.and_then(|h| h.kind) != kind {
+                continue;
+            }
             if let Some(id) = crate::ingest::patient_of_resource(line) {
                 ids.insert(id.into_owned());
             }
@@ -386,13 +399,9 @@ pub fn read_everyone(
     workers: &crate::workers::Workers,
 ) -> Result<super::Loaded, super::ReadError> {
     let folder = private_folder()?;
-    let exported = workers.runtime.block_on(export(
-        client,
-        config,
-        &["Patient", "Procedure", "Condition", "Observation"],
-        None,
-        folder.path(),
-    ))?;
+    let exported = workers
+        .runtime
+        .block_on(export(client, config, &TYPES, None, folder.path()))?;
     tracing::info!(
         files = exported.files.len(),
         bytes = exported.bytes,

@@ -263,7 +263,9 @@ fn cohort_resources(path: &str) -> Vec<Value> {
         "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
             "subject": {"reference": "Patient/p1"}})],
-        "/Device" => vec![json!({"resourceType": "Device", "id": "dev-1"})],
+        "/Device" => vec![json!({"resourceType": "Device", "id": "dev-1",
+            "identifier": [{"system": "https://tare-marker-monitor.example.org/fhir/NamingSystem/device",
+                            "value": "tare-marker-monitor"}]})],
         _ => vec![],
     }
 }
@@ -1465,4 +1467,185 @@ async fn a_run_whose_export_file_is_over_the_download_cap_exits_3() {
         stderr.contains("a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes)"),
         "{stderr}"
     );
+}
+
+// ---- only ours, only the cohort's ----
+
+/// A server that ignores the search parameters: every search of a type answers with the
+/// resources of both p1 and p2 (its Patient search by `_id` too), the Observation search also
+/// with a Patient, and the DetectedIssue search with one of ours about p2.
+struct IgnoresSearchParameters;
+
+impl Respond for IgnoresSearchParameters {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let of_p2 = |mut resource: Value| {
+            resource["id"] = json!(format!("{}-p2", resource["id"].as_str().unwrap()));
+            if resource["subject"].is_object() {
+                resource["subject"] = json!({"reference": "Patient/p2"});
+            }
+            resource
+        };
+        let both = |resources: Vec<Value>| -> Vec<Value> {
+            let mut all = resources.clone();
+            all.extend(resources.into_iter().map(of_p2));
+            all
+        };
+        let resources = match request.url.path() {
+            "/Procedure" => both(cohort_resources("/Procedure")[..1].to_vec()),
+            "/Patient" => vec![
+                json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}),
+                json!({"resourceType": "Patient", "id": "p2", "birthDate": "1950-01-01"}),
+            ],
+            "/Observation" => {
+                let mut all = both(vec![
+                    marker_observation("o1", "2026-02-27", json!(88000)),
+                    marker_observation("o3", "2026-07-01", json!(6088)),
+                ]);
+                all.push(json!({"resourceType": "Patient", "id": "p9", "birthDate": "1950-01-01"}));
+                all
+            }
+            "/DetectedIssue" => vec![json!({
+                "resourceType": "DetectedIssue", "id": "di-p2", "status": "preliminary",
+                "meta": {"versionId": "1"},
+                "identifier": [{"system": "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id",
+                                "value": "0123456789abcdef0123456789abcdef"}],
+                "patient": {"reference": "Patient/p2"}
+            })],
+            other => both(cohort_resources(other)),
+        };
+        fhir_json(&bundle(&resources, None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cohort_run_reads_and_writes_nothing_of_a_patient_the_server_was_not_asked_for() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(IgnoresSearchParameters)
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    // p1's low flag is written, so p1 has a transaction (and p2 would, were it read).
+    std::fs::write(&config, "[output]\nmin_severity_written = \"low\"\n").unwrap();
+    let out = work.path().join("out");
+    let (base, config_path, out_path) = (server.uri(), config.clone(), out.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--patient",
+                "p1",
+                "--as-of",
+                "2026-07-10",
+            ])
+            .args(["--dry-run", "--config"])
+            .arg(&config_path)
+            .arg("--out")
+            .arg(&out_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_success(&output);
+    // Warned once, with the count: p2's TARE, Patient, Condition and Observations, and the
+    // Patient in the Observation search.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = "the server answered the searches with 6 resources they did not ask for";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("did not ask for").count(), 1, "{stderr}");
+    let summary = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(out.join("run-summary.json")).unwrap(),
+    )
+    .unwrap();
+    let not_asked =
+        |kind: &str| summary["resources"]["by_type"][kind]["left_out"]["not_asked_for"].clone();
+    assert_eq!(
+        not_asked("Procedure")["by_value"],
+        json!({"another patient": 1})
+    );
+    assert_eq!(not_asked("Patient")["by_value"], json!({"another id": 1}));
+    assert_eq!(
+        not_asked("Condition")["by_value"],
+        json!({"another patient": 1})
+    );
+    assert_eq!(
+        not_asked("Observation")["by_value"],
+        json!({"another patient": 2, "another resource type": 1})
+    );
+    assert_eq!(
+        not_asked("Observation")["examples"],
+        json!([
+            {"resource": "Observation/o1-p2", "detail": "another patient"},
+            {"resource": "Observation/o3-p2", "detail": "another patient"},
+            {"resource": "Patient/p9", "detail": "another resource type"}
+        ])
+    );
+    // Never evaluated ...
+    assert_eq!(summary["patients"]["seen"], 1);
+    let markers = std::fs::read_to_string(out.join("markers.csv")).unwrap();
+    assert!(
+        markers.lines().skip(1).all(|l| l.starts_with("p1,")),
+        "{markers}"
+    );
+    // ... never written: p2's DetectedIssue of ours is not cancelled, nothing of p2 is sent.
+    assert_eq!(summary["write_back"]["cancelled"], 0);
+    let index = std::fs::read_to_string(out.join("transactions/index.csv")).unwrap();
+    assert_eq!(
+        index
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["p1"]
+    );
+}
+
+#[tokio::test]
+async fn an_incremental_export_counts_as_changed_only_what_it_asked_for() {
+    let home = MockServer::start().await;
+    export_ready_with(
+        &home,
+        &[
+            ("Observation", format!("{}/files/o", home.uri())),
+            ("Patient", format!("{}/files/p", home.uri())),
+        ],
+    )
+    .await;
+    // The Observation file also holds a Patient; a Patient file was not asked for.
+    let observations = format!(
+        "{}\n{}\n",
+        marker_observation("o1", "2026-02-27", json!(88000)),
+        json!({"resourceType": "Patient", "id": "stray"})
+    );
+    file_at(
+        &home,
+        "/files/o",
+        ResponseTemplate::new(200).set_body_string(observations),
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p",
+        ResponseTemplate::new(200)
+            .set_body_string("{\"resourceType\":\"Patient\",\"id\":\"unasked\"}\n"),
+    )
+    .await;
+    let config = tare_marker_monitor::config::Config::default();
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let changed = tare_marker_monitor::source::bulk::changed_patients(
+        &client,
+        &config,
+        "2026-11-26T02:00:00Z",
+        folder.path(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed, ["p1"]);
+    let requests = home.received_requests().await.unwrap();
+    assert!(requests.iter().all(|r| r.url.path() != "/files/p"));
 }
