@@ -1649,3 +1649,25 @@ async fn an_incremental_export_counts_as_changed_only_what_it_asked_for() {
     let requests = home.received_requests().await.unwrap();
     assert!(requests.iter().all(|r| r.url.path() != "/files/p"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_server_names_a_refused_url_exits_3() {
+    let server = MockServer::start().await;
+    let next = format!("http://{ELSEWHERE}/Procedure?page=2");
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &cohort_resources("/Procedure"),
+            Some(&next),
+        )))
+        .mount(&server)
+        .await;
+    let (output, _out) = dry_run(server.uri(), "2026-07-10").await;
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{next} (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{stderr}"
+    );
+}
