@@ -385,8 +385,11 @@ pub struct ServerConfig {
     pub export_max_wait_secs: u64,
     /// A response body larger than this is refused with an error (a search page of 200
     /// Observations is well under a megabyte). Bulk Data files stream to disk and are not
-    /// bound by it.
+    /// bound by it ...
     pub max_response_bytes: u64,
+    /// ... but by this: a Bulk Data file that holds more once decompressed (a gzip-encoded
+    /// download, or a `.ndjson.gz` file) is refused with an error.
+    pub max_download_bytes: u64,
     /// A search that runs to more pages than this stops with an error.
     pub max_pages_per_search: usize,
     /// Reading from the server (searches, or an export) stops with an error after this long;
@@ -508,6 +511,7 @@ impl Default for ServerConfig {
             export_max_poll_interval_secs: 300,
             export_max_wait_secs: 3600,
             max_response_bytes: 256 << 20,
+            max_download_bytes: 16 << 30,
             max_pages_per_search: 100_000,
             max_read_minutes: 720.0,
             max_retry_secs: 600,
@@ -786,6 +790,11 @@ impl Config {
                 "server.max_response_bytes",
                 self.server.max_response_bytes,
                 1 << 40,
+            ),
+            (
+                "server.max_download_bytes",
+                self.server.max_download_bytes,
+                1 << 50,
             ),
             (
                 "server.connect_timeout_secs",

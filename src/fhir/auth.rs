@@ -98,6 +98,8 @@ pub struct SmartBackend {
     key_id: Option<String>,
     scope: String,
     token_endpoint: Option<Url>,
+    /// `server.allow_insecure_http`, for a discovered token endpoint.
+    allow_insecure_http: bool,
     cached: Mutex<Option<CachedToken>>,
 }
 
@@ -171,7 +173,7 @@ impl SmartBackend {
                     source,
                 };
                 let parsed = Url::parse(url).map_err(|e| refused(Refusal::NotAUrl(e)))?;
-                super::client::check_transport(&parsed, allow_insecure_http).map_err(refused)?;
+                super::client::judge_url(&parsed, None, allow_insecure_http).map_err(refused)?;
                 Some(parsed)
             }
             None => None,
@@ -183,6 +185,7 @@ impl SmartBackend {
             key_id,
             scope: auth.scope.clone(),
             token_endpoint,
+            allow_insecure_http,
             cached: Mutex::new(None),
         })
     }
@@ -213,8 +216,16 @@ impl SmartBackend {
         }
         let configuration: SmartConfiguration =
             serde_json::from_slice(&body).map_err(|e| failed(TokenError::NoTokenEndpoint(e)))?;
-        Url::parse(&configuration.token_endpoint)
-            .map_err(|e| failed(TokenError::BadTokenEndpoint(e)))
+        let endpoint = Url::parse(&configuration.token_endpoint)
+            .map_err(|e| failed(TokenError::BadTokenEndpoint(e)))?;
+        // Named by the server: judged like every URL it names.
+        super::client::judge_url(&endpoint, Some(base), self.allow_insecure_http).map_err(
+            |refusal| FhirError::RefusedLink {
+                url: endpoint.to_string(),
+                refusal,
+            },
+        )?;
+        Ok(endpoint)
     }
 
     /// A client assertion for `audience` (the token endpoint), signed with the configured key;

@@ -113,6 +113,10 @@ pub struct FhirClient {
     base: Url,
     retry: RetryPolicy,
     max_body: u64,
+    /// `server.max_download_bytes`: a Bulk Data file's size, counted decompressed.
+    max_download: u64,
+    /// `server.allow_insecure_http`, for every URL the server names.
+    allow_insecure_http: bool,
     max_pages: usize,
     /// Searches stop with an error past this instant (`server.max_read_minutes`).
     read_deadline: Option<(std::time::Instant, f64)>,
@@ -133,13 +137,136 @@ enum DownloadFailure {
     NoAnswer(reqwest::Error),
     /// Our own disk: not worth a retry.
     Disk(std::io::Error),
+    /// Past `server.max_download_bytes`, or a gzip file that is not gzip: not worth a retry.
+    Refused(Excess),
 }
 
-/// One attempt: the body streamed to `to` chunk by chunk.
+/// Why a download's body was not taken.
+enum Excess {
+    TooLarge,
+    NotGzip(std::io::Error),
+}
+
+/// Counts the bytes written to it, and takes none past the limit (so a gzip bomb stops
+/// expanding there).
+struct Tally {
+    count: u64,
+    limit: u64,
+}
+
+impl std::io::Write for Tally {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.count += buf.len() as u64;
+        if self.count > self.limit {
+            return Err(std::io::Error::other("past the size limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a download's body holds so far: the bytes as reqwest hands them over (already
+/// expanded when the server sent them with `Content-Encoding: gzip`), and, when the body is
+/// itself a gzip file (a `.ndjson.gz` output), what that file expands to. Either past the
+/// limit ends the download.
+struct Expansion {
+    limit: u64,
+    body: u64,
+    form: BodyForm,
+}
+
+enum BodyForm {
+    /// The first bytes, until the gzip magic number can be told.
+    Undecided(Vec<u8>),
+    Plain,
+    Gzip(Box<flate2::write::MultiGzDecoder<Tally>>),
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+impl Expansion {
+    fn new(limit: u64) -> Expansion {
+        Expansion {
+            limit,
+            body: 0,
+            form: BodyForm::Undecided(Vec::new()),
+        }
+    }
+
+    fn add(&mut self, chunk: &[u8]) -> Result<(), Excess> {
+        self.body += chunk.len() as u64;
+        if self.body > self.limit {
+            return Err(Excess::TooLarge);
+        }
+        match &mut self.form {
+            BodyForm::Undecided(head) => {
+                head.extend_from_slice(chunk);
+                if head.len() < GZIP_MAGIC.len() {
+                    return Ok(());
+                }
+                let head = std::mem::take(head);
+                self.form = match head.starts_with(&GZIP_MAGIC) {
+                    true => {
+                        let tally = Tally {
+                            count: 0,
+                            limit: self.limit,
+                        };
+                        let mut gunzip = Box::new(flate2::write::MultiGzDecoder::new(tally));
+                        expand(&mut gunzip, &head)?;
+                        BodyForm::Gzip(gunzip)
+                    }
+                    false => BodyForm::Plain,
+                };
+                Ok(())
+            }
+            BodyForm::Plain => Ok(()),
+            BodyForm::Gzip(gunzip) => expand(gunzip, chunk),
+        }
+    }
+
+    /// At the end of the body: whether it was a gzip file.
+    fn finish(self) -> Result<bool, Excess> {
+        match self.form {
+            BodyForm::Gzip(mut gunzip) => {
+                gunzip.try_finish().map_err(|e| excess(&gunzip, e))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+fn expand(gunzip: &mut flate2::write::MultiGzDecoder<Tally>, bytes: &[u8]) -> Result<(), Excess> {
+    use std::io::Write;
+    gunzip.write_all(bytes).map_err(|e| excess(gunzip, e))
+}
+
+fn excess(gunzip: &flate2::write::MultiGzDecoder<Tally>, error: std::io::Error) -> Excess {
+    let tally = gunzip.get_ref();
+    match tally.count > tally.limit {
+        true => Excess::TooLarge,
+        false => Excess::NotGzip(error),
+    }
+}
+
+/// A Bulk Data file on disk.
+pub struct Downloaded {
+    /// Bytes written (as received).
+    pub bytes: u64,
+    /// The file is gzip (a `.ndjson.gz` output).
+    pub gzip: bool,
+}
+
+/// One attempt: the body streamed to `to` chunk by chunk, up to `limit` bytes once
+/// decompressed.
 async fn download_once(
     request: reqwest::RequestBuilder,
     to: &std::path::Path,
-) -> Result<u64, DownloadFailure> {
+    limit: u64,
+) -> Result<Downloaded, DownloadFailure> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     let response = request.send().await.map_err(DownloadFailure::NoAnswer)?;
@@ -157,17 +284,26 @@ async fn download_once(
             outcome: outcome_text(&body),
         });
     }
+    // reqwest announces no length for a body it expands.
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(DownloadFailure::Refused(Excess::TooLarge));
+    }
     let disk = DownloadFailure::Disk;
     let mut file = tokio::fs::File::create(to).await.map_err(disk)?;
-    let mut written = 0u64;
+    let mut expansion = Expansion::new(limit);
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(DownloadFailure::NoAnswer)?;
+        expansion.add(&chunk).map_err(DownloadFailure::Refused)?;
         file.write_all(&chunk).await.map_err(disk)?;
-        written += chunk.len() as u64;
     }
     file.flush().await.map_err(disk)?;
-    Ok(written)
+    let bytes = expansion.body;
+    let gzip = expansion.finish().map_err(DownloadFailure::Refused)?;
+    Ok(Downloaded { bytes, gzip })
 }
 
 /// Same scheme, host and port.
@@ -177,15 +313,22 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// Whether a URL may be used: https, or http to this machine only (unless the site allows
-/// plain http, `server.allow_insecure_http`).
-pub fn check_transport(url: &Url, allow_insecure_http: bool) -> Result<(), Refusal> {
+/// Whether the job may send a request to `url`: the one judgement of every URL it uses, the
+/// configured ones (the base, a token endpoint: `from` is `None`) and every one a server
+/// names (a `next` link, a Bulk Data status or file URL, a redirect, a discovered token
+/// endpoint: `from` is the base, or the URL redirected from). http or https only; plain http
+/// only to this machine unless the site allows it (`server.allow_insecure_http`); and never
+/// from https down to http. Whether the token goes along is another rule: to the base's own
+/// origin only (`same_origin`).
+pub fn judge_url(url: &Url, from: Option<&Url>, allow_insecure_http: bool) -> Result<(), Refusal> {
+    let host = || url.host_str().unwrap_or("?").to_owned();
     match url.scheme() {
         "https" => Ok(()),
+        "http" if from.is_some_and(|from| from.scheme() == "https") => {
+            Err(Refusal::Downgrade { host: host() })
+        }
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(Refusal::InsecureHttp {
-            host: url.host_str().unwrap_or("?").to_owned(),
-        }),
+        "http" => Err(Refusal::InsecureHttp { host: host() }),
         other => Err(Refusal::NotHttp {
             scheme: other.to_owned(),
         }),
@@ -203,7 +346,7 @@ fn is_loopback(url: &Url) -> bool {
 
 /// The TLS and redirect settings of every HTTP client the job builds: the operating system's
 /// trust store and the bundled web roots, a site's own CA (`server.ca_file`), a client
-/// certificate for mutual TLS, and redirects that never go from https to http.
+/// certificate for mutual TLS, and redirects judged like every other URL (`judge_url`).
 pub fn http_client(
     settings: &ServerConfig,
     default_headers: HeaderMap,
@@ -215,6 +358,7 @@ pub fn http_client(
             source,
         })
     };
+    let allow_insecure_http = settings.allow_insecure_http;
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .default_headers(default_headers)
@@ -222,11 +366,14 @@ pub fn http_client(
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .timeout(Duration::from_secs(settings.request_timeout_secs))
         .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let downgrade = attempt.url().scheme() == "http"
-                && attempt.previous().iter().any(|u| u.scheme() == "https");
-            if downgrade {
-                attempt.error("a redirect from https to http was refused")
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            let judged = judge_url(
+                attempt.url(),
+                attempt.previous().last(),
+                allow_insecure_http,
+            );
+            if let Err(refusal) = judged {
+                attempt.error(format!("a redirect was refused: {refusal}"))
             } else if attempt.previous().len() >= 10 {
                 attempt.error("more than 10 redirects")
             } else {
@@ -267,7 +414,7 @@ impl FhirClient {
             url: base_url.to_owned(),
             source,
         })?;
-        check_transport(&base, settings.allow_insecure_http).map_err(|refusal| {
+        judge_url(&base, None, settings.allow_insecure_http).map_err(|refusal| {
             FhirError::Refused {
                 url: base_url.to_owned(),
                 refusal,
@@ -307,6 +454,8 @@ impl FhirClient {
                 ..RetryPolicy::default()
             },
             max_body: settings.max_response_bytes,
+            max_download: settings.max_download_bytes,
+            allow_insecure_http: settings.allow_insecure_http,
             max_pages: settings.max_pages_per_search,
             read_deadline,
             credentials: Arc::new(Credentials::from_config(&settings.auth, settings)?),
@@ -346,9 +495,10 @@ impl FhirClient {
         url: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Answer, FhirError> {
+        let target = self.judged(url)?;
         // The token goes to the server's own origin only: never to a `next` link or a
         // redirect elsewhere (reqwest also drops it on a redirect to another host).
-        let own_origin = Url::parse(url).is_ok_and(|target| same_origin(&target, &self.base));
+        let own_origin = same_origin(&target, &self.base);
         let mut renew = false;
         loop {
             let authorization = match own_origin {
@@ -387,6 +537,19 @@ impl FhirClient {
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// A URL this client is about to send to (most of them named by the server: `next`
+    /// links, Bulk Data status and file URLs), parsed and judged against the base
+    /// (`judge_url`).
+    pub fn judged(&self, url: &str) -> Result<Url, FhirError> {
+        let refused = |refusal| FhirError::RefusedLink {
+            url: url.to_owned(),
+            refusal,
+        };
+        let parsed = Url::parse(url).map_err(|e| refused(Refusal::NotAUrl(e)))?;
+        judge_url(&parsed, Some(&self.base), self.allow_insecure_http).map_err(refused)?;
+        Ok(parsed)
     }
 
     /// HTTP requests sent so far by this client and its clones (retries included).
@@ -431,19 +594,17 @@ impl FhirClient {
 
     /// Downloads a file (a Bulk Data output) to `to`, streaming it to disk, retried per the
     /// policy from the start when it fails or is cut short. The Authorization header goes only
-    /// with `with_token` and only to the server's own origin. Returns the bytes written.
+    /// with `with_token` and only to the server's own origin. A file that holds more than
+    /// `server.max_download_bytes` once decompressed (the body after any `Content-Encoding`,
+    /// and what a gzip file expands to) is refused, and not retried.
     pub async fn download(
         &self,
         url: &str,
         to: &std::path::Path,
         with_token: bool,
-    ) -> Result<u64, FhirError> {
-        let refused = |refusal| FhirError::Refused {
-            url: url.to_owned(),
-            refusal,
-        };
-        let target = Url::parse(url).map_err(|e| refused(Refusal::NotAUrl(e)))?;
-        check_transport(&target, self.base.scheme() == "http").map_err(refused)?;
+    ) -> Result<Downloaded, FhirError> {
+        let target = self.judged(url)?;
+        let host = || target.host_str().unwrap_or("?").to_owned();
         let send_token = with_token && same_origin(&target, &self.base);
         let first = std::time::Instant::now();
         let mut attempt = 0;
@@ -462,23 +623,55 @@ impl FhirClient {
             if let Some(value) = authorization {
                 request = request.header(reqwest::header::AUTHORIZATION, value);
             }
-            let failure = match download_once(request, to).await {
-                Ok(written) => return Ok(written),
-                Err(DownloadFailure::Disk(source)) => {
+            let failure = match download_once(request, to, self.max_download).await {
+                Ok(downloaded) => return Ok(downloaded),
+                Err(failure) => failure,
+            };
+            // A status (with its Retry-After) or a lost connection may be retried.
+            let (status, error) = match failure {
+                DownloadFailure::Status {
+                    status,
+                    retry_after,
+                    outcome,
+                } => (
+                    Some((status, retry_after)),
+                    FhirError::Status {
+                        url: url.to_owned(),
+                        status,
+                        outcome,
+                    },
+                ),
+                DownloadFailure::NoAnswer(source) => (
+                    None,
+                    FhirError::Transport {
+                        url: url.to_owned(),
+                        source: source.without_url(),
+                    },
+                ),
+                DownloadFailure::Disk(source) => {
                     return Err(FhirError::Disk {
                         path: to.to_owned(),
                         source,
                     })
                 }
-                Err(failure) => failure,
+                DownloadFailure::Refused(excess) => {
+                    // Nothing of it is read: the partial file goes now, not with the folder.
+                    let _ = tokio::fs::remove_file(to).await;
+                    return Err(match excess {
+                        Excess::TooLarge => FhirError::DownloadTooLarge {
+                            host: host(),
+                            limit: self.max_download,
+                        },
+                        Excess::NotGzip(source) => FhirError::DownloadNotGzip {
+                            host: host(),
+                            source,
+                        },
+                    });
+                }
             };
-            let outcome = match &failure {
-                DownloadFailure::Status {
-                    status,
-                    retry_after,
-                    ..
-                } => Outcome::Status(*status, retry_after.as_deref()),
-                _ => Outcome::NoAnswer,
+            let outcome = match &status {
+                Some((status, retry_after)) => Outcome::Status(*status, retry_after.as_deref()),
+                None => Outcome::NoAnswer,
             };
             match decide(
                 &self.retry,
@@ -489,25 +682,7 @@ impl FhirClient {
                 rand::random(),
             ) {
                 Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
-                Decision::Done | Decision::GiveUp => {
-                    return Err(match failure {
-                        DownloadFailure::Status {
-                            status, outcome, ..
-                        } => FhirError::Status {
-                            url: url.to_owned(),
-                            status,
-                            outcome,
-                        },
-                        DownloadFailure::NoAnswer(source) => FhirError::Transport {
-                            url: url.to_owned(),
-                            source: source.without_url(),
-                        },
-                        DownloadFailure::Disk(source) => FhirError::Disk {
-                            path: to.to_owned(),
-                            source,
-                        },
-                    })
-                }
+                Decision::Done | Decision::GiveUp => return Err(error),
             }
         }
     }
@@ -614,22 +789,90 @@ mod tests {
             "http://localhost/fhir",
             "http://[::1]:9/",
         ] {
-            assert_eq!(check_transport(&url(local), false), Ok(()), "{local}");
+            assert_eq!(judge_url(&url(local), None, false), Ok(()), "{local}");
         }
         assert_eq!(
-            check_transport(&url("https://fhir.example.org"), false),
+            judge_url(&url("https://fhir.example.org"), None, false),
             Ok(())
         );
         assert_eq!(
-            check_transport(&url("http://fhir.example.org/r4"), false),
+            judge_url(&url("http://fhir.example.org/r4"), None, false),
             Err(Refusal::InsecureHttp {
                 host: "fhir.example.org".into()
             })
         );
         assert_eq!(
-            check_transport(&url("http://fhir.example.org/r4"), true),
+            judge_url(&url("http://fhir.example.org/r4"), None, true),
             Ok(())
         );
-        assert!(check_transport(&url("ftp://fhir.example.org"), true).is_err());
+        assert!(judge_url(&url("ftp://fhir.example.org"), None, true).is_err());
+    }
+
+    #[test]
+    fn a_url_named_by_an_https_server_never_steps_down_to_http() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let secure = url("https://fhir.example.org/r4/");
+        let plain = url("http://127.0.0.1:8080/r4/");
+        for allowed in [false, true] {
+            assert_eq!(
+                judge_url(&url("http://127.0.0.1/next"), Some(&secure), allowed),
+                Err(Refusal::Downgrade {
+                    host: "127.0.0.1".into()
+                })
+            );
+            assert_eq!(
+                judge_url(&url("https://files.example.org/a"), Some(&secure), allowed),
+                Ok(())
+            );
+        }
+        // From plain http on this machine: https anywhere, plain http here only.
+        assert_eq!(
+            judge_url(&url("https://files.example.org/a"), Some(&plain), false),
+            Ok(())
+        );
+        assert_eq!(
+            judge_url(&url("http://localhost:9/a"), Some(&plain), false),
+            Ok(())
+        );
+        assert_eq!(
+            judge_url(&url("http://files.example.org/a"), Some(&plain), false),
+            Err(Refusal::InsecureHttp {
+                host: "files.example.org".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_download_counts_what_a_gzip_body_expands_to() {
+        use std::io::Write;
+        let text = "{\"resourceType\":\"Patient\"}\n".repeat(1000);
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gzip.write_all(text.as_bytes()).unwrap();
+        let gzip = gzip.finish().unwrap();
+        assert!(gzip.len() < 1000);
+        // Fed a byte at a time, so the magic number arrives in two chunks.
+        let feed = |limit: u64, body: &[u8]| {
+            let mut expansion = Expansion::new(limit);
+            for byte in body {
+                expansion.add(std::slice::from_ref(byte))?;
+            }
+            expansion.finish()
+        };
+        assert!(matches!(feed(text.len() as u64, &gzip), Ok(true)));
+        assert!(matches!(
+            feed(text.len() as u64 - 1, &gzip),
+            Err(Excess::TooLarge)
+        ));
+        assert!(matches!(
+            feed(text.len() as u64, text.as_bytes()),
+            Ok(false)
+        ));
+        assert!(matches!(
+            feed(text.len() as u64 - 1, text.as_bytes()),
+            Err(Excess::TooLarge)
+        ));
+        let mut corrupt = gzip.clone();
+        corrupt[12] ^= 0xff;
+        assert!(matches!(feed(1 << 20, &corrupt), Err(Excess::NotGzip(_))));
     }
 }

@@ -17,9 +17,14 @@ pub enum FhirError {
         #[source]
         source: url::ParseError,
     },
-    /// A URL the job will not send to (plain http off this machine, not http at all).
+    /// A configured URL the job will not send to (plain http off this machine, not http at
+    /// all): a configuration problem.
     #[error("{}: {refusal}", shown(url))]
     Refused { url: String, refusal: Refusal },
+    /// A URL a server named (a `next` link, a Bulk Data status or file URL, a discovered token
+    /// endpoint) that the job will not send to: a problem of the source.
+    #[error("{} (named by the server): {refusal}", shown(url))]
+    RefusedLink { url: String, refusal: Refusal },
     #[error("cannot set up the HTTP client")]
     Client(#[from] ClientError),
     /// Missing or unreadable credentials: a configuration problem.
@@ -74,6 +79,17 @@ pub enum FhirError {
         shown(url)
     )]
     TooLarge { url: String, limit: u64 },
+    /// Named by host only: a file URL may carry a signature in its query.
+    #[error(
+        "a Bulk Data file from {host} holds more than {limit} bytes once decompressed (server.max_download_bytes); it was not read"
+    )]
+    DownloadTooLarge { host: String, limit: u64 },
+    #[error("a Bulk Data file from {host} starts as gzip but is not a valid gzip stream")]
+    DownloadNotGzip {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "{}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)",
         shown(url)
@@ -100,6 +116,10 @@ pub enum Refusal {
         "plain http to {host} would send patient data and credentials unencrypted: use https, or set server.allow_insecure_http = true"
     )]
     InsecureHttp { host: String },
+    #[error(
+        "plain http to {host} after https would send patient data unencrypted: a server reached over https cannot send the job to plain http"
+    )]
+    Downgrade { host: String },
     #[error("{scheme}: must be http or https")]
     NotHttp { scheme: String },
     #[error("not a URL")]

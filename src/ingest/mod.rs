@@ -225,6 +225,9 @@ pub enum SkipReason {
     ConditionRefutedOrEnteredInError,
     /// A line longer than `ingest.max_line_bytes`, skipped unread.
     LineTooLong,
+    /// A server's answer to a search that the search did not ask for: a resource of another
+    /// patient, another type or another id. Never read, evaluated or written.
+    NotAskedFor,
 }
 
 impl SkipReason {
@@ -254,6 +257,7 @@ impl SkipReason {
             SkipReason::ProcedureNoPerformedDate => "procedure_no_performed_date",
             SkipReason::ConditionRefutedOrEnteredInError => "condition_refuted_or_entered_in_error",
             SkipReason::LineTooLong => "line_too_long",
+            SkipReason::NotAskedFor => "not_asked_for",
         }
     }
 }

@@ -90,6 +90,7 @@ fn categorical(reason: SkipReason) -> bool {
             | SkipReason::ProcedureNotCompleted
             | SkipReason::UnexpectedResourceType
             | SkipReason::CodeUnderUnknownSystem
+            | SkipReason::NotAskedFor
     )
 }
 

@@ -46,6 +46,8 @@ pub struct Plan {
     pub updated: usize,
     pub cancelled: usize,
     pub unchanged: usize,
+    /// DetectedIssues a person set to `entered-in-error`, left as they are.
+    pub kept_entered_in_error: usize,
     /// The references the cancelled DetectedIssues implicate (checked for deleted targets).
     pub cancelled_references: Vec<String>,
 }
@@ -149,6 +151,10 @@ impl Planner<'_> {
             wanted.insert(issue.identifier.clone());
             let desired: Value = serde_json::from_str(&issue.resource).expect("built JSON parses");
             match self.existing.get(&issue.identifier) {
+                // A person's word on this flag: no update, and no second one while it stands.
+                Some(current) if is_entered_in_error(&current.resource) => {
+                    plan.kept_entered_in_error += 1;
+                }
                 None => {
                     let full_url = format!("urn:uuid:{}", uuid_from_hex(&issue.identifier));
                     plan.entries.push(json!({
@@ -193,6 +199,10 @@ impl Planner<'_> {
             let Some(current) = self.existing.get(&identifier) else {
                 continue;
             };
+            if is_entered_in_error(&current.resource) {
+                plan.kept_entered_in_error += 1;
+                continue;
+            }
             if current.resource["status"] == "cancelled" {
                 continue;
             }
@@ -231,6 +241,12 @@ impl Planner<'_> {
     }
 }
 
+/// Whether a person set this DetectedIssue to `entered-in-error` (the job never does): then it
+/// stays as it is.
+pub fn is_entered_in_error(resource: &Value) -> bool {
+    resource["status"] == "entered-in-error"
+}
+
 /// The references (`Type/id`) a DetectedIssue implicates.
 fn implicated_references(resource: &Value) -> Vec<String> {
     resource["implicated"]
@@ -241,9 +257,10 @@ fn implicated_references(resource: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Every patient's plan: those with findings (less the untouchable ones, whose evaluation
-/// failed), then those with DetectedIssues of ours but no findings any more, each of which is
-/// cancelled. `ours` maps a patient to the identifiers of its DetectedIssues, sorted.
+/// Every patient's plan: those with findings (less the untouchable ones: their evaluation
+/// failed, or they are outside the run's scope), then those with DetectedIssues of ours but no
+/// findings any more, each of which is cancelled. `ours` maps a patient (of the scope) to the
+/// identifiers of its DetectedIssues, sorted.
 pub fn plan_everyone(
     planner: &Planner,
     patients: &[PatientFindings],
@@ -305,7 +322,14 @@ mod tests {
     }
 
     fn cancel_with(vanished: &[&str]) -> Plan {
-        let existing = existing_issue();
+        plan_with(existing_issue(), vanished, Vec::new())
+    }
+
+    fn plan_with(
+        existing: FxHashMap<String, Existing>,
+        vanished: &[&str],
+        planned: Vec<PlannedIssue>,
+    ) -> Plan {
         let config = Config::default();
         let planner = Planner {
             existing: &existing,
@@ -316,8 +340,38 @@ mod tests {
             vanished: vanished.iter().map(|r| (*r).to_owned()).collect(),
         };
         planner
-            .plan_patient(Vec::new(), vec!["flag-1".into()])
+            .plan_patient(planned, vec!["flag-1".into()])
             .unwrap()
+    }
+
+    fn entered_in_error() -> FxHashMap<String, Existing> {
+        let mut existing = existing_issue();
+        let issue = existing.get_mut("flag-1").unwrap();
+        issue.resource["status"] = json!("entered-in-error");
+        existing
+    }
+
+    #[test]
+    fn a_flag_a_person_set_to_entered_in_error_is_neither_cancelled_nor_written_again() {
+        // The flag no longer holds: not cancelled.
+        let plan = plan_with(entered_in_error(), &[], Vec::new());
+        assert!(plan.entries.is_empty());
+        assert_eq!((plan.cancelled, plan.kept_entered_in_error), (0, 1));
+
+        // The flag still holds (with new numbers): no update, no second one.
+        let still = PlannedIssue {
+            identifier: "flag-1".into(),
+            resource: json!({"resourceType": "DetectedIssue", "status": "preliminary",
+                             "patient": {"reference": "Patient/p1"}, "detail": "new numbers"})
+            .to_string(),
+            sources: vec!["Observation/o-2".into()],
+        };
+        let plan = plan_with(entered_in_error(), &[], vec![still]);
+        assert!(plan.entries.is_empty());
+        assert_eq!(
+            (plan.created, plan.updated, plan.kept_entered_in_error),
+            (0, 0, 1)
+        );
     }
 
     fn references(value: &Value) -> Vec<&str> {

@@ -14,7 +14,7 @@
 //! the others go on.
 
 use super::detected_issue::stable_id;
-use super::plan::{plan_everyone, transaction, Existing, Plan, Planner};
+use super::plan::{is_entered_in_error, plan_everyone, transaction, Existing, Plan, Planner};
 use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::PatientFindings;
@@ -111,6 +111,9 @@ pub struct WriteReport {
     pub updated: usize,
     pub cancelled: usize,
     pub unchanged: usize,
+    /// DetectedIssues of ours in this run's scope that a person set to `entered-in-error`:
+    /// left as they are, and their flags not written again while they stand.
+    pub kept_entered_in_error: usize,
     /// Patients whose transaction was sent (or, in a dry run, saved).
     pub transactions: usize,
     pub failed: Vec<PatientFailure>,
@@ -133,11 +136,16 @@ async fn ensure_device(
     let value = super::detected_issue::DEVICE_ID;
     let search = client.search_url("Device", &[("identifier", format!("{system}|{value}"))]);
     let page = client.page(search.as_str()).await?;
-    if let Some(id) = page
+    // Only a Device with our identifier is ours, whatever else the search answers with.
+    let ours = page
         .resources
-        .first()
-        .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-        .and_then(|r| r["id"].as_str().map(str::to_owned))
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r.get()).ok())
+        .find(|r| r["resourceType"] == "Device" && identifier_in(r, system) == Some(value));
+    if let Some(id) = ours
+        .as_ref()
+        .and_then(|r| r["id"].as_str())
+        .filter(|id| crate::ingest::is_fhir_id(id))
     {
         return Ok(format!("Device/{id}"));
     }
@@ -185,6 +193,8 @@ async fn ensure_device(
 
 /// Our DetectedIssues (those with our identifier system) as JSON: of these patients, or with
 /// `None` of everyone (one search over all of them). Also the audit report's flag trail.
+/// Whatever else a server answers with (another type, another identifier system, another
+/// patient than those searched for) is dropped here.
 pub async fn our_detected_issues(
     client: &FhirClient,
     patient_ids: Option<&[&str]>,
@@ -193,35 +203,56 @@ pub async fn our_detected_issues(
     let system = &config.output.identifier_system;
     let identifier = ("identifier", format!("{system}|"));
     let count = ("_count", config.server.page_size.to_string());
-    let searches: Vec<reqwest::Url> = match patient_ids {
-        None => vec![client.search_url("DetectedIssue", &[identifier, count])],
+    // Each search, with the patients it asks for (`None`: anyone's).
+    let searches: Vec<(reqwest::Url, Option<FxHashSet<&str>>)> = match patient_ids {
+        None => vec![(
+            client.search_url("DetectedIssue", &[identifier, count]),
+            None,
+        )],
         Some(ids) => ids
             .chunks(config.server.patient_batch)
             .map(|batch| {
-                client.search_url(
+                let url = client.search_url(
                     "DetectedIssue",
                     &[
                         ("patient", batch.join(",")),
                         identifier.clone(),
                         count.clone(),
                     ],
-                )
+                );
+                (url, Some(batch.iter().copied().collect()))
             })
             .collect(),
     };
     let mut found = Vec::new();
-    for url in searches {
+    for (url, asked) in searches {
         client
             .search_all(url, |page| {
                 found.extend(
                     page.resources
                         .iter()
-                        .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok()),
+                        .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                        .filter(|issue| {
+                            issue["resourceType"] == "DetectedIssue"
+                                && identifier_in(issue, system).is_some()
+                                && asked.as_ref().is_none_or(|asked| {
+                                    patient_of_issue(issue).is_some_and(|p| asked.contains(p))
+                                })
+                        }),
                 )
             })
             .await?;
     }
     Ok(found)
+}
+
+/// The patient id a DetectedIssue is about, when it is a FHIR id (anything else is never put
+/// into a URL, and such an issue is left alone).
+fn patient_of_issue(issue: &Value) -> Option<&str> {
+    issue["patient"]["reference"]
+        .as_str()
+        .and_then(crate::ingest::patient_id_of)
+        .filter(|id| crate::ingest::is_fhir_id(id))
 }
 
 /// The value of a resource's identifier in `system`.
@@ -264,10 +295,14 @@ async fn vanished_references(
             client
                 .search_all(url, |page| {
                     for raw in &page.resources {
-                        if let Some(id) =
-                            crate::ingest::resource_header(raw.get()).and_then(|h| h.id)
-                        {
-                            present.insert(id.into_owned());
+                        // Only a resource of the type searched for shows its target is there.
+                        let Some(header) = crate::ingest::resource_header(raw.get()) else {
+                            continue;
+                        };
+                        if let (Some(found), Some(id)) = (header.kind, header.id) {
+                            if found.name() == kind {
+                                present.insert(id.into_owned());
+                            }
                         }
                     }
                 })
@@ -283,25 +318,30 @@ async fn vanished_references(
     Ok(vanished)
 }
 
-/// Our DetectedIssues, by identifier value.
+/// Our DetectedIssues, by identifier value. Should the server hold two for one identifier, one
+/// a person set to `entered-in-error` stands for it: the flag is then not written again.
 async fn existing_issues(
     client: &FhirClient,
     patient_ids: Option<&[&str]>,
     config: &Config,
 ) -> Result<FxHashMap<String, Existing>, FhirError> {
     let system = &config.output.identifier_system;
-    let mut found = FxHashMap::default();
+    let mut found: FxHashMap<String, Existing> = FxHashMap::default();
     for resource in our_detected_issues(client, patient_ids, config).await? {
         let identifier = identifier_in(&resource, system).map(str::to_owned);
-        if let (Some(identifier), Some(id)) = (identifier, resource["id"].as_str()) {
-            found.insert(
-                identifier,
-                Existing {
-                    id: id.to_owned(),
-                    version: resource["meta"]["versionId"].as_str().map(str::to_owned),
-                    resource,
-                },
-            );
+        let (Some(identifier), Some(id)) = (identifier, resource["id"].as_str()) else {
+            continue;
+        };
+        let issue = Existing {
+            id: id.to_owned(),
+            version: resource["meta"]["versionId"].as_str().map(str::to_owned),
+            resource,
+        };
+        match found.get(&identifier) {
+            Some(known) if is_entered_in_error(&known.resource) => {}
+            _ => {
+                found.insert(identifier, issue);
+            }
         }
     }
     Ok(found)
@@ -328,36 +368,39 @@ pub async fn write_back(
     let dry_run = options.dry_run_dir.is_some();
     let device = ensure_device(client, config, dry_run).await?;
     // Everyone: all our DetectedIssues, so those of a patient who no longer has a TARE (one
-    // entered in error) are cancelled too. A cohort: those of its patients only.
+    // entered in error) are cancelled too. A cohort (or an incremental run): those of its
+    // patients only.
     let requested = scope.requested();
     let existing = match &requested {
         None => existing_issues(client, None, config).await?,
         Some(ids) => {
-            let mut patient_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            patient_ids.extend(patients.iter().map(|p| p.patient_id.as_str()));
-            patient_ids.sort_unstable();
-            patient_ids.dedup();
+            let patient_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             existing_issues(client, Some(&patient_ids), config).await?
         }
     };
-    let untouchable: rustc_hash::FxHashSet<&str> = patients
+    // Only this run's patients are ever written for: those of its shard and, for a cohort,
+    // those it asked for (the sources read nothing else; this holds whatever they return).
+    let in_scope = |patient: &str| {
+        scope.in_shard(patient)
+            && requested
+                .as_ref()
+                .is_none_or(|ids| ids.binary_search_by(|id| id.as_str().cmp(patient)).is_ok())
+    };
+    // Patients whose evaluation failed, and any outside the scope, are left alone.
+    let untouchable: FxHashSet<&str> = patients
         .iter()
-        .filter(|p| p.evaluation_error.is_some())
+        .filter(|p| p.evaluation_error.is_some() || !in_scope(&p.patient_id))
         .map(|p| p.patient_id.as_str())
         .collect();
-    // Which of our identifiers belong to which patient (of this shard); an issue whose patient
+    // Which of our identifiers belong to which patient of the scope; an issue whose patient
     // reference is not a FHIR id is left alone (never put into a URL).
     let mut by_patient: FxHashMap<String, Vec<String>> = FxHashMap::default();
     let mut active = 0;
     for (identifier, issue) in &existing {
-        let Some(patient) = issue.resource["patient"]["reference"]
-            .as_str()
-            .and_then(crate::ingest::patient_id_of)
-            .filter(|id| crate::ingest::is_fhir_id(id))
-        else {
+        let Some(patient) = patient_of_issue(&issue.resource) else {
             continue;
         };
-        if scope.in_shard(patient) && !untouchable.contains(patient) {
+        if in_scope(patient) && !untouchable.contains(patient) {
             active += usize::from(is_active(issue));
             by_patient
                 .entry(patient.to_owned())
@@ -413,6 +456,7 @@ pub async fn write_back(
             }
         };
         report.unchanged += plan.unchanged;
+        report.kept_entered_in_error += plan.kept_entered_in_error;
         if plan.entries.is_empty() {
             continue;
         }

@@ -8,10 +8,12 @@
 use crate::config::Config;
 use crate::fhir::client::{outcome_text, Answer, FhirClient, FhirError};
 use crate::fhir::error::ExportError;
+use crate::ingest::ResourceType;
 use futures::stream::{self, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::Url;
 use serde::Deserialize;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -123,7 +125,7 @@ async fn delete_job(client: &FhirClient, status_url: &str) {
 /// The status URL a kick-off named, resolved against the base, unless it is a FHIR resource
 /// URL of the server (`[base]/Patient/123`, `[base]/Observation`): polling such a URL with
 /// the token, and later deleting it, could read or destroy clinical data.
-fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<Url, ExportError> {
+fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<Url, FhirError> {
     let location = answer
         .headers
         .get(reqwest::header::CONTENT_LOCATION)
@@ -143,9 +145,11 @@ fn status_url_of(client: &FhirClient, kickoff: &str, answer: &Answer) -> Result<
         return Err(ExportError::ResourceStatusUrl {
             url: kickoff.to_owned(),
             status_url: url.to_string(),
-        });
+        }
+        .into());
     }
-    Ok(url)
+    // Under the rules of every URL: neither polled nor deleted when it breaks them.
+    client.judged(url.as_str())
 }
 
 /// Whether `url` is on the server's origin, under its base, and its first segment there is a
@@ -261,7 +265,7 @@ pub async fn export(
                 }
             }
         };
-        download_all(client, config, &manifest, dir).await
+        download_all(client, config, &manifest, types, dir).await
     }
     .await;
     if is_status_endpoint {
@@ -274,26 +278,37 @@ async fn download_all(
     client: &FhirClient,
     config: &Config,
     manifest: &Manifest,
+    types: &[&str],
     dir: &Path,
 ) -> Result<Exported, FhirError> {
     std::fs::create_dir_all(dir).map_err(|source| ExportError::Folder {
         path: dir.to_owned(),
         source,
     })?;
-    // Only our types (a server may send more); each file named for the folder source.
+    // Only the types asked for (a server may send more); each file named for the folder
+    // source.
     let wanted: Vec<(usize, &OutputFile)> = manifest
         .output
         .iter()
-        .filter(|o| TYPES.contains(&o.kind.as_str()))
+        .filter(|o| types.contains(&o.kind.as_str()))
         .enumerate()
         .collect();
     let files: Vec<(PathBuf, u64)> = stream::iter(wanted.into_iter().map(Ok))
         .map_ok(|(n, output)| async move {
             let path = dir.join(format!("{}-{n:04}.ndjson", output.kind));
-            let bytes = client
+            let downloaded = client
                 .download(&output.url, &path, manifest.requires_access_token)
                 .await?;
-            Ok::<_, FhirError>((path, bytes))
+            // A gzip file (a `.ndjson.gz` output) is named so, and read as one.
+            if !downloaded.gzip {
+                return Ok::<_, FhirError>((path, downloaded.bytes));
+            }
+            let gzip = dir.join(format!("{}-{n:04}.ndjson.gz", output.kind));
+            std::fs::rename(&path, &gzip).map_err(|source| FhirError::Disk {
+                path: gzip.clone(),
+                source,
+            })?;
+            Ok((gzip, downloaded.bytes))
         })
         .try_buffer_unordered(config.server.concurrency)
         .try_collect()
@@ -332,17 +347,40 @@ pub async fn changed_patients(
     .await?;
     let mut ids = std::collections::BTreeSet::new();
     for path in &exported.files {
-        let text = std::fs::read_to_string(path).map_err(|source| ExportError::ReadDownload {
+        let text = read_download(path).map_err(|source| ExportError::ReadDownload {
             path: path.clone(),
             source,
         })?;
+        // Only a resource of its file's type tells of a changed patient.
+        let kind = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.split('-').next())
+            .and_then(ResourceType::from_name);
         for line in text.lines() {
+            let header = crate::ingest::resource_header(line);
+            if kind.is_none() || header.and_then(|h| h.kind) != kind {
+                continue;
+            }
             if let Some(id) = crate::ingest::patient_of_resource(line) {
                 ids.insert(id.into_owned());
             }
         }
     }
     Ok(ids.into_iter().collect())
+}
+
+/// A downloaded file's text, expanded when it is a gzip file (already within
+/// `server.max_download_bytes`).
+fn read_download(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    match path.extension().is_some_and(|e| e == "gz") {
+        true => flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file))
+            .read_to_string(&mut text)?,
+        false => std::io::BufReader::new(file).read_to_string(&mut text)?,
+    };
+    Ok(text)
 }
 
 /// A private temporary folder for Bulk Data files (readable by us only; removed on drop).
@@ -361,13 +399,9 @@ pub fn read_everyone(
     workers: &crate::workers::Workers,
 ) -> Result<super::Loaded, super::ReadError> {
     let folder = private_folder()?;
-    let exported = workers.runtime.block_on(export(
-        client,
-        config,
-        &["Patient", "Procedure", "Condition", "Observation"],
-        None,
-        folder.path(),
-    ))?;
+    let exported = workers
+        .runtime
+        .block_on(export(client, config, &TYPES, None, folder.path()))?;
     tracing::info!(
         files = exported.files.len(),
         bytes = exported.bytes,

@@ -9,13 +9,15 @@ use crate::cohort::Scope;
 use crate::config::{Code, Config};
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::ingest::{
-    patient_id_of, patient_of_resource, resource_header, CodeSystems, Ingestor, ResourceType,
+    is_fhir_id, patient_id_of, patient_of_resource, resource_header, CodeSystems, DataQuality,
+    Ingestor, ResourceType, Skip, SkipReason,
 };
 use crate::progress::Progress;
 use futures::stream::{self, TryStreamExt};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::value::RawValue;
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
 /// `system|code,system|code`, the token list of a `code=` search: each code under every name
 /// its system goes by (docs/rules.md "Code systems"), so a server that stores the OID form
@@ -37,33 +39,133 @@ fn token_list(systems: &CodeSystems, codes: &[&Code]) -> String {
     tokens.join(",")
 }
 
+/// What one search asked the server for. Every resource it answers with is checked against
+/// it: one of another type, of a patient not searched for, or (by `_id`) of an id not searched
+/// for is counted under `not_asked_for`, never read.
+#[derive(Clone)]
+pub struct Asked {
+    /// The type searched for.
+    kind: ResourceType,
+    /// Patients come along too (`_include=Procedure:subject`).
+    includes_patients: bool,
+    /// A `patient=` search: these patients' resources only.
+    patients: Option<Arc<FxHashSet<String>>>,
+    /// An `_id` search: these ids only.
+    ids: Option<Arc<FxHashSet<String>>>,
+}
+
+impl Asked {
+    fn of(kind: ResourceType) -> Asked {
+        Asked {
+            kind,
+            includes_patients: false,
+            patients: None,
+            ids: None,
+        }
+    }
+
+    /// Why a resource this search answered with was not asked for (a category, with no
+    /// patient data), or `None` when it was. `kind` is `None` for a type the job does not read.
+    fn refusal(
+        &self,
+        kind: Option<ResourceType>,
+        id: Option<&str>,
+        raw: &str,
+    ) -> Option<&'static str> {
+        let kind = match kind {
+            Some(kind) if kind == self.kind => kind,
+            Some(ResourceType::Patient) if self.includes_patients => return None,
+            _ => return Some("another resource type"),
+        };
+        if let (Some(ids), Some(id)) = (&self.ids, id) {
+            if !ids.contains(id) {
+                return Some("another id");
+            }
+        }
+        if let Some(patients) = &self.patients {
+            // A resource without a usable patient reference is left to the ingest, which
+            // leaves it out under its own reason.
+            let patient = match kind {
+                ResourceType::Patient => id.map(Cow::Borrowed),
+                _ => patient_of_resource(raw),
+            };
+            if patient.is_some_and(|p| !patients.contains(p.as_ref())) {
+                return Some("another patient");
+            }
+        }
+        None
+    }
+}
+
 /// The state shared by the searches of one load.
 struct Shared<'a> {
     ingestor: &'a Ingestor,
     collected: Mutex<Collected>,
     /// `Type/id` of every resource read, so a repeat in another search is skipped.
     seen: Mutex<FxHashSet<String>>,
+    /// `Type/id` of every resource counted as not asked for, so a server that answers every
+    /// batch with the same stray resource has it counted once.
+    not_asked_for: Mutex<FxHashSet<String>>,
     inputs: Mutex<Vec<String>>,
 }
 
 /// The resources of one search, gathered over its pages: one per `Type/id`, the newest version
 /// (a resource updated while we paged can come back on a later page), then read at the end.
-#[derive(Default)]
 struct SearchResult {
+    asked: Asked,
     latest: FxHashMap<String, (Version, ResourceType, Box<RawValue>)>,
     /// Resources without an id cannot be recognised again: each is read.
     without_id: Vec<(ResourceType, Box<RawValue>)>,
+    /// What the search did not ask for: `Type/id` (when the id is a FHIR id) and why.
+    not_asked_for: Vec<(Option<String>, &'static str)>,
 }
 
 type Version = (Option<i64>, Option<u64>);
 
+/// The `resourceType` of a resource the job does not read.
+fn type_name(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+    }
+    serde_json::from_str::<Typed>(json).ok()?.resource_type
+}
+
 impl SearchResult {
+    fn new(asked: Asked) -> SearchResult {
+        SearchResult {
+            asked,
+            latest: FxHashMap::default(),
+            without_id: Vec::new(),
+            not_asked_for: Vec::new(),
+        }
+    }
+
     fn add_page(&mut self, resources: Vec<Box<RawValue>>) {
         for raw in resources {
-            // An OperationOutcome entry (search mode `outcome`) or another type: not data.
             let Some(header) = resource_header(raw.get()) else {
                 continue;
             };
+            let type_name = match header.kind {
+                Some(kind) => Some(kind.name().to_owned()),
+                None => type_name(raw.get()),
+            };
+            // An OperationOutcome entry (search mode `outcome`) is not data.
+            if type_name.as_deref() == Some("OperationOutcome") {
+                continue;
+            }
+            let id = header.id.as_deref();
+            if let Some(why) = self.asked.refusal(header.kind, id, raw.get()) {
+                let key = match (type_name, id) {
+                    (Some(kind), Some(id)) if is_fhir_id(id) && is_fhir_id(&kind) => {
+                        Some(format!("{kind}/{id}"))
+                    }
+                    _ => None,
+                };
+                self.not_asked_for.push((key, why));
+                continue;
+            }
             let Some(kind) = header.kind else { continue };
             let Some(id) = header.id else {
                 self.without_id.push((kind, raw));
@@ -83,6 +185,8 @@ impl SearchResult {
 
 impl Shared<'_> {
     /// Reads what one search gathered; resources another search already gave are skipped.
+    /// What the search did not ask for is counted (once per resource over the whole load)
+    /// under the type it asked for.
     fn add_result(&self, result: SearchResult, search: &str) {
         let mut fresh: Vec<(ResourceType, Box<RawValue>)> = result.without_id;
         {
@@ -94,6 +198,24 @@ impl Shared<'_> {
             }
         }
         let mut local = Collected::default();
+        {
+            let mut counted = self.not_asked_for.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, why) in result.not_asked_for {
+                if key.as_ref().is_some_and(|key| !counted.insert(key.clone())) {
+                    continue;
+                }
+                let skip = Skip {
+                    reason: SkipReason::NotAskedFor,
+                    resource_id: key,
+                    detail: Some(why.to_owned()),
+                    copy: None,
+                };
+                local.quality.count_read(result.asked.kind, 1);
+                local
+                    .quality
+                    .count_skip(result.asked.kind, skip, || format!("an entry of {search}"));
+            }
+        }
         for (kind, raw) in &fresh {
             local.add_resource(self.ingestor, *kind, raw.get(), || {
                 format!("an entry of {search}")
@@ -105,7 +227,7 @@ impl Shared<'_> {
     }
 
     async fn search(&self, client: &FhirClient, search: PlannedSearch) -> Result<(), FhirError> {
-        let mut result = SearchResult::default();
+        let mut result = SearchResult::new(search.asked);
         let pages = client
             .search_all(search.url, |page| result.add_page(page.resources))
             .await?;
@@ -156,6 +278,7 @@ pub struct PlannedSearch {
     pub url: reqwest::Url,
     pub label: String,
     pub completes_patients: u64,
+    pub asked: Asked,
 }
 
 /// The TARE search: every TARE Procedure, with its Patient through `_include`.
@@ -171,6 +294,10 @@ fn tare_search(client: &FhirClient, config: &Config, codes: &Codes) -> PlannedSe
         ),
         label: "Procedure?code=<TARE codes>&_include=Procedure:subject".into(),
         completes_patients: 0,
+        asked: Asked {
+            includes_patients: true,
+            ..Asked::of(ResourceType::Procedure)
+        },
     }
 }
 
@@ -188,10 +315,11 @@ pub fn patient_searches(
     let mut searches = Vec::new();
     for (n, batch) in patient_ids.chunks(config.server.patient_batch).enumerate() {
         let patients = batch.join(",");
+        let asked: Arc<FxHashSet<String>> = Arc::new(batch.iter().cloned().collect());
         let by_patient =
-            |kind: &str, code: &str, label: String, completes_patients| PlannedSearch {
+            |kind: ResourceType, code: &str, label: String, completes_patients| PlannedSearch {
                 url: client.search_url(
-                    kind,
+                    kind.name(),
                     &[
                         ("patient", patients.clone()),
                         ("code", code.to_owned()),
@@ -200,10 +328,14 @@ pub fn patient_searches(
                 ),
                 label,
                 completes_patients,
+                asked: Asked {
+                    patients: Some(asked.clone()),
+                    ..Asked::of(kind)
+                },
             };
         if cohort {
             searches.push(by_patient(
-                "Procedure",
+                ResourceType::Procedure,
                 &codes.tare,
                 format!("Procedure?patient=<batch {n}>&code=<TARE codes>"),
                 0,
@@ -215,16 +347,20 @@ pub fn patient_searches(
                 ),
                 label: format!("Patient?_id=<batch {n}>"),
                 completes_patients: 0,
+                asked: Asked {
+                    ids: Some(asked.clone()),
+                    ..Asked::of(ResourceType::Patient)
+                },
             });
         }
         searches.push(by_patient(
-            "Condition",
+            ResourceType::Condition,
             &codes.hcc,
             format!("Condition?patient=<batch {n}>&code=<HCC codes>"),
             0,
         ));
         searches.push(by_patient(
-            "Observation",
+            ResourceType::Observation,
             &codes.markers,
             format!("Observation?patient=<batch {n}>&code=<marker codes>"),
             batch.len() as u64,
@@ -239,6 +375,7 @@ impl<'a> Shared<'a> {
             ingestor,
             collected: Mutex::new(Collected::default()),
             seen: Mutex::new(FxHashSet::default()),
+            not_asked_for: Mutex::new(FxHashSet::default()),
             inputs: Mutex::new(Vec::new()),
         }
     }
@@ -302,7 +439,25 @@ pub async fn load(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     inputs.sort();
-    Ok(collected.finish(inputs, Vec::new()))
+    let loaded = collected.finish(inputs, Vec::new());
+    warn_about_unasked(&loaded.quality);
+    Ok(loaded)
+}
+
+/// One warning, with the count, when the server answered the searches with resources they did
+/// not ask for (a server that ignores a search parameter, say).
+fn warn_about_unasked(quality: &DataQuality) {
+    let count: u64 = ResourceType::ALL
+        .into_iter()
+        .map(|kind| quality.left_out_count(kind, SkipReason::NotAskedFor))
+        .sum();
+    if count > 0 {
+        tracing::warn!(
+            "the server answered the searches with {count} resources they did not ask for (of \
+             other patients, of another type or of another id); they were left out, neither \
+             evaluated nor written (run-summary.json: not_asked_for)"
+        );
+    }
 }
 
 /// The searches a full run sends after its TARE search (which this runs and reads): for the
@@ -330,15 +485,15 @@ pub async fn changed_patients(
     let codes = Codes::of(config);
     let count = config.server.page_size.to_string();
     let searches = [
-        ("Procedure", codes.tare),
-        ("Condition", codes.hcc),
-        ("Observation", codes.markers),
+        (ResourceType::Procedure, codes.tare),
+        (ResourceType::Condition, codes.hcc),
+        (ResourceType::Observation, codes.markers),
     ];
     let patients = Mutex::new(FxHashSet::default());
     stream::iter(searches.into_iter().map(Ok))
         .try_for_each_concurrent(config.server.concurrency, |(kind, code)| {
             let url = client.search_url(
-                kind,
+                kind.name(),
                 &[
                     ("code", code),
                     ("_lastUpdated", format!("gt{since}")),
@@ -350,7 +505,11 @@ pub async fn changed_patients(
                 client
                     .search_all(url, |page| {
                         let mut patients = patients.lock().unwrap_or_else(|p| p.into_inner());
-                        for raw in &page.resources {
+                        // Only the type searched for tells of a changed patient.
+                        let asked = page.resources.iter().filter(|raw| {
+                            resource_header(raw.get()).is_some_and(|h| h.kind == Some(kind))
+                        });
+                        for raw in asked {
                             if let Some(id) = patient_of_resource(raw.get()) {
                                 patients.insert(id.into_owned());
                             }

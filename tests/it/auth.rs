@@ -196,6 +196,34 @@ async fn es384_token_endpoint_is_discovered_from_smart_configuration() {
 }
 
 #[tokio::test]
+async fn a_discovered_token_endpoint_in_plain_http_elsewhere_is_refused() {
+    let server = MockServer::start().await;
+    let endpoint = "http://auth.example.invalid/token";
+    let configuration =
+        ResponseTemplate::new(200).set_body_json(json!({"token_endpoint": endpoint}));
+    answer(
+        &server,
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        configuration,
+        None,
+    )
+    .await;
+    let error = read_patients(&server, &settings(None, "ES384", "test-es384-private.pem"))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with(&format!(
+            "{endpoint} (named by the server): plain http to auth.example.invalid"
+        )),
+        "{error}"
+    );
+    assert!(requests_to(&server, "/fhir/Patient").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_401_renews_the_token_once() {
     let server = MockServer::start().await;
     answer(&server, "POST", "/token", token("tok-old"), Some(1)).await;

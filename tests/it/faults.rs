@@ -263,7 +263,9 @@ fn cohort_resources(path: &str) -> Vec<Value> {
         "/Condition" => vec![json!({"resourceType": "Condition", "id": "c1",
             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]},
             "subject": {"reference": "Patient/p1"}})],
-        "/Device" => vec![json!({"resourceType": "Device", "id": "dev-1"})],
+        "/Device" => vec![json!({"resourceType": "Device", "id": "dev-1",
+            "identifier": [{"system": "https://tare-marker-monitor.example.org/fhir/NamingSystem/device",
+                            "value": "tare-marker-monitor"}]})],
         _ => vec![],
     }
 }
@@ -1195,5 +1197,516 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
     assert_ne!(
         tare_marker_monitor::sink::server::bundle_file_name("Ab").to_lowercase(),
         tare_marker_monitor::sink::server::bundle_file_name("aB").to_lowercase()
+    );
+}
+
+// ---- every URL under the same rules ----
+
+/// A host that is not this machine (and that no resolver knows, should anything try).
+const ELSEWHERE: &str = "fhir.example.invalid";
+
+#[tokio::test]
+async fn a_next_link_in_plain_http_to_another_host_is_refused_before_it_is_followed() {
+    let server = MockServer::start().await;
+    let next = format!("http://{ELSEWHERE}/Patient?page=2");
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &[json!({"resourceType": "Patient", "id": "a"})],
+            Some(&next),
+        )))
+        .mount(&server)
+        .await;
+    let error = search_error(
+        &server.uri(),
+        &ServerConfig::default(),
+        &format!("{}/Patient", server.uri()),
+    )
+    .await;
+    assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{next} (named by the server): plain http to {ELSEWHERE} would send patient data and credentials unencrypted: use https, or set server.allow_insecure_http = true"
+        )
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_on_another_host_is_refused() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("Location", format!("http://{ELSEWHERE}/Patient").as_str()),
+        )
+        .mount(&server)
+        .await;
+    let error = client(&server.uri())
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        chain(&error).contains(&format!(
+            "a redirect was refused: plain http to {ELSEWHERE} would send patient data"
+        )),
+        "{}",
+        chain(&error)
+    );
+    // Allowed by the site, the redirect is followed (and finds no such host; not retried).
+    let allowed = settings(|s| {
+        s.allow_insecure_http = true;
+        s.max_retry_secs = 0;
+    });
+    let error = FhirClient::new(&server.uri(), &allowed)
+        .unwrap()
+        .page(&format!("{}/Patient", server.uri()))
+        .await
+        .err()
+        .unwrap();
+    assert!(!chain(&error).contains("refused"), "{}", chain(&error));
+}
+
+#[tokio::test]
+async fn an_export_status_url_in_plain_http_elsewhere_is_neither_polled_nor_deleted() {
+    let home = MockServer::start().await;
+    kickoff_answering(&home, &format!("http://{ELSEWHERE}/status/1")).await;
+    let error = export_error(&home).await;
+    assert!(
+        error.contains(&format!(
+            "http://{ELSEWHERE}/status/1 (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        home.received_requests().await.unwrap().len(),
+        1,
+        "only the kick-off"
+    );
+}
+
+/// A Bulk Data server whose export is ready at once and lists `files` (type and URL); the
+/// export job can be deleted.
+async fn export_ready_with(home: &MockServer, files: &[(&str, String)]) {
+    kickoff_answering(home, &format!("{}/status/ready", home.uri())).await;
+    let output: Vec<Value> = files
+        .iter()
+        .map(|(kind, url)| json!({"type": kind, "url": url}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/status/ready"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transactionTime": "2026-11-27T02:00:00Z", "request": "x",
+            "requiresAccessToken": true, "output": output, "error": []
+        })))
+        .mount(home)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/status/ready"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(home)
+        .await;
+}
+
+/// Serves `answer` at `at` on `server`.
+async fn file_at(server: &MockServer, at: &str, answer: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(answer)
+        .mount(server)
+        .await;
+}
+
+/// An export of Patients into a new folder with `config`.
+async fn export_patients(
+    home: &MockServer,
+    config: &tare_marker_monitor::config::Config,
+) -> (
+    Result<tare_marker_monitor::source::bulk::Exported, FhirError>,
+    tempfile::TempDir,
+) {
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let exported = tare_marker_monitor::source::bulk::export(
+        &client,
+        config,
+        &["Patient"],
+        None,
+        folder.path(),
+    )
+    .await;
+    (exported, folder)
+}
+
+#[tokio::test]
+async fn a_bulk_file_in_plain_http_elsewhere_is_refused_even_from_a_plain_http_server() {
+    let home = MockServer::start().await;
+    let file = format!("http://{ELSEWHERE}/files/patients.ndjson");
+    export_ready_with(&home, &[("Patient", file.clone())]).await;
+    let (exported, _folder) =
+        export_patients(&home, &tare_marker_monitor::config::Config::default()).await;
+    let error = exported.err().unwrap();
+    assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with(&format!(
+            "{file} (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{error}"
+    );
+}
+
+/// `count` Patient lines, and the same gzip-compressed.
+fn patient_lines(count: usize) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let text: String = (0..count)
+        .map(|n| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{n}\"}}\n"))
+        .collect();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(text.as_bytes()).unwrap();
+    (text, gzip.finish().unwrap())
+}
+
+fn capped_download(bytes: u64) -> tare_marker_monitor::config::Config {
+    let mut config = tare_marker_monitor::config::Config::default();
+    config.server.max_download_bytes = bytes;
+    config
+}
+
+#[tokio::test]
+async fn a_gzip_encoded_bulk_file_over_the_download_cap_is_refused_naming_host_and_cap() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(40_000);
+    assert!(text.len() > 1 << 20 && gzip.len() < 1 << 20);
+    export_ready_with(&home, &[("Patient", format!("{}/files/p", home.uri()))]).await;
+    file_at(
+        &home,
+        "/files/p",
+        ResponseTemplate::new(200)
+            .insert_header("Content-Encoding", "gzip")
+            .set_body_raw(gzip, "application/fhir+ndjson"),
+    )
+    .await;
+    let (exported, folder) = export_patients(&home, &capped_download(1 << 20)).await;
+    let error = exported.err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes); it was not read"
+    );
+    // Refused, not retried; nothing of it is left.
+    let requests = home.received_requests().await.unwrap();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.url.path() == "/files/p")
+            .count(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_ndjson_gz_file_whose_contents_exceed_the_download_cap_is_refused() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(40_000);
+    assert!(text.len() > 1 << 20 && gzip.len() < 1 << 20);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let (exported, _folder) = export_patients(&home, &capped_download(1 << 20)).await;
+    assert_eq!(
+        exported.err().unwrap().to_string(),
+        "a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes); it was not read"
+    );
+}
+
+#[tokio::test]
+async fn a_ndjson_gz_file_within_the_download_cap_is_read_as_gzip() {
+    let home = MockServer::start().await;
+    let (text, gzip) = patient_lines(3);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let config = capped_download(text.len() as u64);
+    let (exported, folder) = export_patients(&home, &config).await;
+    let exported = exported.unwrap();
+    let names: Vec<String> = exported
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["Patient-0000.ndjson.gz"]);
+    let ingestor = tare_marker_monitor::ingest::Ingestor::new(
+        &config,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+    );
+    let loaded =
+        tare_marker_monitor::source::ndjson::load_export(folder.path(), &ingestor).unwrap();
+    let patients = &loaded.quality.by_type["Patient"];
+    assert_eq!((patients.read, patients.accepted), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_export_file_is_over_the_download_cap_exits_3() {
+    let home = MockServer::start().await;
+    let (_, gzip) = patient_lines(40_000);
+    export_ready_with(
+        &home,
+        &[("Patient", format!("{}/files/p.ndjson.gz", home.uri()))],
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p.ndjson.gz",
+        ResponseTemplate::new(200).set_body_raw(gzip, "application/gzip"),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[server]\nmax_download_bytes = 1048576\n").unwrap();
+    let (base, out) = (home.uri(), work.path().join("out"));
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--export",
+                "--as-of",
+                "2026-11-01",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a Bulk Data file from 127.0.0.1 holds more than 1048576 bytes once decompressed (server.max_download_bytes)"),
+        "{stderr}"
+    );
+}
+
+// ---- only ours, only the cohort's ----
+
+/// A server that ignores the search parameters: every search of a type answers with the
+/// resources of both p1 and p2 (its Patient search by `_id` too), the Observation search also
+/// with a Patient, and the DetectedIssue search with one of ours about p2.
+struct IgnoresSearchParameters;
+
+impl Respond for IgnoresSearchParameters {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let of_p2 = |mut resource: Value| {
+            resource["id"] = json!(format!("{}-p2", resource["id"].as_str().unwrap()));
+            if resource["subject"].is_object() {
+                resource["subject"] = json!({"reference": "Patient/p2"});
+            }
+            resource
+        };
+        let both = |resources: Vec<Value>| -> Vec<Value> {
+            let mut all = resources.clone();
+            all.extend(resources.into_iter().map(of_p2));
+            all
+        };
+        let resources = match request.url.path() {
+            "/Procedure" => both(cohort_resources("/Procedure")[..1].to_vec()),
+            "/Patient" => vec![
+                json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}),
+                json!({"resourceType": "Patient", "id": "p2", "birthDate": "1950-01-01"}),
+            ],
+            "/Observation" => {
+                let mut all = both(vec![
+                    marker_observation("o1", "2026-02-27", json!(88000)),
+                    marker_observation("o3", "2026-07-01", json!(6088)),
+                ]);
+                all.push(json!({"resourceType": "Patient", "id": "p9", "birthDate": "1950-01-01"}));
+                all
+            }
+            "/DetectedIssue" => vec![json!({
+                "resourceType": "DetectedIssue", "id": "di-p2", "status": "preliminary",
+                "meta": {"versionId": "1"},
+                "identifier": [{"system": "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id",
+                                "value": "0123456789abcdef0123456789abcdef"}],
+                "patient": {"reference": "Patient/p2"}
+            })],
+            other => both(cohort_resources(other)),
+        };
+        fhir_json(&bundle(&resources, None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cohort_run_reads_and_writes_nothing_of_a_patient_the_server_was_not_asked_for() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(IgnoresSearchParameters)
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    // p1's low flag is written, so p1 has a transaction (and p2 would, were it read).
+    std::fs::write(&config, "[output]\nmin_severity_written = \"low\"\n").unwrap();
+    let out = work.path().join("out");
+    let (base, config_path, out_path) = (server.uri(), config.clone(), out.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args([
+                "run",
+                "--server",
+                &base,
+                "--patient",
+                "p1",
+                "--as-of",
+                "2026-07-10",
+            ])
+            .args(["--dry-run", "--config"])
+            .arg(&config_path)
+            .arg("--out")
+            .arg(&out_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_success(&output);
+    // Warned once, with the count: p2's TARE, Patient, Condition and Observations, and the
+    // Patient in the Observation search.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = "the server answered the searches with 6 resources they did not ask for";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("did not ask for").count(), 1, "{stderr}");
+    let summary = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(out.join("run-summary.json")).unwrap(),
+    )
+    .unwrap();
+    let not_asked =
+        |kind: &str| summary["resources"]["by_type"][kind]["left_out"]["not_asked_for"].clone();
+    assert_eq!(
+        not_asked("Procedure")["by_value"],
+        json!({"another patient": 1})
+    );
+    assert_eq!(not_asked("Patient")["by_value"], json!({"another id": 1}));
+    assert_eq!(
+        not_asked("Condition")["by_value"],
+        json!({"another patient": 1})
+    );
+    assert_eq!(
+        not_asked("Observation")["by_value"],
+        json!({"another patient": 2, "another resource type": 1})
+    );
+    assert_eq!(
+        not_asked("Observation")["examples"],
+        json!([
+            {"resource": "Observation/o1-p2", "detail": "another patient"},
+            {"resource": "Observation/o3-p2", "detail": "another patient"},
+            {"resource": "Patient/p9", "detail": "another resource type"}
+        ])
+    );
+    // Never evaluated ...
+    assert_eq!(summary["patients"]["seen"], 1);
+    let markers = std::fs::read_to_string(out.join("markers.csv")).unwrap();
+    assert!(
+        markers.lines().skip(1).all(|l| l.starts_with("p1,")),
+        "{markers}"
+    );
+    // ... never written: p2's DetectedIssue of ours is not cancelled, nothing of p2 is sent.
+    assert_eq!(summary["write_back"]["cancelled"], 0);
+    let index = std::fs::read_to_string(out.join("transactions/index.csv")).unwrap();
+    assert_eq!(
+        index
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["p1"]
+    );
+}
+
+#[tokio::test]
+async fn an_incremental_export_counts_as_changed_only_what_it_asked_for() {
+    let home = MockServer::start().await;
+    export_ready_with(
+        &home,
+        &[
+            ("Observation", format!("{}/files/o", home.uri())),
+            ("Patient", format!("{}/files/p", home.uri())),
+        ],
+    )
+    .await;
+    // The Observation file also holds a Patient; a Patient file was not asked for.
+    let observations = format!(
+        "{}\n{}\n",
+        marker_observation("o1", "2026-02-27", json!(88000)),
+        json!({"resourceType": "Patient", "id": "stray"})
+    );
+    file_at(
+        &home,
+        "/files/o",
+        ResponseTemplate::new(200).set_body_string(observations),
+    )
+    .await;
+    file_at(
+        &home,
+        "/files/p",
+        ResponseTemplate::new(200)
+            .set_body_string("{\"resourceType\":\"Patient\",\"id\":\"unasked\"}\n"),
+    )
+    .await;
+    let config = tare_marker_monitor::config::Config::default();
+    let client = FhirClient::new(&home.uri(), &config.server).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let changed = tare_marker_monitor::source::bulk::changed_patients(
+        &client,
+        &config,
+        "2026-11-26T02:00:00Z",
+        folder.path(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed, ["p1"]);
+    let requests = home.received_requests().await.unwrap();
+    assert!(requests.iter().all(|r| r.url.path() != "/files/p"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_server_names_a_refused_url_exits_3() {
+    let server = MockServer::start().await;
+    let next = format!("http://{ELSEWHERE}/Procedure?page=2");
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(&bundle(
+            &cohort_resources("/Procedure"),
+            Some(&next),
+        )))
+        .mount(&server)
+        .await;
+    let (output, _out) = dry_run(server.uri(), "2026-07-10").await;
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{next} (named by the server): plain http to {ELSEWHERE}"
+        )),
+        "{stderr}"
     );
 }

@@ -125,6 +125,7 @@ on_each_server!(
     shards_on_the_server_together_write_what_one_run_writes,
     the_report_on_the_server_shows_the_flag_trail_with_status_and_annotations,
     a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why,
+    a_cohort_run_leaves_other_patients_and_what_a_person_entered_in_error_as_they_are,
 );
 
 async fn incremental_runs_after_random_changes_leave_the_server_as_a_full_run_would(
@@ -478,4 +479,70 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why(server: T
         &work.path().join("third"),
     );
     assert_eq!(changes(&third), (0, 0, before.len() as u64));
+}
+
+/// Our DetectedIssue of `patient` (the one of them), as the server holds it.
+async fn the_issue_of(base: &str, patient: &str) -> Value {
+    let issues: Vec<Value> = our_issues(base)
+        .await
+        .into_values()
+        .filter(|issue| patient_of(issue) == patient)
+        .collect();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    issues.into_iter().next().unwrap()
+}
+
+async fn a_cohort_run_leaves_other_patients_and_what_a_person_entered_in_error_as_they_are(
+    server: TestServer,
+) {
+    let mut data = new_patient("mine");
+    data.extend(new_patient("other"));
+    // A DetectedIssue of ours about the other patient, for a flag the job would not find.
+    data.push(json!({
+        "resourceType": "DetectedIssue", "id": "by-hand", "status": "preliminary",
+        "identifier": [{"system": FLAG_SYSTEM, "value": "0123456789abcdef0123456789abcdef"}],
+        "patient": {"reference": "Patient/other"}
+    }));
+    put_all(&server.base, &data).await;
+    let work = tempfile::tempdir().unwrap();
+    let before = the_issue_of(&server.base, "other").await;
+
+    let first = run_ok(
+        &["--server", &server.base, "--patient", "mine"],
+        &work.path().join("first"),
+    );
+    assert_eq!(changes(&first), (1, 0, 0));
+    // The other patient's DetectedIssue is as it was.
+    assert_eq!(the_issue_of(&server.base, "other").await, before);
+
+    // A person sets the job's DetectedIssue of "mine" to entered-in-error.
+    let mut theirs = the_issue_of(&server.base, "mine").await;
+    theirs["status"] = json!("entered-in-error");
+    put_all(&server.base, &[theirs]).await;
+    let entered = the_issue_of(&server.base, "mine").await;
+    assert_eq!(entered["status"], "entered-in-error");
+
+    // The flag still holds: it stays as the person left it, and no second one is made.
+    let second = run_ok(
+        &["--server", &server.base, "--patient", "mine"],
+        &work.path().join("second"),
+    );
+    assert_eq!(changes(&second), (0, 0, 0));
+    assert_eq!(second["write_back"]["kept_entered_in_error"], 1);
+    assert_eq!(the_issue_of(&server.base, "mine").await, entered);
+
+    // The flag no longer holds (a new low value): still not cancelled over the person's word.
+    put_all(
+        &server.base,
+        &[observation("mine-o4", "mine", "2026-10-01", 300.0)],
+    )
+    .await;
+    let third = run_ok(
+        &["--server", &server.base, "--patient", "mine"],
+        &work.path().join("third"),
+    );
+    assert_eq!(changes(&third), (0, 0, 0));
+    assert_eq!(third["write_back"]["kept_entered_in_error"], 1);
+    assert_eq!(the_issue_of(&server.base, "mine").await, entered);
+    assert_eq!(the_issue_of(&server.base, "other").await, before);
 }

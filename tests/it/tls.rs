@@ -244,7 +244,7 @@ async fn a_redirect_from_https_to_http_is_refused() {
     };
     let error = read_a_page(&server.base, &settings).await.unwrap_err();
     assert!(
-        error.contains("a redirect from https to http was refused"),
+        error.contains("a redirect was refused: plain http to 127.0.0.1 after https"),
         "{error}"
     );
     assert!(
@@ -279,4 +279,46 @@ async fn the_token_does_not_follow_a_redirect_to_another_origin() {
     );
     assert_eq!(away.len(), 1);
     assert_eq!(away[0].authorization, None);
+}
+
+#[tokio::test]
+async fn a_next_link_from_https_to_http_is_refused_even_to_this_machine() {
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let next = format!(
+        "http://127.0.0.1:{}/Patient?page=2",
+        plain.local_addr().unwrap().port()
+    );
+    plain.set_nonblocking(true).unwrap();
+    let body = format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"next","url":"{next}"}}]}}"#
+    );
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let ca = TestCa::new("Hospital internal CA");
+    let server = tls_server(&ca, None, answer);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ServerConfig {
+        ca_file: Some(write_file(&dir, "ca.pem", &ca.pem)),
+        allow_insecure_http: true,
+        ..ServerConfig::default()
+    };
+    let client = FhirClient::new(&server.base, &settings).unwrap();
+    let error = client
+        .search_all(
+            reqwest::Url::parse(&format!("{}/Patient", server.base)).unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("{next} (named by the server): plain http to 127.0.0.1 after https would send patient data unencrypted: a server reached over https cannot send the job to plain http")
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+    assert!(
+        plain.accept().is_err(),
+        "nothing reached the plain http server"
+    );
 }
