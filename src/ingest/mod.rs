@@ -20,6 +20,7 @@ use fhir_json::{
 pub use prefilter::PassedOver;
 pub use quality::DataQuality;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use units::CodeFamily;
 
@@ -615,12 +616,16 @@ impl Ingestor {
         self.prefilter.as_ref()?.pass_over(kind, line)
     }
 
-    /// The key of a line the job does not follow (passed over, another code, malformed, a
-    /// near miss), as the first read kept it; `None` for a followed resource.
-    pub fn unfollowed_key(&self, kind: ResourceType, line: &str) -> Option<CopyKey> {
+    /// The keys of a line the job does not follow (passed over, another code, malformed, a
+    /// near miss), as the first read kept them; none for a followed resource.
+    pub fn unfollowed_keys(&self, kind: ResourceType, line: &str) -> SmallVec<[CopyKey; 2]> {
         match self.passes_over(kind, line.as_bytes()) {
-            Some(passed) => passed.key,
-            None => self.read_line(kind, line).unfollowed_key(kind),
+            Some(passed) => passed.keys,
+            None => self
+                .read_line(kind, line)
+                .unfollowed_key(kind)
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -13,21 +13,22 @@
 //! 4. it holds no escape that could spell a character of a monitored code: no `\u` at all, and
 //!    no short escape (`\/`, `\"`, ...) of a character some code contains.
 //!
-//! 5. its id can be told from its bytes: the key after the type is `"id"` with a string
-//!    value, or no key `"id"` is anywhere in the line (then it has no id).
-//!
 //! Then no coding of the resource can hold a monitored code, and a full parse would find it
 //! not relevant too (contained resources are never read; a repeated `resourceType` key makes
 //! the line malformed, and a malformed line without a monitored code is counted as not
 //! relevant, docs/rules.md 1.4a). Everything else is parsed in full. Patients are always parsed.
 //!
 //! A line passed over may still be a newer copy of a resource the job reads (a result
-//! re-coded to another test): its key (type and id) is kept, and the reader parses it in full
-//! after all when a resource it read has the same key (docs/rules.md §1.5).
+//! re-coded to another test): the key (type and id) of every string value of a key `"id"` in
+//! it is kept — its own id is among them, wherever it stands, since without escapes the key is
+//! its own bytes —, and the reader parses the line in full after all when a resource it read
+//! has one of these keys (docs/rules.md §1.5). An element's id that happens to equal such a
+//! resource's id only costs that second look.
 
 use super::{is_fhir_id, CopyKey, ResourceType};
 use memchr::memmem::Finder;
 use rustc_hash::FxHashSet;
+use smallvec::SmallVec;
 
 /// The test for one resource type.
 struct TypeTest {
@@ -47,11 +48,11 @@ struct TypeTest {
     risky_escape: [bool; 256],
 }
 
-/// A line that provably cannot matter, and the key of the resource it holds, if it has an id
-/// that a resource the job reads could have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A line that provably cannot matter, and the keys its resource could be known by: those of
+/// the string values of its keys `"id"` that a resource the job reads could have.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassedOver {
-    pub key: Option<CopyKey>,
+    pub keys: SmallVec<[CopyKey; 2]>,
 }
 
 /// The byte-level test, built once from the configured codes.
@@ -161,22 +162,21 @@ impl TypeTest {
             .then_some(at + self.type_name.len())
     }
 
-    /// The resource's id as the key after the type, or `Some(None)` when the line has no
-    /// key `"id"` at all; `None` when the id cannot be told without parsing.
-    fn own_id<'l>(&self, rest: &'l [u8]) -> Option<Option<&'l [u8]>> {
-        let at = skip_whitespace(rest, 0);
-        let leading = (|| {
-            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b",").map(|_| 1)?);
-            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b"\"id\"").map(|_| 4)?);
-            let at = skip_whitespace(rest, at + rest[at..].strip_prefix(b":").map(|_| 1)?);
-            let value = rest[at..].strip_prefix(b"\"")?;
-            memchr::memchr(b'"', value).map(|end| &value[..end])
-        })();
-        match leading {
-            Some(id) => Some(Some(id)),
-            None if self.id_key.find(rest).is_none() => Some(None),
-            None => None,
-        }
+    /// The keys of the string values of every key `"id"` in `text` that are FHIR ids (one
+    /// with an escape is none).
+    fn id_keys(&self, text: &[u8]) -> SmallVec<[CopyKey; 2]> {
+        self.id_key
+            .find_iter(text)
+            .filter_map(|at| {
+                let after = skip_whitespace(text, at + 4);
+                (text.get(after) == Some(&b':')).then_some(())?;
+                let start = skip_whitespace(text, after + 1);
+                let value = text.get(start..)?.strip_prefix(b"\"")?;
+                let id = &value[..memchr::memchr(b'"', value)?];
+                let id = std::str::from_utf8(id).ok().filter(|id| is_fhir_id(id))?;
+                Some(CopyKey::of(self.kind, id))
+            })
+            .collect()
     }
 
     fn pass_over(&self, line: &[u8]) -> Option<PassedOver> {
@@ -196,14 +196,9 @@ impl TypeTest {
                 _ => return None,
             }
         }
-        // An id with an escape in it is no FHIR id (`\u` was refused above): no resource the
-        // job reads has it.
-        let id = self.own_id(rest)?;
-        let key = id
-            .and_then(|id| std::str::from_utf8(id).ok())
-            .filter(|id| is_fhir_id(id))
-            .map(|id| CopyKey::of(self.kind, id));
-        Some(PassedOver { key })
+        Some(PassedOver {
+            keys: self.id_keys(rest),
+        })
     }
 }
 
@@ -329,45 +324,45 @@ mod tests {
             .is_none());
     }
 
-    fn key_of(line: &str) -> Option<Option<CopyKey>> {
+    fn keys_of(line: &str) -> Option<Vec<CopyKey>> {
         prefilter()
             .pass_over(ResourceType::Observation, line.as_bytes())
-            .map(|passed| passed.key)
+            .map(|passed| passed.keys.into_vec())
     }
 
     #[test]
-    fn a_line_passed_over_keeps_the_key_of_its_id() {
-        let key = Some(CopyKey::of(ResourceType::Observation, "o-1.2"));
+    fn a_line_passed_over_keeps_the_key_of_its_id_wherever_it_stands() {
+        let key = CopyKey::of(ResourceType::Observation, "o-1.2");
+        for line in [
+            r#"{"resourceType":"Observation","id":"o-1.2","status":"final"}"#,
+            r#"{ "resourceType" : "Observation" , "id" : "o-1.2" }"#,
+            r#"{"resourceType":"Observation","category":[{"text":"lab"}],"id":"o-1.2"}"#,
+        ] {
+            assert_eq!(keys_of(line), Some(vec![key]), "{line}");
+        }
+        // No id: nothing it could be a copy of.
         assert_eq!(
-            key_of(r#"{"resourceType":"Observation","id":"o-1.2","status":"final"}"#),
-            Some(key)
-        );
-        assert_eq!(
-            key_of(r#"{ "resourceType" : "Observation" , "id" : "o-1.2" }"#),
-            Some(key)
-        );
-        // No id anywhere: nothing it could be a copy of.
-        assert_eq!(
-            key_of(r#"{"resourceType":"Observation","status":"final"}"#),
-            Some(None)
+            keys_of(r#"{"resourceType":"Observation","status":"final"}"#),
+            Some(vec![])
         );
         // An id that is no FHIR id cannot be that of a resource the job reads.
         assert_eq!(
-            key_of(r#"{"resourceType":"Observation","id":"a b"}"#),
-            Some(None)
+            keys_of(r#"{"resourceType":"Observation","id":"a b"}"#),
+            Some(vec![])
         );
     }
 
     #[test]
-    fn a_line_whose_id_is_not_after_its_type_is_parsed() {
+    fn every_id_in_a_line_passed_over_is_kept_as_a_key() {
+        // An element's id is kept beside the resource's: which one is the resource's own is
+        // told by a full parse, if ever a resource read has one of these keys.
+        let keys = keys_of(r#"{"resourceType":"Observation","extension":[{"id":"e1"}],"id":"o1"}"#);
         assert_eq!(
-            key_of(r#"{"resourceType":"Observation","status":"final","id":"o1"}"#),
-            None
-        );
-        // A key "id" inside an element could hide the resource's own: parsed.
-        assert_eq!(
-            key_of(r#"{"resourceType":"Observation","extension":[{"id":"e"}],"id":"o1"}"#),
-            None
+            keys,
+            Some(vec![
+                CopyKey::of(ResourceType::Observation, "e1"),
+                CopyKey::of(ResourceType::Observation, "o1")
+            ])
         );
     }
 }

@@ -618,7 +618,7 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
         }
         let line = without_byte_order_mark(line);
         if let Some(passed) = ingestor.passes_over(block.kind, line) {
-            unfollowed.extend(passed.key);
+            unfollowed.extend(passed.keys);
             // Counted as a parsed resource of no monitored code is: by shard 0.
             if ingestor.counts_unattributable() {
                 into.quality.count_read(block.kind, 1);
@@ -680,8 +680,9 @@ fn rank_unfollowed_copies(
                     continue;
                 };
                 let shares_a_key = ingestor
-                    .unfollowed_key(block.kind, text)
-                    .is_some_and(|key| keys.contains(&key));
+                    .unfollowed_keys(block.kind, text)
+                    .iter()
+                    .any(|key| keys.contains(key));
                 if let Some((id, rank)) = shares_a_key
                     .then(|| ingestor.copy_rank(block.kind, text))
                     .flatten()

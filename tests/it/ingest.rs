@@ -1118,6 +1118,10 @@ fn coded_obs_line(id: &str, code: &str, value: f64, last_updated: &str) -> Strin
 #[test]
 fn a_newer_copy_recoded_to_another_test_removes_the_older_value() {
     // The correction sits in another file, read in any order, and is passed over unparsed.
+    let correction = r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"718-7"}]},"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-03-01T10:00:00Z","valueQuantity":{"value":13.0,"code":"g/dL"},"id":"o1","meta":{"lastUpdated":"2026-03-05T00:00:00Z"}}"#.to_owned();
+    assert!(ingestor(&Config::default())
+        .passes_over(ResourceType::Observation, correction.as_bytes())
+        .is_some());
     let dir = tare_patient_files(&[
         (
             "Observation.1.ndjson",
@@ -1128,10 +1132,7 @@ fn a_newer_copy_recoded_to_another_test_removes_the_older_value() {
                 "2026-03-02T00:00:00Z",
             )],
         ),
-        (
-            "Observation.0.ndjson",
-            vec![coded_obs_line("o1", "718-7", 13.0, "2026-03-05T00:00:00Z")],
-        ),
+        ("Observation.0.ndjson", vec![correction]),
     ]);
     let loaded = load_both_ways(dir.path());
     assert_eq!(observation_ids(&loaded), ["o0"]);
