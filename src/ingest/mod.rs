@@ -392,11 +392,16 @@ pub fn patient_id_of(reference: &str) -> Option<&str> {
 
 /// A FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`. Anything else is never put into a URL or a file name.
 pub fn is_fhir_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    is_fhir_id_bytes(text.as_bytes())
+}
+
+/// `is_fhir_id` on bytes not yet known to be text.
+pub fn is_fhir_id_bytes(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
 }
 
 /// An id that is not a FHIR id, shown safely: escaped, and cut to 80 characters.

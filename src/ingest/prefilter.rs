@@ -25,7 +25,7 @@
 //! has one of these keys (docs/rules.md §1.5). An element's id that happens to equal such a
 //! resource's id only costs that second look.
 
-use super::{is_fhir_id, CopyKey, ResourceType};
+use super::{is_fhir_id_bytes, CopyKey, ResourceType};
 use memchr::memmem::Finder;
 use rustc_hash::FxHashSet;
 use smallvec::SmallVec;
@@ -173,7 +173,8 @@ impl TypeTest {
                 let start = skip_whitespace(text, after + 1);
                 let value = text.get(start..)?.strip_prefix(b"\"")?;
                 let id = &value[..memchr::memchr(b'"', value)?];
-                let id = std::str::from_utf8(id).ok().filter(|id| is_fhir_id(id))?;
+                // A FHIR id is ASCII: checked on the bytes, then taken as text.
+                let id = is_fhir_id_bytes(id).then(|| std::str::from_utf8(id).ok())??;
                 Some(CopyKey::of(self.kind, id))
             })
             .collect()

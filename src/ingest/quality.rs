@@ -108,7 +108,11 @@ impl DataQuality {
     }
 
     pub fn count_not_relevant(&mut self, kind: ResourceType) {
-        self.counts(kind).not_relevant += 1;
+        self.count_not_relevant_n(kind, 1);
+    }
+
+    pub fn count_not_relevant_n(&mut self, kind: ResourceType, n: u64) {
+        self.counts(kind).not_relevant += n;
     }
 
     /// Counts a left-out resource. `location` names it when it has no id. The offending values

@@ -151,9 +151,9 @@ pub(crate) struct Collected {
     pub(crate) cohort: CohortBuilder,
     pub(crate) quality: DataQuality,
     /// The keys of the lines read but not followed (another code, malformed, passed over),
-    /// per block with the index of its file: a line whose key a followed resource shares is
-    /// read again to rank it against that resource's copies.
-    pub(crate) unfollowed: Vec<(usize, Box<[CopyKey]>)>,
+    /// by the index of their file: a line whose key a followed resource shares is read again
+    /// to rank it against that resource's copies.
+    pub(crate) unfollowed: Vec<(usize, Vec<CopyKey>)>,
 }
 
 impl Collected {
@@ -193,6 +193,23 @@ impl Collected {
         self.quality.merge(other.quality);
         self.unfollowed.extend(other.unfollowed);
         self
+    }
+
+    /// This worker's list of unfollowed keys of the file `file_index`.
+    pub(crate) fn unfollowed_of(&mut self, file_index: usize) -> &mut Vec<CopyKey> {
+        // A worker reads the blocks of one file after another: the last list is nearly
+        // always the one.
+        match self
+            .unfollowed
+            .iter()
+            .rposition(|(file, _)| *file == file_index)
+        {
+            Some(at) => &mut self.unfollowed[at].1,
+            None => {
+                self.unfollowed.push((file_index, Vec::new()));
+                &mut self.unfollowed.last_mut().expect("pushed above").1
+            }
+        }
     }
 
     /// The unfollowed keys that a followed resource shares, by file index; the keys are

@@ -3,7 +3,7 @@
 //! into one cohort as they finish, so memory holds compact records, not the files.
 
 use super::{Collected, Loaded};
-use crate::ingest::{CopyKey, Ingestor, ResourceType, Skip, SkipReason};
+use crate::ingest::{Ingestor, ResourceType, Skip, SkipReason};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -610,7 +610,10 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
     for &line_no in &block.too_long {
         count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
     }
-    let mut unfollowed: Vec<CopyKey> = Vec::new();
+    // The keys of the lines not followed go into this worker's list for the file (taken out
+    // while the lines are read, as reading them borrows `into`).
+    let mut unfollowed = std::mem::take(into.unfollowed_of(block.file_index));
+    let mut passed_over = 0;
     for (line_no, line) in lines(block) {
         if line.len() > max_line {
             count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
@@ -619,11 +622,7 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
         let line = without_byte_order_mark(line);
         if let Some(passed) = ingestor.passes_over(block.kind, line) {
             unfollowed.extend(passed.keys);
-            // Counted as a parsed resource of no monitored code is: by shard 0.
-            if ingestor.counts_unattributable() {
-                into.quality.count_read(block.kind, 1);
-                into.quality.count_not_relevant(block.kind);
-            }
+            passed_over += 1;
             continue;
         }
         match std::str::from_utf8(line) {
@@ -638,9 +637,11 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
             ),
         }
     }
-    if !unfollowed.is_empty() {
-        into.unfollowed
-            .push((block.file_index, unfollowed.into_boxed_slice()));
+    *into.unfollowed_of(block.file_index) = unfollowed;
+    // Counted as parsed resources of no monitored code are: by shard 0.
+    if passed_over > 0 && ingestor.counts_unattributable() {
+        into.quality.count_read(block.kind, passed_over);
+        into.quality.count_not_relevant_n(block.kind, passed_over);
     }
 }
 
