@@ -443,6 +443,16 @@ fn lock_store(link: &Path) -> Result<RunLock, OutputError> {
     })
 }
 
+/// A refused `--out` is left as it was: the store this run made for it (its lock) goes.
+fn forget_new_store(error: OutputError, new_store: Option<&Path>, lock: RunLock) -> OutputError {
+    drop(lock);
+    if let Some(store) = new_store {
+        let _ = std::fs::remove_file(store.join(LOCK_FILE));
+        let _ = std::fs::remove_dir(store);
+    }
+    error
+}
+
 impl OutputSet {
     /// Opens the set published at `out`. `names` are the outputs an older version wrote into
     /// a real folder there: a folder holding only those is taken into the store once (it
@@ -450,12 +460,18 @@ impl OutputSet {
     /// anything else is refused untouched.
     pub fn open(out: &Path, names: &[&str], run_id: &str) -> Result<OutputSet, OutputError> {
         let link = published_path(out)?;
-        let lock = lock_store(&link)?;
         let store = store_of(&link);
-        if let Found::Folder = look_at(&link)? {
-            adopt_folder(&link, &store, names, run_id)?;
+        let new_store = !store.is_dir();
+        let lock = lock_store(&link)?;
+        let adopted = match look_at(&link) {
+            Ok(Found::Folder) => adopt_folder(&link, &store, names, run_id),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match adopted {
+            Ok(()) => OutputSet::start(link, store, lock, run_id),
+            Err(e) => Err(forget_new_store(e, new_store.then_some(&store), lock)),
         }
-        OutputSet::start(link, store, lock, run_id)
     }
 
     /// Opens the set of one shard, published at `OUT/NAME` (`OUT/shard-0-of-4`): `out` stays a
@@ -475,14 +491,19 @@ impl OutputSet {
             });
         }
         let link = out.join(name);
-        let lock = lock_store(&link)?;
         let store = store_of(&link);
-        match look_at(&link)? {
-            Found::Folder => adopt_folder(&link, &store, names, run_id)?,
-            Found::Nothing => adopt_parts(&out, &link, &store, names, run_id)?,
-            Found::Set => {}
+        let new_store = !store.is_dir();
+        let lock = lock_store(&link)?;
+        let adopted = match look_at(&link) {
+            Ok(Found::Folder) => adopt_folder(&link, &store, names, run_id),
+            Ok(Found::Nothing) => adopt_parts(&out, &link, &store, names, run_id),
+            Ok(Found::Set) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match adopted {
+            Ok(()) => OutputSet::start(link, store, lock, run_id),
+            Err(e) => Err(forget_new_store(e, new_store.then_some(&store), lock)),
         }
-        OutputSet::start(link, store, lock, run_id)
     }
 
     fn start(
@@ -553,11 +574,25 @@ impl OutputSet {
         sync_folder(&self.folder);
         sync_folder(&self.store);
         let shown = target_of(&self.link);
+        let previous_before = previous_in(&self.store);
         if let Some(shown) = &shown {
             point(&self.store.join(PREVIOUS), Path::new(shown), &self.store)?;
         }
         let target = Path::new(&format!(".{}.runs", name_of(&self.link))).join(&self.run_id);
-        point(&self.link, &target, &self.store)?;
+        if let Err(error) = point(&self.link, &target, &self.store) {
+            // The set shown stays; so does the rollback it had.
+            if let Some(before) = previous_before {
+                let _ = point(&self.store.join(PREVIOUS), Path::new(&before), &self.store);
+            }
+            return Err(match error {
+                OutputError::Write { path, source } => OutputError::NotPublished {
+                    path,
+                    shown: self.link.display().to_string(),
+                    source,
+                },
+                other => other,
+            });
+        }
         self.published = true;
         let previous = shown.or_else(|| previous_in(&self.store));
         prune(&self.store, &[Some(&self.run_id), previous.as_deref()]);

@@ -66,10 +66,10 @@ pub struct CohortBuilder {
     competitors: Vec<Competitor>,
 }
 
-/// A copy the job does not follow, ranked against the copies of its id.
+/// A copy the job does not follow (or another shard's), ranked against the copies of its id.
 struct Competitor {
     kind: ResourceType,
-    id: String,
+    id: ResourceId,
     rank: CopyRank,
 }
 
@@ -125,8 +125,9 @@ impl CohortBuilder {
         self.skipped_copies.push((kind, skip));
     }
 
-    /// A copy the job does not follow (`Ingestor::unfollowed_copy`), of a resource it does.
-    pub fn add_competitor(&mut self, kind: ResourceType, id: String, rank: CopyRank) {
+    /// A copy the job does not follow (`Ingestor::copy_rank`), or one of another shard's
+    /// patient, of a resource this read follows.
+    pub fn add_competitor(&mut self, kind: ResourceType, id: ResourceId, rank: CopyRank) {
         self.competitors.push(Competitor { kind, id, rank });
     }
 
@@ -258,7 +259,8 @@ fn count_implausible_reference_high(quality: &mut DataQuality, value: &MarkerVal
         format!(
             "referenceRange.high {} {} is outside the plausible band of the {} ULN \
              (markers.{}.reference_high_band)",
-            crate::format::csv_number(high, 3),
+            // As it came (converted): rounding could show an accepted number.
+            high,
             value.marker.canonical_unit(),
             value.marker.key(),
             value.marker.key()
@@ -587,7 +589,7 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
     let newest = patient_copies.into_iter().max_by_key(|copy| copy.rank);
     procedures.sort_by(|(a, _), (b, _)| (a.date, &a.procedure_id).cmp(&(b.date, &b.procedure_id)));
     let mut values = values;
-    let duplicates = deduplicate(&mut values, |i| value_ranks[i].last_updated_ms());
+    let duplicates = deduplicate(&mut values, |i| value_ranks[i].last_updated_ns());
     let hcc_count = hcc_conditions.len() as u64;
     let timeline = PatientTimeline {
         patient_id,

@@ -7,7 +7,7 @@
 //! their order (`["http://loinc.org","34444-0"]` as a Coding); here each struct is derived
 //! with `remote = "Self"` and reached only through `deserialize_map` (`objects_only!`), so
 //! such a form makes the resource malformed. Lists must be arrays, numbers numbers and
-//! strings strings, as serde already requires.
+//! strings strings, as serde already requires, and an element is never `null` (`present`).
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -109,15 +109,23 @@ impl<'de> Deserialize<'de> for AnyObject {
     }
 }
 
+/// An optional element: absent is `None`, and `null`, which FHIR JSON does not allow for an
+/// element, is an error (serde's `Option` would take it for absent).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A list read inline: resources rarely carry more than two codings, one note, one range.
 pub(super) type Few<T> = SmallVec<[T; 2]>;
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Coding<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) system: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) code: Option<Text<'a>>,
 }
 
@@ -131,83 +139,85 @@ pub(super) struct CodeableConcept<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Reference<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) reference: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Period<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) start: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Meta<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) last_updated: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) version_id: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Quantity<'a> {
+    #[serde(default, deserialize_with = "present")]
     pub(super) value: Option<f64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) system: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) comparator: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) unit: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) code: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ReferenceRange<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) high: Option<Quantity<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Header<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) resource_type: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) id: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) meta: Option<Meta<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ObservationIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) resource_type: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) id: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) meta: Option<Meta<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) status: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) effective_date_time: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) effective_period: Option<Period<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) effective_instant: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) value_quantity: Option<Quantity<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) value_string: Option<Text<'a>>,
+    #[serde(default, deserialize_with = "present")]
     pub(super) data_absent_reason: Option<AnyObject>,
     #[serde(borrow, default)]
     pub(super) reference_range: Few<ReferenceRange<'a>>,
@@ -219,13 +229,13 @@ pub(super) struct ObservationIn<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct PatientIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) resource_type: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) id: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) meta: Option<Meta<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) birth_date: Option<Text<'a>>,
     /// For the audit report only.
     #[serde(borrow, default)]
@@ -235,9 +245,9 @@ pub(super) struct PatientIn<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct HumanName<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) text: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) family: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub(super) given: Few<Text<'a>>,
@@ -246,44 +256,44 @@ pub(super) struct HumanName<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct Annotation<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) text: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ProcedureIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) resource_type: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) id: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) meta: Option<Meta<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) status: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) performed_date_time: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) performed_period: Option<Period<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct ConditionIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) resource_type: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) id: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) meta: Option<Meta<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) code: Option<CodeableConcept<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) subject: Option<Reference<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub(super) verification_status: Option<CodeableConcept<'a>>,
 }

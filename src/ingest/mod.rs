@@ -63,23 +63,23 @@ impl ResourceType {
 /// `lastUpdated` or `versionId` sorts before any present one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct CopyRank {
-    last_updated_ms: i64,
+    last_updated_ns: i64,
     /// `versionId + 1`, 0 when absent or not a number.
     version: u64,
     content: u64,
 }
 
 impl CopyRank {
-    pub fn new(last_updated_ms: Option<i64>, version_id: Option<u64>, content: u64) -> CopyRank {
+    pub fn new(last_updated_ns: Option<i64>, version_id: Option<u64>, content: u64) -> CopyRank {
         CopyRank {
-            last_updated_ms: last_updated_ms.unwrap_or(i64::MIN),
+            last_updated_ns: last_updated_ns.unwrap_or(i64::MIN),
             version: version_id.map_or(0, |v| v.saturating_add(1)),
             content,
         }
     }
 
-    pub fn last_updated_ms(&self) -> Option<i64> {
-        (self.last_updated_ms != i64::MIN).then_some(self.last_updated_ms)
+    pub fn last_updated_ns(&self) -> Option<i64> {
+        (self.last_updated_ns != i64::MIN).then_some(self.last_updated_ns)
     }
 }
 
@@ -223,6 +223,8 @@ pub enum SkipReason {
     SupersededCopy,
     ProcedureNotCompleted,
     ProcedureNoPerformedDate,
+    /// A `performedDateTime` or `performedPeriod.start` that is no FHIR date.
+    InvalidPerformedDate,
     ConditionRefutedOrEnteredInError,
     /// A line longer than `ingest.max_line_bytes`, skipped unread.
     LineTooLong,
@@ -256,6 +258,7 @@ impl SkipReason {
             SkipReason::SupersededCopy => "superseded_copy",
             SkipReason::ProcedureNotCompleted => "procedure_not_completed",
             SkipReason::ProcedureNoPerformedDate => "procedure_no_performed_date",
+            SkipReason::InvalidPerformedDate => "invalid_performed_date",
             SkipReason::ConditionRefutedOrEnteredInError => "condition_refuted_or_entered_in_error",
             SkipReason::LineTooLong => "line_too_long",
             SkipReason::NotAskedFor => "not_asked_for",
@@ -296,6 +299,25 @@ impl LineOutcome<'_> {
         }
     }
 
+    /// The id and rank of a copy of a resource the job follows (a record, or a copy left out
+    /// for a reason), but for Patients, whose copies are all of one patient.
+    pub fn followed_copy(&self) -> Option<(&str, CopyRank)> {
+        match self {
+            LineOutcome::Record(record) => match record {
+                Record::Patient { .. } => None,
+                Record::HccCondition {
+                    condition_id, rank, ..
+                } => Some((condition_id, *rank)),
+                Record::Tare {
+                    procedure, rank, ..
+                } => Some((&procedure.procedure_id, *rank)),
+                Record::Value { value, rank, .. } => Some((&value.observation_id, *rank)),
+            },
+            LineOutcome::Skipped(skip) => Some((skip.resource_id.as_deref()?, skip.copy?)),
+            LineOutcome::NotRelevant(_) => None,
+        }
+    }
+
     /// The key of a resource the job does not follow (another code, malformed, a near miss)
     /// that may still be a newer copy of one it follows; `None` for followed resources (they
     /// compete as records or skipped copies) and for those without a FHIR id.
@@ -328,7 +350,7 @@ fn version_of(meta: Option<&Meta<'_>>) -> (Option<i64>, Option<u64>) {
         Some(meta) => (
             meta.last_updated
                 .as_deref()
-                .and_then(time::parse_instant_ms),
+                .and_then(time::parse_instant_ns),
             meta.version_id.as_deref().and_then(|v| v.parse().ok()),
         ),
         None => (None, None),
@@ -916,7 +938,8 @@ impl Ingestor {
         // referenceRange.high counts only when it converts into the same marker.
         let reference_high = o.reference_range.iter().find_map(|range| {
             let high = range.high.as_ref()?;
-            let value = high.value.filter(|v| v.is_finite() && *v >= 0.0)?;
+            // A negative high is kept here to be counted as implausible below.
+            let value = high.value.filter(|v| v.is_finite())?;
             let (range_marker, range_factor) = units::resolve_unit(
                 family,
                 high.code.as_deref().or(ucum),
@@ -1031,10 +1054,7 @@ impl Ingestor {
                 },
                 rank,
             }),
-            Err(_) => left_out(
-                SkipReason::ProcedureNoPerformedDate,
-                Some(performed.to_owned()),
-            ),
+            Err(_) => left_out(SkipReason::InvalidPerformedDate, Some(performed.to_owned())),
         }
     }
 
@@ -1109,8 +1129,8 @@ mod tests {
         assert!(rank(Some(5), None, 9) < rank(Some(5), Some(0), 0));
         assert!(rank(Some(5), Some(1), 9) < rank(Some(5), Some(2), 0));
         assert!(rank(Some(5), Some(2), 1) < rank(Some(5), Some(2), 2));
-        assert_eq!(rank(Some(7), None, 0).last_updated_ms(), Some(7));
-        assert_eq!(rank(None, None, 0).last_updated_ms(), None);
+        assert_eq!(rank(Some(7), None, 0).last_updated_ns(), Some(7));
+        assert_eq!(rank(None, None, 0).last_updated_ns(), None);
     }
 
     #[test]

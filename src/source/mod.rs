@@ -116,6 +116,7 @@ impl Reader {
             })?,
         };
         warn_about_near_misses(&loaded.quality);
+        warn_about_malformed(&loaded.quality);
         Ok(loaded)
     }
 }
@@ -135,6 +136,71 @@ fn warn_about_near_misses(quality: &DataQuality) {
     }
 }
 
+/// One warning per resource type with malformed resources (docs/rules.md §1.4b): a feed that
+/// writes one element in a form FHIR JSON does not allow loses every result it sends, and
+/// the summary alone would not say so on the night it starts. The warning names a folder line
+/// but never a resource id, and gives the parser's reason without the value it quoted: both
+/// can be patient data, which stays in run-summary.json.
+fn warn_about_malformed(quality: &DataQuality) {
+    let key = crate::ingest::SkipReason::InvalidJson.key();
+    for (kind, counts) in &quality.by_type {
+        let Some(malformed) = counts.left_out.get(key) else {
+            continue;
+        };
+        let example = malformed.examples.first().map_or(String::new(), |e| {
+            let place = if e.resource.starts_with("line ") {
+                format!("{}: ", e.resource)
+            } else {
+                String::new()
+            };
+            let reason = e
+                .detail
+                .as_deref()
+                .map(without_quoted_values)
+                .unwrap_or_default();
+            format!(", e.g. {place}{reason}")
+        });
+        tracing::warn!(
+            "{} {kind} resources are not FHIR JSON (an element of the wrong JSON type, null, \
+             or not JSON at all) and were left out{example}; see run-summary.json \
+             (invalid_json_or_structure)",
+            malformed.count,
+        );
+    }
+}
+
+/// A parser's message without the values it quotes (`invalid type: string "6,088", expected
+/// f64` becomes `invalid type: string, expected f64`): a quoted value may be a result or a name.
+pub(crate) fn without_quoted_values(detail: &str) -> String {
+    let quotes_values = ["invalid type", "invalid value", "unknown variant"]
+        .iter()
+        .any(|p| detail.starts_with(p));
+    let mut out = String::with_capacity(detail.len());
+    let mut chars = detail.chars().peekable();
+    while let Some(c) = chars.next() {
+        let closing = match c {
+            '"' => '"',
+            '`' if quotes_values => '`',
+            _ => {
+                out.push(c);
+                continue;
+            }
+        };
+        // Skip the quoted span (a backslash escapes the next character) and the space before it.
+        if out.ends_with(' ') {
+            out.pop();
+        }
+        while let Some(q) = chars.next() {
+            if q == '\\' {
+                chars.next();
+            } else if q == closing {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// What a source read: one timeline per patient, and the counts of what was used and left out.
 pub struct Loaded {
     pub timelines: Vec<PatientTimeline>,
@@ -143,6 +209,8 @@ pub struct Loaded {
     pub inputs: Vec<String>,
     /// Names in the folder that were not read, with the reason.
     pub ignored_inputs: Vec<ndjson::IgnoredInput>,
+    /// Non-blank Observation lines of a folder, whichever shard they belong to.
+    pub observation_lines: u64,
 }
 
 /// Records and counts collected by one worker.
@@ -154,6 +222,8 @@ pub(crate) struct Collected {
     /// by the index of their file: a line whose key a followed resource shares is read again
     /// to rank it against that resource's copies.
     pub(crate) unfollowed: Vec<(usize, Vec<CopyKey>)>,
+    /// Non-blank Observation lines seen, in every shard: whether there was anything to read.
+    pub(crate) observation_lines: u64,
 }
 
 impl Collected {
@@ -172,6 +242,12 @@ impl Collected {
         let outcome = ingestor.read_line(kind, json);
         let unfollowed = outcome.unfollowed_key(kind);
         if !ingestor.in_shard(&outcome, json) {
+            // Another shard's resource, not counted here; but a copy of it here, older or
+            // newer, must lose or win against it as in one unsharded run (a result moved to
+            // the right patient, who is in another shard).
+            if let Some((id, rank)) = outcome.followed_copy() {
+                self.cohort.add_competitor(kind, id.into(), rank);
+            }
             return unfollowed;
         }
         self.quality.count_read(kind, 1);
@@ -192,6 +268,7 @@ impl Collected {
         self.cohort.merge(other.cohort);
         self.quality.merge(other.quality);
         self.unfollowed.extend(other.unfollowed);
+        self.observation_lines += other.observation_lines;
         self
     }
 
@@ -243,6 +320,31 @@ impl Collected {
             quality,
             inputs,
             ignored_inputs,
+            observation_lines: self.observation_lines,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_quoted_values;
+
+    #[test]
+    fn a_parser_message_loses_the_values_it_quotes_and_keeps_its_position() {
+        assert_eq!(
+            without_quoted_values(
+                r#"invalid type: string "6,088 \"x\" mAU/mL", expected f64 at line 1 column 241"#
+            ),
+            "invalid type: string, expected f64 at line 1 column 241"
+        );
+        assert_eq!(
+            without_quoted_values("invalid value: integer `-5`, expected u32 at line 1 column 9"),
+            "invalid value: integer, expected u32 at line 1 column 9"
+        );
+        // Grammar tokens of a syntax error are not values.
+        assert_eq!(
+            without_quoted_values("expected `,` or `}` at line 1 column 72"),
+            "expected `,` or `}` at line 1 column 72"
+        );
     }
 }

@@ -607,6 +607,9 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
     };
     let max_line = ingestor.max_line_bytes();
     let too_long = |n| Some(format!("longer than {n} bytes (ingest.max_line_bytes)"));
+    if block.kind == ResourceType::Observation {
+        into.observation_lines += block.too_long.len() as u64;
+    }
     for &line_no in &block.too_long {
         count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
     }
@@ -615,6 +618,9 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
     let mut unfollowed = std::mem::take(into.unfollowed_of(block.file_index));
     let mut passed_over = 0;
     for (line_no, line) in lines(block) {
+        if block.kind == ResourceType::Observation {
+            into.observation_lines += 1;
+        }
         if line.len() > max_line {
             count_unreadable(into, line_no, SkipReason::LineTooLong, too_long(max_line));
             continue;
@@ -688,7 +694,7 @@ fn rank_unfollowed_copies(
                     .then(|| ingestor.copy_rank(block.kind, text))
                     .flatten()
                 {
-                    collected.cohort.add_competitor(block.kind, id, rank);
+                    collected.cohort.add_competitor(block.kind, id.into(), rank);
                 }
             }
             pool.give_back(block.bytes);
@@ -701,7 +707,9 @@ fn rank_unfollowed_copies(
 /// without Observation data is an error: nothing could be evaluated.
 pub fn load(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     let loaded = read_folder(dir, ingestor)?;
-    if loaded.quality.read_of(ResourceType::Observation) == 0 {
+    // Lines of any shard: a shard none of whose patients has a result has read a folder
+    // with Observations all the same.
+    if loaded.observation_lines == 0 {
         return Err(SourceError::NoObservations(dir.display().to_string()));
     }
     Ok(loaded)

@@ -386,8 +386,22 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         .await;
     let (output, out) = dry_run(server.uri(), "2026-07-10").await;
     assert_success(&output);
-    // Stderr is not a terminal: no progress bar, and nothing else at the default log level.
-    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    // Stderr is not a terminal: no progress bar; at the default log level one warning about
+    // the malformed result, without its id or the value it held.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "WARN tare_marker_monitor::source: 1 Observation resources are not FHIR JSON \
+             (an element of the wrong JSON type, null, or not JSON at all) and were left out, \
+             e.g. invalid type: string, expected f64 at line 1 column 241; see run-summary.json"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("lots") && !stderr.contains("o2"),
+        "{stderr}"
+    );
     let summary = read_summary(&out);
     let observations = &summary["resources"]["by_type"]["Observation"];
     assert_eq!(observations["accepted"], 2);

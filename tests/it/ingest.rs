@@ -613,12 +613,19 @@ fn dates_outside_the_plausible_range_are_left_out() {
         assert_eq!(accepted(&o).date.to_string(), effective);
     }
     let mut p = procedure(Some("http://www.ama-assn.org/go/cpt"), "79445");
-    p["performedDateTime"] = json!("-262143-01-01");
-    match read_as(ResourceType::Procedure, &p, &Config::default()) {
-        LineOutcome::Skipped(skip) => {
-            assert_eq!(skip.reason, SkipReason::DateOutsidePlausibleRange)
+    for (performed, reason) in [
+        ("1899-12-31", SkipReason::DateOutsidePlausibleRange),
+        ("-262143-01-01", SkipReason::InvalidPerformedDate),
+        (
+            "2026-01-10T10:00:00+99:99",
+            SkipReason::InvalidPerformedDate,
+        ),
+    ] {
+        p["performedDateTime"] = json!(performed);
+        match read_as(ResourceType::Procedure, &p, &Config::default()) {
+            LineOutcome::Skipped(skip) => assert_eq!(skip.reason, reason, "{performed}"),
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
 }
 
@@ -1002,6 +1009,23 @@ fn json_forms_that_fhir_json_does_not_allow_are_malformed_and_never_read() {
                 json!({"coding": {"system": "http://loinc.org", "code": "34444-0"}}),
             ),
         ),
+        ("meta as null", with(good.clone(), "meta", json!(null))),
+        (
+            "a unit as null",
+            with(
+                good.clone(),
+                "valueQuantity",
+                json!({"value": 100.0, "code": "mAU/mL", "unit": null}),
+            ),
+        ),
+        (
+            "a reference range high as text",
+            with(
+                good.clone(),
+                "referenceRange",
+                json!([{"high": {"value": "40", "unit": "mAU/mL"}}]),
+            ),
+        ),
         (
             "a value as a string",
             with(
@@ -1236,4 +1260,94 @@ fn a_newer_malformed_patient_copy_removes_the_patient_resource() {
     let patients = &loaded.quality.by_type["Patient"];
     assert_eq!(patients.left_out["superseded_copy"].count, 1);
     assert_eq!(patients.left_out["invalid_json_or_structure"].count, 1);
+}
+
+/// A patient id, other than `p1`, that falls in the other of two shards.
+fn patient_in_the_other_shard() -> String {
+    use tare_marker_monitor::cohort::Shard;
+    let of = |id: &str| {
+        (0..2)
+            .find(|i| {
+                Shard {
+                    index: *i,
+                    count: 2,
+                }
+                .contains(id)
+            })
+            .unwrap()
+    };
+    (0..)
+        .map(|n| format!("q{n}"))
+        .find(|id| of(id) != of("p1"))
+        .unwrap()
+}
+
+#[test]
+fn a_copy_moved_to_a_patient_of_another_shard_wins_or_loses_there_as_in_one_run() {
+    use tare_marker_monitor::cohort::Shard;
+    let other = patient_in_the_other_shard();
+    let moved = |line: String| line.replace("Patient/p1", &format!("Patient/{other}"));
+    for (case, extra) in [
+        (
+            "a newer result moved away",
+            vec![(
+                "Observation.ndjson",
+                vec![moved(obs_line(
+                    "o1",
+                    "2026-03-01T10:00:00Z",
+                    400.0,
+                    "2026-03-05T00:00:00Z",
+                ))],
+            )],
+        ),
+        (
+            "an older result of the other patient",
+            vec![(
+                "Observation.ndjson",
+                vec![moved(obs_line(
+                    "o1",
+                    "2026-03-01T10:00:00Z",
+                    400.0,
+                    "2026-02-01T00:00:00Z",
+                ))],
+            )],
+        ),
+        (
+            "a TARE and an HCC diagnosis moved away",
+            vec![
+                (
+                    "Procedure.ndjson",
+                    vec![moved(procedure_line("t1", "79445", "2026-02-01T00:00:00Z"))],
+                ),
+                (
+                    "Condition.ndjson",
+                    vec![moved(condition_line("c1", "C22.0", "2026-02-01T00:00:00Z"))],
+                ),
+            ],
+        ),
+    ] {
+        let mut extra = extra;
+        extra.push((
+            "Observation.ndjson",
+            vec![obs_line(
+                "o1",
+                "2026-03-01T10:00:00Z",
+                400.0,
+                "2026-03-02T00:00:00Z",
+            )],
+        ));
+        let dir = tare_patient_files(&extra);
+        let config = Config::default();
+        let one_run = ndjson::load(dir.path(), &ingestor(&config)).unwrap();
+        let mut sharded: Vec<_> = (0..2)
+            .flat_map(|index| {
+                let shard = Some(Shard { index, count: 2 });
+                ndjson::load(dir.path(), &ingestor(&config).for_shard(shard))
+                    .unwrap()
+                    .timelines
+            })
+            .collect();
+        sharded.sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
+        assert_eq!(sharded, one_run.timelines, "{case}");
+    }
 }

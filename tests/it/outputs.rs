@@ -214,11 +214,11 @@ fn a_full_disk_leaves_the_previous_set_and_exits_1_naming_the_file() {
         .unwrap();
     assert_success(&first);
     let before = shown_set(out.path());
-    // RLIMIT_FSIZE: any write past 8 KiB fails with EFBIG, as on a full disk (SIGXFSZ ignored,
-    // so the write fails instead of the process being killed).
+    // RLIMIT_FSIZE: any write past 8 KiB fails with EFBIG, as on a full disk. The job handles
+    // SIGXFSZ itself, so the write fails instead of the process being killed without a word.
     let output = Command::new("sh")
         .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 16; exec \"$@\"")
+        .arg("ulimit -f 16; exec \"$@\"")
         .arg("sh")
         .arg(assert_cmd::cargo::cargo_bin("tare-marker-monitor"))
         .args(run_args(&demo(), out.path()))
@@ -299,4 +299,14 @@ fn an_output_folder_with_other_files_is_refused_with_exit_2_and_left_untouched()
         BTreeSet::from(["markers.csv".to_owned(), "notes.txt".to_owned()])
     );
     assert_eq!(read(out.path(), "markers.csv"), "old\n");
+    // Nothing beside it either: no store, no lock file.
+    assert_eq!(
+        names_in(out.path().parent().unwrap()),
+        BTreeSet::from([out
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()])
+    );
 }

@@ -209,7 +209,7 @@ fn non_fhir_form(rng: &mut ChaCha8Rng, resource: &Value) -> Value {
     .into_iter()
     .filter(|key| form.get(*key).is_some())
     .collect();
-    match (rng.gen_range(0..5), present.choose(rng)) {
+    match (rng.gen_range(0..6), present.choose(rng)) {
         (0, _) | (_, None) => return json!([resource.clone()]),
         (1, _) if form["code"]["coding"].is_array() => {
             let codings: Vec<Value> = form["code"]["coding"]
@@ -226,6 +226,7 @@ fn non_fhir_form(rng: &mut ChaCha8Rng, resource: &Value) -> Value {
         (3, _) if form["valueQuantity"]["value"].is_number() => {
             form["valueQuantity"]["value"] = json!(form["valueQuantity"]["value"].to_string());
         }
+        (4, Some(key)) => form[*key] = Value::Null,
         (_, Some(key)) => form[*key] = json!([form[*key].clone()]),
     }
     form
