@@ -34,7 +34,9 @@ pub struct TestServer {
 #[allow(dead_code)]
 enum Hold {
     Process(ServerProcess),
-    Turn(tokio::sync::MutexGuard<'static, ()>),
+    /// This process's turn, and the lock file that makes it this machine's turn: another test
+    /// run (another checkout) against the same HAPI would otherwise empty it mid-test.
+    Turn(tokio::sync::MutexGuard<'static, ()>, std::fs::File),
 }
 
 /// A private server process, stopped (by PID) when dropped.
@@ -145,11 +147,34 @@ async fn start_hfs() -> Option<TestServer> {
 async fn take_hapi_turn() -> Option<TestServer> {
     let base = configured("TMM_TEST_HAPI_URL")?;
     let turn = HAPI_TURN.lock().await;
+    let machine_turn = lock_across_processes(&base).await;
     expunge_everything(&base).await;
     Some(TestServer {
         base,
-        _hold: Hold::Turn(turn),
+        _hold: Hold::Turn(turn, machine_turn),
     })
+}
+
+/// An exclusive lock on a file named after the server, released when the file is closed.
+async fn lock_across_processes(base: &str) -> std::fs::File {
+    let name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = std::env::temp_dir().join(format!("tmm-test-turn-{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .expect("lock the HAPI test turn");
+        file
+    })
+    .await
+    .unwrap()
 }
 
 /// Empties a HAPI server: every resource and every version of it.
