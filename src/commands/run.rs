@@ -49,10 +49,45 @@ pub struct RunArgs {
     /// valve otherwise stops it, exit code 6).
     #[arg(long)]
     pub allow_mass_cancel: bool,
+    /// Accept a full or cohort run that finds no patient or no accepted Observation (exit 0
+    /// instead of 8).
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+/// Options that cannot apply to the source or mode chosen: each is refused with a sentence,
+/// never silently ignored.
+fn refuse_what_cannot_apply(
+    args: &RunArgs,
+    source: &crate::source::Source,
+    config: &crate::config::Config,
+) -> Result<(), CommandError> {
+    let folder = matches!(source, crate::source::Source::Folder(_));
+    let cohort = !(args.patient.is_empty() && args.cohort.is_empty() && args.group.is_empty());
+    let refusal = if folder && args.dry_run {
+        Some("--dry-run applies to a server source (it keeps the write-back from sending); a run over --source-dir never writes to a server: leave it out")
+    } else if folder && (args.export || args.export_group.is_some()) {
+        Some("--export and --export-group read a server through Bulk Data $export; with --source-dir the folder already is an export: leave them out")
+    } else if folder && args.allow_mass_cancel {
+        Some("--allow-mass-cancel governs the write-back to a server; a run over --source-dir writes nothing back: leave it out")
+    } else if folder && config.schedule.state_file.is_some() {
+        Some("schedule.state_file keeps the watermark of incremental server reads; a run over --source-dir always reads the whole folder: unset it (or TMM_SCHEDULE__STATE_FILE) for folder runs")
+    } else if args.full && config.schedule.state_file.is_none() {
+        Some("--full ignores the incremental state, and there is none: schedule.state_file is not set, so every run reads everyone already")
+    } else if args.full && cohort {
+        Some("--full ignores the incremental state, which a run for --patient, --cohort or --group never uses: leave it out")
+    } else {
+        None
+    };
+    match refusal {
+        Some(sentence) => Err(CommandError::NotApplicable(sentence.to_owned())),
+        None => Ok(()),
+    }
 }
 
 pub fn execute(args: RunArgs) -> Result<(), CommandError> {
     let mut config = args.source.config()?;
+    refuse_what_cannot_apply(&args, &args.source.source(&config)?, &config)?;
     if args.export {
         config.server.read_with = crate::config::ReadWith::Export;
     }
@@ -80,6 +115,7 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         shard,
         full: args.full,
         allow_mass_cancel: args.allow_mass_cancel,
+        allow_empty: args.allow_empty,
     };
     let outcome = job::run(&options, &config)?;
     let s = &outcome.summary;

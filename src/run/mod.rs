@@ -46,6 +46,9 @@ pub enum RunError {
     Output(#[from] OutputError),
     #[error("cannot build a FHIR resource")]
     Build(#[from] fhir_resources::BuildError),
+    /// A full or cohort run that read its source but found nothing to evaluate.
+    #[error("{origin}: read, but nothing usable: {what}; nothing was published (--allow-empty accepts an empty source)")]
+    NothingUsable { origin: String, what: String },
     /// SIGINT or SIGTERM: the run stopped between two steps.
     #[error("interrupted: the run stopped before it finished; outputs and state are as they were")]
     Interrupted,
@@ -75,6 +78,8 @@ pub struct RunOptions {
     pub full: bool,
     /// Write back even when the safety valve would stop it (`--allow-mass-cancel`).
     pub allow_mass_cancel: bool,
+    /// Go on when a full or cohort run finds no patient or no accepted Observation.
+    pub allow_empty: bool,
 }
 
 pub struct RunOutcome {
@@ -333,6 +338,35 @@ impl Run<'_> {
     }
 }
 
+/// A full or cohort run must find patients and accepted Observations: an empty read means a
+/// wrong folder, a wrong server or codes the configuration does not know, not a quiet night.
+/// (An incremental run may find nothing changed; a shard may hold nobody.)
+fn nothing_usable(options: &RunOptions, loaded: &crate::source::Loaded) -> Result<(), RunError> {
+    let observations = loaded.quality.by_type.get("Observation");
+    let what = if loaded.timelines.is_empty() {
+        "no patient at all".to_owned()
+    } else if observations.is_none_or(|o| o.accepted == 0) {
+        let (read, left_out, other_codes) = observations.map_or((0, 0, 0), |o| {
+            let left_out = o.left_out.values().map(|r| r.count).sum::<u64>();
+            (o.read, left_out, o.not_relevant)
+        });
+        let most = observations
+            .and_then(|o| o.left_out.iter().max_by_key(|(_, r)| r.count))
+            .map_or(String::new(), |(reason, r)| {
+                format!(", {} of them as {reason}", r.count)
+            });
+        format!(
+            "no Observation accepted ({read} read, {other_codes} of codes the configuration does not list, {left_out} left out{most})"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(RunError::NothingUsable {
+        origin: options.source.to_string(),
+        what,
+    })
+}
+
 /// One run, as its steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Started::now();
@@ -369,6 +403,10 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         read_ms,
         "source read"
     );
+    if !options.allow_empty && options.shard.is_none() && !matches!(mode, Mode::Incremental { .. })
+    {
+        nothing_usable(options, &loaded)?;
+    }
     if matches!(mode, Mode::Cohort) {
         cohort
             .unknown

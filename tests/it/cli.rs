@@ -935,3 +935,213 @@ fn an_implausible_reference_high_is_not_used_and_the_rise_stays_flagged() {
         .get("elements_not_used")
         .is_none());
 }
+
+// ---- exit codes (README "Exit codes", src/commands/exit.rs) and options refused ----
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_ends_with_every_exit_code_of_the_table() {
+    let output = binary().arg("--help").output().unwrap();
+    assert_success(&output);
+    let help = String::from_utf8_lossy(&output.stdout);
+    let table = &help[help.find("Exit codes").expect("an exit-code table")..];
+    for doc in &tare_marker_monitor::commands::exit::TABLE {
+        let line = format!("{:>3}  {}", doc.code, doc.summary);
+        assert!(table.contains(&line), "{line:?} missing from:\n{table}");
+    }
+}
+
+#[test]
+fn a_successful_run_exits_0() {
+    let (_out, output) = run_demo(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+}
+
+#[test]
+fn a_date_not_written_yyyy_mm_dd_exits_2_naming_the_form() {
+    let demo = demo();
+    let demo = demo.to_str().unwrap();
+    for (command, args) in [
+        ("run", vec!["--source-dir", demo, "--as-of", "2026-11-1"]),
+        ("report", vec!["--source-dir", demo, "--from", "26-11-01"]),
+        ("generate", vec!["--as-of", "2026-1-01"]),
+    ] {
+        let out = out_dir();
+        let output = binary()
+            .arg(command)
+            .arg("--out")
+            .arg(out.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stderr_of(&output)
+        );
+        assert!(
+            stderr_of(&output).contains("is not a date written YYYY-MM-DD"),
+            "{}",
+            stderr_of(&output)
+        );
+    }
+}
+
+#[test]
+fn options_that_cannot_apply_to_a_folder_exit_2_with_a_sentence_and_write_nothing() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[schedule]\nstate_file = \"/nonexistent/state.json\"\n",
+    )
+    .unwrap();
+    let config = config.path().to_str().unwrap().to_owned();
+    for (args, says) in [
+        (vec!["--dry-run"], "--dry-run applies to a server source"),
+        (
+            vec!["--export"],
+            "--export and --export-group read a server",
+        ),
+        (
+            vec!["--allow-mass-cancel"],
+            "--allow-mass-cancel governs the write-back",
+        ),
+        (vec!["--full"], "schedule.state_file is not set"),
+        (
+            vec!["--config", &config],
+            "schedule.state_file keeps the watermark",
+        ),
+    ] {
+        let (out, output) = run_demo(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr_of(&output)
+        );
+        let stderr = stderr_of(&output);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !out.path().exists(),
+            "{args:?}: a refused run wrote {:?}",
+            out.path()
+        );
+    }
+}
+
+#[test]
+fn a_tmm_variable_that_sets_no_key_warns_naming_the_nearest_key() {
+    let out = out_dir();
+    let output = binary()
+        .args(["run", "--source-dir", demo().to_str().unwrap()])
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .env("TMM_SERVER_BASE_URL", "https://fhir.example.org/R4")
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let stderr = stderr_of(&output);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("environment variable"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].ends_with(
+        "environment variable TMM_SERVER_BASE_URL sets no configuration key and is ignored; did you mean TMM_SERVER__BASE_URL?"
+    ), "{stderr}");
+    assert!(
+        !stderr.contains("fhir.example.org"),
+        "the value is not logged: {stderr}"
+    );
+}
+
+#[test]
+fn a_folder_with_no_accepted_observation_exits_8_unless_allow_empty() {
+    // Every PIVKA-II coded under a system the job does not know: read, and all left out.
+    let patient =
+        serde_json::json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"});
+    let observation = |n: usize| {
+        serde_json::json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
+            "code": {"coding": [{"system": "http://lab.example/codes", "code": "PIVKA"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-06-01",
+            "valueQuantity": {"value": 100.0, "unit": "mAU/mL"}})
+    };
+    let folder =
+        crate::helpers::write_folder(&[patient, observation(1), observation(2), observation(3)]);
+    let out = out_dir();
+    let output = run_folder(folder.path(), out.path());
+    assert_eq!(output.status.code(), Some(8), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("read, but nothing usable: no Observation accepted (3 read, 3 of codes the configuration does not list, 0 left out)"),
+        "{stderr}"
+    );
+    assert!(!out.path().exists(), "nothing is published");
+
+    let output = binary()
+        .args(["run", "--allow-empty", "--source-dir"])
+        .arg(folder.path())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    assert_eq!(summary_of(out.path())["patients"]["evaluated"], 0);
+}
+
+#[test]
+fn a_folder_with_no_patient_at_all_exits_8() {
+    let observation = serde_json::json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "http://lab.example/codes", "code": "PIVKA"}]},
+        "effectiveDateTime": "2026-06-01", "valueQuantity": {"value": 100.0, "unit": "mAU/mL"}});
+    let folder = crate::helpers::write_folder(&[observation]);
+    let out = out_dir();
+    let output = run_folder(folder.path(), out.path());
+    assert_eq!(output.status.code(), Some(8), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("read, but nothing usable: no patient at all"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_server_refusing_the_credentials_exits_2_with_401_and_403() {
+    use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
+    for status in [401, 403] {
+        let server = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(status))
+            .mount(&server)
+            .await;
+        let base = server.uri();
+        let output = tokio::task::spawn_blocking(move || {
+            let out = out_dir();
+            binary()
+                .args(["run", "--server", &base, "--as-of", "2026-11-01", "--out"])
+                .arg(out.path())
+                .env("TMM_SERVER__MAX_RETRY_SECS", "1")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "HTTP {status}: {}",
+            stderr_of(&output)
+        );
+        assert!(
+            stderr_of(&output).contains(&format!("HTTP {status}")),
+            "{}",
+            stderr_of(&output)
+        );
+    }
+}
