@@ -43,6 +43,16 @@ pub struct Config {
     pub output: OutputConfig,
     pub server: ServerConfig,
     pub schedule: ScheduleConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Where else `metrics.prom` goes (README "Logs and metrics"). Not clinical numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A copy of each run's `metrics.prom` here (node_exporter's textfile collector reads
+    /// `*.prom` in its `--collector.textfile.directory`), written whatever the run's outcome.
+    pub textfile_path: Option<std::path::PathBuf>,
 }
 
 /// docs/rules.md §1.4 and "Conversions".

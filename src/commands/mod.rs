@@ -28,6 +28,12 @@ pub struct Cli {
     /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// More log lines (-v: debug, -vv: trace); TMM_LOG, a tracing filter, overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Fewer log lines (-q: warnings and errors, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +60,14 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Write a synthetic cohort in the Bulk Data layout (deterministic for a seed).
     Generate(generate::GenerateArgs),
+}
+
+impl Cli {
+    /// `-v` count less `-q` count.
+    pub fn verbosity(&self) -> i8 {
+        let clamp = |n: u8| i8::try_from(n).unwrap_or(i8::MAX);
+        clamp(self.verbose).saturating_sub(clamp(self.quiet))
+    }
 }
 
 impl Command {

@@ -110,6 +110,7 @@ fn output_names(shard: Option<Shard>) -> Vec<String> {
     .into_iter()
     .map(|(stem, extension)| output_name(stem, extension, shard))
     .collect();
+    names.push(output_name("metrics", "prom", shard));
     names.push("transactions".into());
     names
 }
@@ -370,6 +371,15 @@ fn nothing_usable(options: &RunOptions, loaded: &crate::source::Loaded) -> Resul
 /// One run, as its steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Started::now();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        command = "run",
+        source_kind = options.source.kind(),
+        as_of = %options.as_of,
+        shard = options.shard.map(|s| s.to_string()),
+        run_id = %started.run_id,
+        "run started"
+    );
     let (set, _state_lock) = open_outputs(options, config, &started.run_id)?;
     let mut run = Run {
         options,
@@ -400,7 +410,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         mode = mode.name(),
         patients = loaded.timelines.len(),
         inputs = loaded.inputs.len(),
-        read_ms,
+        read_secs = read_ms as f64 / 1000.0,
         "source read"
     );
     if !options.allow_empty && options.shard.is_none() && !matches!(mode, Mode::Incremental { .. })
@@ -466,19 +476,29 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             total_ms: run.started.clock.elapsed().as_millis(),
         },
     };
+    // The metrics of the run as it will exit, in its set (a failed step after this point
+    // publishes nothing).
+    let published = match options.shard {
+        None => options.out_dir.clone(),
+        Some(shard) => options
+            .out_dir
+            .join(shard.file_suffix().trim_start_matches('.')),
+    };
+    let previous = published.join(output_name("metrics", "prom", options.shard));
+    crate::metrics::RunMetrics {
+        summary: Some(&summary),
+        exit_code: crate::commands::run::exit_code_of(&summary, options.dry_run),
+        duration_secs: run.started.clock.elapsed().as_secs_f64(),
+        ended_at: crate::metrics::now(),
+        previous_success: crate::metrics::last_success_in(&previous),
+    }
+    .write(&run.out("metrics", "prom"))?;
     run.write_summary(&summary)?;
 
     // Publish the set, then save the state: a run whose outputs were not published is done
     // again.
     run.set.publish()?;
     run.save_state(&mode, &rechecks, &scope, fully_succeeded)?;
-    tracing::info!(
-        run_id = %run.started.run_id,
-        evaluated = summary.patients.evaluated,
-        flags = summary.flags.total,
-        total_ms = summary.timings.total_ms,
-        "run finished"
-    );
     Ok(RunOutcome {
         run_id: run.started.run_id,
         summary,

@@ -36,6 +36,8 @@ pub struct PatientCounts {
     /// Patients referenced by any resource read.
     pub seen: usize,
     pub evaluated: usize,
+    /// Evaluated patients with at least one flag.
+    pub flagged: usize,
     pub left_out: BTreeMap<&'static str, usize>,
     /// Evaluated with an unknown birth date (age not checked), docs/rules.md §1.
     pub birth_date_unknown: usize,
@@ -163,6 +165,7 @@ impl RunSummary {
             counts.evaluated += 1;
             counts.birth_date_unknown += usize::from(patient.birth_date_unknown);
             counts.episodes_evaluated += patient.episodes.len();
+            counts.flagged += usize::from(patient.episodes.iter().any(|e| !e.flags.is_empty()));
             for episode in &patient.episodes {
                 for course in &episode.courses {
                     let by_response = responses
