@@ -307,6 +307,11 @@ impl CommandError {
             | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,
             CommandError::Output(OutputError::Locked { .. }) => exit::LOCKED,
             CommandError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
+            CommandError::Merge(
+                crate::merge::MergeError::Differs { .. }
+                | crate::merge::MergeError::NotItsShard { .. }
+                | crate::merge::MergeError::NoIdentity { .. },
+            ) => exit::CONFIG,
             CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
             CommandError::MassCancel(_) => exit::MASS_CANCEL,
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,

@@ -11,7 +11,7 @@ use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::isolation::isolated;
 use crate::output::{self, write_atomically, OutputError, OutputFile, OutputSet};
-use crate::sink::summary::{CohortReport, RunSummary, Timings, Watermark};
+use crate::sink::summary::{CohortReport, RunIdentity, RunSummary, Timings, Watermark};
 use crate::sink::{csv as csv_sink, detected_issue, server};
 use crate::source::{ReadError, Reader, Source};
 use crate::state::{self, StateError};
@@ -452,6 +452,13 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
 
     // Summarise.
     let summary = RunSummary {
+        identity: RunIdentity {
+            as_of: options.as_of.to_string(),
+            config_sha256: RunIdentity::config_digest(config),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard: options.shard.map(|s| s.to_string()),
+            source: options.source.to_string(),
+        },
         tool_version: env!("CARGO_PKG_VERSION"),
         mode: mode.name(),
         as_of: options.as_of.to_string(),

@@ -97,8 +97,38 @@ pub struct Watermark {
     pub next: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What makes the parts of one sharded run parts of one run: `merge` refuses parts whose
+/// identities differ in any field but `shard`, and a shard twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunIdentity {
+    pub as_of: String,
+    /// SHA-256 of the configuration in effect (its JSON form; the thread count, which
+    /// changes no result, left out).
+    pub config_sha256: String,
+    pub tool_version: String,
+    /// `I/N` of a sharded run.
+    pub shard: Option<String>,
+    /// The folder or the server's base URL.
+    #[serde(serialize_with = "shown_text")]
+    pub source: String,
+}
+
+impl RunIdentity {
+    pub fn config_digest(config: &Config) -> String {
+        use sha2::{Digest, Sha256};
+        let mut config = config.clone();
+        config.ingest.threads = 0;
+        let json = serde_json::to_vec(&config).unwrap_or_default();
+        Sha256::digest(&json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    pub identity: RunIdentity,
     pub tool_version: &'static str,
     /// `full`, `incremental` or `cohort`.
     pub mode: &'static str,

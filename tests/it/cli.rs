@@ -1355,3 +1355,104 @@ fn the_textfile_copy_of_a_failed_run_keeps_the_last_success_time() {
     assert_eq!(mode, 0o644, "node_exporter must be able to read it");
     promtool_accepts(&textfile);
 }
+
+/// Runs shard `shard` of the demo as of `as_of` into `shared`, with `env` set.
+fn run_shard(shared: &Path, shard: &str, as_of: &str, env: &[(&str, &str)]) {
+    let output = binary()
+        .args(["run", "-q", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", as_of, "--shard", shard, "--out"])
+        .arg(shared)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_success(&output);
+}
+
+fn merge_of(parts: &Path) -> (OutDir, std::process::Output) {
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(parts)
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    (merged, output)
+}
+
+#[test]
+fn merge_refuses_shards_of_different_as_of_dates_naming_the_field_and_the_parts() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-10-01", &[]);
+    let (merged, output) = merge_of(shared.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let summary = |i: u32| {
+        shared
+            .path()
+            .join(format!("shard-{i}-of-2/run-summary.shard-{i}-of-2.json"))
+            .display()
+            .to_string()
+    };
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: the parts come from different runs: their as-of date differs: 2026-11-01 in {}, 2026-10-01 in {}\n",
+            summary(0),
+            summary(1)
+        )
+    );
+    assert!(!merged.path().exists());
+}
+
+#[test]
+fn merge_refuses_shards_run_with_different_configurations() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(
+        shared.path(),
+        "1/2",
+        "2026-11-01",
+        &[("TMM_MARKERS__PIVKA2__ULN", "35")],
+    );
+    let (_, output) = merge_of(shared.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output)
+            .starts_with("error: the parts come from different runs: their configuration (config_sha256) differs: "),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
+fn merge_refuses_one_shard_twice_under_two_names() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    // Shard 0's set copied in as shard 1.
+    let plain = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("shard-0-of-2"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::copy(entry.path(), plain.path().join(&name)).unwrap();
+        std::fs::copy(
+            entry.path(),
+            plain
+                .path()
+                .join(name.replace("shard-0-of-2", "shard-1-of-2")),
+        )
+        .unwrap();
+    }
+    let (_, output) = merge_of(plain.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: {} holds shard 0/2, not 1/2 as its name says: shard 0/2 is there twice and 1/2 missing\n",
+            plain.path().join("run-summary.shard-1-of-2.json").display()
+        )
+    );
+}
