@@ -41,6 +41,9 @@ pub fn init(format: LogFormat, verbosity: i8) {
         Some(Ok(_)) => parsed.and_then(Result::ok).unwrap_or_default(),
         _ => EnvFilter::new(default_directives(verbosity)),
     };
+    if format == LogFormat::Json {
+        crate::progress::hide();
+    }
     subscriber(format, filter, io::stderr, io::stderr().is_terminal()).init();
     if let Some(Err(error)) = directives.as_deref().map(EnvFilter::try_new) {
         tracing::warn!("{FILTER_VARIABLE} is not a log filter ({error}); using the default level");

@@ -204,7 +204,8 @@ impl Run<'_> {
         keeps_state: bool,
     ) -> (Vec<PatientFindings>, Vec<Recheck>) {
         let (config, as_of) = (self.config, self.options.as_of);
-        self.workers.pool.install(|| {
+        let progress = crate::progress::Progress::start("evaluating", timelines.len() as u64);
+        let evaluated = self.workers.pool.install(|| {
             timelines
                 .into_par_iter()
                 .map(|t| {
@@ -218,10 +219,13 @@ impl Run<'_> {
                     let (findings, recheck) = evaluated.unwrap_or_else(|message| {
                         (PatientFindings::failed(&t.patient_id, message), None)
                     });
+                    progress.advance(1);
                     (findings, (t.patient_id, recheck))
                 })
                 .unzip()
-        })
+        });
+        progress.finish();
+        evaluated
     }
 
     fn out(&self, stem: &str, extension: &str) -> PathBuf {

@@ -1456,3 +1456,30 @@ fn merge_refuses_one_shard_twice_under_two_names() {
         )
     );
 }
+
+/// What `generate` draws on a terminal (`script` gives it one), in `log_format`.
+fn generate_on_a_terminal(log_format: &str) -> Option<String> {
+    let out = out_dir();
+    let command = format!(
+        "{} --log-format {log_format} generate --patients 2000 --out {}",
+        assert_cmd::cargo::cargo_bin("tare-marker-monitor").display(),
+        out.path().display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qc", &command, "/dev/null"])
+        .output()
+        .ok()?;
+    assert_success(&output);
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn generate_shows_progress_on_a_terminal_and_none_in_a_json_log() {
+    let Some(text) = generate_on_a_terminal("text") else {
+        eprintln!("no `script` (util-linux): progress on a terminal not checked");
+        return;
+    };
+    assert!(text.contains("writing ["), "{text}");
+    let json = generate_on_a_terminal("json").unwrap();
+    assert!(!json.contains("writing ["), "{json}");
+}
