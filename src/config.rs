@@ -43,6 +43,16 @@ pub struct Config {
     pub output: OutputConfig,
     pub server: ServerConfig,
     pub schedule: ScheduleConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Where else `metrics.prom` goes (README "Logs and metrics"). Not clinical numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A copy of each run's `metrics.prom` here (node_exporter's textfile collector reads
+    /// `*.prom` in its `--collector.textfile.directory`), written whatever the run's outcome.
+    pub textfile_path: Option<std::path::PathBuf>,
 }
 
 /// docs/rules.md §1.4 and "Conversions".
@@ -572,6 +582,64 @@ fn toml_error_line(error: &toml::de::Error, text: &str) -> String {
 /// `server.base_url` (`__` between the levels, any case).
 pub const ENV_PREFIX: &str = "TMM_";
 
+/// Variables with the prefix that are not keys: the log filter and the test suite's own.
+const ENV_NOT_KEYS: [&str; 2] = ["TMM_LOG", "TMM_TEST_"];
+
+/// Every key as its environment variable (`TMM_SERVER__BASE_URL`), from the shipped
+/// `config/default.toml`, which lists each key (optional ones commented out).
+fn environment_keys() -> Vec<String> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in include_str!("../config/default.toml").lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.replace('.', "__");
+            continue;
+        }
+        let line = line.strip_prefix('#').map_or(line, str::trim_start);
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if !section.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            keys.push(format!("{ENV_PREFIX}{section}__{key}").to_uppercase());
+        }
+    }
+    keys
+}
+
+/// `TMM_` variables that set no key (one underscore where two belong, a misspelling), each
+/// with the nearest key's variable: they would otherwise be ignored without a word. Variables
+/// the configuration names (`server.auth.token_env`) and `ENV_NOT_KEYS` are not keys.
+pub fn unknown_variables<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    config: &Config,
+) -> Vec<(String, String)> {
+    let keys = environment_keys();
+    let named = [config.server.auth.token_env.as_deref()];
+    names
+        .into_iter()
+        .filter(|name| name.starts_with(ENV_PREFIX) && !name.contains("__"))
+        .filter(|name| !ENV_NOT_KEYS.iter().any(|not| name.starts_with(not)))
+        .filter(|name| !named.contains(&Some(name)))
+        .filter_map(|name| {
+            let upper = name.to_uppercase();
+            // Against the whole variable, and against the key without its section (a
+            // variable that left the section out).
+            let distance = |key: &String| {
+                let bare = key.rsplit("__").next().unwrap_or(key);
+                let whole = strsim::levenshtein(&upper, key);
+                whole.min(strsim::levenshtein(&upper, &format!("{ENV_PREFIX}{bare}")))
+            };
+            let nearest = keys.iter().min_by_key(|key| distance(key))?;
+            Some((name.to_owned(), nearest.clone()))
+        })
+        .collect()
+}
+
 /// The built-in defaults as a TOML table, the bottom layer of every configuration. (They
 /// always serialize: a unit test reads them back from `config/default.toml`.)
 fn defaults_table() -> toml::Table {
@@ -651,9 +719,11 @@ impl Config {
             merge(&mut layers, overrides);
             Config::deserialize(layers.clone()).map_err(parse_error)?;
         }
+        let environment: Vec<(String, String)> = environment.into_iter().collect();
         let mut variables: Vec<(String, String)> = environment
-            .into_iter()
+            .iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+            .cloned()
             .collect();
         variables.sort();
         for (variable, value) in variables {
@@ -668,6 +738,11 @@ impl Config {
             message: toml_error_line(&error, ""),
         })?;
         config.validate()?;
+        for (variable, nearest) in
+            unknown_variables(environment.iter().map(|(n, _)| n.as_str()), &config)
+        {
+            tracing::warn!("environment variable {variable} sets no configuration key and is ignored; did you mean {nearest}?");
+        }
         Ok(config)
     }
 
@@ -926,6 +1001,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_variable_with_one_underscore_names_the_nearest_key() {
+        let config = Config::default();
+        let unknown = unknown_variables(
+            [
+                "TMM_SERVER_BASE_URL",
+                "TMM_LOG",
+                "TMM_TEST_HAPI_URL",
+                "TMM_SERVER__BASE_URL",
+                "HOME",
+            ],
+            &config,
+        );
+        assert_eq!(
+            unknown,
+            [(
+                "TMM_SERVER_BASE_URL".to_owned(),
+                "TMM_SERVER__BASE_URL".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_variable_the_token_comes_from_is_not_an_unknown_key() {
+        let mut config = Config::default();
+        config.server.auth.token_env = Some("TMM_FHIR_TOKEN".into());
+        assert!(unknown_variables(["TMM_FHIR_TOKEN"], &config).is_empty());
+        assert_eq!(
+            unknown_variables(["TMM_STATE_FILE"], &Config::default()),
+            [(
+                "TMM_STATE_FILE".to_owned(),
+                "TMM_SCHEDULE__STATE_FILE".to_owned()
+            )]
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_match_rules() {

@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod isolation;
 pub mod logging;
 pub mod merge;
+pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod report;

@@ -14,12 +14,40 @@ use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Sets up the logging of the binary: `RUST_LOG` (default `warn`) on stderr, in `format`;
-/// colours only on a terminal, and never in JSON.
-pub fn init(format: LogFormat) {
+/// The variable holding a log filter (`tracing_subscriber::EnvFilter` directives, such as
+/// `info` or `warn,tare_marker_monitor::source=debug`); it overrides `-v`/`-q`.
+pub const FILTER_VARIABLE: &str = "TMM_LOG";
+
+/// The filter of `-v`/`-q` (`verbosity` is the count of `-v` less the count of `-q`): by
+/// default the job's own info lines (a run's start and end) and everyone's warnings.
+pub fn default_directives(verbosity: i8) -> &'static str {
+    match verbosity {
+        ..=-2 => "error",
+        -1 => "warn",
+        0 => "warn,tare_marker_monitor=info",
+        1 => "info,tare_marker_monitor=debug",
+        _ => "debug,tare_marker_monitor=trace",
+    }
+}
+
+/// Sets up the logging of the binary: `TMM_LOG`, else the level of `-v`/`-q`, on stderr, in
+/// `format`; colours only on a terminal, and never in JSON. A `TMM_LOG` that is not a filter
+/// is said so, in the chosen format, and the default is used.
+pub fn init(format: LogFormat, verbosity: i8) {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let directives = std::env::var(FILTER_VARIABLE).ok();
+    let parsed = directives.as_deref().map(EnvFilter::try_new);
+    let filter = match &parsed {
+        Some(Ok(_)) => parsed.and_then(Result::ok).unwrap_or_default(),
+        _ => EnvFilter::new(default_directives(verbosity)),
+    };
+    if format == LogFormat::Json {
+        crate::progress::hide();
+    }
     subscriber(format, filter, io::stderr, io::stderr().is_terminal()).init();
+    if let Some(Err(error)) = directives.as_deref().map(EnvFilter::try_new) {
+        tracing::warn!("{FILTER_VARIABLE} is not a log filter ({error}); using the default level");
+    }
 }
 
 /// The subscriber `init` installs, writing to `writer`.

@@ -58,6 +58,23 @@ pub enum MergeError {
     },
     #[error(transparent)]
     Write(#[from] crate::output::OutputError),
+    /// Parts whose run identities differ: they come from different runs.
+    #[error("the parts come from different runs: their {field} differs: {}", values.join(", "))]
+    Differs {
+        field: &'static str,
+        /// `path: value` per part.
+        values: Vec<String>,
+    },
+    /// A part whose summary says it is another shard than its file names (a shard twice).
+    #[error("{} holds shard {said}, not {named} as its name says: shard {said} is there twice and {named} missing", path.display())]
+    NotItsShard {
+        path: PathBuf,
+        said: String,
+        named: String,
+    },
+    /// A part without a run identity (written before the identity existed, or edited).
+    #[error("{} has no run identity (identity: as-of, configuration digest, version, shard, source); merge parts of one run of this version", path.display())]
+    NoIdentity { path: PathBuf },
 }
 
 pub struct Merged {
@@ -387,6 +404,7 @@ fn merge_summaries(
         }
     }
     merged["shard"] = format!("merged from {count} shards").into();
+    merged["identity"]["shard"] = Value::Null;
     merged["timings"] = Value::Object(slowest);
     merged["run_id"] = set.run_id().into();
     merged["merged_from"] = Value::Array(shard_runs);
@@ -426,10 +444,62 @@ pub struct Parts {
 /// before anything is written.
 pub fn find(dirs: &[PathBuf]) -> Result<Parts, MergeError> {
     let (count, parts) = find_parts(dirs)?;
+    // The identities first: a shard twice or parts of two runs are named as such.
+    check_identities(&parts, count)?;
     for part in &parts {
         check_part(part)?;
     }
     Ok(Parts { count, parts })
+}
+
+/// Every part of one run: the same as-of, configuration, version and source, each its own
+/// shard (the one its names say).
+fn check_identities(parts: &[Part], count: u32) -> Result<(), MergeError> {
+    use crate::sink::summary::RunIdentity;
+    let mut identities = Vec::new();
+    for (index, files) in parts.iter().enumerate() {
+        let path = &files["run-summary"];
+        let summary: Value =
+            serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let identity: RunIdentity = serde_json::from_value(summary["identity"].clone())
+            .map_err(|_| MergeError::NoIdentity { path: path.clone() })?;
+        let named = format!("{index}/{count}");
+        if identity.shard.as_deref() != Some(named.as_str()) {
+            return Err(MergeError::NotItsShard {
+                path: path.clone(),
+                said: identity
+                    .shard
+                    .unwrap_or_else(|| "none (an unsharded run)".into()),
+                named,
+            });
+        }
+        identities.push((path, identity));
+    }
+    type Field = (&'static str, fn(&RunIdentity) -> &str);
+    let fields: [Field; 4] = [
+        ("as-of date", |i| &i.as_of),
+        ("configuration (config_sha256)", |i| &i.config_sha256),
+        ("tool version", |i| &i.tool_version),
+        ("source", |i| &i.source),
+    ];
+    for (field, value) in fields {
+        let first = identities.first().map(|(_, i)| value(i));
+        if identities.iter().any(|(_, i)| Some(value(i)) != first) {
+            return Err(MergeError::Differs {
+                field,
+                values: identities
+                    .iter()
+                    .map(|(path, i)| {
+                        format!("{} in {}", crate::text::shown(value(i)), path.display())
+                    })
+                    .collect(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Merges the parts into the run folder of `set` (published by the caller).

@@ -1,8 +1,22 @@
 //! A progress bar on stderr, with patients per second and the time left, only when stderr is
-//! a terminal: a scheduler's log gets nothing of it.
+//! a terminal and the log is text: a scheduler's log, or a JSON log (every line one object),
+//! gets nothing of it.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by `logging::init` for `--log-format json`.
+static HIDDEN: AtomicBool = AtomicBool::new(false);
+
+/// No bar at all from now on (a JSON log).
+pub fn hide() {
+    HIDDEN.store(true, Ordering::Relaxed);
+}
+
+fn shown() -> bool {
+    !HIDDEN.load(Ordering::Relaxed) && std::io::stderr().is_terminal()
+}
 
 #[derive(Clone, Default)]
 pub struct Progress {
@@ -12,7 +26,7 @@ pub struct Progress {
 impl Progress {
     /// A bar for `total` patients, or nothing when stderr is not a terminal.
     pub fn start(stage: &'static str, total: u64) -> Progress {
-        if !std::io::stderr().is_terminal() {
+        if !shown() {
             return Progress::default();
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

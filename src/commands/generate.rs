@@ -21,7 +21,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Date the synthetic histories lead up to.
-    #[arg(long, value_name = "YYYY-MM-DD", default_value = "2026-11-01")]
+    #[arg(long, value_name = "YYYY-MM-DD", default_value = "2026-11-01", value_parser = super::iso_date)]
     pub as_of: NaiveDate,
     /// Write `.ndjson.gz` files.
     #[arg(long)]

@@ -2,6 +2,7 @@
 //! sets up logging, calls `Command::execute`, and maps the one error type here to the
 //! documented exit codes (README "Exit codes"); an error is printed once, there.
 
+pub mod exit;
 pub mod explain;
 pub mod generate;
 pub mod merge;
@@ -20,12 +21,19 @@ use std::path::PathBuf;
 #[command(
     name = "tare-marker-monitor",
     version,
-    about = "Evaluates PIVKA-II / AFP courses after TARE and flags cases for clinician review"
+    about = "Evaluates PIVKA-II / AFP courses after TARE and flags cases for clinician review",
+    after_help = exit::help()
 )]
 pub struct Cli {
     /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// More log lines (-v: debug, -vv: trace); TMM_LOG, a tracing filter, overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Fewer log lines (-q: warnings and errors, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +62,14 @@ pub enum Command {
     Generate(generate::GenerateArgs),
 }
 
+impl Cli {
+    /// `-v` count less `-q` count.
+    pub fn verbosity(&self) -> i8 {
+        let clamp = |n: u8| i8::try_from(n).unwrap_or(i8::MAX);
+        clamp(self.verbose).saturating_sub(clamp(self.quiet))
+    }
+}
+
 impl Command {
     pub fn execute(self) -> Result<(), CommandError> {
         match self {
@@ -66,6 +82,22 @@ impl Command {
     }
 }
 
+/// A date as `YYYY-MM-DD` exactly: `2026-11-1` is refused rather than read as a guess.
+pub fn iso_date(text: &str) -> Result<NaiveDate, String> {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shaped {
+        return Err(format!(
+            "{:?} is not a date written YYYY-MM-DD (four-digit year, two-digit month and day)",
+            crate::text::shown(text)
+        ));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| format!("{text}: {e}"))
+}
+
 /// Where to read, as of when, with which configuration: shared by run, report and explain.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
@@ -76,7 +108,7 @@ pub struct SourceArgs {
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Evaluate as of this date (YYYY-MM-DD); default: today in the configured time zone.
-    #[arg(long, value_name = "YYYY-MM-DD")]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = iso_date)]
     pub as_of: Option<NaiveDate>,
     /// TOML file over the built-in defaults (docs/rules.md); see config/default.toml.
     /// Environment variables TMM_SECTION__KEY override both.
@@ -152,6 +184,9 @@ pub struct Opened {
 pub enum CommandError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// An option that cannot apply to the chosen source or mode: refused, never ignored.
+    #[error("{0}")]
+    NotApplicable(String),
     #[error("give --source-dir DIR or --server URL (or server.base_url in the config)")]
     NoSource,
     #[error("--as-of {date} lies outside {earliest} .. {latest}")]
@@ -217,18 +252,6 @@ impl CommandError {
     }
 }
 
-/// The documented exit codes (README "Exit codes").
-pub mod exit {
-    pub const FAILURE: u8 = 1;
-    pub const CONFIG: u8 = 2;
-    pub const SOURCE: u8 = 3;
-    pub const PATIENTS_FAILED: u8 = 4;
-    pub const EVALUATION_FAILED: u8 = 5;
-    pub const MASS_CANCEL: u8 = 6;
-    pub const LOCKED: u8 = 7;
-    pub const INTERRUPTED: u8 = 130;
-}
-
 impl CommandError {
     pub fn exit_code(&self) -> u8 {
         use crate::output::OutputError;
@@ -238,7 +261,15 @@ impl CommandError {
             return exit::INTERRUPTED;
         }
         let fhir = |e: &FhirError| match e {
-            FhirError::Credentials(_) => exit::CONFIG,
+            // Credentials missing, unreadable or refused: one code, the operator's to fix.
+            FhirError::Credentials(_)
+            | FhirError::Status {
+                status: 401 | 403, ..
+            } => exit::CONFIG,
+            FhirError::Token { source, .. } => match source {
+                crate::fhir::error::TokenError::NoAnswer(_) => exit::SOURCE,
+                _ => exit::CONFIG,
+            },
             FhirError::BaseUrl { .. } | FhirError::Refused { .. } | FhirError::Client(_) => {
                 exit::CONFIG
             }
@@ -246,6 +277,7 @@ impl CommandError {
         };
         match self {
             CommandError::Config(_)
+            | CommandError::NotApplicable(_)
             | CommandError::NoSource
             | CommandError::AsOf { .. }
             | CommandError::Shard(_) => exit::CONFIG,
@@ -256,6 +288,7 @@ impl CommandError {
                 RunError::Server(e) | RunError::Read(ReadError::Server(e)) => fhir(e),
                 RunError::Read(_) => exit::SOURCE,
                 RunError::Output(OutputError::Locked { .. }) => exit::LOCKED,
+                RunError::NothingUsable { .. } => exit::NOTHING_USABLE,
                 RunError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
                 RunError::Output(OutputError::Interrupted { .. }) | RunError::Interrupted => {
                     exit::INTERRUPTED
@@ -274,6 +307,11 @@ impl CommandError {
             | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,
             CommandError::Output(OutputError::Locked { .. }) => exit::LOCKED,
             CommandError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
+            CommandError::Merge(
+                crate::merge::MergeError::Differs { .. }
+                | crate::merge::MergeError::NotItsShard { .. }
+                | crate::merge::MergeError::NoIdentity { .. },
+            ) => exit::CONFIG,
             CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
             CommandError::MassCancel(_) => exit::MASS_CANCEL,
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,
@@ -286,6 +324,18 @@ impl CommandError {
 mod tests {
     use super::*;
     use crate::sink::summary::PatientFailure;
+
+    #[test]
+    fn failed_evaluations_exit_5_and_a_write_back_failure_4() {
+        // The CLI cannot be made to fail an evaluation (ingest keeps every date it could not
+        // compute with out); the code is the table's.
+        assert_eq!(
+            CommandError::EvaluationFailed(1).exit_code(),
+            exit::EVALUATION_FAILED
+        );
+        assert_eq!(exit::EVALUATION_FAILED, 5);
+        assert_eq!(CommandError::WriteBackFailed(vec![]).exit_code(), 4);
+    }
 
     #[test]
     fn an_error_prints_as_escaped_lines_one_per_failed_patient() {

@@ -14,10 +14,10 @@ pub struct ReportArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Flags and trail entries identified on or after this date.
-    #[arg(long, value_name = "YYYY-MM-DD")]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = super::iso_date)]
     pub from: Option<NaiveDate>,
     /// Flags and trail entries identified on or before this date.
-    #[arg(long, value_name = "YYYY-MM-DD")]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = super::iso_date)]
     pub to: Option<NaiveDate>,
 }
 

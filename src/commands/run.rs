@@ -49,10 +49,134 @@ pub struct RunArgs {
     /// valve otherwise stops it, exit code 6).
     #[arg(long)]
     pub allow_mass_cancel: bool,
+    /// Accept a full or cohort run that finds no patient or no accepted Observation (exit 0
+    /// instead of 8).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
+/// Options that cannot apply to the source or mode chosen: each is refused with a sentence,
+/// never silently ignored.
+fn refuse_what_cannot_apply(
+    args: &RunArgs,
+    source: &crate::source::Source,
+    config: &crate::config::Config,
+) -> Result<(), CommandError> {
+    let folder = matches!(source, crate::source::Source::Folder(_));
+    let cohort = !(args.patient.is_empty() && args.cohort.is_empty() && args.group.is_empty());
+    let refusal = if folder && args.dry_run {
+        Some("--dry-run applies to a server source (it keeps the write-back from sending); a run over --source-dir never writes to a server: leave it out")
+    } else if folder && (args.export || args.export_group.is_some()) {
+        Some("--export and --export-group read a server through Bulk Data $export; with --source-dir the folder already is an export: leave them out")
+    } else if folder && args.allow_mass_cancel {
+        Some("--allow-mass-cancel governs the write-back to a server; a run over --source-dir writes nothing back: leave it out")
+    } else if folder && config.schedule.state_file.is_some() {
+        Some("schedule.state_file keeps the watermark of incremental server reads; a run over --source-dir always reads the whole folder: unset it (or TMM_SCHEDULE__STATE_FILE) for folder runs")
+    } else if args.full && config.schedule.state_file.is_none() {
+        Some("--full ignores the incremental state, and there is none: schedule.state_file is not set, so every run reads everyone already")
+    } else if args.full && cohort {
+        Some("--full ignores the incremental state, which a run for --patient, --cohort or --group never uses: leave it out")
+    } else {
+        None
+    };
+    match refusal {
+        Some(sentence) => Err(CommandError::NotApplicable(sentence.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The code a run that got as far as its summary exits with (README "Exit codes"): the
+/// order in which `execute` reports what failed.
+pub fn exit_code_of(summary: &crate::sink::summary::RunSummary, dry_run: bool) -> u8 {
+    use super::exit;
+    if !summary.patients.evaluation_failed.is_empty() {
+        return exit::EVALUATION_FAILED;
+    }
+    match &summary.write_back {
+        Some(report) if report.mass_cancel.is_some() && !dry_run => exit::MASS_CANCEL,
+        Some(report) if !report.failed.is_empty() => exit::PATIENTS_FAILED,
+        _ => exit::SUCCESS,
+    }
+}
+
+/// The run, then its end line (at the default log level, with its figures and exit code) and
+/// the copy of its metrics for node_exporter, whatever its outcome.
 pub fn execute(args: RunArgs) -> Result<(), CommandError> {
-    let mut config = args.source.config()?;
+    let started = std::time::Instant::now();
+    let config = args.source.config();
+    let textfile = config
+        .as_ref()
+        .ok()
+        .and_then(|config| config.metrics.textfile_path.clone());
+    let mut summary = None;
+    let result = config.and_then(|config| run(args, config, &mut summary));
+    let exit_code = match &result {
+        Ok(()) => super::exit::SUCCESS,
+        Err(error) => error.exit_code(),
+    };
+    let duration_secs = started.elapsed().as_secs_f64();
+    log_end(summary.as_ref(), exit_code, duration_secs);
+    if let Some(path) = textfile {
+        let metrics = crate::metrics::RunMetrics {
+            summary: summary.as_ref(),
+            exit_code,
+            duration_secs,
+            ended_at: crate::metrics::now(),
+            previous_success: crate::metrics::last_success_in(&path),
+        };
+        // node_exporter runs as its own user: the file holds no patient data.
+        let written = metrics.write(&path).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(
+                |source| crate::output::OutputError::Write {
+                    path: path.display().to_string(),
+                    source,
+                },
+            )
+        });
+        if let Err(error) = written {
+            tracing::warn!(
+                "metrics for the textfile collector not written: {}",
+                crate::fhir::error::chain(&error)
+            );
+        }
+    }
+    result
+}
+
+/// The end line: numbers as numbers (a JSON log keeps them so), durations in seconds.
+fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, duration_secs: f64) {
+    let Some(s) = summary else {
+        tracing::info!(exit_code, duration_secs, "run ended");
+        return;
+    };
+    let observations = s.resources.by_type.get("Observation");
+    let severity = |code: &str| s.flags.by_severity.get(code).copied().unwrap_or(0) as u64;
+    tracing::info!(
+        exit_code,
+        duration_secs,
+        patients_evaluated = s.patients.evaluated as u64,
+        patients_flagged = s.patients.flagged as u64,
+        patients_left_out = s.patients.left_out.values().sum::<usize>() as u64,
+        observations_accepted = observations.map_or(0, |o| o.accepted),
+        observations_left_out =
+            observations.map_or(0, |o| o.left_out.values().map(|r| r.count).sum::<u64>()),
+        flags_high = severity("high"),
+        flags_moderate = severity("moderate"),
+        flags_low = severity("low"),
+        read_secs = s.timings.read_ms as f64 / 1000.0,
+        evaluate_secs = s.timings.evaluate_ms as f64 / 1000.0,
+        write_secs = s.timings.write_ms as f64 / 1000.0,
+        "run ended"
+    );
+}
+
+fn run(
+    args: RunArgs,
+    mut config: crate::config::Config,
+    summary_out: &mut Option<crate::sink::summary::RunSummary>,
+) -> Result<(), CommandError> {
+    refuse_what_cannot_apply(&args, &args.source.source(&config)?, &config)?;
     if args.export {
         config.server.read_with = crate::config::ReadWith::Export;
     }
@@ -80,12 +204,13 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         shard,
         full: args.full,
         allow_mass_cancel: args.allow_mass_cancel,
+        allow_empty: args.allow_empty,
     };
     let outcome = job::run(&options, &config)?;
-    let s = &outcome.summary;
+    let s = &*summary_out.insert(outcome.summary.clone());
     if let Some(cohort) = &s.cohort {
         for unknown in &cohort.unknown {
-            eprintln!("warning: not found: {}", crate::text::shown(unknown));
+            tracing::warn!("not found: {}", crate::text::shown(unknown));
         }
     }
     let observations = s.resources.by_type.get("Observation");
@@ -102,6 +227,7 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         options.out_dir.display(),
         outcome.run_id
     );
+    let s = &outcome.summary;
     if let Some(report) = &s.write_back {
         println!(
             "{}write-back to {}: {} created, {} updated, {} cancelled, {} unchanged, {} patients failed",

@@ -193,6 +193,7 @@ pub async fn send_with_retries<E>(
                     wait_ms = wait.as_millis() as u64,
                     "retrying a request"
                 );
+                crate::metrics::count_retry();
                 tokio::time::sleep(wait).await;
             }
             Decision::Done | Decision::GiveUp => return result.map_err(SendFailure::NoAnswer),

@@ -861,7 +861,9 @@ pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> 
             realistic,
         } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+            let progress = crate::progress::Progress::start("writing", *patients as u64);
             for n in 0..*patients {
+                progress.advance(1);
                 let patient_id = format!("syn-{seed}-{n}");
                 let patient = random_patient(&mut rng, &patient_id, *as_of, 12);
                 writers.write(&patient)?;
@@ -874,6 +876,7 @@ pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> 
                     ))?;
                 }
             }
+            progress.finish();
         }
     }
     writers.finish()

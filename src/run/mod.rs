@@ -11,7 +11,7 @@ use crate::evaluate::evaluate_patient;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::isolation::isolated;
 use crate::output::{self, write_atomically, OutputError, OutputFile, OutputSet};
-use crate::sink::summary::{CohortReport, RunSummary, Timings, Watermark};
+use crate::sink::summary::{CohortReport, RunIdentity, RunSummary, Timings, Watermark};
 use crate::sink::{csv as csv_sink, detected_issue, server};
 use crate::source::{ReadError, Reader, Source};
 use crate::state::{self, StateError};
@@ -46,6 +46,9 @@ pub enum RunError {
     Output(#[from] OutputError),
     #[error("cannot build a FHIR resource")]
     Build(#[from] fhir_resources::BuildError),
+    /// A full or cohort run that read its source but found nothing to evaluate.
+    #[error("{origin}: read, but nothing usable: {what}; nothing was published (--allow-empty accepts an empty source)")]
+    NothingUsable { origin: String, what: String },
     /// SIGINT or SIGTERM: the run stopped between two steps.
     #[error("interrupted: the run stopped before it finished; outputs and state are as they were")]
     Interrupted,
@@ -75,6 +78,8 @@ pub struct RunOptions {
     pub full: bool,
     /// Write back even when the safety valve would stop it (`--allow-mass-cancel`).
     pub allow_mass_cancel: bool,
+    /// Go on when a full or cohort run finds no patient or no accepted Observation.
+    pub allow_empty: bool,
 }
 
 pub struct RunOutcome {
@@ -105,6 +110,7 @@ fn output_names(shard: Option<Shard>) -> Vec<String> {
     .into_iter()
     .map(|(stem, extension)| output_name(stem, extension, shard))
     .collect();
+    names.push(output_name("metrics", "prom", shard));
     names.push("transactions".into());
     names
 }
@@ -198,7 +204,8 @@ impl Run<'_> {
         keeps_state: bool,
     ) -> (Vec<PatientFindings>, Vec<Recheck>) {
         let (config, as_of) = (self.config, self.options.as_of);
-        self.workers.pool.install(|| {
+        let progress = crate::progress::Progress::start("evaluating", timelines.len() as u64);
+        let evaluated = self.workers.pool.install(|| {
             timelines
                 .into_par_iter()
                 .map(|t| {
@@ -212,10 +219,13 @@ impl Run<'_> {
                     let (findings, recheck) = evaluated.unwrap_or_else(|message| {
                         (PatientFindings::failed(&t.patient_id, message), None)
                     });
+                    progress.advance(1);
                     (findings, (t.patient_id, recheck))
                 })
                 .unzip()
-        })
+        });
+        progress.finish();
+        evaluated
     }
 
     fn out(&self, stem: &str, extension: &str) -> PathBuf {
@@ -333,9 +343,47 @@ impl Run<'_> {
     }
 }
 
+/// A full or cohort run must find patients and accepted Observations: an empty read means a
+/// wrong folder, a wrong server or codes the configuration does not know, not a quiet night.
+/// (An incremental run may find nothing changed; a shard may hold nobody.)
+fn nothing_usable(options: &RunOptions, loaded: &crate::source::Loaded) -> Result<(), RunError> {
+    let observations = loaded.quality.by_type.get("Observation");
+    let what = if loaded.timelines.is_empty() {
+        "no patient at all".to_owned()
+    } else if observations.is_none_or(|o| o.accepted == 0) {
+        let (read, left_out, other_codes) = observations.map_or((0, 0, 0), |o| {
+            let left_out = o.left_out.values().map(|r| r.count).sum::<u64>();
+            (o.read, left_out, o.not_relevant)
+        });
+        let most = observations
+            .and_then(|o| o.left_out.iter().max_by_key(|(_, r)| r.count))
+            .map_or(String::new(), |(reason, r)| {
+                format!(", {} of them as {reason}", r.count)
+            });
+        format!(
+            "no Observation accepted ({read} read, {other_codes} of codes the configuration does not list, {left_out} left out{most})"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(RunError::NothingUsable {
+        origin: options.source.to_string(),
+        what,
+    })
+}
+
 /// One run, as its steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
     let started = Started::now();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        command = "run",
+        source_kind = options.source.kind(),
+        as_of = %options.as_of,
+        shard = options.shard.map(|s| s.to_string()),
+        run_id = %started.run_id,
+        "run started"
+    );
     let (set, _state_lock) = open_outputs(options, config, &started.run_id)?;
     let mut run = Run {
         options,
@@ -366,9 +414,13 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         mode = mode.name(),
         patients = loaded.timelines.len(),
         inputs = loaded.inputs.len(),
-        read_ms,
+        read_secs = read_ms as f64 / 1000.0,
         "source read"
     );
+    if !options.allow_empty && options.shard.is_none() && !matches!(mode, Mode::Incremental { .. })
+    {
+        nothing_usable(options, &loaded)?;
+    }
     if matches!(mode, Mode::Cohort) {
         cohort
             .unknown
@@ -404,6 +456,13 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
 
     // Summarise.
     let summary = RunSummary {
+        identity: RunIdentity {
+            as_of: options.as_of.to_string(),
+            config_sha256: RunIdentity::config_digest(config),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard: options.shard.map(|s| s.to_string()),
+            source: options.source.to_string(),
+        },
         tool_version: env!("CARGO_PKG_VERSION"),
         mode: mode.name(),
         as_of: options.as_of.to_string(),
@@ -428,19 +487,29 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             total_ms: run.started.clock.elapsed().as_millis(),
         },
     };
+    // The metrics of the run as it will exit, in its set (a failed step after this point
+    // publishes nothing).
+    let published = match options.shard {
+        None => options.out_dir.clone(),
+        Some(shard) => options
+            .out_dir
+            .join(shard.file_suffix().trim_start_matches('.')),
+    };
+    let previous = published.join(output_name("metrics", "prom", options.shard));
+    crate::metrics::RunMetrics {
+        summary: Some(&summary),
+        exit_code: crate::commands::run::exit_code_of(&summary, options.dry_run),
+        duration_secs: run.started.clock.elapsed().as_secs_f64(),
+        ended_at: crate::metrics::now(),
+        previous_success: crate::metrics::last_success_in(&previous),
+    }
+    .write(&run.out("metrics", "prom"))?;
     run.write_summary(&summary)?;
 
     // Publish the set, then save the state: a run whose outputs were not published is done
     // again.
     run.set.publish()?;
     run.save_state(&mode, &rechecks, &scope, fully_succeeded)?;
-    tracing::info!(
-        run_id = %run.started.run_id,
-        evaluated = summary.patients.evaluated,
-        flags = summary.flags.total,
-        total_ms = summary.timings.total_ms,
-        "run finished"
-    );
     Ok(RunOutcome {
         run_id: run.started.run_id,
         summary,

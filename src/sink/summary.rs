@@ -36,6 +36,8 @@ pub struct PatientCounts {
     /// Patients referenced by any resource read.
     pub seen: usize,
     pub evaluated: usize,
+    /// Evaluated patients with at least one flag.
+    pub flagged: usize,
     pub left_out: BTreeMap<&'static str, usize>,
     /// Evaluated with an unknown birth date (age not checked), docs/rules.md §1.
     pub birth_date_unknown: usize,
@@ -95,8 +97,38 @@ pub struct Watermark {
     pub next: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What makes the parts of one sharded run parts of one run: `merge` refuses parts whose
+/// identities differ in any field but `shard`, and a shard twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunIdentity {
+    pub as_of: String,
+    /// SHA-256 of the configuration in effect (its JSON form; the thread count, which
+    /// changes no result, left out).
+    pub config_sha256: String,
+    pub tool_version: String,
+    /// `I/N` of a sharded run.
+    pub shard: Option<String>,
+    /// The folder or the server's base URL.
+    #[serde(serialize_with = "shown_text")]
+    pub source: String,
+}
+
+impl RunIdentity {
+    pub fn config_digest(config: &Config) -> String {
+        use sha2::{Digest, Sha256};
+        let mut config = config.clone();
+        config.ingest.threads = 0;
+        let json = serde_json::to_vec(&config).unwrap_or_default();
+        Sha256::digest(&json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    pub identity: RunIdentity,
     pub tool_version: &'static str,
     /// `full`, `incremental` or `cohort`.
     pub mode: &'static str,
@@ -163,6 +195,7 @@ impl RunSummary {
             counts.evaluated += 1;
             counts.birth_date_unknown += usize::from(patient.birth_date_unknown);
             counts.episodes_evaluated += patient.episodes.len();
+            counts.flagged += usize::from(patient.episodes.iter().any(|e| !e.flags.is_empty()));
             for episode in &patient.episodes {
                 for course in &episode.courses {
                     let by_response = responses

@@ -27,6 +27,16 @@ pub enum Source {
     Server(String),
 }
 
+impl Source {
+    /// `folder` or `server`, for the logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Folder(_) => "folder",
+            Source::Server(_) => "server",
+        }
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

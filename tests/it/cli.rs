@@ -598,11 +598,11 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let cohort_lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.contains("are not FHIR JSON"))
+        .filter(|l| l.contains(" WARN ") && !l.contains("are not FHIR JSON"))
         .collect();
-    assert_eq!(
-        cohort_lines,
-        ["warning: not found: nobody-here (no Patient)"],
+    assert_eq!(cohort_lines.len(), 1, "{stderr}");
+    assert!(
+        cohort_lines[0].ends_with("not found: nobody-here (no Patient)"),
         "{stderr}"
     );
     let patients: BTreeSet<String> = csv_rows(&read(out.path(), "markers.csv"))
@@ -629,8 +629,8 @@ fn identifiers_in_a_cohort_need_a_server() {
     let (_, output) = run_demo(&["--cohort", cohort.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        "error: identifiers (system|value) and --group are resolved on a FHIR server: use --server\n"
+        stderr_of(&output).lines().last(),
+        Some("error: identifiers (system|value) and --group are resolved on a FHIR server: use --server")
     );
 }
 
@@ -638,7 +638,6 @@ fn identifiers_in_a_cohort_need_a_server() {
 fn json_logs_are_one_object_per_line_without_patient_data() {
     let out = out_dir();
     let output = binary()
-        .env("RUST_LOG", "info")
         .args(["--log-format", "json", "run", "--source-dir"])
         .arg(demo())
         .args(["--as-of", "2026-11-01", "--out"])
@@ -651,9 +650,32 @@ fn json_logs_are_one_object_per_line_without_patient_data() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
-    assert!(lines
-        .iter()
-        .any(|l| l["fields"]["message"] == "run finished"));
+    // At the default level: a start line and an end line with the run's figures, as numbers.
+    let started = &lines[0]["fields"];
+    assert_eq!(started["message"], "run started");
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["command"], "run");
+    assert_eq!(started["source_kind"], "folder");
+    assert_eq!(started["as_of"], "2026-11-01");
+    assert!(started["run_id"].is_string());
+    let ended = &lines.last().unwrap()["fields"];
+    assert_eq!(ended["message"], "run ended");
+    assert_eq!(ended["exit_code"], 0);
+    assert_eq!(ended["patients_evaluated"], 51);
+    assert_eq!(ended["patients_flagged"], 43);
+    assert_eq!(ended["observations_accepted"], 984);
+    assert_eq!(ended["observations_left_out"], 15);
+    assert_eq!(ended["flags_high"], 14);
+    assert_eq!(ended["flags_moderate"], 21);
+    assert_eq!(ended["flags_low"], 57);
+    assert!(ended["duration_secs"].as_f64().unwrap() > 0.0, "{ended}");
+    for line in &lines {
+        for (key, value) in line["fields"].as_object().unwrap() {
+            if key.ends_with("_secs") {
+                assert!(value.is_f64(), "{key} is not a number in seconds: {line}");
+            }
+        }
+    }
     // Info lines, and one warning: the demo's cut Observation line.
     let warnings: Vec<&Value> = lines.iter().filter(|l| l["level"] != "INFO").collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
@@ -934,4 +956,530 @@ fn an_implausible_reference_high_is_not_used_and_the_rise_stays_flagged() {
     assert!(summary["resources"]["by_type"]["Observation"]
         .get("elements_not_used")
         .is_none());
+}
+
+// ---- exit codes (README "Exit codes", src/commands/exit.rs) and options refused ----
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_ends_with_every_exit_code_of_the_table() {
+    let output = binary().arg("--help").output().unwrap();
+    assert_success(&output);
+    let help = String::from_utf8_lossy(&output.stdout);
+    let table = &help[help.find("Exit codes").expect("an exit-code table")..];
+    for doc in &tare_marker_monitor::commands::exit::TABLE {
+        let line = format!("{:>3}  {}", doc.code, doc.summary);
+        assert!(table.contains(&line), "{line:?} missing from:\n{table}");
+    }
+}
+
+#[test]
+fn a_successful_run_exits_0() {
+    let (_out, output) = run_demo(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+}
+
+#[test]
+fn a_date_not_written_yyyy_mm_dd_exits_2_naming_the_form() {
+    let demo = demo();
+    let demo = demo.to_str().unwrap();
+    for (command, args) in [
+        ("run", vec!["--source-dir", demo, "--as-of", "2026-11-1"]),
+        ("report", vec!["--source-dir", demo, "--from", "26-11-01"]),
+        ("generate", vec!["--as-of", "2026-1-01"]),
+    ] {
+        let out = out_dir();
+        let output = binary()
+            .arg(command)
+            .arg("--out")
+            .arg(out.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stderr_of(&output)
+        );
+        assert!(
+            stderr_of(&output).contains("is not a date written YYYY-MM-DD"),
+            "{}",
+            stderr_of(&output)
+        );
+    }
+}
+
+#[test]
+fn options_that_cannot_apply_to_a_folder_exit_2_with_a_sentence_and_write_nothing() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[schedule]\nstate_file = \"/nonexistent/state.json\"\n",
+    )
+    .unwrap();
+    let config = config.path().to_str().unwrap().to_owned();
+    for (args, says) in [
+        (vec!["--dry-run"], "--dry-run applies to a server source"),
+        (
+            vec!["--export"],
+            "--export and --export-group read a server",
+        ),
+        (
+            vec!["--allow-mass-cancel"],
+            "--allow-mass-cancel governs the write-back",
+        ),
+        (vec!["--full"], "schedule.state_file is not set"),
+        (
+            vec!["--config", &config],
+            "schedule.state_file keeps the watermark",
+        ),
+    ] {
+        let (out, output) = run_demo(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr_of(&output)
+        );
+        let stderr = stderr_of(&output);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(last.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("run started"),
+            "refused before the run: {stderr}"
+        );
+        assert!(
+            !out.path().exists(),
+            "{args:?}: a refused run wrote {:?}",
+            out.path()
+        );
+    }
+}
+
+#[test]
+fn a_tmm_variable_that_sets_no_key_warns_naming_the_nearest_key() {
+    let out = out_dir();
+    let output = binary()
+        .args(["run", "--source-dir", demo().to_str().unwrap()])
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .env("TMM_SERVER_BASE_URL", "https://fhir.example.org/R4")
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let stderr = stderr_of(&output);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("environment variable"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].ends_with(
+        "environment variable TMM_SERVER_BASE_URL sets no configuration key and is ignored; did you mean TMM_SERVER__BASE_URL?"
+    ), "{stderr}");
+    assert!(
+        !stderr.contains("fhir.example.org"),
+        "the value is not logged: {stderr}"
+    );
+}
+
+#[test]
+fn a_folder_with_no_accepted_observation_exits_8_unless_allow_empty() {
+    // Every PIVKA-II coded under a system the job does not know: read, and all left out.
+    let patient =
+        serde_json::json!({"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"});
+    let observation = |n: usize| {
+        serde_json::json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
+            "code": {"coding": [{"system": "http://lab.example/codes", "code": "PIVKA"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-06-01",
+            "valueQuantity": {"value": 100.0, "unit": "mAU/mL"}})
+    };
+    let folder =
+        crate::helpers::write_folder(&[patient, observation(1), observation(2), observation(3)]);
+    let out = out_dir();
+    let output = run_folder(folder.path(), out.path());
+    assert_eq!(output.status.code(), Some(8), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("read, but nothing usable: no Observation accepted (3 read, 3 of codes the configuration does not list, 0 left out)"),
+        "{stderr}"
+    );
+    assert!(!out.path().exists(), "nothing is published");
+
+    let output = binary()
+        .args(["run", "--allow-empty", "--source-dir"])
+        .arg(folder.path())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    assert_eq!(summary_of(out.path())["patients"]["evaluated"], 0);
+}
+
+#[test]
+fn a_folder_with_no_patient_at_all_exits_8() {
+    let observation = serde_json::json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "http://lab.example/codes", "code": "PIVKA"}]},
+        "effectiveDateTime": "2026-06-01", "valueQuantity": {"value": 100.0, "unit": "mAU/mL"}});
+    let folder = crate::helpers::write_folder(&[observation]);
+    let out = out_dir();
+    let output = run_folder(folder.path(), out.path());
+    assert_eq!(output.status.code(), Some(8), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("read, but nothing usable: no patient at all"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_server_refusing_the_credentials_exits_2_with_401_and_403() {
+    use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
+    for status in [401, 403] {
+        let server = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(status))
+            .mount(&server)
+            .await;
+        let base = server.uri();
+        let output = tokio::task::spawn_blocking(move || {
+            let out = out_dir();
+            binary()
+                .args(["run", "--server", &base, "--as-of", "2026-11-01", "--out"])
+                .arg(out.path())
+                .env("TMM_SERVER__MAX_RETRY_SECS", "1")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "HTTP {status}: {}",
+            stderr_of(&output)
+        );
+        assert!(
+            stderr_of(&output).contains(&format!("HTTP {status}")),
+            "{}",
+            stderr_of(&output)
+        );
+    }
+}
+
+#[test]
+fn a_json_log_ends_a_failed_run_with_the_error_as_json() {
+    let out = out_dir();
+    let output = binary()
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--source-dir",
+            "/nonexistent/tmm-folder",
+        ])
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = stderr_of(&output);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["fields"]["exit_code"], 3);
+    assert!(last["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("cannot read source folder /nonexistent/tmm-folder"));
+    let ended = &lines[lines.len() - 2]["fields"];
+    assert_eq!(ended["message"], "run ended");
+    assert_eq!(ended["exit_code"], 3);
+}
+
+#[test]
+fn quiet_leaves_out_the_info_lines_and_tmm_log_overrides_it() {
+    let (_out, output) = run_demo(&["-q"]);
+    assert_success(&output);
+    let stderr = stderr_of(&output);
+    assert!(!stderr.contains(" INFO "), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains(" WARN ")).count(),
+        1,
+        "{stderr}"
+    );
+
+    let out = out_dir();
+    let output = binary()
+        .args(["-q", "run", "--source-dir", demo().to_str().unwrap()])
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .env("TMM_LOG", "error")
+        .output()
+        .unwrap();
+    assert_success(&output);
+    assert_eq!(stderr_of(&output), "");
+}
+
+/// The samples of a Prometheus text file by name and labels, checking each family has its
+/// HELP and TYPE lines before its samples.
+fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut declared = BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(kind, "gauge", "{line}");
+            declared.insert(name.to_owned());
+        } else if !line.starts_with("# HELP ") {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            let name = series.split('{').next().unwrap();
+            assert!(
+                declared.contains(name),
+                "{name} sampled before its TYPE line"
+            );
+            let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            samples.insert(series.to_owned(), value);
+        }
+    }
+    samples
+}
+
+/// `promtool check metrics` (Debian's `prometheus`) on a file: CI installs it and sets CI=1,
+/// where its absence fails the test.
+fn promtool_accepts(path: &Path) {
+    let Ok(promtool) = which_promtool() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("1"),
+            "promtool is not installed (apt-get install prometheus); CI needs it"
+        );
+        eprintln!("promtool not installed: metrics.prom not checked by it");
+        return;
+    };
+    let output = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr_of(&output)
+    );
+}
+
+fn which_promtool() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}
+
+#[test]
+fn a_run_writes_metrics_prom_with_its_figures_in_its_set() {
+    let (out, output) = run_demo(&[]);
+    assert_success(&output);
+    let path = out.path().join("metrics.prom");
+    let samples = prometheus_samples(&read(out.path(), "metrics.prom"));
+    let m = |series: &str| {
+        samples
+            .get(&format!("tare_marker_monitor_{series}"))
+            .copied()
+    };
+    assert_eq!(m("patients{outcome=\"evaluated\"}"), Some(51.0));
+    assert_eq!(m("patients{outcome=\"no_hcc_condition\"}"), Some(3.0));
+    assert_eq!(m("observations{reason=\"accepted\"}"), Some(984.0));
+    assert_eq!(m("observations{reason=\"duplicate\"}"), Some(1.0));
+    assert_eq!(m("flags{severity=\"high\"}"), Some(14.0));
+    assert_eq!(m("flags{severity=\"moderate\"}"), Some(21.0));
+    assert_eq!(m("flags{severity=\"low\"}"), Some(57.0));
+    assert_eq!(m("exit_code"), Some(0.0));
+    for step in ["total", "read", "evaluate", "write"] {
+        assert!(
+            m(&format!("run_duration_seconds{{step=\"{step}\"}}")).is_some(),
+            "{step}"
+        );
+    }
+    assert_eq!(
+        m("last_success_timestamp_seconds"),
+        m("last_run_timestamp_seconds")
+    );
+    let listed = summary_of(out.path())["files"].to_string();
+    assert!(listed.contains("metrics.prom"), "{listed}");
+    promtool_accepts(&path);
+}
+
+#[test]
+fn the_textfile_copy_of_a_failed_run_keeps_the_last_success_time() {
+    let work = tempfile::tempdir().unwrap();
+    let textfile = work.path().join("tmm.prom");
+    let run = |source: &Path| {
+        let out = out_dir();
+        let output = binary()
+            .args(["run", "--source-dir"])
+            .arg(source)
+            .args(["--as-of", "2026-11-01", "--out"])
+            .arg(out.path())
+            .env("TMM_METRICS__TEXTFILE_PATH", &textfile)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            prometheus_samples(&std::fs::read_to_string(&textfile).unwrap()),
+        )
+    };
+    let (code, succeeded) = run(&demo());
+    assert_eq!(code, Some(0));
+    let success = succeeded["tare_marker_monitor_last_success_timestamp_seconds"];
+    let (code, failed) = run(Path::new("/nonexistent/tmm-folder"));
+    assert_eq!(code, Some(3));
+    assert_eq!(failed["tare_marker_monitor_exit_code"], 3.0);
+    assert_eq!(
+        failed["tare_marker_monitor_last_success_timestamp_seconds"],
+        success
+    );
+    assert!(failed["tare_marker_monitor_last_run_timestamp_seconds"] > success);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&textfile).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "node_exporter must be able to read it");
+    promtool_accepts(&textfile);
+}
+
+/// Runs shard `shard` of the demo as of `as_of` into `shared`, with `env` set.
+fn run_shard(shared: &Path, shard: &str, as_of: &str, env: &[(&str, &str)]) {
+    let output = binary()
+        .args(["run", "-q", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", as_of, "--shard", shard, "--out"])
+        .arg(shared)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_success(&output);
+}
+
+fn merge_of(parts: &Path) -> (OutDir, std::process::Output) {
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(parts)
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    (merged, output)
+}
+
+#[test]
+fn merge_refuses_shards_of_different_as_of_dates_naming_the_field_and_the_parts() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-10-01", &[]);
+    let (merged, output) = merge_of(shared.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let summary = |i: u32| {
+        shared
+            .path()
+            .join(format!("shard-{i}-of-2/run-summary.shard-{i}-of-2.json"))
+            .display()
+            .to_string()
+    };
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: the parts come from different runs: their as-of date differs: 2026-11-01 in {}, 2026-10-01 in {}\n",
+            summary(0),
+            summary(1)
+        )
+    );
+    assert!(!merged.path().exists());
+}
+
+#[test]
+fn merge_refuses_shards_run_with_different_configurations() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(
+        shared.path(),
+        "1/2",
+        "2026-11-01",
+        &[("TMM_MARKERS__PIVKA2__ULN", "35")],
+    );
+    let (_, output) = merge_of(shared.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output)
+            .starts_with("error: the parts come from different runs: their configuration (config_sha256) differs: "),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
+fn merge_refuses_one_shard_twice_under_two_names() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    // Shard 0's set copied in as shard 1.
+    let plain = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("shard-0-of-2"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::copy(entry.path(), plain.path().join(&name)).unwrap();
+        std::fs::copy(
+            entry.path(),
+            plain
+                .path()
+                .join(name.replace("shard-0-of-2", "shard-1-of-2")),
+        )
+        .unwrap();
+    }
+    let (_, output) = merge_of(plain.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: {} holds shard 0/2, not 1/2 as its name says: shard 0/2 is there twice and 1/2 missing\n",
+            plain.path().join("run-summary.shard-1-of-2.json").display()
+        )
+    );
+}
+
+/// What `generate` draws on a terminal (`script` gives it one), in `log_format`.
+fn generate_on_a_terminal(log_format: &str) -> Option<String> {
+    let out = out_dir();
+    let command = format!(
+        "{} --log-format {log_format} generate --patients 2000 --out {}",
+        assert_cmd::cargo::cargo_bin("tare-marker-monitor").display(),
+        out.path().display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qc", &command, "/dev/null"])
+        .output()
+        .ok()?;
+    assert_success(&output);
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn generate_shows_progress_on_a_terminal_and_none_in_a_json_log() {
+    let Some(text) = generate_on_a_terminal("text") else {
+        eprintln!("no `script` (util-linux): progress on a terminal not checked");
+        return;
+    };
+    assert!(text.contains("writing ["), "{text}");
+    let json = generate_on_a_terminal("json").unwrap();
+    assert!(!json.contains("writing ["), "{json}");
 }

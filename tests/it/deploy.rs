@@ -137,3 +137,28 @@ fn the_systemd_timer_starts_a_oneshot_service_whose_command_the_job_accepts() {
     assert_eq!(timer["Timer"]["Unit"], "tare-marker-monitor.service");
     assert_eq!(timer["Install"]["WantedBy"], "timers.target");
 }
+
+#[test]
+fn the_systemd_unit_logs_at_info_and_feeds_the_textfile_collector() {
+    let text = deploy("systemd/tare-marker-monitor.service");
+    let environment: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("Environment="))
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap();
+            (name.to_owned(), value.to_owned())
+        })
+        .collect();
+    assert!(environment.contains(&("TMM_LOG".to_owned(), "info".to_owned())));
+    let config = Config::load(None, environment).unwrap();
+    let textfile = config.metrics.textfile_path.unwrap();
+    assert_eq!(
+        textfile,
+        std::path::Path::new("/var/lib/node_exporter/textfile_collector/tare_marker_monitor.prom")
+    );
+    // ProtectSystem=strict: the collector's folder must be writable.
+    assert!(text.contains(&format!(
+        "ReadWritePaths={}",
+        textfile.parent().unwrap().display()
+    )));
+}

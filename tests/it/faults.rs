@@ -386,10 +386,15 @@ async fn a_page_with_one_invalid_observation_uses_the_rest() {
         .await;
     let (output, out) = dry_run(server.uri(), "2026-07-10").await;
     assert_success(&output);
-    // Stderr is not a terminal: no progress bar; at the default log level one warning about
-    // the malformed result, without its id or the value it held.
+    // Stderr is not a terminal: no progress bar; at the default log level the start and end
+    // lines and one warning about the malformed result, without its id or the value it held.
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 4, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains(" WARN ")).count(),
+        1,
+        "{stderr}"
+    );
     assert!(
         stderr.contains(
             "WARN tare_marker_monitor::source: 1 Observation resources are not FHIR JSON \
@@ -1194,6 +1199,7 @@ async fn dry_run_bundles_are_owner_only_under_collision_free_names_with_an_index
             "detected-issues.ndjson",
             "flags.csv",
             "markers.csv",
+            "metrics.prom",
             "transactions/index.csv",
             bundle_path.as_str()
         ]

@@ -11,10 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RUN_FILES: [&str; 3] = ["detected-issues.ndjson", "flags.csv", "markers.csv"];
+const RUN_FILES: [&str; 4] = [
+    "detected-issues.ndjson",
+    "flags.csv",
+    "markers.csv",
+    "metrics.prom",
+];
 
 fn run_args(source: &Path, out: &Path) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--source-dir".into()];
+    // -q: warnings and errors only, which these tests read.
+    let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "-q".into(), "--source-dir".into()];
     args.push(source.into());
     args.extend(["--as-of".into(), "2026-11-01".into(), "--out".into()]);
     args.push(out.into());

@@ -437,10 +437,33 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why(server: T
         ))
         .await;
     }
+    // Read, but nothing usable: exit 8, nothing published, nothing sent.
+    let output = crate::helpers::binary()
+        .args([
+            "run",
+            "--server",
+            &server.base,
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(work.path().join("empty"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!work.path().join("empty").exists());
+    assert_eq!(our_issues(&server.base).await, before);
+    // Accepted as empty, the safety valve stops it.
     let out = work.path().join("second");
     let output = crate::helpers::binary()
         .args([
             "run",
+            "--allow-empty",
             "--server",
             &server.base,
             "--as-of",
@@ -475,7 +498,12 @@ async fn a_run_that_reads_no_tare_patient_cancels_nothing_and_says_why(server: T
 
     // An operator who means it.
     let third = run_ok(
-        &["--server", &server.base, "--allow-mass-cancel"],
+        &[
+            "--server",
+            &server.base,
+            "--allow-empty",
+            "--allow-mass-cancel",
+        ],
         &work.path().join("third"),
     );
     assert_eq!(changes(&third), (0, 0, before.len() as u64));
