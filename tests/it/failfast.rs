@@ -1,0 +1,232 @@
+//! A run operators can leave alone: it stops at once when told (SIGINT/SIGTERM cancel the
+//! request under way), and a server that never answers, refuses connections, is not R4 or
+//! does not declare what the run needs ends it quickly with exit 3 and one line saying why.
+
+use serde_json::{json, Value};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A server that accepts every connection and never answers: the connections are held open
+/// by a thread until the test ends.
+fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!(
+        "http://127.0.0.1:{}/fhir",
+        listener.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    base
+}
+
+fn start_run(base: &str, work: &Path, config: &str) -> std::process::Child {
+    let config_path = work.join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"))
+        .args(["run", "--server", base, "--as-of", "2026-07-10", "--config"])
+        .arg(&config_path)
+        .arg("--out")
+        .arg(work.join("out"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the process; its exit code, its stderr and how long the wait took.
+fn finish(mut child: std::process::Child) -> (Option<i32>, String, Duration) {
+    let waited = Instant::now();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr, waited.elapsed())
+}
+
+fn stopped_at_once_by(signal: &str) {
+    let base = silent_server();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let child = start_run(
+        &base,
+        work.path(),
+        &format!("[schedule]\nstate_file = {state:?}\n"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (code, stderr, took) = finish(child);
+    println!("SIG{signal} to exit: {took:?}");
+    assert_eq!(code, Some(130), "{stderr}");
+    // The issue asks for 5 s; the bound here is generous so a loaded machine does not fail it.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        stderr.contains("interrupted while waiting on 127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!work.path().join("out").exists(), "nothing published");
+    let store: Vec<String> = std::fs::read_dir(work.path().join(".out.runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(store, [".tare-marker-monitor.lock"], "no run folder left");
+    assert!(!state.exists(), "the state does not move on");
+}
+
+#[test]
+fn sigterm_cancels_a_request_to_a_server_that_never_answers() {
+    stopped_at_once_by("TERM");
+}
+
+#[test]
+fn sigint_cancels_a_request_to_a_server_that_never_answers() {
+    stopped_at_once_by("INT");
+}
+
+#[test]
+fn a_server_that_never_answers_ends_the_run_with_one_line_naming_host_kind_and_cause() {
+    let base = silent_server();
+    let work = tempfile::tempdir().unwrap();
+    let child = start_run(
+        &base,
+        work.path(),
+        "[server]\nfirst_byte_timeout_secs = 2\n",
+    );
+    let (code, stderr, took) = finish(child);
+    println!("a silent server ended the run after {took:?}");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: CapabilityStatement on 127.0.0.1: no answer within 2 s"
+    );
+    // A timeout is not retried: one attempt of 2 s, not five.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn a_refused_connection_is_retried_briefly_and_named() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let child = start_run(&format!("http://127.0.0.1:{port}/fhir"), work.path(), "");
+    let (code, stderr, took) = finish(child);
+    println!("a refused connection ended the run after {took:?}");
+    assert_eq!(code, Some(3), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"error: CapabilityStatement on 127.0.0.1: connection refused")
+    );
+    // Four retries, each warning with the host, the cause and the wait, and no URL.
+    let retries: Vec<&&str> = lines.iter().filter(|l| l.contains("retrying")).collect();
+    assert_eq!(retries.len(), 4, "{stderr}");
+    for (n, line) in retries.iter().enumerate() {
+        assert!(
+            line.contains("retrying CapabilityStatement on 127.0.0.1 after connection refused in ")
+                && line.ends_with(&format!("(attempt {} of 5)", n + 2)),
+            "{line}"
+        );
+        assert!(!line.contains("http://"), "{line}");
+    }
+}
+
+/// A server whose CapabilityStatement is `statement`, and nothing else.
+async fn stating(statement: Value) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/metadata"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(statement)
+                .insert_header("Content-Type", "application/fhir+json"),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn run_against(server: &MockServer, extra: &[&str]) -> (Option<i32>, String, usize) {
+    let work = tempfile::tempdir().unwrap();
+    let output = crate::helpers::binary()
+        .args(["run", "--server", &server.uri(), "--as-of", "2026-07-10"])
+        .args(extra)
+        .arg("--out")
+        .arg(work.path().join("out"))
+        .output()
+        .unwrap();
+    let searches = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() != "/metadata")
+        .count();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        searches,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_is_not_r4_is_refused_before_any_search() {
+    let server = stating(
+        json!({"resourceType": "CapabilityStatement", "fhirVersion": "5.0.0",
+        "rest": [{"mode": "server", "resource": [{"type": "Observation"}]}]}),
+    )
+    .await;
+    let (code, stderr, searches) = run_against(&server, &[]).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: the FHIR server at 127.0.0.1 cannot be used: it is FHIR 5.0.0, not R4 (4.0.x): this job reads and writes FHIR R4 only"
+    );
+    assert_eq!(searches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_does_not_declare_the_write_back_is_refused_naming_what_is_missing() {
+    let search = |kind: &str| {
+        json!({"type": kind, "interaction": [{"code": "search-type"}, {"code": "read"}],
+            "searchParam": [{"name": "code", "type": "token"}, {"name": "patient", "type": "reference"},
+                {"name": "_id", "type": "token"}, {"name": "identifier", "type": "token"}]})
+    };
+    let server = stating(
+        json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+        "rest": [{"mode": "server", "interaction": [{"code": "transaction"}],
+            "resource": [search("Procedure"), search("Patient"), search("Condition"),
+                search("Observation"), search("DetectedIssue"), search("Device"),
+                {"type": "Provenance", "interaction": [{"code": "create"}]}]}]}),
+    )
+    .await;
+    let (code, stderr, searches) = run_against(&server, &[]).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: the FHIR server at 127.0.0.1 does not declare what this run needs: DetectedIssue create; DetectedIssue update; Provenance update; Device create (its CapabilityStatement, /metadata; `tare-marker-monitor check` tries each)"
+    );
+    assert_eq!(searches, 0);
+    // A dry run writes nothing, and needs none of it: it goes on to search.
+    let (_, stderr, searches) = run_against(&server, &["--dry-run"]).await;
+    assert!(!stderr.contains("does not declare"), "{stderr}");
+    assert!(searches > 0, "{stderr}");
+}
