@@ -2,6 +2,7 @@
 //! sets up logging, calls `Command::execute`, and maps the one error type here to the
 //! documented exit codes (README "Exit codes"); an error is printed once, there.
 
+pub mod check;
 pub mod explain;
 pub mod generate;
 pub mod merge;
@@ -52,6 +53,10 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Write a synthetic cohort in the Bulk Data layout (deterministic for a seed).
     Generate(generate::GenerateArgs),
+    /// Try what a run asks of the FHIR server (CapabilityStatement, token, one search of each
+    /// kind, DetectedIssue $validate), one line per check; writes nothing. Exit code 0 when
+    /// every check passed, 3 otherwise.
+    Check(check::CheckArgs),
 }
 
 impl Command {
@@ -62,6 +67,7 @@ impl Command {
             Command::Report(args) => report::execute(args),
             Command::Explain(args) => explain::execute(args),
             Command::Generate(args) => generate::execute(args),
+            Command::Check(args) => check::execute(args),
         }
     }
 }
@@ -154,6 +160,11 @@ pub enum CommandError {
     Config(#[from] ConfigError),
     #[error("give --source-dir DIR or --server URL (or server.base_url in the config)")]
     NoSource,
+    #[error("give --server URL (or server.base_url in the config)")]
+    NoServer,
+    /// `check`: some checks failed (each printed with why).
+    #[error("{failures} of {checks} checks failed")]
+    ChecksFailed { failures: usize, checks: usize },
     #[error("--as-of {date} lies outside {earliest} .. {latest}")]
     AsOf {
         date: NaiveDate,
@@ -247,6 +258,7 @@ impl CommandError {
         match self {
             CommandError::Config(_)
             | CommandError::NoSource
+            | CommandError::NoServer
             | CommandError::AsOf { .. }
             | CommandError::Shard(_) => exit::CONFIG,
             CommandError::Run(run) => match run {
@@ -274,6 +286,7 @@ impl CommandError {
             | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,
             CommandError::Output(OutputError::Locked { .. }) => exit::LOCKED,
             CommandError::Output(OutputError::NotOurs { .. }) => exit::CONFIG,
+            CommandError::ChecksFailed { .. } => exit::SOURCE,
             CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
             CommandError::MassCancel(_) => exit::MASS_CANCEL,
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,

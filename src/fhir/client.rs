@@ -520,6 +520,19 @@ impl FhirClient {
         }
     }
 
+    /// Gets an access token now, when the configured authentication has one to get (for
+    /// `check`): what was done, in a few words; never the token.
+    pub async fn check_authorization(&self) -> Result<&'static str, FhirError> {
+        match self.credentials.as_ref() {
+            Credentials::None => Ok("no authentication configured"),
+            Credentials::Static(_) => Ok("a static bearer token from the configuration"),
+            Credentials::Smart(_) => self
+                .authorization(true)
+                .await
+                .map(|_| "SMART Backend Services token granted"),
+        }
+    }
+
     /// Sends a request, retrying transient failures per the retry policy (every request the
     /// job sends is safe to repeat). `build` makes a fresh request for each attempt.
     pub async fn send(

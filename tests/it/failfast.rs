@@ -230,3 +230,99 @@ async fn a_server_that_does_not_declare_the_write_back_is_refused_naming_what_is
     assert!(!stderr.contains("does not declare"), "{stderr}");
     assert!(searches > 0, "{stderr}");
 }
+
+fn check(base: &str) -> (Option<i32>, String) {
+    let output = crate::helpers::binary()
+        .args(["check", "--server", base])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+crate::servers::on_each_server!(check_passes_every_check_on_a_real_server);
+
+async fn check_passes_every_check_on_a_real_server(server: crate::servers::TestServer) {
+    let base = server.base.clone();
+    let (code, stdout) = tokio::task::spawn_blocking(move || check(&base))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
+    let names: Vec<&str> = stdout
+        .lines()
+        .map(|line| line.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "CapabilityStatement",
+            "Procedure search by code (TARE)",
+            "Patient search by identifier",
+            "DetectedIssue search by identifier (the job's own)",
+            "Condition search by patient and code (HCC)",
+            "Observation search by patient and code (markers)",
+            "DetectedIssue $validate",
+        ]
+    );
+    assert!(stdout.lines().all(|l| l.contains(": ok")), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_what_fails_and_exits_3() {
+    let server = stating(json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+        "rest": [{"mode": "server", "resource": [{"type": "Observation", "interaction": [{"code": "search-type"}]}]}]}))
+    .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"resourceType": "Bundle", "type": "searchset"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/DetectedIssue/$validate"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let base = server.uri();
+    let (code, stdout) = tokio::task::spawn_blocking(move || check(&base))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(3), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "CapabilityStatement: FAILED: does not declare Procedure search; Patient search; Condition search; transaction; DetectedIssue search; DetectedIssue create; DetectedIssue update; Provenance update; Device search; Device create"
+    );
+    assert_eq!(
+        lines[1],
+        "Procedure search by code (TARE): ok (no TARE Procedure found)"
+    );
+    assert!(lines[2..6].iter().all(|l| l.ends_with(": ok")), "{stdout}");
+    assert!(
+        lines[6].starts_with(
+            "DetectedIssue $validate: ok (the server has no $validate (HTTP 404); dry run:"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_of_a_server_that_never_answers_stops_after_the_capability_statement() {
+    let base = silent_server();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[server]\nfirst_byte_timeout_secs = 1\n").unwrap();
+    let output = crate::helpers::binary()
+        .args(["check", "--server", &base, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "CapabilityStatement: FAILED: CapabilityStatement on 127.0.0.1: no answer within 1 s\nthe other checks: FAILED: not tried: the server did not answer\n"
+    );
+}
