@@ -326,3 +326,50 @@ fn check_of_a_server_that_never_answers_stops_after_the_capability_statement() {
         "CapabilityStatement: FAILED: CapabilityStatement on 127.0.0.1: no answer within 1 s\nthe other checks: FAILED: not tried: the server did not answer\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cancels_a_write_back_request_that_never_gets_an_answer() {
+    let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
+    let empty = json!({"resourceType": "Bundle", "type": "searchset"});
+    Mock::given(method("GET"))
+        .and(path("/Procedure"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(empty))
+        .mount(&server)
+        .await;
+    // Whatever the write-back asks first is never answered (in the test's lifetime).
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let child = start_run(
+        &server.uri(),
+        work.path(),
+        &format!("[schedule]\nstate_file = {state:?}\n"),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    // The reading is over; the write-back waits on its first request (the job's Device).
+    assert_eq!(asked, ["/metadata", "/Procedure", "/Device"]);
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (code, stderr, took) = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    println!("SIGTERM during the write-back to exit: {took:?}");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!work.path().join("out").exists(), "nothing published");
+    assert!(!state.exists(), "the state does not move on");
+}
