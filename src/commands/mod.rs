@@ -137,6 +137,16 @@ impl SourceArgs {
         let as_of = self.as_of(&config)?;
         let reader = Reader::open(&self.source(&config)?, &config)?;
         let workers = Workers::new(config.ingest.threads)?;
+        // Before the first search: a server that cannot serve these reads says so now.
+        if let Some(client) = reader.client() {
+            let needs = crate::fhir::capabilities::Needs {
+                bulk: config.server.read_with == crate::config::ReadWith::Export,
+                ..Default::default()
+            };
+            workers
+                .runtime
+                .block_on(crate::fhir::capabilities::require(client, needs))?;
+        }
         Ok(Opened {
             config,
             as_of,
