@@ -759,7 +759,9 @@ impl FhirClient {
                 (Some((status, retry_after)), _) => {
                     Outcome::Status(*status, retry_after.as_deref())
                 }
-                (None, FhirError::Transport { error, .. }) if error.is_timeout() => {
+                (None, FhirError::Transport { error, .. })
+                    if error.is_timeout() && !error.is_connect() =>
+                {
                     Outcome::TimedOut
                 }
                 (None, _) => Outcome::NoAnswer,

@@ -3,9 +3,11 @@
 //! conditional create, If-Match and content-derived ids), so every one is retried on a
 //! transient failure. Waits grow exponentially with full jitter, capped; a `Retry-After`
 //! (seconds or HTTP date) is honoured up to a cap; and the retries of one request stop once
-//! `max_total` has passed since its first attempt. A request that timed out is not tried
-//! again: a server that sent nothing for `server.first_byte_timeout_secs` (60 s by default)
-//! is not likely to on a second try, and a dead server ends the run within two minutes.
+//! `max_total` has passed since its first attempt. A request whose answer timed out is not
+//! tried again: a server that sent nothing for `server.first_byte_timeout_secs` (60 s by
+//! default) is not likely to on a second try, and a dead server ends the run within two
+//! minutes. A connection not made in time is retried like a refused one (five attempts of at
+//! most `server.connect_timeout_secs`, 10 s: under a minute in all).
 //! Every retry is one warning naming the request kind, the host, the status or error, and
 //! the wait; never the URL (its query names patients), which is logged at debug level only.
 
@@ -66,7 +68,7 @@ pub enum Outcome<'a> {
     Status(u16, Option<&'a str>),
     /// No answer: connection refused or cut.
     NoAnswer,
-    /// No answer within a timeout: not retried.
+    /// No answer within a timeout (a connection made, nothing sent back): not retried.
     TimedOut,
 }
 
@@ -284,7 +286,7 @@ pub async fn send_with_retries<E>(
                 ),
                 format!("HTTP {}", answer.status.as_u16()),
             ),
-            Err(e) if e.is_timeout() => (
+            Err(e) if e.is_timeout() && !e.is_connect() => (
                 Outcome::TimedOut,
                 cause(e, started.elapsed(), &policy.limits),
             ),
