@@ -427,7 +427,8 @@ pub fn request_kind(base: &Url, url: &Url) -> String {
         ["metadata"] => "CapabilityStatement".into(),
         [] if url.query().is_some() => "search page".into(),
         [] => "transaction".into(),
-        [.., op] if op.starts_with("$export") => "Bulk Data kick-off".into(),
+        [.., op] if *op == "$export" => "Bulk Data kick-off".into(),
+        [.., op] if op.starts_with("$export") => "Bulk Data status".into(),
         [kind, op] if op.starts_with('$') => format!("{kind} {op}"),
         [kind] => format!("{kind} search"),
         [kind, _] => format!("{kind} read"),
@@ -885,6 +886,44 @@ mod tests {
             url.as_str(),
             "https://h:1/fhir/r4/Observation?code=http%3A%2F%2Floinc.org%7C1834-1"
         );
+    }
+
+    #[test]
+    fn a_request_is_named_by_its_kind_without_its_query() {
+        let base = Url::parse("https://fhir.example.org/r4/").unwrap();
+        let kind = |url: &str| request_kind(&base, &Url::parse(url).unwrap());
+        for (url, expected) in [
+            (
+                "https://fhir.example.org/r4/metadata",
+                "CapabilityStatement",
+            ),
+            (
+                "https://fhir.example.org/r4/Observation?patient=p1,p2&code=x",
+                "Observation search",
+            ),
+            ("https://fhir.example.org/r4/?_getpages=abc", "search page"),
+            ("https://fhir.example.org/r4/", "transaction"),
+            ("https://fhir.example.org/r4/Group/g1", "Group read"),
+            (
+                "https://fhir.example.org/r4/DetectedIssue/$validate",
+                "DetectedIssue $validate",
+            ),
+            (
+                "https://fhir.example.org/r4/$export?_type=x",
+                "Bulk Data kick-off",
+            ),
+            (
+                "https://fhir.example.org/r4/Group/g1/$export",
+                "Bulk Data kick-off",
+            ),
+            (
+                "https://fhir.example.org/r4/$export-poll-status?_jobId=1",
+                "Bulk Data status",
+            ),
+            ("https://jobs.example.org/status/1", "Bulk Data status"),
+        ] {
+            assert_eq!(kind(url), expected, "{url}");
+        }
     }
 
     #[test]
