@@ -376,7 +376,12 @@ pub struct ServerConfig {
     /// `Retry-After: 5` to concurrent transactions; a server that takes parallel writes can
     /// have more.
     pub write_concurrency: usize,
+    /// A connection not made within this long is given up (and retried).
     pub connect_timeout_secs: u64,
+    /// No byte of an answer within this long (the first, or the next): the request is given
+    /// up and not retried, so a server that never answers ends the run within two minutes.
+    pub first_byte_timeout_secs: u64,
+    /// One request in all, its body included (a Bulk Data file download has an hour).
     pub request_timeout_secs: u64,
     /// Send `Prefer: handling=strict`, so a server rejects a search parameter it does not know
     /// instead of silently ignoring it (and returning everything).
@@ -513,6 +518,7 @@ impl Default for ServerConfig {
             concurrency: 4,
             write_concurrency: 1,
             connect_timeout_secs: 10,
+            first_byte_timeout_secs: 60,
             request_timeout_secs: 120,
             strict_search: true,
             read_with: ReadWith::Search,
@@ -875,6 +881,11 @@ impl Config {
                 "server.connect_timeout_secs",
                 self.server.connect_timeout_secs,
                 3600,
+            ),
+            (
+                "server.first_byte_timeout_secs",
+                self.server.first_byte_timeout_secs,
+                86_400,
             ),
             (
                 "server.request_timeout_secs",

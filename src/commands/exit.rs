@@ -39,13 +39,13 @@ pub const TABLE: [ExitCodeDoc; 10] = [
         code: CONFIG,
         summary: "configuration error, an option that cannot apply, or credentials missing or refused (HTTP 401/403, token endpoint)",
         name: "config",
-        meaning: "the config file or a `TMM_*` variable (the message names the file or variable and the key), an option that cannot apply to the chosen source, a date not written `YYYY-MM-DD`, an invalid or plain-http server URL, an unreadable `ca_file` or client certificate, a bad `--shard` or `--as-of`, a cohort file with a malformed line, an identifier or `--group` without a server, an unreadable state file, missing or unreadable credentials, credentials the server or the token endpoint refused (HTTP 401 or 403, an OAuth error from the token endpoint), an `--out` folder holding files this job did not write (left untouched); `merge` given parts of different runs (the field that differs, as-of date, configuration digest, tool version or source, is named with each part's value) or one shard twice",
+        meaning: "the config file or a `TMM_*` variable (the message names the file or variable and the key), an option that cannot apply to the chosen source, a date not written `YYYY-MM-DD`, an invalid or plain-http server URL, an unreadable `ca_file` or client certificate, a bad `--shard` or `--as-of`, a cohort file with a malformed line, an identifier or `--group` without a server, `check` without a server, an unreadable state file, missing or unreadable credentials, credentials the server or the token endpoint refused (HTTP 401 or 403, an OAuth error from the token endpoint), an `--out` folder holding files this job did not write (left untouched); `merge` given parts of different runs (the field that differs, as-of date, configuration digest, tool version or source, is named with each part's value) or one shard twice",
     },
     ExitCodeDoc {
         code: SOURCE,
         summary: "source unavailable (folder or server unreadable, an answer not as FHIR says, a limit passed)",
         name: "source",
-        meaning: "a folder missing, without Bulk Data files or Observation data, a file unreadable, a gzip stream corrupt, a file that stops answering (`ingest.max_read_minutes`); a server or token endpoint that does not answer, a search or export answered with an error (other than 401/403) or not with a Bundle, an answer over `server.max_response_bytes`, a search past `server.max_pages_per_search` or with a repeating `next` link, reading past `server.max_read_minutes`, an export not ready in time or with an invalid manifest, a Bulk Data file over `server.max_download_bytes`; a URL the server named that breaks the transport rules of \"Using a FHIR server\"",
+        meaning: "a folder missing, without Bulk Data files or Observation data, a file unreadable, a gzip stream corrupt, a file that became a FIFO or device after the folder was listed, a file that stops answering (`ingest.max_read_minutes`, the message names the file); a server or token endpoint that does not answer (a connection refused after five attempts, no connection within `server.connect_timeout_secs`, no answer within `server.first_byte_timeout_secs`: one line naming the kind of request, the host and the cause, e.g. `error: Observation search on fhir.example.org: no answer within 60 s`), a search or export answered with an error (other than 401/403) or not with a Bundle, an answer over `server.max_response_bytes`, a search past `server.max_pages_per_search` or with a repeating `next` link, reading past `server.max_read_minutes`, an export not ready in time or with an invalid manifest, a Bulk Data file over `server.max_download_bytes`; a URL the server named that breaks the transport rules of \"Using a FHIR server\"; a server whose CapabilityStatement is not FHIR R4 or does not declare a search or interaction the run needs (named); `check` with a check failed",
     },
     ExitCodeDoc {
         code: PATIENTS_FAILED,
@@ -81,7 +81,7 @@ pub const TABLE: [ExitCodeDoc; 10] = [
         code: INTERRUPTED,
         summary: "stopped by SIGINT or SIGTERM; outputs and state as they were",
         name: "interrupted",
-        meaning: "within a fraction of a second even while a read blocks; `--out` shows the previous outputs (or, when the signal came after they were published, this run's whole set), no temporary file left, the state not moved on (a second signal ends the process at once)",
+        meaning: "within a fraction of a second even while a read blocks or a request waits on a server that does not answer (the request, a retry's wait, a `Retry-After` wait and a Bulk Data status poll are dropped at once); `--out` shows the previous outputs (or, when the signal came after they were published, this run's whole set), no temporary file left, the state not moved on (a second signal ends the process at once)",
     },
 ];
 

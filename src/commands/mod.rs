@@ -2,6 +2,7 @@
 //! sets up logging, calls `Command::execute`, and maps the one error type here to the
 //! documented exit codes (README "Exit codes"); an error is printed once, there.
 
+pub mod check;
 pub mod exit;
 pub mod explain;
 pub mod generate;
@@ -60,6 +61,10 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Write a synthetic cohort in the Bulk Data layout (deterministic for a seed).
     Generate(generate::GenerateArgs),
+    /// Try what a run asks of the FHIR server (CapabilityStatement, token, one search of each
+    /// kind, DetectedIssue $validate), one line per check; writes nothing. Exit code 0 when
+    /// every check passed, 3 otherwise.
+    Check(check::CheckArgs),
 }
 
 impl Cli {
@@ -78,6 +83,7 @@ impl Command {
             Command::Report(args) => report::execute(args),
             Command::Explain(args) => explain::execute(args),
             Command::Generate(args) => generate::execute(args),
+            Command::Check(args) => check::execute(args),
         }
     }
 }
@@ -163,6 +169,16 @@ impl SourceArgs {
         let as_of = self.as_of(&config)?;
         let reader = Reader::open(&self.source(&config)?, &config)?;
         let workers = Workers::new(config.ingest.threads)?;
+        // Before the first search: a server that cannot serve these reads says so now.
+        if let Some(client) = reader.client() {
+            let needs = crate::fhir::capabilities::Needs {
+                bulk: config.server.read_with == crate::config::ReadWith::Export,
+                ..Default::default()
+            };
+            workers
+                .runtime
+                .block_on(crate::fhir::capabilities::require(client, needs))?;
+        }
         Ok(Opened {
             config,
             as_of,
@@ -189,6 +205,11 @@ pub enum CommandError {
     NotApplicable(String),
     #[error("give --source-dir DIR or --server URL (or server.base_url in the config)")]
     NoSource,
+    #[error("give --server URL (or server.base_url in the config)")]
+    NoServer,
+    /// `check`: some checks failed (each printed with why).
+    #[error("{failures} of {checks} checks failed")]
+    ChecksFailed { failures: usize, checks: usize },
     #[error("--as-of {date} lies outside {earliest} .. {latest}")]
     AsOf {
         date: NaiveDate,
@@ -267,7 +288,7 @@ impl CommandError {
                 status: 401 | 403, ..
             } => exit::CONFIG,
             FhirError::Token { source, .. } => match source {
-                crate::fhir::error::TokenError::NoAnswer(_) => exit::SOURCE,
+                crate::fhir::error::TokenError::NoAnswer { .. } => exit::SOURCE,
                 _ => exit::CONFIG,
             },
             FhirError::BaseUrl { .. } | FhirError::Refused { .. } | FhirError::Client(_) => {
@@ -279,6 +300,7 @@ impl CommandError {
             CommandError::Config(_)
             | CommandError::NotApplicable(_)
             | CommandError::NoSource
+            | CommandError::NoServer
             | CommandError::AsOf { .. }
             | CommandError::Shard(_) => exit::CONFIG,
             CommandError::Run(run) => match run {
@@ -312,6 +334,7 @@ impl CommandError {
                 | crate::merge::MergeError::NotItsShard { .. }
                 | crate::merge::MergeError::NoIdentity { .. },
             ) => exit::CONFIG,
+            CommandError::ChecksFailed { .. } => exit::SOURCE,
             CommandError::EvaluationFailed(_) => exit::EVALUATION_FAILED,
             CommandError::MassCancel(_) => exit::MASS_CANCEL,
             CommandError::WriteBackFailed(_) => exit::PATIENTS_FAILED,

@@ -114,7 +114,8 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         Ok(()) => super::exit::SUCCESS,
         Err(error) => error.exit_code(),
     };
-    let duration_secs = started.elapsed().as_secs_f64();
+    // Whole milliseconds: `2.034`, not `2.0338675999999998`.
+    let duration_secs = started.elapsed().as_millis() as f64 / 1000.0;
     log_end(summary.as_ref(), exit_code, duration_secs);
     if let Some(path) = textfile {
         let metrics = crate::metrics::RunMetrics {

@@ -5,7 +5,7 @@
 
 use super::error::{CredentialsError, FhirError, Refusal, TokenError};
 use super::jwk;
-use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure};
+use super::retry::{send_with_retries, Answer, RetryPolicy, SendFailure, Target};
 use crate::config::{AuthConfig, AuthMethod, ServerConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderValue;
@@ -70,6 +70,7 @@ impl Credentials {
 /// A request to the authorization server (discovery, token), retried per the policy; a
 /// failure names the URL.
 async fn authorization_request(
+    policy: &RetryPolicy,
     url: &Url,
     build: impl FnMut() -> Result<reqwest::RequestBuilder, CredentialsError>,
 ) -> Result<Answer, FhirError> {
@@ -77,12 +78,23 @@ async fn authorization_request(
         url: url.to_string(),
         source,
     };
-    send_with_retries(&RetryPolicy::default(), TOKEN_ANSWER_LIMIT, build)
+    let host = url.host_str().unwrap_or("?");
+    let target = Target {
+        kind: "token request",
+        host,
+    };
+    send_with_retries(policy, TOKEN_ANSWER_LIMIT, target, build)
         .await
         .map_err(|failure| match failure {
             SendFailure::Build(error) => failed(TokenError::Assertion(Box::new(error))),
-            SendFailure::NoAnswer(e) => failed(TokenError::NoAnswer(e.without_url())),
+            SendFailure::NoAnswer { error, cause } => failed(TokenError::NoAnswer {
+                cause,
+                error: error.without_url(),
+            }),
             SendFailure::TooLarge { limit } => failed(TokenError::TooLarge(limit)),
+            SendFailure::Interrupted => FhirError::Interrupted {
+                url: url.to_string(),
+            },
         })
 }
 
@@ -190,7 +202,12 @@ impl SmartBackend {
         })
     }
 
-    async fn token_endpoint(&self, http: &reqwest::Client, base: &Url) -> Result<Url, FhirError> {
+    async fn token_endpoint(
+        &self,
+        http: &reqwest::Client,
+        policy: &RetryPolicy,
+        base: &Url,
+    ) -> Result<Url, FhirError> {
         if let Some(url) = &self.token_endpoint {
             return Ok(url.clone());
         }
@@ -201,7 +218,7 @@ impl SmartBackend {
             url: discovery.to_string(),
             source,
         };
-        let Answer { status, body, .. } = authorization_request(&discovery, || {
+        let Answer { status, body, .. } = authorization_request(policy, &discovery, || {
             Ok(http
                 .get(discovery.clone())
                 .header("Accept", "application/json"))
@@ -254,6 +271,7 @@ impl SmartBackend {
     pub async fn authorization(
         &self,
         http: &reqwest::Client,
+        policy: &RetryPolicy,
         base: &Url,
         renew: bool,
     ) -> Result<HeaderValue, FhirError> {
@@ -263,13 +281,13 @@ impl SmartBackend {
                 return Ok(token.header.clone());
             }
         }
-        let endpoint = self.token_endpoint(http, base).await?;
+        let endpoint = self.token_endpoint(http, policy, base).await?;
         let failed = |source: TokenError| FhirError::Token {
             url: endpoint.to_string(),
             source,
         };
         // Each attempt signs a fresh assertion (a new `jti`), so a retry is never a replay.
-        let Answer { status, body, .. } = authorization_request(&endpoint, || {
+        let Answer { status, body, .. } = authorization_request(policy, &endpoint, || {
             let assertion = self.client_assertion(endpoint.as_str())?;
             Ok(http
                 .post(endpoint.clone())

@@ -5,7 +5,10 @@
 use super::auth::Credentials;
 pub use super::error::{ClientError, FhirError, Refusal};
 pub use super::retry::Answer;
-use super::retry::{decide, send_with_retries, Decision, Outcome, RetryPolicy, SendFailure};
+use super::retry::{
+    cause, decide, send_with_retries, wait_text, Decision, Limits, Outcome, RetryPolicy,
+    SendFailure, Target,
+};
 use crate::config::ServerConfig;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
@@ -364,6 +367,8 @@ pub fn http_client(
         .default_headers(default_headers)
         .gzip(true)
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+        // No byte for this long (the first of an answer, or the next): the attempt is given up.
+        .read_timeout(Duration::from_secs(settings.first_byte_timeout_secs))
         .timeout(Duration::from_secs(settings.request_timeout_secs))
         .user_agent(concat!("tare-marker-monitor/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -406,6 +411,29 @@ pub fn http_client(
         _ => return Err(ClientError::HalfIdentity.into()),
     }
     Ok(builder.build().map_err(ClientError::Build)?)
+}
+
+/// What a request to `url` is, for a person (and a log line without the URL): "Observation
+/// search", "CapabilityStatement", "transaction", "DetectedIssue $validate", "Bulk Data
+/// kick-off", "Bulk Data status".
+pub fn request_kind(base: &Url, url: &Url) -> String {
+    let under_base = same_origin(base, url) && url.path().starts_with(base.path());
+    if !under_base {
+        return "Bulk Data status".into();
+    }
+    let rest = &url.path()[base.path().len()..];
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["metadata"] => "CapabilityStatement".into(),
+        [] if url.query().is_some() => "search page".into(),
+        [] => "transaction".into(),
+        [.., op] if *op == "$export" => "Bulk Data kick-off".into(),
+        [.., op] if op.starts_with("$export") => "Bulk Data status".into(),
+        [kind, op] if op.starts_with('$') => format!("{kind} {op}"),
+        [kind] => format!("{kind} search"),
+        [kind, _] => format!("{kind} read"),
+        _ => "request".into(),
+    }
 }
 
 impl FhirClient {
@@ -451,6 +479,11 @@ impl FhirClient {
             base,
             retry: RetryPolicy {
                 max_total: Duration::from_secs(settings.max_retry_secs),
+                limits: Limits {
+                    connect: Duration::from_secs(settings.connect_timeout_secs),
+                    first_byte: Duration::from_secs(settings.first_byte_timeout_secs),
+                    whole: Duration::from_secs(settings.request_timeout_secs),
+                },
                 ..RetryPolicy::default()
             },
             max_body: settings.max_response_bytes,
@@ -482,9 +515,22 @@ impl FhirClient {
             Credentials::None => Ok(None),
             Credentials::Static(value) => Ok(Some(value.clone())),
             Credentials::Smart(smart) => smart
-                .authorization(&self.http, &self.base, renew)
+                .authorization(&self.http, &self.retry, &self.base, renew)
                 .await
                 .map(Some),
+        }
+    }
+
+    /// Gets an access token now, when the configured authentication has one to get (for
+    /// `check`): what was done, in a few words; never the token.
+    pub async fn check_authorization(&self) -> Result<&'static str, FhirError> {
+        match self.credentials.as_ref() {
+            Credentials::None => Ok("no authentication configured"),
+            Credentials::Static(_) => Ok("a static bearer token from the configuration"),
+            Credentials::Smart(_) => self
+                .authorization(true)
+                .await
+                .map(|_| "SMART Backend Services token granted"),
         }
     }
 
@@ -499,29 +545,47 @@ impl FhirClient {
         // The token goes to the server's own origin only: never to a `next` link or a
         // redirect elsewhere (reqwest also drops it on a redirect to another host).
         let own_origin = same_origin(&target, &self.base);
+        let kind = request_kind(&self.base, &target);
+        let host = target.host_str().unwrap_or("?");
         let mut renew = false;
         loop {
             let authorization = match own_origin {
                 true => self.authorization(renew).await?,
                 false => None,
             };
-            let answer = send_with_retries(&self.retry, self.max_body, || {
-                self.requests.fetch_add(1, Ordering::Relaxed);
-                let request = build(&self.http);
-                Ok::<_, Infallible>(match &authorization {
-                    Some(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
-                    None => request,
-                })
-            })
+            let answer = send_with_retries(
+                &self.retry,
+                self.max_body,
+                Target { kind: &kind, host },
+                || {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    let request = build(&self.http);
+                    Ok::<_, Infallible>(match &authorization {
+                        Some(value) => {
+                            request.header(reqwest::header::AUTHORIZATION, value.clone())
+                        }
+                        None => request,
+                    })
+                },
+            )
             .await
             .map_err(|failure| match failure {
-                SendFailure::NoAnswer(source) => FhirError::Transport {
-                    url: url.to_owned(),
-                    source: source.without_url(),
-                },
+                SendFailure::NoAnswer { error, cause } => {
+                    tracing::debug!(url, error = %error, "{kind} on {host}: {cause}");
+                    FhirError::Transport {
+                        url: url.to_owned(),
+                        kind: kind.clone(),
+                        host: host.to_owned(),
+                        cause,
+                        error: error.without_url(),
+                    }
+                }
                 SendFailure::TooLarge { limit } => FhirError::TooLarge {
                     url: url.to_owned(),
                     limit,
+                },
+                SendFailure::Interrupted => FhirError::Interrupted {
+                    url: url.to_owned(),
                 },
                 SendFailure::Build(never) => match never {},
             })?;
@@ -623,31 +687,54 @@ impl FhirClient {
             if let Some(value) = authorization {
                 request = request.header(reqwest::header::AUTHORIZATION, value);
             }
-            let failure = match download_once(request, to, self.max_download).await {
-                Ok(downloaded) => return Ok(downloaded),
-                Err(failure) => failure,
+            let started = std::time::Instant::now();
+            let attempted =
+                crate::interrupt::or_stop(download_once(request, to, self.max_download)).await;
+            let failure = match attempted {
+                None => {
+                    let _ = tokio::fs::remove_file(to).await;
+                    return Err(FhirError::Interrupted {
+                        url: url.to_owned(),
+                    });
+                }
+                Some(Ok(downloaded)) => return Ok(downloaded),
+                Some(Err(failure)) => failure,
             };
             // A status (with its Retry-After) or a lost connection may be retried.
-            let (status, error) = match failure {
+            let download_limits = Limits {
+                whole: DOWNLOAD_TIMEOUT,
+                ..self.retry.limits
+            };
+            // A status (with its Retry-After) or a lost connection may be retried.
+            let (outcome, what, error) = match failure {
                 DownloadFailure::Status {
                     status,
                     retry_after,
                     outcome,
                 } => (
                     Some((status, retry_after)),
+                    format!("HTTP {status}"),
                     FhirError::Status {
                         url: url.to_owned(),
                         status,
                         outcome,
                     },
                 ),
-                DownloadFailure::NoAnswer(source) => (
-                    None,
-                    FhirError::Transport {
-                        url: url.to_owned(),
-                        source: source.without_url(),
-                    },
-                ),
+                DownloadFailure::NoAnswer(error) => {
+                    let cause = cause(&error, started.elapsed(), &download_limits);
+                    tracing::debug!(url, error = %error, "Bulk Data download: {cause}");
+                    (
+                        None,
+                        cause.clone(),
+                        FhirError::Transport {
+                            url: url.to_owned(),
+                            kind: "Bulk Data download".into(),
+                            host: host(),
+                            cause,
+                            error: error.without_url(),
+                        },
+                    )
+                }
                 DownloadFailure::Disk(source) => {
                     return Err(FhirError::Disk {
                         path: to.to_owned(),
@@ -669,9 +756,16 @@ impl FhirClient {
                     });
                 }
             };
-            let outcome = match &status {
-                Some((status, retry_after)) => Outcome::Status(*status, retry_after.as_deref()),
-                None => Outcome::NoAnswer,
+            let outcome = match (&outcome, &error) {
+                (Some((status, retry_after)), _) => {
+                    Outcome::Status(*status, retry_after.as_deref())
+                }
+                (None, FhirError::Transport { error, .. })
+                    if error.is_timeout() && !error.is_connect() =>
+                {
+                    Outcome::TimedOut
+                }
+                (None, _) => Outcome::NoAnswer,
             };
             match decide(
                 &self.retry,
@@ -681,7 +775,20 @@ impl FhirClient {
                 std::time::SystemTime::now(),
                 rand::random(),
             ) {
-                Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
+                Decision::RetryAfter(wait) => {
+                    tracing::warn!(
+                        "retrying Bulk Data download on {} after {what} in {} (attempt {} of {})",
+                        host(),
+                        wait_text(wait),
+                        attempt + 1,
+                        self.retry.max_attempts
+                    );
+                    if !crate::interrupt::sleep_or_stop(wait).await {
+                        return Err(FhirError::Interrupted {
+                            url: url.to_owned(),
+                        });
+                    }
+                }
                 Decision::Done | Decision::GiveUp => return Err(error),
             }
         }
@@ -779,6 +886,44 @@ mod tests {
             url.as_str(),
             "https://h:1/fhir/r4/Observation?code=http%3A%2F%2Floinc.org%7C1834-1"
         );
+    }
+
+    #[test]
+    fn a_request_is_named_by_its_kind_without_its_query() {
+        let base = Url::parse("https://fhir.example.org/r4/").unwrap();
+        let kind = |url: &str| request_kind(&base, &Url::parse(url).unwrap());
+        for (url, expected) in [
+            (
+                "https://fhir.example.org/r4/metadata",
+                "CapabilityStatement",
+            ),
+            (
+                "https://fhir.example.org/r4/Observation?patient=p1,p2&code=x",
+                "Observation search",
+            ),
+            ("https://fhir.example.org/r4/?_getpages=abc", "search page"),
+            ("https://fhir.example.org/r4/", "transaction"),
+            ("https://fhir.example.org/r4/Group/g1", "Group read"),
+            (
+                "https://fhir.example.org/r4/DetectedIssue/$validate",
+                "DetectedIssue $validate",
+            ),
+            (
+                "https://fhir.example.org/r4/$export?_type=x",
+                "Bulk Data kick-off",
+            ),
+            (
+                "https://fhir.example.org/r4/Group/g1/$export",
+                "Bulk Data kick-off",
+            ),
+            (
+                "https://fhir.example.org/r4/$export-poll-status?_jobId=1",
+                "Bulk Data status",
+            ),
+            ("https://jobs.example.org/status/1", "Bulk Data status"),
+        ] {
+            assert_eq!(kind(url), expected, "{url}");
+        }
     }
 
     #[test]

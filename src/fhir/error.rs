@@ -37,11 +37,16 @@ pub enum FhirError {
         #[source]
         source: TokenError,
     },
-    #[error("{}: no answer", shown(url))]
+    /// No answer: one short line naming the kind of request, the host and the cause ("Observation
+    /// search on fhir.example.org: no answer within 60 s"). The URL (its query may name
+    /// patients) and the whole error are for the debug log (`Debug`) only.
+    #[error("{kind} on {}: {}", shown(host), shown(cause))]
     Transport {
         url: String,
-        #[source]
-        source: reqwest::Error,
+        kind: String,
+        host: String,
+        cause: String,
+        error: reqwest::Error,
     },
     #[error("{}: HTTP {status}: {}", shown(url), shown(outcome))]
     Status {
@@ -95,7 +100,23 @@ pub enum FhirError {
         shown(url)
     )]
     ReadBudget { url: String, minutes: f64 },
-    #[error("interrupted while reading {}", shown(url))]
+    /// The CapabilityStatement refuses the run (not R4, not a statement).
+    #[error("the FHIR server at {} cannot be used: {refusal}", shown(host))]
+    Capability {
+        host: String,
+        refusal: super::capabilities::CapabilityError,
+    },
+    /// The CapabilityStatement does not declare searches or interactions the run needs.
+    #[error(
+        "the FHIR server at {} does not declare what this run needs: {missing} (its CapabilityStatement, /metadata; `tare-marker-monitor check` tries each)",
+        shown(host)
+    )]
+    Undeclared { host: String, missing: String },
+    /// Named by host only: the URL's query may name patients.
+    #[error(
+        "interrupted while waiting on {}: nothing was published, the state is as it was",
+        host_of(url)
+    )]
     Interrupted { url: String },
     #[error("{}: the create answered without the resource", shown(url))]
     NoResourceInAnswer { url: String },
@@ -107,6 +128,14 @@ pub enum FhirError {
     },
     #[error(transparent)]
     Export(#[from] ExportError),
+}
+
+/// The host of a URL, for a message (never its query, which may name patients).
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|host| shown(host).into_owned()))
+        .unwrap_or_else(|| "the server".into())
 }
 
 /// Why the job will not send to a URL.
@@ -200,8 +229,12 @@ pub enum CredentialsError {
 /// Why the authorization server gave no token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("no answer")]
-    NoAnswer(#[source] reqwest::Error),
+    /// What went wrong in a few words (`retry::cause`); the error itself in `Debug`.
+    #[error("{}", shown(.cause))]
+    NoAnswer {
+        cause: String,
+        error: reqwest::Error,
+    },
     #[error("an answer over {0} bytes")]
     TooLarge(u64),
     /// The OAuth error code (`invalid_client`) names the problem, and its description (from

@@ -3,7 +3,13 @@
 //! conditional create, If-Match and content-derived ids), so every one is retried on a
 //! transient failure. Waits grow exponentially with full jitter, capped; a `Retry-After`
 //! (seconds or HTTP date) is honoured up to a cap; and the retries of one request stop once
-//! `max_total` has passed since its first attempt.
+//! `max_total` has passed since its first attempt. A request whose answer timed out is not
+//! tried again: a server that sent nothing for `server.first_byte_timeout_secs` (60 s by
+//! default) is not likely to on a second try, and a dead server ends the run within two
+//! minutes. A connection not made in time is retried like a refused one (five attempts of at
+//! most `server.connect_timeout_secs`, 10 s: under a minute in all).
+//! Every retry is one warning naming the request kind, the host, the status or error, and
+//! the wait; never the URL (its query names patients), which is logged at debug level only.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +23,29 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
     /// No retry starts later than this after the first attempt (`server.max_retry_secs`).
     pub max_total: Duration,
+    /// The client's timeouts, to say which one ran out.
+    pub limits: Limits,
+}
+
+/// The timeouts of the HTTP client (`server.connect_timeout_secs`,
+/// `server.first_byte_timeout_secs`, `server.request_timeout_secs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub connect: Duration,
+    /// No byte for this long (the first, or the next): the answer is given up.
+    pub first_byte: Duration,
+    /// The whole request, body included.
+    pub whole: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(60),
+            whole: Duration::from_secs(120),
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -27,6 +56,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
             max_total: Duration::from_secs(600),
+            limits: Limits::default(),
         }
     }
 }
@@ -36,8 +66,10 @@ impl Default for RetryPolicy {
 pub enum Outcome<'a> {
     /// An HTTP status, with the `Retry-After` header if any.
     Status(u16, Option<&'a str>),
-    /// No answer: connection refused or cut, or a timeout.
+    /// No answer: connection refused or cut.
     NoAnswer,
+    /// No answer within a timeout (a connection made, nothing sent back): not retried.
+    TimedOut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +108,7 @@ pub fn decide(
         Outcome::Status(status, _) if (200..400).contains(&status) => return Decision::Done,
         Outcome::Status(status, _) => is_transient(status),
         Outcome::NoAnswer => true,
+        Outcome::TimedOut => return Decision::GiveUp,
     };
     if !transient {
         return Decision::Done;
@@ -112,8 +145,14 @@ pub struct Answer {
 pub enum SendFailure<E> {
     /// The request could not be built (`build` failed).
     Build(E),
-    /// The last attempt got no answer (or a body cut short).
-    NoAnswer(reqwest::Error),
+    /// The last attempt got no answer (or a body cut short): the error, and `cause`, what
+    /// it means in a few words ("no answer within 60 s", "connection refused").
+    NoAnswer {
+        error: reqwest::Error,
+        cause: String,
+    },
+    /// A stop was asked for (SIGINT/SIGTERM): the request was dropped where it stood.
+    Interrupted,
     /// The body is larger than the limit: refused, not retried.
     TooLarge { limit: u64 },
 }
@@ -142,42 +181,119 @@ async fn body_within(
     }
 }
 
+/// What a request is, for a person: its kind ("Observation search", "token request") and the
+/// host it goes to. Never the URL: its query may name patients.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub kind: &'a str,
+    pub host: &'a str,
+}
+
+/// What went wrong with a request that got no answer, in a few words: which timeout ran out,
+/// "connection refused", or the innermost error's text (a TLS refusal, a DNS failure).
+pub fn cause(error: &reqwest::Error, took: Duration, limits: &Limits) -> String {
+    let seconds = |d: Duration| d.as_secs_f64().round() as u64;
+    if error.is_timeout() {
+        return if error.is_connect() {
+            format!("no connection within {} s", seconds(limits.connect))
+        } else if took + Duration::from_millis(500) >= limits.whole {
+            format!("no complete answer within {} s", seconds(limits.whole))
+        } else {
+            format!("no answer within {} s", seconds(limits.first_byte))
+        };
+    }
+    let mut innermost: &(dyn std::error::Error + 'static) = error;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            match io.kind() {
+                ErrorKind::ConnectionRefused => return "connection refused".into(),
+                ErrorKind::ConnectionReset => return "connection reset".into(),
+                ErrorKind::ConnectionAborted => return "connection aborted".into(),
+                ErrorKind::TimedOut => {
+                    return format!("no answer within {} s", seconds(limits.first_byte))
+                }
+                _ => {}
+            }
+        }
+        innermost = cause;
+        source = cause.source();
+    }
+    let text = innermost.to_string();
+    match (error.is_body() || error.is_decode(), error.is_connect()) {
+        (true, _) => format!("the answer was cut short ({text})"),
+        (false, true) => format!("cannot connect ({text})"),
+        _ => text,
+    }
+}
+
+/// A wait in words: "4 s", "250 ms".
+pub fn wait_text(wait: Duration) -> String {
+    match wait.as_millis() {
+        ms if ms < 1000 => format!("{ms} ms"),
+        _ => format!("{} s", wait.as_secs_f64().round() as u64),
+    }
+}
+
 /// Sends the request `build` makes, once per attempt, until `decide` says stop. The whole body
 /// is read inside each attempt (at most `max_body` bytes), so a body cut short counts as a
-/// missing answer. Returns the last answer, whatever its status: the caller judges it.
+/// missing answer. Returns the last answer, whatever its status: the caller judges it. A stop
+/// asked for (SIGINT/SIGTERM) drops the attempt or the wait under way at once.
 pub async fn send_with_retries<E>(
     policy: &RetryPolicy,
     max_body: u64,
+    target: Target<'_>,
     mut build: impl FnMut() -> Result<reqwest::RequestBuilder, E>,
 ) -> Result<Answer, SendFailure<E>> {
     let first = std::time::Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = match build().map_err(SendFailure::Build)?.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let headers = response.headers().clone();
-                match body_within(response, max_body).await {
-                    Err(limit) => return Err(SendFailure::TooLarge { limit }),
-                    Ok(body) => body.map(|body| Answer {
-                        status,
-                        headers,
-                        body,
-                    }),
+        let request = build().map_err(SendFailure::Build)?;
+        let started = std::time::Instant::now();
+        let attempted = crate::interrupt::or_stop(async {
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match body_within(response, max_body).await {
+                        Err(limit) => Err(limit),
+                        Ok(body) => Ok(body.map(|body| Answer {
+                            status,
+                            headers,
+                            body,
+                        })),
+                    }
                 }
+                Err(e) => Ok(Err(e)),
             }
-            Err(e) => Err(e),
+        })
+        .await;
+        let result = match attempted {
+            None => return Err(SendFailure::Interrupted),
+            Some(Err(limit)) => return Err(SendFailure::TooLarge { limit }),
+            Some(Ok(result)) => result,
         };
-        let outcome = match &result {
-            Ok(answer) => Outcome::Status(
-                answer.status.as_u16(),
-                answer
-                    .headers
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()),
+        let (outcome, what) = match &result {
+            Ok(answer) => (
+                Outcome::Status(
+                    answer.status.as_u16(),
+                    answer
+                        .headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()),
+                ),
+                format!("HTTP {}", answer.status.as_u16()),
             ),
-            Err(_) => Outcome::NoAnswer,
+            Err(e) if e.is_timeout() && !e.is_connect() => (
+                Outcome::TimedOut,
+                cause(e, started.elapsed(), &policy.limits),
+            ),
+            Err(e) => (
+                Outcome::NoAnswer,
+                cause(e, started.elapsed(), &policy.limits),
+            ),
         };
         match decide(
             policy,
@@ -189,14 +305,24 @@ pub async fn send_with_retries<E>(
         ) {
             Decision::RetryAfter(wait) => {
                 tracing::warn!(
-                    attempt,
-                    wait_ms = wait.as_millis() as u64,
-                    "retrying a request"
+                    "retrying {} on {} after {what} in {} (attempt {} of {})",
+                    target.kind,
+                    target.host,
+                    wait_text(wait),
+                    attempt + 1,
+                    policy.max_attempts
                 );
                 crate::metrics::count_retry();
-                tokio::time::sleep(wait).await;
+                if !crate::interrupt::sleep_or_stop(wait).await {
+                    return Err(SendFailure::Interrupted);
+                }
             }
-            Decision::Done | Decision::GiveUp => return result.map_err(SendFailure::NoAnswer),
+            Decision::Done | Decision::GiveUp => {
+                return result.map_err(|error| SendFailure::NoAnswer {
+                    cause: cause(&error, started.elapsed(), &policy.limits),
+                    error,
+                })
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::cohort::{CohortError, Scope, Shard};
 use crate::config::Config;
 use crate::domain::{PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
+use crate::fhir::capabilities;
 use crate::fhir::client::{FhirClient, FhirError};
 use crate::isolation::isolated;
 use crate::output::{self, write_atomically, OutputError, OutputFile, OutputSet};
@@ -393,6 +394,19 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         workers: Workers::new(config.ingest.threads)?,
         reader: Reader::open(&options.source, config)?,
     };
+
+    // Before the first search: a server that cannot serve this run says so now.
+    if let Some(client) = run.reader.client() {
+        let needs = capabilities::Needs {
+            writes: !options.dry_run,
+            bulk: config.server.read_with == crate::config::ReadWith::Export,
+            incremental: select::state_path_of(options, config).is_some() && !options.full,
+        };
+        run.workers
+            .runtime
+            .block_on(capabilities::require(client, needs))?;
+    }
+    check_interrupted()?;
 
     // Select.
     let mut cohort = CohortReport::default();

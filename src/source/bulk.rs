@@ -261,7 +261,11 @@ pub async fn export(
                         .into());
                     }
                     tracing::info!(wait_s = wait.as_secs(), "export in progress");
-                    tokio::time::sleep(wait).await;
+                    if !crate::interrupt::sleep_or_stop(wait).await {
+                        return Err(FhirError::Interrupted {
+                            url: status_url.clone(),
+                        });
+                    }
                 }
             }
         };

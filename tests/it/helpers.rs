@@ -307,3 +307,34 @@ pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Mounts, ahead of any other answer, a CapabilityStatement that declares everything a run
+/// can need (FHIR 4.0.1, every resource's searches and writes, transaction, `$export`), for
+/// the tests of a mock server that is about something else.
+pub async fn declares_everything(server: &wiremock::MockServer) {
+    let interactions =
+        ["read", "search-type", "create", "update"].map(|code| serde_json::json!({"code": code}));
+    let resources: Vec<Value> = [
+        "Patient",
+        "Procedure",
+        "Condition",
+        "Observation",
+        "DetectedIssue",
+        "Provenance",
+        "Device",
+        "Group",
+    ]
+    .iter()
+    .map(|kind| serde_json::json!({"type": kind, "interaction": interactions}))
+    .collect();
+    let statement = serde_json::json!({"resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1", "rest": [{"mode": "server", "resource": resources,
+            "interaction": [{"code": "transaction"}],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]}]});
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/metadata"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(statement))
+        .with_priority(1)
+        .mount(server)
+        .await;
+}

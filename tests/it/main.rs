@@ -6,6 +6,7 @@
 mod auth;
 mod cli;
 mod deploy;
+mod failfast;
 mod faults;
 mod helpers;
 mod ingest;

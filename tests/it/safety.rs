@@ -242,6 +242,7 @@ impl Respond for RefusingConditions {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_diagnostic_with_an_escape_and_a_newline_is_one_escaped_error_line() {
     let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
     Mock::given(wiremock::matchers::method("GET"))
         .respond_with(RefusingConditions)
         .mount(&server)

@@ -236,10 +236,13 @@ fn unreachable_server_exits_3_naming_it() {
     let (out, output) = job("run", &["--server", "http://127.0.0.1:9/fhir"]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("http://127.0.0.1:9/fhir/Procedure?"),
+    // One line naming the request kind, the host and the cause; the URL at debug level only.
+    assert_eq!(
+        stderr.lines().last(),
+        Some("error: CapabilityStatement on 127.0.0.1: connection refused"),
         "{stderr}"
     );
+    assert!(!stderr.contains("http://"), "{stderr}");
     assert!(!out.path().join("markers.csv").exists());
 }
 
