@@ -43,6 +43,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub server: ServerConfig,
     pub schedule: ScheduleConfig,
+    pub report: ReportConfig,
 }
 
 /// docs/rules.md §1.4 and "Conversions".
@@ -348,6 +349,21 @@ impl Default for OutputConfig {
             mass_cancel_min_count: 10,
         }
     }
+}
+
+/// The audit report (`report`): who is who, and where the rules are read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// The `Patient.identifier` system whose value is shown as the MRN; without it (or when a
+    /// patient has none of it) the first identifier is shown.
+    pub mrn_system: Option<String>,
+    /// Where readers find the rules; without it the report carries docs/rules.md itself.
+    pub rules_url: Option<String>,
+    /// `--deidentify`: the environment variable holding the pseudonym key ...
+    pub pseudonym_secret_env: Option<String>,
+    /// ... or a file holding it (the environment variable wins when both are set).
+    pub pseudonym_secret_file: Option<std::path::PathBuf>,
 }
 
 /// A FHIR server as source (`run --server URL` or `base_url` here). Not clinical numbers.

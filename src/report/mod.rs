@@ -2,6 +2,7 @@
 //! summary, flagged patients, a marker chart per flagged patient, the flag trail, data quality)
 //! and its CSV twins, from files or from the server, as of a date and for a date range.
 
+mod deidentify;
 mod html;
 mod trail;
 
@@ -21,6 +22,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+pub use deidentify::{Pseudonyms, SecretError};
 pub use trail::TrailEntry;
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct ReportOptions {
     pub out_dir: PathBuf,
     /// The report run's id: its run folder's name, shown in the page and its manifest.
     pub run_id: String,
+    /// `--deidentify`: names and identifiers replaced by keyed pseudonyms.
+    pub deidentified: bool,
 }
 
 impl ReportOptions {
@@ -82,10 +86,34 @@ pub struct Chart {
     pub series: Vec<ChartSeries>,
 }
 
+/// The latest value of one series in the patient's latest episode, as the worklist shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestValue {
+    pub marker: Marker,
+    pub value: f64,
+    pub censoring: Censoring,
+    pub date: NaiveDate,
+    /// The series' response (tumor markers only).
+    pub response: Option<crate::domain::Response>,
+}
+
+/// Where the patient's flags stand on the server: the DetectedIssue's status today and what a
+/// clinician added (`None` when the report read files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    pub status: String,
+    pub note: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct FlaggedPatient {
     pub patient_id: String,
     pub name: Option<String>,
+    pub mrn: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    /// Latest values of the latest episode: tumor markers, then albumin and bilirubin.
+    pub latest_values: Vec<LatestValue>,
+    pub review: Option<Review>,
     pub worst: Severity,
     pub latest_identified: NaiveDate,
     /// (episode index date, flag), most severe and most recent first.
@@ -122,8 +150,21 @@ pub fn chart(
         .flat_map(|e| &e.flags)
         .flat_map(|f| f.evidence_observation_ids.iter().map(|id| id.as_ref()))
         .collect();
+    // The values behind the flags and figures: bilirubin for possible REILD, albumin and
+    // bilirubin for ALBI.
+    let reild = episode
+        .flags
+        .iter()
+        .any(|f| f.code == crate::domain::FlagCode::PossibleReild);
+    let albi = episode
+        .courses
+        .iter()
+        .any(|c| c.albi_baseline.is_some() || c.albi_latest.is_some());
+    let liver = [(albi, Marker::Albumin), (reild || albi, Marker::Bilirubin)]
+        .into_iter()
+        .filter_map(|(shown, marker)| shown.then_some(marker));
     let mut series = Vec::new();
-    for marker in CHART_MARKERS {
+    for marker in CHART_MARKERS.into_iter().chain(liver) {
         let values: Vec<_> = timeline
             .series(marker)
             .iter()
@@ -229,6 +270,25 @@ pub fn build(
         None => None,
         Some(client) => Some(trail::fetch(client, options, config, &workers.runtime)?),
     };
+    if let Some(trail) = &trail {
+        // The most recent DetectedIssue of each patient (the trail is most recent first).
+        let mut latest: std::collections::HashMap<&str, &TrailEntry> = Default::default();
+        for entry in trail {
+            latest.entry(entry.patient_id.as_str()).or_insert(entry);
+        }
+        for p in &mut flagged {
+            p.review = Some(match latest.get(p.patient_id.as_str()) {
+                Some(entry) => Review {
+                    status: entry.status_today().to_owned(),
+                    note: entry.annotation.clone(),
+                },
+                None => Review {
+                    status: "not on the server".into(),
+                    note: None,
+                },
+            });
+        }
+    }
     Ok(Report {
         options: options.clone(),
         generated_at,
@@ -263,9 +323,43 @@ fn flagged_patient(
             b.code.code(),
         ))
     });
+    let episode = findings.episodes.last()?;
+    let mut latest_values: Vec<LatestValue> = episode
+        .courses
+        .iter()
+        .filter_map(|c| {
+            let latest = c.latest.as_ref()?;
+            Some(LatestValue {
+                marker: c.marker,
+                value: latest.value,
+                censoring: latest.censoring,
+                date: latest.date,
+                response: Some(c.response),
+            })
+        })
+        .collect();
+    for marker in [Marker::Albumin, Marker::Bilirubin] {
+        if let Some(v) = timeline
+            .series(marker)
+            .iter()
+            .rfind(|v| v.date <= options.as_of && v.date > episode.index_date)
+        {
+            latest_values.push(LatestValue {
+                marker,
+                value: v.value,
+                censoring: v.censoring,
+                date: v.date,
+                response: None,
+            });
+        }
+    }
     Some(FlaggedPatient {
         patient_id: findings.patient_id.clone(),
         name: timeline.name.clone(),
+        mrn: timeline.mrn.clone(),
+        birth_date: timeline.birth_date,
+        latest_values,
+        review: None,
         worst: flags[0].1.severity,
         latest_identified: flags.iter().map(|(_, f)| f.identified_date).max()?,
         chart: chart(timeline, findings, options.as_of, config)?,
@@ -362,6 +456,10 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         "worst_severity",
         "latest_identified",
         "flags",
+        "mrn",
+        "birth_date",
+        "review_status",
+        "review_note",
     ])?;
     for p in &r.flagged {
         let codes: Vec<String> = p
@@ -372,12 +470,20 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 None => f.code.code().to_owned(),
             })
             .collect();
+        let status: &str = p.review.as_ref().map_or("", |r| &r.status);
         w.row([
             &p.patient_id,
             p.name.as_deref().unwrap_or(""),
             p.worst.code(),
             &crate::format::date(p.latest_identified),
             &codes.join("; "),
+            p.mrn.as_deref().unwrap_or(""),
+            &p.birth_date.map(crate::format::date).unwrap_or_default(),
+            status,
+            p.review
+                .as_ref()
+                .and_then(|r| r.note.as_deref())
+                .unwrap_or(""),
         ])?;
     }
     Ok(())
