@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod cdp;
 mod cli;
 mod deploy;
 mod faults;
@@ -14,6 +15,7 @@ mod prefilter;
 mod properties;
 mod reading;
 mod report;
+mod report_browser;
 mod rules;
 mod safety;
 mod schedule;

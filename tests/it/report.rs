@@ -5,7 +5,7 @@ use crate::helpers::{binary, demo, job_ok, read};
 
 use std::path::Path;
 
-fn report(source: &Path) -> crate::helpers::OutDir {
+pub(crate) fn report(source: &Path) -> crate::helpers::OutDir {
     job_ok("report", &["--source-dir", source.to_str().unwrap()])
 }
 
@@ -37,6 +37,21 @@ fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
         )
         .unwrap();
     }
+    folder
+}
+
+/// The demo with the seed patient named "Ann Example", given the MRN `MRN-778899`, and a note
+/// "seen by Dr Who" on one of its Observations.
+pub(crate) fn demo_named() -> tempfile::TempDir {
+    let folder = demo_with("Ann Example", "seen by Dr Who");
+    let patients = folder.path().join("Patient.ndjson");
+    let text = std::fs::read_to_string(&patients).unwrap();
+    let text = text.replace(
+        "\"id\":\"demo-01-seed-partial-response\"",
+        "\"id\":\"demo-01-seed-partial-response\",\"identifier\":[{\"system\":\"urn:mrn\",\"value\":\"MRN-778899\"}]",
+    );
+    assert!(text.contains("MRN-778899"), "the fixture changed shape");
+    std::fs::write(&patients, text).unwrap();
     folder
 }
 
@@ -179,17 +194,7 @@ fn all_text(dir: &Path) -> String {
 
 #[test]
 fn deidentify_replaces_names_ids_and_mrns_with_stable_pseudonyms_and_keeps_dates() {
-    let folder = demo_with("Ann Example", "seen by Dr Who");
-    // Give the seed patient an MRN.
-    let patients = folder.path().join("Patient.ndjson");
-    let text = std::fs::read_to_string(&patients).unwrap();
-    let text = text.replace(
-        "\"id\":\"demo-01-seed-partial-response\"",
-        "\"id\":\"demo-01-seed-partial-response\",\"identifier\":[{\"system\":\"urn:mrn\",\"value\":\"MRN-778899\"}]",
-    );
-    assert!(text.contains("MRN-778899"), "the fixture changed shape");
-    std::fs::write(&patients, text).unwrap();
-
+    let folder = demo_named();
     let plain = report(folder.path());
     let plain_rows = read(plain.path(), "report-flagged-patients.csv");
     assert!(plain_rows.contains("MRN-778899") && plain_rows.contains("Ann Example"));

@@ -262,7 +262,7 @@
       el("span", { class: "detail" }, item, f[5]);
     });
     el("h4", {}, node, "Values");
-    const table = el("table", { class: "values" }, node);
+    const table = el("table", { class: "values" }, el("div", { class: "values-box" }, node));
     const head = el("tr", {}, el("thead", {}, table));
     ["Marker", "Date", "Day", "Value", "Unit", "Note"].forEach(h => el("th", { scope: "col" }, head, h));
     const body = el("tbody", {}, table);
