@@ -92,6 +92,9 @@ impl Pseudonyms {
                 }
             }
         }
+        for bar in &mut report.programme.waterfall {
+            bar.patient_id = self.of("pt", &bar.patient_id);
+        }
         for entry in report.trail.iter_mut().flatten() {
             entry.patient_id = self.of("pt", &entry.patient_id);
             entry.identifier = self.of("flag", &entry.identifier);

@@ -264,6 +264,7 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
     )?;
     worklist(out, report)?;
     summary(out, report)?;
+    programme(out, report)?;
     glossary(out, config)?;
     rules_section(out, config)?;
     trail(out, report)?;
@@ -338,6 +339,180 @@ fn worklist(out: &mut dyn Write, r: &Report) -> io::Result<()> {
         select("resp", "Response", "any", &options(&responses)),
         r.flagged.len()
     )
+}
+
+const RESPONSE_COLORS: [(Response, &str); 5] = [
+    (Response::Complete, "#1a7f37"),
+    (Response::Partial, "#4f8fd1"),
+    (Response::Stable, "#8a8f98"),
+    (Response::Progression, "#b3261e"),
+    (Response::NotEvaluable, "#d7b46a"),
+];
+
+/// The programme figures as inline SVG (numbers only; labels are ours), beside their CSVs.
+fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
+    let g = &r.programme;
+    writeln!(
+        out,
+        "<h3>Best change from baseline (waterfall)</h3><p class=\"muted\">One bar per episode and marker with a \
+         baseline and a value after TARE: the nadir's change from the baseline, largest rise first, clipped at +100%; \
+         coloured by the response at the latest value. report-waterfall.csv holds every bar.</p><p class=\"legend\">{}</p>",
+        RESPONSE_COLORS
+            .iter()
+            .map(|(resp, color)| format!(
+                "<span><i style=\"background:{color}\"></i>{}</span>",
+                response_label(*resp)
+            ))
+            .collect::<String>()
+    )?;
+    let (w, h, l, t, b) = (720.0, 150.0, 48.0, 8.0, 8.0);
+    let y = |pct: f64| t + (100.0 - pct.clamp(-100.0, 100.0)) / 200.0 * (h - t - b);
+    for marker in Marker::TUMOR {
+        let bars: Vec<_> = g.waterfall.iter().filter(|x| x.marker == marker).collect();
+        if bars.is_empty() {
+            continue;
+        }
+        let step = (w - l - 8.0) / bars.len() as f64;
+        let mut paths: BTreeMap<&str, String> = BTreeMap::new();
+        for (i, bar) in bars.iter().enumerate() {
+            let color = RESPONSE_COLORS
+                .iter()
+                .find(|(resp, _)| *resp == bar.response)
+                .map_or("#333", |(_, c)| c);
+            let x = l + (i as f64 + 0.5) * step;
+            paths.entry(color).or_default().push_str(&format!(
+                "M{x:.2} {:.1}V{:.1}",
+                y(0.0),
+                y(bar.best_pct_change)
+            ));
+        }
+        write!(
+            out,
+            "<svg class=\"programme\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"Waterfall of {0}: {1} episodes\">\
+             <text x=\"{l}\" y=\"14\" dx=\"6\">{0} ({1})</text>",
+            marker_label(marker),
+            bars.len()
+        )?;
+        for pct in [100.0, 50.0, 0.0, -50.0, -100.0] {
+            write!(
+                out,
+                "<line class=\"grid\" x1=\"{l}\" x2=\"{x2}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{pct:+}%</text>",
+                x2 = w - 8.0,
+                y0 = y(pct),
+                tx = l - 4.0,
+                ty = y(pct) + 4.0
+            )?;
+        }
+        let width = (step * 0.85).max(0.3);
+        for (color, path) in paths {
+            write!(
+                out,
+                "<path d=\"{path}\" stroke=\"{color}\" stroke-width=\"{width:.2}\"/>"
+            )?;
+        }
+        writeln!(out, "</svg>")?;
+    }
+    // Surveillance adherence per window, and flags per month, as bars.
+    let windows: Vec<(String, f64, String)> = g
+        .surveillance
+        .iter()
+        .map(|s| {
+            let share = if s.due == 0 {
+                0.0
+            } else {
+                s.with_result as f64 / s.due as f64 * 100.0
+            };
+            (
+                format!("days {}-{}", s.from_day, s.to_day),
+                share,
+                format!("{share:.0}% of {}", s.due),
+            )
+        })
+        .collect();
+    writeln!(
+        out,
+        "<h3>Surveillance adherence</h3><p class=\"muted\">Per scheduled window of the surveillance schedule (docs/rules.md §2.10), \
+         the share of patients whose latest episode's window had ended by the as-of date with a tumour-marker result in it \
+         (report-surveillance.csv).</p>"
+    )?;
+    bars(out, "Surveillance adherence per window", &windows, 100.0)?;
+    let mut months: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((month, _, _), count) in &g.flags_per_month {
+        *months.entry(month.as_str()).or_default() += count;
+    }
+    let max = months.values().copied().max().unwrap_or(0) as f64;
+    let month_bars: Vec<(String, f64, String)> = months
+        .iter()
+        .map(|(m, c)| ((*m).to_owned(), *c as f64, c.to_string()))
+        .collect();
+    writeln!(
+        out,
+        "<h3>Flags per month</h3><p class=\"muted\">Flags identified each month, in the report's range \
+         (report-flags-per-month.csv, per flag and severity).</p>"
+    )?;
+    bars(out, "Flags per month", &month_bars, max)?;
+    writeln!(
+        out,
+        "<h3>Days from TARE to nadir</h3><p class=\"muted\">Series with a value after TARE, per 30-day bin \
+         (report-nadir-days.csv).</p><table><thead><tr><th>days after TARE</th>{}</tr></thead><tbody>",
+        Marker::TUMOR
+            .iter()
+            .map(|m| format!("<th class=\"num\">{}</th>", marker_label(*m)))
+            .collect::<String>()
+    )?;
+    let histogram = g.nadir_histogram();
+    let starts: std::collections::BTreeSet<i64> = histogram.keys().map(|(_, s)| *s).collect();
+    for start in starts {
+        write!(out, "<tr><td>{}-{}</td>", start, start + 29)?;
+        for m in Marker::TUMOR {
+            write!(
+                out,
+                "<td class=\"num\">{}</td>",
+                histogram.get(&(m, start)).copied().unwrap_or(0)
+            )?;
+        }
+        writeln!(out, "</tr>")?;
+    }
+    writeln!(out, "</tbody></table>")
+}
+
+/// Vertical bars with their labels under them and their values above.
+fn bars(
+    out: &mut dyn Write,
+    title: &str,
+    bars: &[(String, f64, String)],
+    max: f64,
+) -> io::Result<()> {
+    if bars.is_empty() || max <= 0.0 {
+        return writeln!(out, "<p class=\"muted\">None.</p>");
+    }
+    let (w, h, t, b) = (720.0, 170.0, 18.0, 36.0);
+    let step = (w - 16.0) / bars.len() as f64;
+    write!(
+        out,
+        "<svg class=\"programme\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
+        escape(title)
+    )?;
+    for (i, (label, value, text)) in bars.iter().enumerate() {
+        let height = value / max * (h - t - b);
+        let x = 8.0 + i as f64 * step;
+        write!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#4f6fa8\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x + step * 0.1,
+            h - b - height,
+            step * 0.8,
+            x + step / 2.0,
+            h - b - height - 4.0,
+            escape(text),
+            x + step / 2.0,
+            h - b + 14.0,
+            escape(label)
+        )?;
+    }
+    writeln!(out, "</svg>")
 }
 
 /// Response categories and flags, with the thresholds of the configuration in force.

@@ -4,6 +4,7 @@
 
 mod deidentify;
 mod html;
+mod programme;
 mod trail;
 
 use crate::cohort::Scope;
@@ -23,6 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 pub use deidentify::{Pseudonyms, SecretError};
+pub use programme::Programme;
 pub use trail::TrailEntry;
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,7 @@ pub struct Report {
     pub flagged: Vec<FlaggedPatient>,
     /// From the server's DetectedIssues; `None` on a folder source.
     pub trail: Option<Vec<TrailEntry>>,
+    pub programme: Programme,
 }
 
 const CHART_MARKERS: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
@@ -242,19 +245,28 @@ pub fn build(
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let loaded = reader.load(config, options.as_of, &Scope::EVERYONE, workers)?;
     let as_of = options.as_of;
-    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = workers.pool.install(|| {
-        loaded
-            .timelines
-            .into_par_iter()
-            .map(|timeline| {
-                let findings = evaluate_isolated(&timeline, config, as_of);
-                let flagged = flagged_patient(&timeline, &findings, options, config);
-                (findings, flagged)
-            })
-            .collect()
-    });
-    let (findings, flagged): (Vec<PatientFindings>, Vec<Option<FlaggedPatient>>) =
-        evaluated.into_iter().unzip();
+    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>, Programme)> =
+        workers.pool.install(|| {
+            loaded
+                .timelines
+                .into_par_iter()
+                .map(|timeline| {
+                    let findings = evaluate_isolated(&timeline, config, as_of);
+                    let flagged = flagged_patient(&timeline, &findings, options, config);
+                    let programme = Programme::of_patient(&timeline, &findings, options, config);
+                    (findings, flagged, programme)
+                })
+                .collect()
+        });
+    let mut programme = Programme::default();
+    let mut findings = Vec::with_capacity(evaluated.len());
+    let mut flagged = Vec::new();
+    for (f, p, share) in evaluated {
+        findings.push(f);
+        flagged.push(p);
+        programme.merge(share);
+    }
+    programme.sort();
     let mut flagged: Vec<FlaggedPatient> = flagged.into_iter().flatten().collect();
     // Most severe first, then the most recent.
     flagged.sort_by(|a, b| {
@@ -298,6 +310,7 @@ pub fn build(
         quality: loaded.quality,
         flagged,
         trail,
+        programme,
     })
 }
 
@@ -368,12 +381,16 @@ fn flagged_patient(
 }
 
 /// The names the report writes into its output folder.
-pub const OUTPUT_NAMES: [&str; 6] = [
+pub const OUTPUT_NAMES: [&str; 10] = [
     "report.html",
     "report-cohort.csv",
     "report-flagged-patients.csv",
     "report-flag-trail.csv",
     "report-data-quality.csv",
+    "report-waterfall.csv",
+    "report-surveillance.csv",
+    "report-nadir-days.csv",
+    "report-flags-per-month.csv",
     "report-manifest.json",
 ];
 
@@ -400,6 +417,10 @@ pub fn write(
         ("report-flagged-patients.csv", flagged_csv),
         ("report-flag-trail.csv", trail_csv),
         ("report-data-quality.csv", quality_csv),
+        ("report-waterfall.csv", waterfall_csv),
+        ("report-surveillance.csv", surveillance_csv),
+        ("report-nadir-days.csv", nadir_days_csv),
+        ("report-flags-per-month.csv", flags_per_month_csv),
     ] {
         crate::output::write_atomically(&dir.join(name), |w| {
             let mut writer = GuardedCsv::new(w);
@@ -535,6 +556,75 @@ fn quality_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 &examples.join(" "),
             ])?;
         }
+    }
+    Ok(())
+}
+
+fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row([
+        "patient_id",
+        "marker",
+        "index_date",
+        "baseline",
+        "nadir",
+        "best_pct_change",
+        "response",
+    ])?;
+    for bar in &r.programme.waterfall {
+        w.row([
+            bar.patient_id.as_str(),
+            bar.marker.key(),
+            &crate::format::date(bar.index_date),
+            &bar.baseline.to_string(),
+            &bar.nadir.to_string(),
+            &format!("{:.1}", bar.best_pct_change),
+            bar.response.code(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn surveillance_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row([
+        "from_day",
+        "to_day",
+        "patients_due",
+        "patients_with_result",
+        "share_pct",
+    ])?;
+    for window in &r.programme.surveillance {
+        let share = match window.due {
+            0 => String::new(),
+            due => format!("{:.1}", window.with_result as f64 / due as f64 * 100.0),
+        };
+        w.row([
+            window.from_day.to_string(),
+            window.to_day.to_string(),
+            window.due.to_string(),
+            window.with_result.to_string(),
+            share,
+        ])?;
+    }
+    Ok(())
+}
+
+fn nadir_days_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row(["marker", "from_day", "to_day", "series"])?;
+    for ((marker, from), count) in r.programme.nadir_histogram() {
+        w.row([
+            marker.key().to_owned(),
+            from.to_string(),
+            (from + 29).to_string(),
+            count.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn flags_per_month_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row(["month", "flag", "severity", "count"])?;
+    for ((month, code, severity), count) in &r.programme.flags_per_month {
+        w.row([month.as_str(), code, severity, &count.to_string()])?;
     }
     Ok(())
 }

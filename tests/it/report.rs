@@ -237,3 +237,95 @@ fn deidentify_replaces_names_ids_and_mrns_with_stable_pseudonyms_and_keeps_dates
     assert_eq!(kept(&a), kept(&plain));
     assert!(read(first.path(), "report.html").contains("<strong>de-identified</strong>"));
 }
+
+/// A CSV file as rows of named cells.
+fn records(dir: &Path, name: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let text = read(dir, name);
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn programme_csvs_agree_with_the_runs_markers_and_flags() {
+    let out = report(&demo());
+    let run = crate::helpers::job_ok("run", &["--source-dir", demo().to_str().unwrap()]);
+    // The waterfall: one bar per markers.csv row with a baseline above 0 and a nadir, the
+    // nadir's change from the baseline, with the row's response.
+    let mut expected: Vec<(String, String, String, String)> = records(run.path(), "markers.csv")
+        .iter()
+        .filter(|r| {
+            !r["nadir_value"].is_empty()
+                && r["baseline_value"].parse::<f64>().is_ok_and(|b| b > 0.0)
+        })
+        .map(|r| {
+            let (b, n): (f64, f64) = (
+                r["baseline_value"].parse().unwrap(),
+                r["nadir_value"].parse().unwrap(),
+            );
+            (
+                r["patient_id"].clone(),
+                r["marker"].clone(),
+                format!("{:.1}", (n - b) / b * 100.0),
+                r["response"].clone(),
+            )
+        })
+        .collect();
+    let mut bars: Vec<(String, String, String, String)> =
+        records(out.path(), "report-waterfall.csv")
+            .iter()
+            .map(|r| {
+                (
+                    r["patient_id"].clone(),
+                    r["marker"].clone(),
+                    r["best_pct_change"].clone(),
+                    r["response"].clone(),
+                )
+            })
+            .collect();
+    assert!(bars.len() > 20, "{}", bars.len());
+    expected.sort();
+    bars.sort();
+    assert_eq!(bars, expected);
+    // Flags per month add up to flags.csv's rows (the report has no date range here).
+    let flags = records(run.path(), "flags.csv").len();
+    let per_month: usize = records(out.path(), "report-flags-per-month.csv")
+        .iter()
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(per_month, flags);
+    // Surveillance windows follow the schedule; a window's patients with a result are among
+    // those due.
+    let windows: Vec<(String, String)> = records(out.path(), "report-surveillance.csv")
+        .iter()
+        .map(|r| {
+            let due: usize = r["patients_due"].parse().unwrap();
+            let with: usize = r["patients_with_result"].parse().unwrap();
+            assert!(with <= due, "{r:?}");
+            (r["from_day"].clone(), r["to_day"].clone())
+        })
+        .collect();
+    let schedule: Vec<(String, String)> = [
+        (1, 30),
+        (31, 60),
+        (61, 90),
+        (91, 180),
+        (181, 270),
+        (271, 360),
+        (361, 365),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(windows, schedule);
+}
