@@ -372,7 +372,8 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
         if bars.is_empty() {
             continue;
         }
-        let step = (w - l - 8.0) / bars.len() as f64;
+        // At most 24 px a bar: a small cohort's bars stay bars.
+        let step = ((w - l - 8.0) / bars.len() as f64).min(24.0);
         let mut paths: BTreeMap<&str, String> = BTreeMap::new();
         for (i, bar) in bars.iter().enumerate() {
             let color = RESPONSE_COLORS
@@ -396,7 +397,8 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
         for pct in [100.0, 50.0, 0.0, -50.0, -100.0] {
             write!(
                 out,
-                "<line class=\"grid\" x1=\"{l}\" x2=\"{x2}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{pct:+}%</text>",
+                "<line class=\"grid\" x1=\"{l}\" x2=\"{x2}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{label}%</text>",
+                label = if pct == 0.0 { "0".to_owned() } else { format!("{pct:+}") },
                 x2 = w - 8.0,
                 y0 = y(pct),
                 tx = l - 4.0,
@@ -487,7 +489,7 @@ fn bars(
         return writeln!(out, "<p class=\"muted\">None.</p>");
     }
     let (w, h, t, b) = (720.0, 170.0, 18.0, 36.0);
-    let step = (w - 16.0) / bars.len() as f64;
+    let step = ((w - 16.0) / bars.len() as f64).min(120.0);
     write!(
         out,
         "<svg class=\"programme\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
@@ -693,7 +695,13 @@ fn trail(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             "<tr><td>{}</td><td>{}</td><td>{}<div class=\"detail\">{}</div></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&t.identified),
             escape(&t.patient_id),
-            escape(&t.code),
+            escape(
+                FlagCode::ALL
+                    .into_iter()
+                    .find(|f| f.code() == t.code)
+                    .map(flag_label)
+                    .unwrap_or(&t.code)
+            ),
             escape(&t.detail),
             severity(&t.severity),
             escape(t.status_today()),
