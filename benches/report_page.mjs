@@ -49,5 +49,6 @@ const filter = await evaluate("(() => { const s = document.getElementById('f-sev
 const shown = await evaluate("document.getElementById('count').textContent");
 console.log(JSON.stringify({ ready_ms: Math.round(ready), filter_ms: Math.round(filter * 10) / 10, shown }));
 ws.close();
-browser.kill();
+// The profile goes once chromium has let go of it.
+await new Promise(r => { browser.on("exit", r); browser.kill(); });
 rmSync(profile, { recursive: true, force: true });
