@@ -44,6 +44,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub schedule: ScheduleConfig,
     pub metrics: MetricsConfig,
+    pub report: ReportConfig,
 }
 
 /// Where else `metrics.prom` goes (README "Logs and metrics"). Not clinical numbers.
@@ -360,6 +361,21 @@ impl Default for OutputConfig {
     }
 }
 
+/// The audit report (`report`): who is who, and where the rules are read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// The `Patient.identifier` system whose value is shown as the MRN; without it (or when a
+    /// patient has none of it) the first identifier is shown.
+    pub mrn_system: Option<String>,
+    /// Where readers find the rules; without it the report carries docs/rules.md itself.
+    pub rules_url: Option<String>,
+    /// `--deidentify`: the environment variable holding the pseudonym key ...
+    pub pseudonym_secret_env: Option<String>,
+    /// ... or a file holding it (the environment variable wins when both are set).
+    pub pseudonym_secret_file: Option<std::path::PathBuf>,
+}
+
 /// A FHIR server as source (`run --server URL` or `base_url` here). Not clinical numbers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -619,13 +635,16 @@ fn environment_keys() -> Vec<String> {
 
 /// `TMM_` variables that set no key (one underscore where two belong, a misspelling), each
 /// with the nearest key's variable: they would otherwise be ignored without a word. Variables
-/// the configuration names (`server.auth.token_env`) and `ENV_NOT_KEYS` are not keys.
+/// the configuration names (`server.auth.token_env`, `report.pseudonym_secret_env`) and `ENV_NOT_KEYS` are not keys.
 pub fn unknown_variables<'a>(
     names: impl IntoIterator<Item = &'a str>,
     config: &Config,
 ) -> Vec<(String, String)> {
     let keys = environment_keys();
-    let named = [config.server.auth.token_env.as_deref()];
+    let named = [
+        config.server.auth.token_env.as_deref(),
+        config.report.pseudonym_secret_env.as_deref(),
+    ];
     names
         .into_iter()
         .filter(|name| name.starts_with(ENV_PREFIX) && !name.contains("__"))
@@ -1040,6 +1059,8 @@ mod tests {
         let mut config = Config::default();
         config.server.auth.token_env = Some("TMM_FHIR_TOKEN".into());
         assert!(unknown_variables(["TMM_FHIR_TOKEN"], &config).is_empty());
+        config.report.pseudonym_secret_env = Some("TMM_PSEUDONYM_SECRET".into());
+        assert!(unknown_variables(["TMM_PSEUDONYM_SECRET"], &config).is_empty());
         assert_eq!(
             unknown_variables(["TMM_STATE_FILE"], &Config::default()),
             [(

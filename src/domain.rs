@@ -179,6 +179,9 @@ pub struct PatientTimeline {
     pub birth_date: Option<NaiveDate>,
     /// `Patient.name` as text, shown in the audit report.
     pub name: Option<String>,
+    /// The MRN shown in the audit report: `Patient.identifier` of `[report] mrn_system`, else
+    /// the first.
+    pub mrn: Option<String>,
     pub has_hcc: bool,
     pub procedures: Vec<TareProcedure>,
     /// All accepted values of all markers, de-duplicated, sorted by (marker, instant).

@@ -21,6 +21,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 struct PatientCopy {
     birth_date: Option<NaiveDate>,
     name: Option<String>,
+    mrn: Option<String>,
     rank: CopyRank,
 }
 
@@ -89,10 +90,12 @@ impl CohortBuilder {
                 patient_id,
                 birth_date,
                 name,
+                mrn,
                 rank,
             } => self.entry(&patient_id).patient_copies.push(PatientCopy {
                 birth_date,
                 name,
+                mrn,
                 rank,
             }),
             Record::HccCondition {
@@ -595,6 +598,7 @@ fn timeline(patient_id: String, records: PatientRecords) -> Built {
         patient_id,
         has_patient_resource: newest.is_some(),
         birth_date: newest.as_ref().and_then(|copy| copy.birth_date),
+        mrn: newest.as_ref().and_then(|copy| copy.mrn.clone()),
         name: newest.and_then(|copy| copy.name),
         has_hcc: !hcc_conditions.is_empty(),
         procedures: procedures.into_iter().map(|(p, _)| p).collect(),

@@ -229,6 +229,8 @@ pub enum CommandError {
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     #[error(transparent)]
+    Deidentify(#[from] crate::report::SecretError),
+    #[error(transparent)]
     Explain(#[from] crate::explain::ExplainError),
     #[error(transparent)]
     Merge(#[from] crate::merge::MergeError),
@@ -302,6 +304,7 @@ impl CommandError {
             | CommandError::NoSource
             | CommandError::NoServer
             | CommandError::AsOf { .. }
+            | CommandError::Deidentify(_)
             | CommandError::Shard(_) => exit::CONFIG,
             CommandError::Run(run) => match run {
                 RunError::Cohort(_) | RunError::CohortFile { .. } | RunError::State(_) => {

@@ -19,10 +19,19 @@ pub struct ReportArgs {
     /// Flags and trail entries identified on or before this date.
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = super::iso_date)]
     pub to: Option<NaiveDate>,
+    /// Names and identifiers replaced by stable pseudonyms (HMAC-SHA256 with the secret of
+    /// `[report] pseudonym_secret_env` or `pseudonym_secret_file`); dates and values kept.
+    #[arg(long)]
+    pub deidentify: bool,
 }
 
 pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
     let opened = args.source.open()?;
+    // Refused before anything is read or written: no secret, no report.
+    let pseudonyms = match args.deidentify {
+        true => Some(report::Pseudonyms::from_config(&opened.config.report)?),
+        false => None,
+    };
     let run_id = crate::output::new_run_id(chrono::Utc::now());
     let mut set = crate::output::OutputSet::open(&args.out, &report::OUTPUT_NAMES, &run_id)?;
     let options = ReportOptions {
@@ -32,8 +41,12 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
         to: args.to,
         out_dir: args.out,
         run_id,
+        deidentified: pseudonyms.is_some(),
     };
-    let report = report::build(&options, &opened.config, &opened.reader, &opened.workers)?;
+    let mut report = report::build(&options, &opened.config, &opened.reader, &opened.workers)?;
+    if let Some(pseudonyms) = &pseudonyms {
+        pseudonyms.apply(&mut report);
+    }
     let written = report::write(&report, &opened.config, &set)?;
     set.publish()?;
     println!(

@@ -83,6 +83,7 @@ objects_only!(
     ObservationIn,
     PatientIn,
     HumanName,
+    IdentifierIn,
     Annotation,
     ProcedureIn,
     ConditionIn,
@@ -240,6 +241,18 @@ pub(super) struct PatientIn<'a> {
     /// For the audit report only.
     #[serde(borrow, default)]
     pub(super) name: Vec<HumanName<'a>>,
+    /// For the audit report only: the MRN is one of these.
+    #[serde(borrow, default)]
+    pub(super) identifier: Few<IdentifierIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
+pub(super) struct IdentifierIn<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub(super) system: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub(super) value: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]

@@ -114,6 +114,8 @@ pub enum Record<'a> {
         patient_id: Cow<'a, str>,
         birth_date: Option<NaiveDate>,
         name: Option<String>,
+        /// The MRN shown in the audit report (`[report] mrn_system`, else the first).
+        mrn: Option<String>,
         rank: CopyRank,
     },
     /// A qualifying HCC diagnosis.
@@ -143,11 +145,13 @@ impl Record<'_> {
                 patient_id,
                 birth_date,
                 name,
+                mrn,
                 rank,
             } => Record::Patient {
                 patient_id: own(patient_id),
                 birth_date,
                 name,
+                mrn,
                 rank,
             },
             Record::HccCondition {
@@ -568,6 +572,8 @@ pub struct Ingestor {
     shard: Option<crate::cohort::Shard>,
     /// Lines that provably cannot matter (`ingest.pass_over_irrelevant_lines`).
     prefilter: Option<prefilter::Prefilter>,
+    /// `[report] mrn_system`: which `Patient.identifier` is the MRN.
+    mrn_system: Option<String>,
 }
 
 impl Ingestor {
@@ -633,6 +639,7 @@ impl Ingestor {
                 .collect(),
             shard: None,
             prefilter,
+            mrn_system: config.report.mrn_system.clone(),
         }
     }
 
@@ -999,10 +1006,22 @@ impl Ingestor {
                 (!parts.is_empty()).then(|| parts.join(" "))
             }
         });
+        // The identifier of the configured system, else the first with a value.
+        let mrn = self
+            .mrn_system
+            .as_deref()
+            .and_then(|system| {
+                p.identifier
+                    .iter()
+                    .find(|i| i.system.as_deref() == Some(system) && i.value.is_some())
+            })
+            .or_else(|| p.identifier.iter().find(|i| i.value.is_some()))
+            .and_then(|i| i.value.as_deref().map(str::to_owned));
         LineOutcome::Record(Record::Patient {
             patient_id: Cow::Owned(patient_id.to_owned()),
             birth_date,
             name,
+            mrn,
             rank: Self::rank(p.meta.as_ref(), line),
         })
     }

@@ -2,7 +2,9 @@
 //! summary, flagged patients, a marker chart per flagged patient, the flag trail, data quality)
 //! and its CSV twins, from files or from the server, as of a date and for a date range.
 
+mod deidentify;
 mod html;
+mod programme;
 mod trail;
 
 use crate::cohort::Scope;
@@ -21,6 +23,8 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+pub use deidentify::{Pseudonyms, SecretError};
+pub use programme::Programme;
 pub use trail::TrailEntry;
 
 #[derive(Debug, Clone)]
@@ -35,6 +39,8 @@ pub struct ReportOptions {
     pub out_dir: PathBuf,
     /// The report run's id: its run folder's name, shown in the page and its manifest.
     pub run_id: String,
+    /// `--deidentify`: names and identifiers replaced by keyed pseudonyms.
+    pub deidentified: bool,
 }
 
 impl ReportOptions {
@@ -82,10 +88,34 @@ pub struct Chart {
     pub series: Vec<ChartSeries>,
 }
 
+/// The latest value of one series in the patient's latest episode, as the worklist shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestValue {
+    pub marker: Marker,
+    pub value: f64,
+    pub censoring: Censoring,
+    pub date: NaiveDate,
+    /// The series' response (tumor markers only).
+    pub response: Option<crate::domain::Response>,
+}
+
+/// Where the patient's flags stand on the server: the DetectedIssue's status today and what a
+/// clinician added (`None` when the report read files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    pub status: String,
+    pub note: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct FlaggedPatient {
     pub patient_id: String,
     pub name: Option<String>,
+    pub mrn: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    /// Latest values of the latest episode: tumor markers, then albumin and bilirubin.
+    pub latest_values: Vec<LatestValue>,
+    pub review: Option<Review>,
     pub worst: Severity,
     pub latest_identified: NaiveDate,
     /// (episode index date, flag), most severe and most recent first.
@@ -103,6 +133,7 @@ pub struct Report {
     pub flagged: Vec<FlaggedPatient>,
     /// From the server's DetectedIssues; `None` on a folder source.
     pub trail: Option<Vec<TrailEntry>>,
+    pub programme: Programme,
 }
 
 const CHART_MARKERS: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
@@ -122,8 +153,21 @@ pub fn chart(
         .flat_map(|e| &e.flags)
         .flat_map(|f| f.evidence_observation_ids.iter().map(|id| id.as_ref()))
         .collect();
+    // The values behind the flags and figures: bilirubin for possible REILD, albumin and
+    // bilirubin for ALBI.
+    let reild = episode
+        .flags
+        .iter()
+        .any(|f| f.code == crate::domain::FlagCode::PossibleReild);
+    let albi = episode
+        .courses
+        .iter()
+        .any(|c| c.albi_baseline.is_some() || c.albi_latest.is_some());
+    let liver = [(albi, Marker::Albumin), (reild || albi, Marker::Bilirubin)]
+        .into_iter()
+        .filter_map(|(shown, marker)| shown.then_some(marker));
     let mut series = Vec::new();
-    for marker in CHART_MARKERS {
+    for marker in CHART_MARKERS.into_iter().chain(liver) {
         let values: Vec<_> = timeline
             .series(marker)
             .iter()
@@ -201,19 +245,28 @@ pub fn build(
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let loaded = reader.load(config, options.as_of, &Scope::EVERYONE, workers)?;
     let as_of = options.as_of;
-    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>)> = workers.pool.install(|| {
-        loaded
-            .timelines
-            .into_par_iter()
-            .map(|timeline| {
-                let findings = evaluate_isolated(&timeline, config, as_of);
-                let flagged = flagged_patient(&timeline, &findings, options, config);
-                (findings, flagged)
-            })
-            .collect()
-    });
-    let (findings, flagged): (Vec<PatientFindings>, Vec<Option<FlaggedPatient>>) =
-        evaluated.into_iter().unzip();
+    let evaluated: Vec<(PatientFindings, Option<FlaggedPatient>, Programme)> =
+        workers.pool.install(|| {
+            loaded
+                .timelines
+                .into_par_iter()
+                .map(|timeline| {
+                    let findings = evaluate_isolated(&timeline, config, as_of);
+                    let flagged = flagged_patient(&timeline, &findings, options, config);
+                    let programme = Programme::of_patient(&timeline, &findings, options, config);
+                    (findings, flagged, programme)
+                })
+                .collect()
+        });
+    let mut programme = Programme::default();
+    let mut findings = Vec::with_capacity(evaluated.len());
+    let mut flagged = Vec::new();
+    for (f, p, share) in evaluated {
+        findings.push(f);
+        flagged.push(p);
+        programme.merge(share);
+    }
+    programme.sort();
     let mut flagged: Vec<FlaggedPatient> = flagged.into_iter().flatten().collect();
     // Most severe first, then the most recent.
     flagged.sort_by(|a, b| {
@@ -229,6 +282,25 @@ pub fn build(
         None => None,
         Some(client) => Some(trail::fetch(client, options, config, &workers.runtime)?),
     };
+    if let Some(trail) = &trail {
+        // The most recent DetectedIssue of each patient (the trail is most recent first).
+        let mut latest: std::collections::HashMap<&str, &TrailEntry> = Default::default();
+        for entry in trail {
+            latest.entry(entry.patient_id.as_str()).or_insert(entry);
+        }
+        for p in &mut flagged {
+            p.review = Some(match latest.get(p.patient_id.as_str()) {
+                Some(entry) => Review {
+                    status: entry.status_today().to_owned(),
+                    note: entry.annotation.clone(),
+                },
+                None => Review {
+                    status: "not on the server".into(),
+                    note: None,
+                },
+            });
+        }
+    }
     Ok(Report {
         options: options.clone(),
         generated_at,
@@ -238,6 +310,7 @@ pub fn build(
         quality: loaded.quality,
         flagged,
         trail,
+        programme,
     })
 }
 
@@ -263,9 +336,43 @@ fn flagged_patient(
             b.code.code(),
         ))
     });
+    let episode = findings.episodes.last()?;
+    let mut latest_values: Vec<LatestValue> = episode
+        .courses
+        .iter()
+        .filter_map(|c| {
+            let latest = c.latest.as_ref()?;
+            Some(LatestValue {
+                marker: c.marker,
+                value: latest.value,
+                censoring: latest.censoring,
+                date: latest.date,
+                response: Some(c.response),
+            })
+        })
+        .collect();
+    for marker in [Marker::Albumin, Marker::Bilirubin] {
+        if let Some(v) = timeline
+            .series(marker)
+            .iter()
+            .rfind(|v| v.date <= options.as_of && v.date > episode.index_date)
+        {
+            latest_values.push(LatestValue {
+                marker,
+                value: v.value,
+                censoring: v.censoring,
+                date: v.date,
+                response: None,
+            });
+        }
+    }
     Some(FlaggedPatient {
         patient_id: findings.patient_id.clone(),
         name: timeline.name.clone(),
+        mrn: timeline.mrn.clone(),
+        birth_date: timeline.birth_date,
+        latest_values,
+        review: None,
         worst: flags[0].1.severity,
         latest_identified: flags.iter().map(|(_, f)| f.identified_date).max()?,
         chart: chart(timeline, findings, options.as_of, config)?,
@@ -274,12 +381,16 @@ fn flagged_patient(
 }
 
 /// The names the report writes into its output folder.
-pub const OUTPUT_NAMES: [&str; 6] = [
+pub const OUTPUT_NAMES: [&str; 10] = [
     "report.html",
     "report-cohort.csv",
     "report-flagged-patients.csv",
     "report-flag-trail.csv",
     "report-data-quality.csv",
+    "report-waterfall.csv",
+    "report-surveillance.csv",
+    "report-nadir-days.csv",
+    "report-flags-per-month.csv",
     "report-manifest.json",
 ];
 
@@ -306,6 +417,10 @@ pub fn write(
         ("report-flagged-patients.csv", flagged_csv),
         ("report-flag-trail.csv", trail_csv),
         ("report-data-quality.csv", quality_csv),
+        ("report-waterfall.csv", waterfall_csv),
+        ("report-surveillance.csv", surveillance_csv),
+        ("report-nadir-days.csv", nadir_days_csv),
+        ("report-flags-per-month.csv", flags_per_month_csv),
     ] {
         crate::output::write_atomically(&dir.join(name), |w| {
             let mut writer = GuardedCsv::new(w);
@@ -362,6 +477,10 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         "worst_severity",
         "latest_identified",
         "flags",
+        "mrn",
+        "birth_date",
+        "review_status",
+        "review_note",
     ])?;
     for p in &r.flagged {
         let codes: Vec<String> = p
@@ -372,12 +491,20 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 None => f.code.code().to_owned(),
             })
             .collect();
+        let status: &str = p.review.as_ref().map_or("", |r| &r.status);
         w.row([
             &p.patient_id,
             p.name.as_deref().unwrap_or(""),
             p.worst.code(),
             &crate::format::date(p.latest_identified),
             &codes.join("; "),
+            p.mrn.as_deref().unwrap_or(""),
+            &p.birth_date.map(crate::format::date).unwrap_or_default(),
+            status,
+            p.review
+                .as_ref()
+                .and_then(|r| r.note.as_deref())
+                .unwrap_or(""),
         ])?;
     }
     Ok(())
@@ -429,6 +556,75 @@ fn quality_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 &examples.join(" "),
             ])?;
         }
+    }
+    Ok(())
+}
+
+fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row([
+        "patient_id",
+        "marker",
+        "index_date",
+        "baseline",
+        "nadir",
+        "best_pct_change",
+        "response",
+    ])?;
+    for bar in &r.programme.waterfall {
+        w.row([
+            bar.patient_id.as_str(),
+            bar.marker.key(),
+            &crate::format::date(bar.index_date),
+            &bar.baseline.to_string(),
+            &bar.nadir.to_string(),
+            &format!("{:.1}", bar.best_pct_change),
+            bar.response.code(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn surveillance_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row([
+        "from_day",
+        "to_day",
+        "patients_due",
+        "patients_with_result",
+        "share_pct",
+    ])?;
+    for window in &r.programme.surveillance {
+        let share = match window.due {
+            0 => String::new(),
+            due => format!("{:.1}", window.with_result as f64 / due as f64 * 100.0),
+        };
+        w.row([
+            window.from_day.to_string(),
+            window.to_day.to_string(),
+            window.due.to_string(),
+            window.with_result.to_string(),
+            share,
+        ])?;
+    }
+    Ok(())
+}
+
+fn nadir_days_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row(["marker", "from_day", "to_day", "series"])?;
+    for ((marker, from), count) in r.programme.nadir_histogram() {
+        w.row([
+            marker.key().to_owned(),
+            from.to_string(),
+            (from + 29).to_string(),
+            count.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn flags_per_month_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
+    w.row(["month", "flag", "severity", "count"])?;
+    for ((month, code, severity), count) in &r.programme.flags_per_month {
+        w.row([month.as_str(), code, severity, &count.to_string()])?;
     }
     Ok(())
 }

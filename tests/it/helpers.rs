@@ -126,6 +126,7 @@ impl Case {
                 has_patient_resource: true,
                 birth_date: Some(date("1960-01-01")),
                 name: None,
+                mrn: None,
                 has_hcc: true,
                 procedures: vec![TareProcedure {
                     procedure_id: "tare-1".into(),

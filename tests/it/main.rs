@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod cdp;
 mod cli;
 mod deploy;
 mod failfast;
@@ -15,6 +16,7 @@ mod prefilter;
 mod properties;
 mod reading;
 mod report;
+mod report_browser;
 mod rules;
 mod safety;
 mod schedule;

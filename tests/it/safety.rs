@@ -173,6 +173,10 @@ fn hostile_names_and_notes_reach_the_report_without_control_or_bidi_characters()
         "report-flagged-patients.csv",
         "report-flag-trail.csv",
         "report-data-quality.csv",
+        "report-waterfall.csv",
+        "report-surveillance.csv",
+        "report-nadir-days.csv",
+        "report-flags-per-month.csv",
     ] {
         assert_safe_lines(file, &read(out.path(), file));
     }

@@ -413,6 +413,24 @@ async fn the_report_on_the_server_shows_the_flag_trail_with_status_and_annotatio
     );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("MRI booked &lt;b&gt;urgently&lt;/b&gt;"));
+    // The worklist's review status: the annotated DetectedIssue's status and note.
+    let flagged: Vec<csv::StringRecord> =
+        csv::Reader::from_path(out.join("report-flagged-patients.csv"))
+            .unwrap()
+            .records()
+            .map(Result::unwrap)
+            .collect();
+    let review = flagged
+        .iter()
+        .find(|r| &r[0] == "trail-a")
+        .map(|r| (r[7].to_owned(), r[8].to_owned()));
+    assert_eq!(
+        review,
+        Some((
+            "annotated".to_owned(),
+            "MRI booked <b>urgently</b>".to_owned()
+        ))
+    );
     // A range that ends before the flags were identified holds none of them.
     let early = job_ok("report", &["--server", &server.base, "--to", "2026-08-01"]);
     let rows = std::fs::read_to_string(early.path().join("report-flag-trail.csv")).unwrap();

@@ -1,31 +1,41 @@
-// Renders the flagged patients' sections (a chart and the flags in words) from the JSON in
-// #chart-data: marker values on a log scale against days since the TARE, one line per marker,
-// TAREs, ULNs, baseline (square) and nadir (diamond), flagged values ringed, censored values as
-// open triangles. Sections come a page at a time (and the one a table link points to at once;
-// everything before printing), so a report of thousands of patients opens quickly. Text is set
-// with textContent only: nothing from the data is ever parsed as HTML.
+// The worklist and the patient view, from the JSON in #chart-data and #labels. Rows are built a
+// page at a time and searched on strings lowered once, so 20,000 patients stay instant. The
+// view (search, filters, sort, page, open patient) lives in the URL fragment (#/?q=...), so a
+// link or a reload reopens it. Text is set with textContent only: nothing from the data is
+// ever parsed as HTML.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("chart-data").textContent);
+  const labels = JSON.parse(document.getElementById("labels").textContent);
   const NS = "http://www.w3.org/2000/svg";
-  const COLORS = { pivka2: "#1f5fa8", dcp: "#0f8a7e", afp: "#c2571a", afp_l3: "#8a3fa0" };
-  const W = 720, H = 260, L = 64, R = 16, T = 14, B = 36;
-  const PAGE = 100;
+  const COLORS = { pivka2: "#1f5fa8", dcp: "#0f7a70", afp: "#b04e14", afp_l3: "#8a3fa0", albumin: "#4a6b1f", bilirubin: "#9a6a00" };
+  const W = 720, PH = 170, L = 70, R = 150, T = 22, B = 30;
+  const PAGE = 50;
   const LT = 1, GT = 2, FLAGGED = 4, BASELINE = 8, NADIR = 16;
-  const container = document.getElementById("patients");
-  const rendered = new Map();
-  let next = 0;
+  const SEV_RANK = { high: 3, moderate: 2, low: 1 };
+  const KEYS = ["q", "sev", "flag", "marker", "resp", "review", "from", "to"];
+  const $ = id => document.getElementById(id);
 
-  function svgEl(name, attrs, parent) {
-    const node = document.createElementNS(NS, name);
-    for (const k in attrs) node.setAttribute(k, String(attrs[k]));
+  // Derived once per patient: the lowered search text and the sets filters test.
+  data.forEach(p => {
+    p.search = [p.id, p.name || "", p.mrn || ""].join("\u0000").toLowerCase();
+    p.flagCodes = new Set(p.flags.map(f => f[1]));
+    p.flagMarkers = new Set(p.flags.map(f => f[2]).filter(m => m));
+    p.responses = new Set(p.values.map(v => v[3]).filter(r => r));
+    p.reviewText = p.review ? p.review[0] : "not reviewed";
+  });
+  const byId = new Map(data.map((p, i) => [p.id, i]));
+
+  function el(name, attrs, parent, content) {
+    const node = document.createElement(name);
+    for (const k in attrs || {}) node.setAttribute(k, String(attrs[k]));
+    if (content !== undefined) node.textContent = content;
     if (parent) parent.appendChild(node);
     return node;
   }
-  function htmlEl(name, attrs, parent, content) {
-    const node = document.createElement(name);
+  function svgEl(name, attrs, parent) {
+    const node = document.createElementNS(NS, name);
     for (const k in attrs) node.setAttribute(k, String(attrs[k]));
-    if (content !== undefined) node.textContent = content;
     if (parent) parent.appendChild(node);
     return node;
   }
@@ -39,41 +49,176 @@
     d.setUTCDate(d.getUTCDate() + days);
     return d.toISOString().slice(0, 10);
   }
-  function niceLog(v) { return Math.pow(10, Math.floor(Math.log10(v))); }
+  const markerLabel = m => (labels.markers[m] || [m])[0];
+  const unitOf = m => (labels.markers[m] || ["", ""])[1];
+  const flagLabel = f => labels.flags[f[1]] + (f[2] ? " (" + markerLabel(f[2]) + ")" : "");
+  const valueText = v => markerLabel(v[0]) + " " + v[1] + " " + unitOf(v[0]);
 
-  function chart(p) {
-    const values = [], days = p.tares.slice();
-    p.series.forEach(s => { s.points.forEach(pt => { if (pt[1] > 0) values.push(pt[1]); days.push(pt[0]); }); if (s.uln > 0) values.push(s.uln); });
-    let lo = niceLog(Math.min.apply(null, values)), hi = niceLog(Math.max.apply(null, values)) * 10;
+  // ---- state <-> URL fragment ----
+  let state = readHash();
+  function readHash() {
+    const s = { sort: "", dir: "asc", page: 0, p: "" };
+    KEYS.forEach(k => { s[k] = ""; });
+    if (!location.hash.startsWith("#/?")) return s;
+    const params = new URLSearchParams(location.hash.slice(3));
+    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (params.has(k)) s[k] = params.get(k); });
+    s.page = Math.max(0, parseInt(params.get("page") || "0", 10) || 0);
+    return s;
+  }
+  function writeHash() {
+    const params = new URLSearchParams();
+    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (state[k] && !(k === "dir" && !state.sort)) params.set(k, state[k]); });
+    if (state.page) params.set("page", String(state.page));
+    const hash = "#/?" + params.toString();
+    if (location.hash !== hash) history.replaceState(null, "", hash);
+  }
+
+  // ---- filter and sort ----
+  let shown = [];
+  function matches(p) {
+    if (state.q && !p.search.includes(state.q.toLowerCase())) return false;
+    if (state.sev && p.worst !== state.sev) return false;
+    if (state.flag && !p.flagCodes.has(state.flag)) return false;
+    if (state.marker && !p.flagMarkers.has(state.marker)) return false;
+    if (state.resp && !p.responses.has(state.resp)) return false;
+    if (state.review && p.reviewText !== state.review) return false;
+    if (state.from && p.index < state.from) return false;
+    if (state.to && p.index > state.to) return false;
+    return true;
+  }
+  const SORT_KEYS = {
+    name: p => (p.name || p.id).toLowerCase(),
+    mrn: p => p.mrn || "",
+    birth: p => p.birth || "",
+    worst: p => SEV_RANK[p.worst],
+    review: p => p.reviewText,
+    tare: p => p.index,
+    latest: p => p.latest,
+  };
+  function apply() {
+    const start = performance.now();
+    const list = [];
+    for (let i = 0; i < data.length; i++) if (matches(data[i])) list.push(i);
+    const key = SORT_KEYS[state.sort];
+    if (key) {
+      const sign = state.dir === "desc" ? -1 : 1;
+      const keys = new Map(list.map(i => [i, key(data[i])]));
+      // Ties keep the report's order (most severe, then most recent first).
+      list.sort((a, b) => { const x = keys.get(a), y = keys.get(b); return x < y ? -sign : x > y ? sign : a - b; });
+    }
+    shown = list;
+    const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+    if (state.page >= pages) state.page = pages - 1;
+    renderRows();
+    writeHash();
+    // The benchmark and the browser test read how long one filter took, in the page.
+    window.tmmLastFilterMs = performance.now() - start;
+  }
+
+  function renderRows() {
+    const body = $("worklist-rows");
+    const rows = document.createDocumentFragment();
+    const from = state.page * PAGE, to = Math.min(shown.length, from + PAGE);
+    for (let k = from; k < to; k++) {
+      const p = data[shown[k]], row = el("tr", { "data-id": p.id }, rows);
+      const who = el("td", {}, row);
+      const open = el("a", { href: "#/?p=" + encodeURIComponent(p.id), class: "open", "data-id": p.id }, who, p.name || p.id);
+      open.addEventListener("click", e => { e.preventDefault(); openPatient(p.id); });
+      if (p.name) el("div", { class: "muted small" }, who, p.id);
+      el("td", {}, row, p.mrn || "");
+      el("td", {}, row, p.birth || "");
+      el("span", { class: "sev sev-" + p.worst }, el("td", {}, row), p.worst);
+      el("td", {}, row, p.flags.map(flagLabel).filter((x, i, a) => a.indexOf(x) === i).join(", "));
+      el("td", {}, row, p.values.map(valueText).join("; "));
+      el("td", {}, row, p.reviewText + (p.review && p.review[1] ? ": " + p.review[1] : ""));
+      el("td", {}, row, p.index);
+      el("td", {}, row, p.latest);
+    }
+    body.replaceChildren(rows);
+    const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+    $("count").textContent = shown.length + " of " + data.length + " flagged patients shown";
+    $("page-info").textContent = "page " + (state.page + 1) + " of " + pages;
+    $("prev-page").disabled = state.page === 0;
+    $("next-page").disabled = state.page >= pages - 1;
+    document.querySelectorAll("th[data-sort]").forEach(th => {
+      th.setAttribute("aria-sort", th.dataset.sort === state.sort ? (state.dir === "desc" ? "descending" : "ascending") : "none");
+    });
+  }
+
+  // ---- charts: one panel per unit, each with its axis, legend and limits ----
+  function panels(p) {
+    const groups = new Map();
+    p.series.forEach(s => {
+      const unit = unitOf(s.m);
+      if (!groups.has(unit)) groups.set(unit, []);
+      groups.get(unit).push(s);
+    });
+    const days = p.tares.slice();
+    p.series.forEach(s => s.points.forEach(pt => days.push(pt[0])));
     let d0 = Math.min(-14, Math.min.apply(null, days)), d1 = Math.max(30, Math.max.apply(null, days));
     const pad = (d1 - d0) * 0.03; d0 -= pad; d1 += pad;
-    const x = d => L + (d - d0) / (d1 - d0) * (W - L - R);
-    const y = v => T + (Math.log10(hi) - Math.log10(Math.max(v, lo))) / (Math.log10(hi) - Math.log10(lo)) * (H - T - B);
-    const svg = svgEl("svg", { class: "chart", viewBox: "0 0 " + W + " " + H, role: "img" });
-    svgEl("title", {}, svg).textContent = "Tumor markers of " + p.id + " (log scale) against days since TARE on " + p.index;
-    for (let v = lo; v <= hi * 1.0001; v *= 10) {
-      svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }, svg);
-      text(svg, L - 6, y(v) + 4, v >= 1 ? v.toLocaleString("en-US") : String(v), { "text-anchor": "end" });
+    const box = el("div", { class: "chart-box" });
+    groups.forEach((list, unit) => box.appendChild(panel(p, list, unit, d0, d1)));
+    return box;
+  }
+  function panel(p, list, unit, d0, d1) {
+    const reild = list.some(s => s.m === "bilirubin") && p.flags.some(f => f[1] === "possible-reild");
+    const log = !list.some(s => s.m === "albumin" || s.m === "bilirubin");
+    const values = [];
+    list.forEach(s => { s.points.forEach(pt => { if (!log || pt[1] > 0) values.push(pt[1]); }); if (s.uln > 0) values.push(s.uln); });
+    if (reild) values.push(labels.reild_limit);
+    let lo, hi, ticks = [];
+    if (log) {
+      lo = Math.pow(10, Math.floor(Math.log10(Math.min.apply(null, values))));
+      hi = Math.pow(10, Math.ceil(Math.log10(Math.max.apply(null, values) * 1.0001)));
+      if (hi <= lo) hi = lo * 10;
+      for (let v = lo; v <= hi * 1.0001; v *= 10) ticks.push(v);
+    } else {
+      lo = 0; hi = Math.max.apply(null, values) * 1.15;
+      const step = Math.pow(10, Math.floor(Math.log10(hi / 2)));
+      for (let v = 0; v <= hi; v += step) ticks.push(v);
     }
+    const x = d => L + (d - d0) / (d1 - d0) * (W - L - R);
+    const y = log
+      ? v => T + (Math.log10(hi) - Math.log10(Math.max(v, lo))) / (Math.log10(hi) - Math.log10(lo)) * (PH - T - B)
+      : v => T + (hi - v) / (hi - lo) * (PH - T - B);
+    const names = list.map(s => markerLabel(s.m)).join(" and ");
+    const svg = svgEl("svg", { class: "chart", viewBox: "0 0 " + W + " " + PH, role: "img", "aria-label": names + " (" + unit + ") against days since TARE on " + p.index });
+    ticks.forEach(v => {
+      svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }, svg);
+      text(svg, L - 6, y(v) + 4, v.toLocaleString("en-US"), { "text-anchor": "end" });
+    });
+    text(svg, 12, (T + PH - B) / 2, unit + (log ? " (log)" : ""), { transform: "rotate(-90 12 " + (T + PH - B) / 2 + ")", "text-anchor": "middle" });
     const step = (d1 - d0) > 400 ? 90 : 30;
     for (let d = Math.ceil(d0 / step) * step; d <= d1; d += step) {
-      svgEl("line", { class: "axis", x1: x(d), x2: x(d), y1: H - B, y2: H - B + 4 }, svg);
-      text(svg, x(d), H - B + 16, String(d), { "text-anchor": "middle" });
+      svgEl("line", { class: "axis", x1: x(d), x2: x(d), y1: PH - B, y2: PH - B + 4 }, svg);
+      text(svg, x(d), PH - B + 15, String(d), { "text-anchor": "middle" });
     }
-    text(svg, (L + W - R) / 2, H - 4, "days since TARE (" + p.index + ")", { "text-anchor": "middle" });
-    svgEl("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }, svg);
-    svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }, svg);
-    p.tares.forEach(d => {
-      svgEl("line", { class: "tare", x1: x(d), x2: x(d), y1: T, y2: H - B }, svg);
-      text(svg, x(d) + 3, T + 10, "TARE", { fill: "#6b3fa0" });
+    text(svg, W - R, PH - 2, "days since TARE (" + p.index + ")", { "text-anchor": "end" });
+    svgEl("line", { class: "axis", x1: L, x2: W - R, y1: PH - B, y2: PH - B }, svg);
+    svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: PH - B }, svg);
+    p.tares.forEach(d => svgEl("line", { class: "tare", x1: x(d), x2: x(d), y1: T, y2: PH - B }, svg));
+    // Legend above the plot; limit labels in the right margin, never over the data.
+    let lx = L;
+    list.forEach(s => {
+      svgEl("line", { x1: lx, x2: lx + 16, y1: 10, y2: 10, stroke: COLORS[s.m], "stroke-width": 2.5 }, svg);
+      lx += 20 + text(svg, lx + 20, 14, markerLabel(s.m), {}).textContent.length * 6.5 + 10;
     });
-    p.series.forEach(s => {
+    svgEl("line", { class: "tare", x1: lx, x2: lx, y1: 4, y2: 16 }, svg);
+    text(svg, lx + 5, 14, "TARE", {});
+    const limits = [];
+    list.forEach(s => { if (s.uln > 0) limits.push([s.uln, markerLabel(s.m) + " ULN " + s.uln, COLORS[s.m], "uln"]); });
+    if (reild) limits.push([labels.reild_limit, "REILD limit " + labels.reild_limit, "#b3261e", "limit"]);
+    let lastY = -Infinity;
+    limits.sort((a, b) => y(a[0]) - y(b[0])).forEach(l => {
+      svgEl("line", { class: l[3], stroke: l[2], x1: L, x2: W - R, y1: y(l[0]), y2: y(l[0]) }, svg);
+      const ly = Math.max(y(l[0]) + 4, lastY + 12);
+      lastY = ly;
+      text(svg, W - R + 6, ly, l[1] + " " + unit, { fill: l[2] });
+    });
+    list.forEach(s => {
       const color = COLORS[s.m] || "#333";
       const notes = new Map(s.notes.map(n => [n[0], n]));
-      if (s.uln > 0) {
-        svgEl("line", { class: "uln", stroke: color, x1: L, x2: W - R, y1: y(s.uln), y2: y(s.uln) }, svg);
-        text(svg, W - R - 2, y(s.uln) - 3, s.label + " ULN " + s.uln, { "text-anchor": "end", fill: color });
-      }
       svgEl("path", { class: "line", stroke: color, d: s.points.map((pt, i) => (i ? "L" : "M") + x(pt[0]).toFixed(1) + " " + y(pt[1]).toFixed(1)).join(" ") }, svg);
       s.points.forEach((pt, i) => {
         const cx = x(pt[0]), cy = y(pt[1]), bits = pt[2];
@@ -86,9 +231,10 @@
           mark = svgEl("circle", { class: "point", cx: cx, cy: cy, r: 3.2, fill: color }, svg);
         }
         const note = notes.get(i);
-        svgEl("title", {}, mark).textContent = s.label + " " + censored + pt[1] + " " + s.unit + " on " + addDays(p.index, pt[0]) +
-          " (day " + pt[0] + ")" + (bits & BASELINE ? " — baseline" : "") + (bits & NADIR ? " — nadir" : "") +
-          (bits & FLAGGED ? " — evidence of a flag" : "") + (note ? " — note: " + note[2] : "");
+        // The value as the source gave it: the JSON number, never rounded for display.
+        svgEl("title", {}, mark).textContent = markerLabel(s.m) + " " + censored + pt[1] + " " + unit + " on " + addDays(p.index, pt[0]) +
+          " (day " + pt[0] + ")" + (bits & BASELINE ? ": baseline" : "") + (bits & NADIR ? ": nadir" : "") +
+          (bits & FLAGGED ? ": evidence of a flag" : "") + (note ? "; note: " + note[2] : "");
         if (bits & BASELINE) svgEl("rect", { x: cx - 6, y: cy - 6, width: 12, height: 12, fill: "none", stroke: color, "stroke-width": 1.5 }, svg);
         if (bits & NADIR) svgEl("path", { d: "M" + cx + " " + (cy - 8) + " L" + (cx + 8) + " " + cy + " L" + cx + " " + (cy + 8) + " L" + (cx - 8) + " " + cy + " Z", fill: "none", stroke: color, "stroke-width": 1.5 }, svg);
         if (bits & FLAGGED) svgEl("circle", { class: "flagged", cx: cx, cy: cy, r: 7 }, svg);
@@ -97,71 +243,114 @@
     return svg;
   }
 
-  function section(i) {
-    if (rendered.has(i)) return rendered.get(i);
-    const p = data[i];
-    const node = htmlEl("section", { class: "patient", id: "p-" + p.id });
-    const heading = htmlEl("h3", {}, node, p.id);
-    if (p.name) htmlEl("span", { class: "name" }, heading, " " + p.name);
-    const box = htmlEl("div", { class: "chart-box" }, node);
-    box.appendChild(chart(p));
-    const list = htmlEl("ul", {}, node);
+  // ---- one patient: heading, charts, flags in words, values with units ----
+  function patientDetail(p, headingTag) {
+    const node = el("article", { class: "patient", "data-id": p.id });
+    el(headingTag, {}, node, (p.name || p.id));
+    el("p", { class: "who" }, node, "Id " + p.id + (p.mrn ? " · MRN " + p.mrn : "") + (p.birth ? " · born " + p.birth : "") +
+      " · worst " + p.worst + " · TARE " + p.index + " · review: " + p.reviewText + (p.review && p.review[1] ? " (" + p.review[1] + ")" : ""));
+    node.appendChild(panels(p));
+    el("p", { class: "muted small" }, node, "Square: baseline; diamond: nadir; red ring: evidence of a flag; open triangle: a censored value (< or >); dashed purple: TARE; dotted: upper limit of normal.");
+    el("h4", {}, node, "Flags");
+    const list = el("ul", { class: "flags" }, node);
     p.flags.forEach(f => {
-      const item = htmlEl("li", {}, list);
-      htmlEl("span", { class: "sev sev-" + f[0] }, item, f[0]);
+      const item = el("li", {}, list);
+      el("span", { class: "sev sev-" + f[0] }, item, f[0]);
       item.appendChild(document.createTextNode(" "));
-      htmlEl("b", {}, item, f[1] + (f[2] ? " (" + f[2] + ")" : ""));
+      el("b", {}, item, flagLabel(f));
       item.appendChild(document.createTextNode(" (episode of " + f[3] + ", identified " + f[4] + "): "));
-      htmlEl("span", { class: "detail" }, item, f[5]);
+      el("span", { class: "detail" }, item, f[5]);
     });
-    p.series.forEach(s => s.notes.forEach(n => {
-      htmlEl("li", { class: "muted" }, list, "Note on " + s.label + " " + addDays(p.index, s.points[n[0]][0]) + " (" + n[1] + "): " + n[2]);
-    }));
-    rendered.set(i, node);
+    el("h4", {}, node, "Values");
+    const table = el("table", { class: "values" }, el("div", { class: "values-box" }, node));
+    const head = el("tr", {}, el("thead", {}, table));
+    ["Marker", "Date", "Day", "Value", "Unit", "Note"].forEach(h => el("th", { scope: "col" }, head, h));
+    const body = el("tbody", {}, table);
+    p.series.forEach(s => {
+      const notes = new Map(s.notes.map(n => [n[0], n[2]]));
+      s.points.forEach((pt, i) => {
+        const row = el("tr", {}, body);
+        el("td", {}, row, markerLabel(s.m));
+        el("td", {}, row, addDays(p.index, pt[0]));
+        el("td", { class: "num" }, row, String(pt[0]));
+        el("td", { class: "num" }, row, (pt[2] & LT ? "<" : pt[2] & GT ? ">" : "") + pt[1]);
+        el("td", {}, row, unitOf(s.m));
+        el("td", {}, row, [pt[2] & BASELINE ? "baseline" : "", pt[2] & NADIR ? "nadir" : "", pt[2] & FLAGGED ? "flag evidence" : "", notes.get(i) || ""].filter(x => x).join("; "));
+      });
+    });
     return node;
   }
 
-  const more = document.getElementById("more-patients");
-  function showPage() {
-    const end = Math.min(data.length, next + PAGE);
-    for (; next < end; next++) {
-      const node = section(next);
-      if (!node.isConnected) container.appendChild(node);
-    }
-    more.hidden = next >= data.length;
-    more.textContent = "Show the next " + Math.min(PAGE, data.length - next) + " of " + (data.length - next) + " more patients";
+  function openPatient(id) {
+    state.p = id;
+    writeHash();
+    showPatient();
   }
-  // A table link to a patient further down: that patient's section, shown at once.
-  function showLinked() {
-    const id = decodeURIComponent(location.hash.slice(3));
-    if (!location.hash.startsWith("#p-")) return;
-    const i = data.findIndex(p => p.id === id);
-    if (i < 0) return;
-    const node = section(i);
-    if (!node.isConnected) container.insertBefore(node, container.firstChild);
-    node.scrollIntoView();
+  function showPatient() {
+    const view = $("patient-view");
+    const i = byId.get(state.p);
+    if (!state.p || i === undefined) { view.hidden = true; view.replaceChildren(); $("worklist").hidden = false; document.body.classList.remove("patient-open"); return; }
+    const back = el("button", { type: "button", id: "back" }, null, "Back to the worklist");
+    back.addEventListener("click", () => { state.p = ""; writeHash(); showPatient(); });
+    view.replaceChildren(back, patientDetail(data[i], "h2"));
+    view.hidden = false;
+    $("worklist").hidden = true;
+    document.body.classList.add("patient-open");
+    back.focus();
   }
-  more.addEventListener("click", showPage);
-  window.addEventListener("hashchange", showLinked);
-  window.addEventListener("beforeprint", () => { while (next < data.length) showPage(); });
 
-  const moreRows = document.getElementById("more-rows");
-  if (moreRows) moreRows.addEventListener("click", () => {
-    const body = document.getElementById("flagged-rows");
-    for (let i = body.rows.length; i < data.length; i++) {
-      const p = data[i], row = body.insertRow();
-      const link = htmlEl("a", { href: "#p-" + p.id }, row.insertCell(), p.id);
-      if (p.name) htmlEl("span", { class: "name" }, link, " " + p.name);
-      htmlEl("span", { class: "sev sev-" + p.worst }, row.insertCell(), p.worst);
-      row.insertCell().textContent = p.latest;
-      row.insertCell().textContent = p.flags.map(f => f[1] + (f[2] ? " (" + f[2] + ")" : "")).join(", ");
-    }
-    moreRows.remove();
+  // ---- print: the open patient, or every patient shown, one page each ----
+  function preparePrint(indices) {
+    const area = $("print-area");
+    const pages = document.createDocumentFragment();
+    indices.forEach(i => el("section", { class: "print-page" }, pages).appendChild(patientDetail(data[i], "h2")));
+    area.replaceChildren(pages);
+    document.body.classList.add("printing");
+  }
+  window.tmmPrintShown = () => preparePrint(shown);
+  window.addEventListener("afterprint", () => { document.body.classList.remove("printing"); $("print-area").replaceChildren(); });
+  $("print-shown").addEventListener("click", () => { preparePrint(shown); window.print(); });
+
+  // ---- controls ----
+  const reviews = Array.from(new Set(data.map(p => p.reviewText))).sort();
+  reviews.forEach(r => el("option", { value: r }, $("f-review"), r));
+  function syncControls() {
+    KEYS.forEach(k => { const c = document.querySelector("[data-key='" + k + "']"); if (c) c.value = state[k]; });
+  }
+  document.querySelectorAll("#filters [data-key]").forEach(control => {
+    control.addEventListener(control.tagName === "SELECT" || control.type === "date" ? "change" : "input", () => {
+      state[control.dataset.key] = control.value;
+      state.page = 0;
+      apply();
+    });
   });
+  $("filters").addEventListener("submit", e => e.preventDefault());
+  $("clear-filters").addEventListener("click", () => { KEYS.forEach(k => { state[k] = ""; }); state.page = 0; syncControls(); apply(); });
+  document.querySelectorAll("th[data-sort] button").forEach(button => {
+    button.addEventListener("click", () => {
+      const key = button.parentElement.dataset.sort;
+      state.dir = state.sort === key && state.dir === "asc" ? "desc" : "asc";
+      state.sort = key;
+      state.page = 0;
+      apply();
+    });
+  });
+  $("prev-page").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); apply(); });
+  $("next-page").addEventListener("click", () => { state.page += 1; apply(); });
+  // Section links scroll without replacing the view kept in the fragment.
+  document.querySelectorAll("nav a").forEach(a => a.addEventListener("click", e => {
+    const target = $(a.getAttribute("href").slice(1));
+    if (!target) return;
+    e.preventDefault();
+    if (a.getAttribute("href") === "#worklist") { state.p = ""; writeHash(); showPatient(); }
+    target.scrollIntoView();
+  }));
+  window.addEventListener("hashchange", () => { if (location.hash.startsWith("#/?")) { state = readHash(); syncControls(); apply(); showPatient(); } });
 
-  showPage();
-  showLinked();
-  // performance.now(): milliseconds since the page started loading (the benchmark reads it).
-  console.log("report ready: " + data.length + " charts, " + document.querySelectorAll("svg.chart").length +
-    " drawn, " + Math.round(performance.now()) + " ms after navigation start");
+  syncControls();
+  apply();
+  showPatient();
+  // performance.now(): milliseconds since navigation start (the benchmark reads it).
+  window.tmmReadyMs = performance.now();
+  console.log("report ready: " + data.length + " flagged patients, " + shown.length + " shown, " + Math.round(window.tmmReadyMs) + " ms after navigation start");
 })();

@@ -1,0 +1,181 @@
+//! The programme at a glance: the figures a TARE programme's audit reviews, over every
+//! evaluated patient (not only the flagged): the best change from baseline per episode and
+//! marker (a waterfall), surveillance adherence per scheduled window, days from TARE to nadir,
+//! flags per month. Drawn in the report as inline SVG and written as CSV beside it.
+
+use super::ReportOptions;
+use crate::config::Config;
+use crate::domain::{Marker, PatientFindings, PatientTimeline, Response};
+use chrono::{Datelike, NaiveDate};
+use std::collections::BTreeMap;
+
+/// One bar of the waterfall: an episode's series with a baseline above 0 and a nadir.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaterfallBar {
+    pub patient_id: String,
+    pub marker: Marker,
+    pub index_date: NaiveDate,
+    pub baseline: f64,
+    pub nadir: f64,
+    /// (nadir - baseline) / baseline x 100: the best change, the nadir being the smallest
+    /// value after TARE.
+    pub best_pct_change: f64,
+    pub response: Response,
+}
+
+/// One scheduled window of the surveillance schedule (docs/rules.md §2.10), in days after TARE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowAdherence {
+    pub from_day: i64,
+    pub to_day: i64,
+    /// Patients whose latest episode's window had ended by the as-of date (and before a next
+    /// TARE) ...
+    pub due: usize,
+    /// ... of them, with a tumor-marker result dated in the window.
+    pub with_result: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Programme {
+    pub waterfall: Vec<WaterfallBar>,
+    pub surveillance: Vec<WindowAdherence>,
+    /// (marker, days from TARE to nadir), one per episode series with a nadir.
+    pub nadir_days: Vec<(Marker, i64)>,
+    /// (month "YYYY-MM", flag code, severity) -> flags identified that month, in the range.
+    pub flags_per_month: BTreeMap<(String, &'static str, &'static str), usize>,
+}
+
+/// The surveillance windows: every `due_interval_early_days` up to `due_early_period_days`,
+/// then every `due_interval_late_days` up to `overdue_max_days`.
+pub fn windows(config: &Config) -> Vec<(i64, i64)> {
+    let r = &config.rules;
+    let mut windows = Vec::new();
+    let mut from = 0;
+    while from < r.overdue_max_days {
+        let step = if from < r.due_early_period_days {
+            r.due_interval_early_days
+        } else {
+            r.due_interval_late_days
+        };
+        if step <= 0 {
+            break;
+        }
+        let to = (from + step).min(r.overdue_max_days);
+        windows.push((from + 1, to));
+        from = to;
+    }
+    windows
+}
+
+impl Programme {
+    /// One patient's share of the figures.
+    pub fn of_patient(
+        timeline: &PatientTimeline,
+        findings: &PatientFindings,
+        options: &ReportOptions,
+        config: &Config,
+    ) -> Programme {
+        let mut programme = Programme::default();
+        for episode in &findings.episodes {
+            for course in &episode.courses {
+                if let Some(nadir) = &course.nadir {
+                    programme
+                        .nadir_days
+                        .push((course.marker, (nadir.date - episode.index_date).num_days()));
+                    if let Some(baseline) = course.baseline.as_ref().filter(|b| b.value > 0.0) {
+                        programme.waterfall.push(WaterfallBar {
+                            patient_id: findings.patient_id.clone(),
+                            marker: course.marker,
+                            index_date: episode.index_date,
+                            baseline: baseline.value,
+                            nadir: nadir.value,
+                            best_pct_change: (nadir.value - baseline.value) / baseline.value
+                                * 100.0,
+                            response: course.response,
+                        });
+                    }
+                }
+            }
+            for flag in &episode.flags {
+                if options.in_range(flag.identified_date) {
+                    let d = flag.identified_date;
+                    *programme
+                        .flags_per_month
+                        .entry((
+                            format!("{:04}-{:02}", d.year(), d.month()),
+                            flag.code.code(),
+                            flag.severity.code(),
+                        ))
+                        .or_default() += 1;
+                }
+            }
+        }
+        if let Some(episode) = findings.episodes.last() {
+            let index = episode.index_date;
+            let next_tare = timeline
+                .procedures
+                .iter()
+                .map(|p| p.date)
+                .filter(|d| *d > index)
+                .min();
+            let dates: Vec<NaiveDate> = Marker::TUMOR
+                .into_iter()
+                .flat_map(|m| timeline.series(m).iter().map(|v| v.date))
+                .filter(|d| *d <= options.as_of)
+                .collect();
+            for (from, to) in windows(config) {
+                let end = index + chrono::Duration::days(to);
+                let due = end <= options.as_of && next_tare.is_none_or(|next| end < next);
+                let with_result = due
+                    && dates.iter().any(|d| {
+                        let day = (*d - index).num_days();
+                        day >= from && day <= to
+                    });
+                programme.surveillance.push(WindowAdherence {
+                    from_day: from,
+                    to_day: to,
+                    due: usize::from(due),
+                    with_result: usize::from(with_result),
+                });
+            }
+        }
+        programme
+    }
+
+    /// Adds another's figures to these.
+    pub fn merge(&mut self, other: Programme) {
+        self.waterfall.extend(other.waterfall);
+        self.nadir_days.extend(other.nadir_days);
+        for (key, count) in other.flags_per_month {
+            *self.flags_per_month.entry(key).or_default() += count;
+        }
+        if self.surveillance.is_empty() {
+            self.surveillance = other.surveillance;
+        } else {
+            for (mine, theirs) in self.surveillance.iter_mut().zip(other.surveillance) {
+                mine.due += theirs.due;
+                mine.with_result += theirs.with_result;
+            }
+        }
+    }
+
+    /// The waterfall's order: per marker, the largest rise first, down to the deepest fall.
+    pub fn sort(&mut self) {
+        self.waterfall.sort_by(|a, b| {
+            a.marker
+                .cmp(&b.marker)
+                .then(b.best_pct_change.total_cmp(&a.best_pct_change))
+                .then_with(|| a.patient_id.cmp(&b.patient_id))
+                .then(a.index_date.cmp(&b.index_date))
+        });
+    }
+
+    /// Days from TARE to nadir in 30-day bins: (marker, bin start, count).
+    pub fn nadir_histogram(&self) -> BTreeMap<(Marker, i64), usize> {
+        let mut bins = BTreeMap::new();
+        for (marker, days) in &self.nadir_days {
+            *bins.entry((*marker, days.div_euclid(30) * 30)).or_default() += 1;
+        }
+        bins
+    }
+}

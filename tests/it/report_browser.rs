@@ -1,0 +1,219 @@
+//! The report as a person uses it, in Debian's chromium over the DevTools protocol (`cdp`):
+//! search, two filters, a keyboard sort, a patient opened, a reload from the URL fragment, the
+//! print of the patients shown, and axe-core finding no serious or critical violation.
+//! `TMM_TEST_UPDATE_SCREENSHOTS=1` writes docs/screenshots/{worklist,patient}.png for the README.
+
+use crate::cdp::{chromium, Browser};
+use crate::helpers::read;
+use crate::report::{demo_named, report};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+const SEED: &str = "demo-01-seed-partial-response";
+
+/// `report-flagged-patients.csv`: the rows the page must show, in the report's order.
+fn rows(out: &Path) -> Vec<Vec<String>> {
+    csv::Reader::from_reader(read(out, "report-flagged-patients.csv").as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+fn shown_ids(browser: &mut Browser) -> Vec<String> {
+    let ids = browser
+        .eval("Array.from(document.querySelectorAll('#worklist-rows tr')).map(r => r.dataset.id)");
+    serde_json::from_value(ids).unwrap()
+}
+
+fn count_text(browser: &mut Browser) -> String {
+    browser
+        .eval("document.getElementById('count').textContent")
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// axe-core's serious and critical violations on the page as it is, or `None` when axe-core is
+/// not installed (tests/browser: `npm ci`) and not required.
+fn axe_violations(browser: &mut Browser) -> Option<Vec<String>> {
+    let axe = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser/node_modules/axe-core/axe.min.js");
+    let Ok(source) = std::fs::read_to_string(&axe) else {
+        let required = std::env::var("TMM_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| v == "1" || v == "true");
+        assert!(!required, "axe-core missing: run npm ci in tests/browser");
+        eprintln!(
+            "note: axe-core not installed (npm ci in tests/browser): accessibility not checked"
+        );
+        return None;
+    };
+    browser.eval(&format!("{source};\ntrue"));
+    let found = browser.eval(
+        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations\
+         .filter(v => v.impact === 'serious' || v.impact === 'critical')\
+         .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).slice(0, 5).join(', ')))",
+    );
+    Some(serde_json::from_value(found).unwrap())
+}
+
+fn save_screenshot(browser: &mut Browser, name: &str) {
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    if std::env::var("TMM_TEST_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+#[test]
+fn a_clinician_searches_filters_sorts_opens_a_patient_reloads_and_prints() {
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_named();
+    let out = report(folder.path());
+    let all = rows(out.path());
+    let page = out.path().join("report.html");
+    let mut browser = Browser::launch(&chromium);
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    browser.open(&format!("file://{}", page.display()));
+
+    // Everyone, the first page of 50, in the report's order.
+    assert_eq!(
+        count_text(&mut browser),
+        format!("{0} of {0} flagged patients shown", all.len())
+    );
+    let first_page: Vec<String> = all.iter().take(50).map(|r| r[0].clone()).collect();
+    assert_eq!(shown_ids(&mut browser), first_page);
+    save_screenshot(&mut browser, "worklist.png");
+    if let Some(violations) = axe_violations(&mut browser) {
+        assert_eq!(violations, Vec::<String>::new(), "worklist");
+    }
+
+    // Typing a name finds the patient, by name and with the MRN in the row.
+    browser.eval("document.getElementById('f-q').focus()");
+    browser.type_text("ann ex");
+    assert_eq!(shown_ids(&mut browser), [SEED]);
+    let row = browser.eval("document.querySelector('#worklist-rows tr').textContent");
+    assert!(
+        row.as_str().unwrap().contains("Ann Example")
+            && row.as_str().unwrap().contains("MRN-778899"),
+        "{row}"
+    );
+    browser.eval("document.getElementById('clear-filters').click()");
+    assert_eq!(shown_ids(&mut browser), first_page);
+
+    // Two filters: high severity, and a marker rise among the flags.
+    for (id, value) in [("f-sev", "high"), ("f-flag", "marker-rise")] {
+        browser.eval(&format!(
+            "(() => {{ const s = document.getElementById('{id}'); s.value = '{value}'; \
+             s.dispatchEvent(new Event('change')); return true; }})()"
+        ));
+    }
+    let expected: Vec<String> = all
+        .iter()
+        .filter(|r| r[2] == "high" && r[4].contains("marker-rise"))
+        .map(|r| r[0].clone())
+        .collect();
+    assert!(expected.len() > 1, "the demo has several high marker rises");
+    assert_eq!(shown_ids(&mut browser), expected);
+    assert_eq!(
+        count_text(&mut browser),
+        format!("{} of {} flagged patients shown", expected.len(), all.len())
+    );
+    let filter_ms = browser.eval("window.tmmLastFilterMs").as_f64().unwrap();
+    assert!(filter_ms >= 0.0);
+
+    // Sort by TARE date with the keyboard: the column's button, focused, Enter.
+    browser.eval("document.querySelector(\"th[data-sort='tare'] button\").focus()");
+    browser.press_enter();
+    assert_eq!(
+        browser.eval("document.querySelector(\"th[data-sort='tare']\").getAttribute('aria-sort')"),
+        json!("ascending")
+    );
+    let tares: Vec<String> = serde_json::from_value(browser.eval(
+        "Array.from(document.querySelectorAll('#worklist-rows tr')).map(r => r.cells[7].textContent)",
+    ))
+    .unwrap();
+    let mut sorted = tares.clone();
+    sorted.sort();
+    assert_eq!(tares, sorted);
+    let mut sorted_ids = shown_ids(&mut browser);
+    assert_ne!(sorted_ids, expected, "the sort changed nothing in the demo");
+    sorted_ids.sort();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(sorted_ids, expected_sorted);
+    let order = shown_ids(&mut browser);
+    let hash = browser.eval("location.hash");
+    assert_eq!(
+        hash,
+        json!("#/?sev=high&flag=marker-rise&sort=tare&dir=asc")
+    );
+
+    // Open the first patient shown: chart panels, their flags in words, values with units.
+    let opened = order[0].clone();
+    browser.eval("document.querySelector('#worklist-rows a.open').click()");
+    let patient = all.iter().find(|r| r[0] == opened).unwrap();
+    let flag_count = patient[4].split("; ").count();
+    let view = |browser: &mut Browser| -> Value {
+        browser.eval(
+            "(() => { const v = document.getElementById('patient-view'); return { hidden: v.hidden, \
+             worklist: document.getElementById('worklist').hidden, id: v.querySelector('article').dataset.id, \
+             charts: v.querySelectorAll('svg.chart').length, flags: v.querySelectorAll('ul.flags li').length, \
+             units: Array.from(v.querySelectorAll('table.values td:nth-child(5)')).map(c => c.textContent) }; })()",
+        )
+    };
+    let shown = view(&mut browser);
+    assert_eq!(shown["hidden"], json!(false));
+    assert_eq!(shown["worklist"], json!(true));
+    assert_eq!(shown["id"], json!(opened));
+    assert!(shown["charts"].as_u64().unwrap() >= 1);
+    assert_eq!(shown["flags"], json!(flag_count));
+    assert!(shown["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| ["mAU/mL", "ng/mL", "%", "g/L", "umol/L"].contains(&u.as_str().unwrap())));
+    save_screenshot(&mut browser, "patient.png");
+    if let Some(violations) = axe_violations(&mut browser) {
+        assert_eq!(violations, Vec::<String>::new(), "patient view");
+    }
+
+    // A reload from the fragment reopens the patient, and behind it the same worklist.
+    browser.reload();
+    assert_eq!(view(&mut browser), shown);
+    browser.eval("document.getElementById('back').click()");
+    assert_eq!(shown_ids(&mut browser), order);
+    assert_eq!(
+        browser.eval(
+            "[document.getElementById('f-sev').value, document.getElementById('f-flag').value]"
+        ),
+        json!(["high", "marker-rise"])
+    );
+
+    // "Print the patients shown": one page each.
+    browser.eval("window.print = () => {}; document.getElementById('print-shown').click(); true");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#print-area .print-page').length"),
+        json!(order.len())
+    );
+    let pdf = browser.print_to_pdf();
+    assert!(pdf.starts_with(b"%PDF"), "not a PDF");
+    assert_eq!(
+        count_pages(&pdf),
+        order.len(),
+        "one PDF page per patient shown"
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+/// Page objects of a PDF (`/Type /Page`, not `/Pages`).
+fn count_pages(pdf: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(pdf);
+    text.match_indices("/Type /Page")
+        .filter(|(at, m)| !text[at + m.len()..].starts_with('s'))
+        .count()
+}
