@@ -26,6 +26,13 @@ pub struct ReportArgs {
 }
 
 pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        if from > to {
+            return Err(CommandError::NotApplicable(format!(
+                "--from {from} is after --to {to}: the range holds no date"
+            )));
+        }
+    }
     let opened = args.source.open()?;
     // Refused before anything is read or written: no secret, no report.
     let pseudonyms = match args.deidentify {

@@ -491,7 +491,8 @@ fn flagged_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
                 None => f.code.code().to_owned(),
             })
             .collect();
-        let status: &str = p.review.as_ref().map_or("", |r| &r.status);
+        // As the page says: a flag no one has marked on the server is "not reviewed".
+        let status: &str = p.review.as_ref().map_or("not reviewed", |r| &r.status);
         w.row([
             &p.patient_id,
             p.name.as_deref().unwrap_or(""),

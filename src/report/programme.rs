@@ -28,8 +28,8 @@ pub struct WaterfallBar {
 pub struct WindowAdherence {
     pub from_day: i64,
     pub to_day: i64,
-    /// Patients whose latest episode's window had ended by the as-of date (and before a next
-    /// TARE) ...
+    /// Patients whose latest episode's window had ended by the as-of date (and before the next
+    /// episode's index date) ...
     pub due: usize,
     /// ... of them, with a tumor-marker result dated in the window.
     pub with_result: usize,
@@ -112,12 +112,13 @@ impl Programme {
         }
         if let Some(episode) = findings.episodes.last() {
             let index = episode.index_date;
-            let next_tare = timeline
-                .procedures
-                .iter()
-                .map(|p| p.date)
-                .filter(|d| *d > index)
-                .min();
+            // The next episode's index date (docs/rules.md §1.6), not a staged TARE of this
+            // episode: a second lobe treated on day 40 does not end the surveillance.
+            let next_tare =
+                crate::evaluate::episodes(&timeline.procedures, config.episodes.merge_days)
+                    .into_iter()
+                    .map(|e| e.index_date)
+                    .find(|d| *d > index);
             let dates: Vec<NaiveDate> = Marker::TUMOR
                 .into_iter()
                 .flat_map(|m| timeline.series(m).iter().map(|v| v.date))

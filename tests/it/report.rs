@@ -329,3 +329,106 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
     .collect();
     assert_eq!(windows, schedule);
 }
+
+/// One patient: TARE on 2026-01-10 and a staged second TARE on day 40 (one episode), with
+/// PIVKA-II results on days -2, 20, 150 and 250; the report as of 2026-11-01 (day 295).
+fn staged_tare_report() -> crate::helpers::OutDir {
+    use serde_json::json;
+    let day = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    let subject = json!({"reference": "Patient/staged"});
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "staged", "birthDate": "1955-01-01"}),
+        json!({"resourceType": "Condition", "id": "staged-hcc", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]}}),
+    ];
+    for (n, d) in [(1, 0), (2, 40)] {
+        resources.push(
+            json!({"resourceType": "Procedure", "id": format!("staged-tare{n}"),
+            "status": "completed", "subject": subject, "performedDateTime": day(d),
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]}}),
+        );
+    }
+    for (n, (d, value)) in [(-2, 9000.0), (20, 4000.0), (150, 900.0), (250, 1200.0)]
+        .into_iter()
+        .enumerate()
+    {
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("staged-obs{n}"),
+            "status": "final", "subject": subject, "effectiveDateTime": day(d),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+            "valueQuantity": {"value": value, "unit": "mAU/mL"}}),
+        );
+    }
+    let folder = crate::helpers::write_folder(&resources);
+    report(folder.path())
+}
+
+#[test]
+fn a_staged_tare_of_the_same_episode_does_not_end_the_surveillance_windows() {
+    let out = staged_tare_report();
+    let windows: Vec<(String, String, String, String)> =
+        records(out.path(), "report-surveillance.csv")
+            .into_iter()
+            .map(|r| {
+                (
+                    r["from_day"].clone(),
+                    r["to_day"].clone(),
+                    r["patients_due"].clone(),
+                    r["patients_with_result"].clone(),
+                )
+            })
+            .collect();
+    let expect = |from: &str, to: &str, due: &str, with: &str| {
+        (
+            from.to_owned(),
+            to.to_owned(),
+            due.to_owned(),
+            with.to_owned(),
+        )
+    };
+    // The windows up to day 270 have ended by the as-of date (day 295), all in the one
+    // episode; the results fall in days 1-30, 91-180 and 181-270.
+    assert_eq!(
+        windows,
+        [
+            expect("1", "30", "1", "1"),
+            expect("31", "60", "1", "0"),
+            expect("61", "90", "1", "0"),
+            expect("91", "180", "1", "1"),
+            expect("181", "270", "1", "1"),
+            expect("271", "360", "0", "0"),
+            expect("361", "365", "0", "0"),
+        ]
+    );
+}
+
+#[test]
+fn from_a_folder_every_flagged_patient_is_not_reviewed_in_the_csv() {
+    let out = report(&crate::helpers::demo());
+    let rows = records(out.path(), "report-flagged-patients.csv");
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["review_status"] == "not reviewed"));
+}
+
+#[test]
+fn a_from_date_after_the_to_date_is_refused_with_exit_2() {
+    let (out, output) = crate::helpers::job(
+        "report",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--from",
+            "2026-12-01",
+            "--to",
+            "2026-01-01",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--from 2026-12-01 is after --to 2026-01-01"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!out.path().join("report.html").exists());
+}

@@ -217,3 +217,68 @@ fn count_pages(pdf: &[u8]) -> usize {
         .filter(|(at, m)| !text[at + m.len()..].starts_with('s'))
         .count()
 }
+
+/// Per patient, the response of `marker` in the patient's latest episode, from the run's
+/// `markers.csv` (rows are in episode order).
+fn latest_responses(folder: &Path, marker: &str) -> std::collections::HashMap<String, String> {
+    let run = crate::helpers::job_ok("run", &["--source-dir", folder.to_str().unwrap()]);
+    let text = read(run.path(), "markers.csv");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (patient, series, response) = (column("patient_id"), column("marker"), column("response"));
+    let mut latest = std::collections::HashMap::new();
+    for row in reader.records().map(Result::unwrap) {
+        if &row[series] == marker {
+            latest.insert(row[patient].to_owned(), row[response].to_owned());
+        }
+    }
+    latest
+}
+
+#[test]
+fn a_marker_and_a_response_chosen_together_mean_that_markers_response_and_back_returns_to_the_list()
+{
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_named();
+    let out = report(folder.path());
+    let all = rows(out.path());
+    let afp = latest_responses(folder.path(), "afp");
+    let expected: Vec<String> = all
+        .iter()
+        .map(|r| r[0].clone())
+        .filter(|id| afp.get(id).is_some_and(|r| r == "PD"))
+        .collect();
+    assert!(!expected.is_empty(), "the demo has an AFP progression");
+    // A patient whose PIVKA-II progresses while AFP does not must not be shown.
+    assert!(all
+        .iter()
+        .any(|r| !expected.contains(&r[0]) && afp.contains_key(&r[0])));
+    let page = format!("file://{}", out.path().join("report.html").display());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!("{page}#/?marker=afp&resp=PD"));
+    assert_eq!(shown_ids(&mut browser), expected);
+
+    // Values no control offers are dropped, not applied unseen; nothing throws.
+    // (A new fragment on the same page is no new load: reload to read it as a link would.)
+    browser.open(&format!(
+        "{page}#/?sort=__proto__&sev=bogus&flag=toString&from=2026-99-99"
+    ));
+    browser.reload();
+    assert_eq!(
+        count_text(&mut browser),
+        format!("{0} of {0} flagged patients shown", all.len())
+    );
+
+    // A patient opened is a step in the browser's history: Back shows the list again, with
+    // the keyboard on the patient's link.
+    browser.eval("document.querySelector('#worklist-rows a.open').click(); true");
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    browser.eval("history.back(); true");
+    browser.wait_for("document.getElementById('patient-view').hidden");
+    assert_eq!(
+        browser.eval("document.activeElement.classList.contains('open')"),
+        json!(true)
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}

@@ -6,8 +6,9 @@
 //!   enforced), from the binary `tests/servers/hfs.sh install` names in TMM_TEST_HFS_BIN and
 //!   TMM_TEST_HFS_DATA.
 //! - HAPI FHIR JPA: one shared server (`tests/servers/hapi.sh start`, its base URL in
-//!   TMM_TEST_HAPI_URL) that takes ~25 s to start and a gigabyte of memory; its tests take
-//!   turns, each on a server emptied by `$expunge`.
+//!   TMM_TEST_HAPI_URL), on a PostgreSQL cluster of its own, that takes about a minute to start
+//!   and a gigabyte of memory; its tests take turns (across processes too), each on a server
+//!   emptied by `$expunge`.
 //!
 //! Outside CI, a test whose server is not configured says so and passes; in CI (CI=true) a
 //! missing server fails it.

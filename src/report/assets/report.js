@@ -22,6 +22,8 @@
     p.flagCodes = new Set(p.flags.map(f => f[1]));
     p.flagMarkers = new Set(p.flags.map(f => f[2]).filter(m => m));
     p.responses = new Set(p.values.map(v => v[3]).filter(r => r));
+    // Marker and response filtered together mean that marker's response.
+    p.markerResponses = new Set(p.values.filter(v => v[3]).map(v => v[0] + "\u0000" + v[3]));
     p.reviewText = p.review ? p.review[0] : "not reviewed";
   });
   const byId = new Map(data.map((p, i) => [p.id, i]));
@@ -54,38 +56,6 @@
   const flagLabel = f => labels.flags[f[1]] + (f[2] ? " (" + markerLabel(f[2]) + ")" : "");
   const valueText = v => markerLabel(v[0]) + " " + v[1] + " " + unitOf(v[0]);
 
-  // ---- state <-> URL fragment ----
-  let state = readHash();
-  function readHash() {
-    const s = { sort: "", dir: "asc", page: 0, p: "" };
-    KEYS.forEach(k => { s[k] = ""; });
-    if (!location.hash.startsWith("#/?")) return s;
-    const params = new URLSearchParams(location.hash.slice(3));
-    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (params.has(k)) s[k] = params.get(k); });
-    s.page = Math.max(0, parseInt(params.get("page") || "0", 10) || 0);
-    return s;
-  }
-  function writeHash() {
-    const params = new URLSearchParams();
-    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (state[k] && !(k === "dir" && !state.sort)) params.set(k, state[k]); });
-    if (state.page) params.set("page", String(state.page));
-    const hash = "#/?" + params.toString();
-    if (location.hash !== hash) history.replaceState(null, "", hash);
-  }
-
-  // ---- filter and sort ----
-  let shown = [];
-  function matches(p) {
-    if (state.q && !p.search.includes(state.q.toLowerCase())) return false;
-    if (state.sev && p.worst !== state.sev) return false;
-    if (state.flag && !p.flagCodes.has(state.flag)) return false;
-    if (state.marker && !p.flagMarkers.has(state.marker)) return false;
-    if (state.resp && !p.responses.has(state.resp)) return false;
-    if (state.review && p.reviewText !== state.review) return false;
-    if (state.from && p.index < state.from) return false;
-    if (state.to && p.index > state.to) return false;
-    return true;
-  }
   const SORT_KEYS = {
     name: p => (p.name || p.id).toLowerCase(),
     mrn: p => p.mrn || "",
@@ -95,6 +65,54 @@
     tare: p => p.index,
     latest: p => p.latest,
   };
+
+  // ---- state <-> URL fragment ----
+  let state = readHash();
+  function readHash() {
+    const s = { sort: "", dir: "asc", page: 0, p: "" };
+    KEYS.forEach(k => { s[k] = ""; });
+    if (!location.hash.startsWith("#/?")) return s;
+    const params = new URLSearchParams(location.hash.slice(3));
+    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (params.has(k)) s[k] = params.get(k); });
+    s.page = Math.max(0, parseInt(params.get("page") || "0", 10) || 0);
+    // A link edited by hand or from another version: a value no control offers is dropped,
+    // so no hidden filter empties the list and no key reaches an object's prototype.
+    if (!Object.prototype.hasOwnProperty.call(SORT_KEYS, s.sort)) s.sort = "";
+    if (s.dir !== "desc") s.dir = "asc";
+    ["from", "to"].forEach(k => { if (!/^\d{4}-\d{2}-\d{2}$/.test(s[k]) || isNaN(Date.parse(s[k] + "T00:00:00Z"))) s[k] = ""; });
+    KEYS.forEach(k => {
+      const c = document.querySelector("select[data-key='" + k + "']");
+      if (c && s[k] && !Array.from(c.options).some(o => o.value === s[k])) s[k] = "";
+    });
+    return s;
+  }
+  // A patient opened is a new history entry (the browser's Back returns to the list); every
+  // other change replaces the current one.
+  function writeHash(push) {
+    const params = new URLSearchParams();
+    KEYS.concat(["sort", "dir", "p"]).forEach(k => { if (state[k] && !(k === "dir" && !state.sort)) params.set(k, state[k]); });
+    if (state.page) params.set("page", String(state.page));
+    const hash = "#/?" + params.toString();
+    if (location.hash !== hash) history[push ? "pushState" : "replaceState"](null, "", hash);
+  }
+
+  // ---- filter and sort ----
+  let shown = [];
+  function matches(p) {
+    if (state.q && !p.search.includes(state.q.toLowerCase())) return false;
+    if (state.sev && p.worst !== state.sev) return false;
+    if (state.flag && !p.flagCodes.has(state.flag)) return false;
+    if (state.marker && state.resp) {
+      if (!p.markerResponses.has(state.marker + "\u0000" + state.resp)) return false;
+    } else {
+      if (state.marker && !p.flagMarkers.has(state.marker)) return false;
+      if (state.resp && !p.responses.has(state.resp)) return false;
+    }
+    if (state.review && p.reviewText !== state.review) return false;
+    if (state.from && p.index < state.from) return false;
+    if (state.to && p.index > state.to) return false;
+    return true;
+  }
   function apply() {
     const start = performance.now();
     const list = [];
@@ -281,15 +299,24 @@
     return node;
   }
 
+  let lastOpened = "";
   function openPatient(id) {
     state.p = id;
-    writeHash();
+    lastOpened = id;
+    writeHash(true);
     showPatient();
   }
   function showPatient() {
     const view = $("patient-view");
     const i = byId.get(state.p);
-    if (!state.p || i === undefined) { view.hidden = true; view.replaceChildren(); $("worklist").hidden = false; document.body.classList.remove("patient-open"); return; }
+    if (!state.p || i === undefined) {
+      const wasOpen = !view.hidden;
+      view.hidden = true; view.replaceChildren(); $("worklist").hidden = false; document.body.classList.remove("patient-open");
+      // Back on the list, the keyboard is where it was: on the patient just closed.
+      const link = wasOpen && lastOpened ? document.querySelector("a.open[data-id='" + CSS.escape(lastOpened) + "']") : null;
+      if (link) link.focus();
+      return;
+    }
     const back = el("button", { type: "button", id: "back" }, null, "Back to the worklist");
     back.addEventListener("click", () => { state.p = ""; writeHash(); showPatient(); });
     view.replaceChildren(back, patientDetail(data[i], "h2"));
@@ -347,6 +374,8 @@
   }));
   window.addEventListener("hashchange", () => { if (location.hash.startsWith("#/?")) { state = readHash(); syncControls(); apply(); showPatient(); } });
 
+  // Read again now that every control has its options (the review statuses come from the data).
+  state = readHash();
   syncControls();
   apply();
   showPatient();
