@@ -338,6 +338,27 @@ enum Found {
     Folder,
 }
 
+/// The file that marks the set of each command: a `report` into the set of a `run` (or the
+/// reverse) would replace it, and the other command's outputs would vanish from `--out`.
+const SET_MARKERS: [(&str, &str); 2] = [
+    ("run-summary.json", "run"),
+    ("report-manifest.json", "report"),
+];
+
+fn another_commands_set(link: &Path, names: &[&str]) -> Result<(), OutputError> {
+    for (marker, command) in SET_MARKERS {
+        if !names.contains(&marker) && link.join(marker).is_file() {
+            return Err(OutputError::NotOurs {
+                path: link.display().to_string(),
+                what: format!(
+                    "holds the outputs of `{command}` ({marker}), which this command would replace"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn look_at(link: &Path) -> Result<Found, OutputError> {
     let not_ours = |what: &str| OutputError::NotOurs {
         path: link.display().to_string(),
@@ -465,7 +486,8 @@ impl OutputSet {
         let lock = lock_store(&link)?;
         let adopted = match look_at(&link) {
             Ok(Found::Folder) => adopt_folder(&link, &store, names, run_id),
-            Ok(_) => Ok(()),
+            Ok(Found::Set) => another_commands_set(&link, names),
+            Ok(Found::Nothing) => Ok(()),
             Err(e) => Err(e),
         };
         match adopted {

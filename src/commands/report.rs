@@ -39,6 +39,7 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
         true => Some(report::Pseudonyms::from_config(&opened.config.report)?),
         false => None,
     };
+    refuse_mixing_identified_and_deidentified(&args.out, pseudonyms.is_some())?;
     let run_id = crate::output::new_run_id(chrono::Utc::now());
     let mut set = crate::output::OutputSet::open(&args.out, &report::OUTPUT_NAMES, &run_id)?;
     let options = ReportOptions {
@@ -69,4 +70,37 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
             .join(", ")
     );
     Ok(())
+}
+
+/// A de-identified report never joins the sets of identified ones in one `--out` (nor the
+/// reverse): the store keeps the previous set beside the one shown, and an audit committee
+/// given the folder would find the names in it.
+fn refuse_mixing_identified_and_deidentified(
+    out: &std::path::Path,
+    deidentified: bool,
+) -> Result<(), CommandError> {
+    let Ok(text) = std::fs::read_to_string(out.join("report-manifest.json")) else {
+        return Ok(());
+    };
+    let shown: Option<bool> = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .map(|m| m["deidentified"].as_bool().unwrap_or(false));
+    match shown {
+        Some(shown) if shown != deidentified => Err(CommandError::NotApplicable(format!(
+            "{} holds {} report; a {} report gets an --out of its own, so that no identified \
+             report is kept beside a de-identified one",
+            out.display(),
+            if shown {
+                "a de-identified"
+            } else {
+                "an identified"
+            },
+            if deidentified {
+                "de-identified"
+            } else {
+                "identified"
+            },
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -400,6 +400,8 @@ pub const OUTPUT_NAMES: [&str; 10] = [
 struct Manifest<'a> {
     run_id: &'a str,
     generated_at: &'a str,
+    /// Names and identifiers pseudonymised (`--deidentify`).
+    deidentified: bool,
     files: Vec<crate::output::OutputFile>,
 }
 
@@ -431,6 +433,7 @@ pub fn write(
     let manifest = Manifest {
         run_id: &report.options.run_id,
         generated_at: &report.generated_at,
+        deidentified: report.options.deidentified,
         files: set.files(),
     };
     crate::output::write_atomically(&dir.join("report-manifest.json"), |w| {

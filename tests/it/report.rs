@@ -432,3 +432,57 @@ fn a_from_date_after_the_to_date_is_refused_with_exit_2() {
     );
     assert!(!out.path().join("report.html").exists());
 }
+
+/// `command` on the demo into `out`, with `extra` arguments and the pseudonym secret set.
+fn into(out: &Path, command: &str, extra: &[&str]) -> std::process::Output {
+    binary()
+        .args([command, "--as-of", "2026-11-01", "--out"])
+        .arg(out)
+        .arg("--source-dir")
+        .arg(demo())
+        .args(extra)
+        .env("TMM_REPORT__PSEUDONYM_SECRET_ENV", "TMM_TEST_SECRET")
+        .env("TMM_TEST_SECRET", "a secret of the audit committee")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_report_and_a_run_never_replace_each_others_outputs() {
+    let out = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(out.path(), "run", &[]));
+    let refused = into(out.path(), "report", &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "holds the outputs of `run` (run-summary.json), which this command would replace"
+        ),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(out.path().join("markers.csv").is_file());
+
+    let report_out = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(report_out.path(), "report", &[]));
+    let refused = into(report_out.path(), "run", &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds the outputs of `report`"));
+    assert!(report_out.path().join("report.html").is_file());
+}
+
+#[test]
+fn a_deidentified_report_never_joins_identified_ones_in_one_out() {
+    let out = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(out.path(), "report", &[]));
+    let refused = into(out.path(), "report", &["--deidentify"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "holds an identified report; a de-identified report gets an --out of its own"
+        ),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // The same kind again is the nightly case: accepted.
+    crate::helpers::assert_success(&into(out.path(), "report", &[]));
+}
