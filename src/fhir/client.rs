@@ -637,6 +637,7 @@ impl FhirClient {
     async fn get_ok(&self, url: &str) -> Result<bytes::Bytes, FhirError> {
         let Answer { status, body, .. } = self.send(url, |http| http.get(url)).await?;
         if status != StatusCode::OK {
+            tracing::debug!(url, status = status.as_u16(), "answered with an error");
             return Err(FhirError::Status {
                 url: url.to_owned(),
                 status: status.as_u16(),

@@ -48,7 +48,9 @@ pub enum FhirError {
         cause: String,
         error: reqwest::Error,
     },
-    #[error("{}: HTTP {status}: {}", shown(url), shown(outcome))]
+    /// Named by request kind and host: the URL's query can hold patient ids (it is logged at
+    /// debug level where the answer came).
+    #[error("{}: HTTP {status}: {}", request_named(url), shown(outcome))]
     Status {
         url: String,
         status: u16,
@@ -317,9 +319,61 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// "Observation search on fhir.example.org": what a request was, without its path's ids or
+/// its query.
+pub fn request_named(url: &str) -> String {
+    let Ok(url) = url::Url::parse(url) else {
+        return "a request".into();
+    };
+    let host = url.host_str().unwrap_or("the server");
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map_or(Vec::new(), |s| s.filter(|x| !x.is_empty()).collect());
+    let operation = segments.iter().find(|s| s.starts_with('$'));
+    let resource = segments
+        .iter()
+        .rposition(|s| s.starts_with(|c: char| c.is_ascii_uppercase()));
+    let kind = match (resource, operation) {
+        _ if segments.last() == Some(&"metadata") => "CapabilityStatement".to_owned(),
+        (Some(i), Some(op)) => format!("{} {}", segments[i], shown(op)),
+        (None, Some(op)) => shown(op).into_owned(),
+        (Some(i), None) if i + 1 == segments.len() && url.query().is_some() => {
+            format!("{} search", segments[i])
+        }
+        (Some(i), None) => format!("{} request", segments[i]),
+        (None, None) if url.query().is_some() => "search page".to_owned(),
+        (None, None) => "request".to_owned(),
+    };
+    format!("{} on {}", shown(&kind), shown(host))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_request_is_named_by_kind_and_host_without_ids() {
+        for (url, named) in [
+            (
+                "https://h.org/r4/Observation?patient=jane-doe-MRN1&code=x",
+                "Observation search on h.org",
+            ),
+            (
+                "https://h.org/r4/DetectedIssue/flag-jane",
+                "DetectedIssue request on h.org",
+            ),
+            (
+                "https://h.org/r4/DetectedIssue/$validate",
+                "DetectedIssue $validate on h.org",
+            ),
+            ("https://h.org/r4/$export?_type=Patient", "$export on h.org"),
+            ("https://h.org/r4/metadata", "CapabilityStatement on h.org"),
+            ("https://h.org/r4?_getpages=abc", "search page on h.org"),
+            ("https://h.org/r4/", "request on h.org"),
+        ] {
+            assert_eq!(request_named(url), named, "{url}");
+        }
+    }
 
     #[test]
     fn server_text_in_a_message_is_shown_escaped() {
@@ -331,7 +385,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "https://fhir.example.org/Observation?x=\\u{202e}: HTTP 400: error invalid: bad\\u{a}2026-01-01T00:00:00Z  INFO forged \\u{1b}[2J\\u{202e}"
+            "Observation search on fhir.example.org: HTTP 400: error invalid: bad\\u{a}2026-01-01T00:00:00Z  INFO forged \\u{1b}[2J\\u{202e}"
         );
         let token = TokenError::Status {
             status: 401,

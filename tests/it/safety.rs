@@ -272,7 +272,8 @@ async fn a_server_diagnostic_with_an_escape_and_a_newline_is_one_escaped_error_l
             .unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(3), "{log_format}: {stderr}");
-        let search = format!("{base}/Condition?");
+        // Named by kind and host: the query holds patient ids.
+        let search = "Condition search on 127.0.0.1: ";
         assert_eq!(stderr.lines().count(), 1, "{log_format}: {stderr}");
         // In JSON the error is an object like every other line; its message is the text's.
         let error = match log_format {
