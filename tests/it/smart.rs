@@ -248,7 +248,8 @@ async fn a_key_the_authorization_server_does_not_know_is_refused_with_its_reason
         "--config",
         config.to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(3));
+    // Credentials refused, by the server or its token endpoint: exit 2 (README, exit codes).
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
