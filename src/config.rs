@@ -604,8 +604,11 @@ fn toml_error_line(error: &toml::de::Error, text: &str) -> String {
 /// `server.base_url` (`__` between the levels, any case).
 pub const ENV_PREFIX: &str = "TMM_";
 
-/// Variables with the prefix that are not keys: the log filter and the test suite's own.
-const ENV_NOT_KEYS: [&str; 2] = ["TMM_LOG", "TMM_TEST_"];
+/// The log filter: a variable with the prefix that is no key, and that a near miss
+/// (`TMM_LOGS`, `TMM_LOG_LEVEL`) is told about.
+const ENV_LOG: &str = "TMM_LOG";
+/// The prefix of the test suite's own variables.
+const ENV_TEST_PREFIX: &str = "TMM_TEST_";
 
 /// Every key as its environment variable (`TMM_SERVER__BASE_URL`), from the shipped
 /// `config/default.toml`, which lists each key (optional ones commented out).
@@ -635,12 +638,14 @@ fn environment_keys() -> Vec<String> {
 
 /// `TMM_` variables that set no key (one underscore where two belong, a misspelling), each
 /// with the nearest key's variable: they would otherwise be ignored without a word. Variables
-/// the configuration names (`server.auth.token_env`, `report.pseudonym_secret_env`) and `ENV_NOT_KEYS` are not keys.
+/// the configuration names (`server.auth.token_env`, `report.pseudonym_secret_env`), `TMM_LOG`
+/// and `TMM_TEST_*` are not keys.
 pub fn unknown_variables<'a>(
     names: impl IntoIterator<Item = &'a str>,
     config: &Config,
 ) -> Vec<(String, String)> {
-    let keys = environment_keys();
+    let mut keys = environment_keys();
+    keys.push(ENV_LOG.to_owned());
     let named = [
         config.server.auth.token_env.as_deref(),
         config.report.pseudonym_secret_env.as_deref(),
@@ -648,10 +653,13 @@ pub fn unknown_variables<'a>(
     names
         .into_iter()
         .filter(|name| name.starts_with(ENV_PREFIX) && !name.contains("__"))
-        .filter(|name| !ENV_NOT_KEYS.iter().any(|not| name.starts_with(not)))
+        .filter(|name| *name != ENV_LOG && !name.starts_with(ENV_TEST_PREFIX))
         .filter(|name| !named.contains(&Some(name)))
         .filter_map(|name| {
             let upper = name.to_uppercase();
+            if upper.starts_with(ENV_LOG) {
+                return Some((name.to_owned(), ENV_LOG.to_owned()));
+            }
             // Against the whole variable, and against the key without its section (a
             // variable that left the section out).
             let distance = |key: &String| {
@@ -1059,6 +1067,14 @@ mod tests {
         let mut config = Config::default();
         config.server.auth.token_env = Some("TMM_FHIR_TOKEN".into());
         assert!(unknown_variables(["TMM_FHIR_TOKEN"], &config).is_empty());
+        assert!(unknown_variables(["TMM_LOG", "TMM_TEST_HAPI_URL"], &config).is_empty());
+        assert_eq!(
+            unknown_variables(["TMM_LOGS", "TMM_LOG_LEVEL"], &config),
+            [
+                ("TMM_LOGS".to_owned(), "TMM_LOG".to_owned()),
+                ("TMM_LOG_LEVEL".to_owned(), "TMM_LOG".to_owned())
+            ]
+        );
         config.report.pseudonym_secret_env = Some("TMM_PSEUDONYM_SECRET".into());
         assert!(unknown_variables(["TMM_PSEUDONYM_SECRET"], &config).is_empty());
         assert_eq!(
