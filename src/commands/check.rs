@@ -311,10 +311,22 @@ async fn validate(
             config.output.identifier_system
         ));
     }
-    if (200..300).contains(&status) && !has_errors(&answer.body) {
-        return Ok(String::new());
+    validation_verdict(status, &answer.body).map(|()| String::new())
+}
+
+/// A `$validate` passed: a 2xx answer that is an OperationOutcome without an error. Any other
+/// 2xx answer is no validation (a server that created the DetectedIssue instead, say).
+fn validation_verdict(status: u16, body: &[u8]) -> Result<(), String> {
+    let is_outcome = serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["resourceType"] == "OperationOutcome");
+    match (200..300).contains(&status) {
+        true if !is_outcome => Err(format!(
+            "HTTP {status}, but the answer is not an OperationOutcome: nothing was validated \
+             (see whether the server stored the DetectedIssue instead)"
+        )),
+        true if !has_errors(body) => Ok(()),
+        _ => Err(format!("HTTP {status}: {}", outcome_text(body))),
     }
-    Err(format!("HTTP {status}: {}", outcome_text(&answer.body)))
 }
 
 /// Whether an OperationOutcome holds an error or a fatal issue.
@@ -343,5 +355,24 @@ pub fn execute(args: CheckArgs) -> Result<(), CommandError> {
     match failures {
         0 => Ok(()),
         _ => Err(CommandError::ChecksFailed { failures, checks }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validation_verdict;
+
+    #[test]
+    fn a_validate_passes_only_on_an_operation_outcome_without_errors() {
+        let ok = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational"}]}"#;
+        assert_eq!(validation_verdict(200, ok), Ok(()));
+        let stored = br#"{"resourceType":"DetectedIssue","id":"x","status":"preliminary"}"#;
+        assert!(validation_verdict(201, stored)
+            .unwrap_err()
+            .starts_with("HTTP 201, but the answer is not an OperationOutcome"));
+        let error = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","diagnostics":"bad"}]}"#;
+        assert!(validation_verdict(200, error)
+            .unwrap_err()
+            .starts_with("HTTP 200: "));
     }
 }
