@@ -31,15 +31,15 @@ pub const TABLE: [ExitCodeDoc; 10] = [
     },
     ExitCodeDoc {
         code: FAILURE,
-        summary: "the run failed (an output not written, a resource not built, merge refused its parts)",
+        summary: "the run failed (an output not written, a resource not built, a shard missing or incomplete)",
         name: "failure",
-        meaning: "an output could not be written (a full disk: nothing is published and `--out` shows the previous outputs, as the message says), a resource could not be built, `merge` found a shard missing or incomplete, one file of a shard twice, or a part file that is not the one its shard's summary lists",
+        meaning: "an output could not be written (a full disk: nothing is published and `--out` shows the previous outputs, as the message says), a resource could not be built, `merge` found a shard missing or incomplete, or a part file that is not the one its shard's summary lists",
     },
     ExitCodeDoc {
         code: CONFIG,
         summary: "configuration error, an option that cannot apply, or credentials missing or refused (HTTP 401/403, token endpoint)",
         name: "config",
-        meaning: "the config file or a `TMM_*` variable (the message names the file or variable and the key), an option that cannot apply to the chosen source, a date not written `YYYY-MM-DD`, an invalid or plain-http server URL, an unreadable `ca_file` or client certificate, a bad `--shard` or `--as-of`, a cohort file with a malformed line, an identifier or `--group` without a server, `check` without a server, an unreadable state file, missing or unreadable credentials, credentials the server or the token endpoint refused (HTTP 401 or 403, an OAuth error from the token endpoint), an `--out` folder holding files this job did not write (left untouched); `merge` given parts of different runs (the field that differs, as-of date, configuration digest, tool version or source, is named with each part's value) or one shard twice",
+        meaning: "the config file or a `TMM_*` variable (the message names the file or variable and the key), an option that cannot apply to the chosen source, a date not written `YYYY-MM-DD`, an invalid or plain-http server URL, an unreadable `ca_file` or client certificate, a bad `--shard` or `--as-of`, a cohort file with a malformed line, an identifier or `--group` without a server, `check` without a server, an unreadable state file, missing or unreadable credentials, credentials the server or the token endpoint refused (HTTP 401 or 403, an OAuth error from the token endpoint), an `--out` folder holding files this job did not write (left untouched); `merge` given parts of different runs (the field that differs, as-of date, configuration digest, tool version or source, is named with each part's value) or one shard twice (given in two parts, or copied in under another shard's name)",
     },
     ExitCodeDoc {
         code: SOURCE,

@@ -335,6 +335,7 @@ impl CommandError {
             CommandError::Merge(
                 crate::merge::MergeError::Differs { .. }
                 | crate::merge::MergeError::NotItsShard { .. }
+                | crate::merge::MergeError::Twice { .. }
                 | crate::merge::MergeError::NoIdentity { .. },
             ) => exit::CONFIG,
             CommandError::ChecksFailed { .. } => exit::SOURCE,

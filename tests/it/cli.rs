@@ -1483,3 +1483,32 @@ fn generate_shows_progress_on_a_terminal_and_none_in_a_json_log() {
     let json = generate_on_a_terminal("json").unwrap();
     assert!(!json.contains("writing ["), "{json}");
 }
+
+#[test]
+fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-11-01", &[]);
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("shard-0-of-2"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(shared.path())
+        .arg(copy.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("is there twice"),
+        "{}",
+        stderr_of(&output)
+    );
+}
