@@ -197,11 +197,7 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
 /// summary has one (older versions wrote none).
 fn check_part(files: &Part) -> Result<(), MergeError> {
     let summary_path = &files["run-summary"];
-    let summary: Value =
-        serde_json::from_str(&read(summary_path)?).map_err(|source| MergeError::Json {
-            path: summary_path.clone(),
-            source,
-        })?;
+    let summary = read_json(summary_path)?;
     let Some(listed) = summary["files"].as_array() else {
         return Ok(());
     };
@@ -231,6 +227,14 @@ fn check_part(files: &Part) -> Result<(), MergeError> {
         }
     }
     Ok(())
+}
+
+/// A part's JSON file (its run summary), parsed.
+fn read_json(path: &Path) -> Result<Value, MergeError> {
+    serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read(path: &Path) -> Result<String, MergeError> {
@@ -369,11 +373,7 @@ fn merge_summaries(
     let mut slowest = serde_json::Map::new();
     let mut shard_runs = Vec::new();
     for path in paths {
-        let mut summary: Value =
-            serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let mut summary = read_json(path)?;
         if let Some(object) = summary.as_object_mut() {
             shard_runs.push(object.remove("run_id").unwrap_or(Value::Null));
             object.remove("files");
@@ -459,11 +459,7 @@ fn check_identities(parts: &[Part], count: u32) -> Result<(), MergeError> {
     let mut identities = Vec::new();
     for (index, files) in parts.iter().enumerate() {
         let path = &files["run-summary"];
-        let summary: Value =
-            serde_json::from_str(&read(path)?).map_err(|source| MergeError::Json {
-                path: path.clone(),
-                source,
-            })?;
+        let summary = read_json(path)?;
         let identity: RunIdentity = serde_json::from_value(summary["identity"].clone())
             .map_err(|_| MergeError::NoIdentity { path: path.clone() })?;
         let named = format!("{index}/{count}");
