@@ -69,15 +69,9 @@ pub fn parse_date(text: &str) -> Option<NaiveDate> {
     full_date(text.trim().as_bytes())
 }
 
-/// Unix milliseconds of an instant such as `meta.lastUpdated` (an offset is required).
-pub fn parse_instant_ms(text: &str) -> Option<i64> {
-    let parts = date_time_parts(text.trim().as_bytes())?;
-    let seconds = parts.local.and_utc().timestamp() - parts.offset_seconds?;
-    Some(seconds * 1000 + i64::from(parts.nanos / 1_000_000))
-}
-
-/// Unix nanoseconds of an instant such as `meta.lastUpdated`, to order copies that a server
-/// stamped within one millisecond; outside the years 1678-2261 the nearest end of that range.
+/// Unix nanoseconds of an instant such as `meta.lastUpdated` (an offset is required), to order
+/// copies that a server stamped within one millisecond; outside the years 1678-2261 the
+/// nearest end of that range.
 pub fn parse_instant_ns(text: &str) -> Option<i64> {
     let parts = date_time_parts(text.trim().as_bytes())?;
     let seconds = parts.local.and_utc().timestamp() - parts.offset_seconds?;
@@ -232,11 +226,6 @@ mod tests {
         ] {
             let chrono = DateTime::<FixedOffset>::parse_from_rfc3339(text).unwrap();
             assert_eq!(
-                parse_instant_ms(text),
-                Some(chrono.timestamp_millis()),
-                "{text}"
-            );
-            assert_eq!(
                 parse_instant_ns(text),
                 chrono.timestamp_nanos_opt(),
                 "{text}"
@@ -248,7 +237,7 @@ mod tests {
             "2026-03-05T10:11:12",
             "2026-03-05T10:11:12.Z",
         ] {
-            assert_eq!(parse_instant_ms(text), None, "{text}");
+            assert_eq!(parse_instant_ns(text), None, "{text}");
         }
     }
 
@@ -300,7 +289,7 @@ mod tests {
                 Err(TimeError::Invalid),
                 "{text}"
             );
-            assert_eq!(parse_instant_ms(text), None, "{text}");
+            assert_eq!(parse_instant_ns(text), None, "{text}");
         }
         for text in [
             "2026-01-01T10:00:00+14:00",

@@ -471,7 +471,7 @@ fn newest_copies_read(
     full_parse: &Ingestor,
 ) -> tare_marker_monitor::source::Loaded {
     use std::collections::BTreeMap;
-    use tare_marker_monitor::ingest::{content_fingerprint, is_fhir_id, time::parse_instant_ms};
+    use tare_marker_monitor::ingest::{content_fingerprint, is_fhir_id, time::parse_instant_ns};
     let mut kept: Vec<(&str, Vec<String>)> = Vec::new();
     for (kind, kind_lines) in lines {
         let mut newest: BTreeMap<String, ((i64, u64, u64), String)> = BTreeMap::new();
@@ -487,7 +487,7 @@ fn newest_copies_read(
                 };
                 let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
                 let last_updated = text("lastUpdated")
-                    .and_then(parse_instant_ms)
+                    .and_then(parse_instant_ns)
                     .unwrap_or(i64::MIN);
                 let version = text("versionId")
                     .and_then(|v| v.parse::<u64>().ok())
