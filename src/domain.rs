@@ -381,6 +381,27 @@ pub enum LeftOutReason {
 }
 
 impl LeftOutReason {
+    pub const ALL: [LeftOutReason; 6] = [
+        LeftOutReason::NoPatientResource,
+        LeftOutReason::NoTareProcedure,
+        LeftOutReason::AllEpisodesAfterAsOf,
+        LeftOutReason::UnderMinimumAge,
+        LeftOutReason::NoHccCondition,
+        LeftOutReason::EvaluationFailed,
+    ];
+
+    /// The reason in words, for the report's readers.
+    pub fn label(self) -> &'static str {
+        match self {
+            LeftOutReason::NoPatientResource => "no Patient record",
+            LeftOutReason::NoTareProcedure => "no TARE procedure",
+            LeftOutReason::AllEpisodesAfterAsOf => "every TARE after the as-of date",
+            LeftOutReason::UnderMinimumAge => "under the minimum age",
+            LeftOutReason::NoHccCondition => "no HCC diagnosis",
+            LeftOutReason::EvaluationFailed => "evaluation failed",
+        }
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             LeftOutReason::NoPatientResource => "no_patient_resource",

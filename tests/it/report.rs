@@ -486,3 +486,17 @@ fn a_deidentified_report_never_joins_identified_ones_in_one_out() {
     // The same kind again is the nightly case: accepted.
     crate::helpers::assert_success(&into(out.path(), "report", &[]));
 }
+
+#[test]
+fn patients_left_out_are_counted_in_words() {
+    let out = report(&crate::helpers::demo());
+    let page = read(out.path(), "report.html");
+    for words in [
+        "left out: no HCC diagnosis",
+        "left out: no TARE procedure",
+        "left out: no Patient record",
+    ] {
+        assert!(page.contains(words), "{words}");
+    }
+    assert!(!page.contains("no hcc condition"));
+}
