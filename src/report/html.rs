@@ -748,6 +748,14 @@ fn quality(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     writeln!(out, "</tbody></table>")
 }
 
+/// A patient's left-out reason in words ("no HCC diagnosis"), from its summary key.
+fn patient_left_out_words(key: &str) -> String {
+    crate::domain::LeftOutReason::ALL
+        .into_iter()
+        .find(|r| r.key() == key)
+        .map_or_else(|| key.replace('_', " "), |r| r.label().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,12 +788,4 @@ mod tests {
         let back: Vec<String> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ["</script><script>alert(1)</script>"]);
     }
-}
-
-/// A patient's left-out reason in words ("no HCC diagnosis"), from its summary key.
-fn patient_left_out_words(key: &str) -> String {
-    crate::domain::LeftOutReason::ALL
-        .into_iter()
-        .find(|r| r.key() == key)
-        .map_or_else(|| key.replace('_', " "), |r| r.label().to_owned())
 }
