@@ -82,6 +82,25 @@ pub struct Merged {
     pub marker_rows: usize,
     pub flag_rows: usize,
     pub detected_issues: usize,
+    /// The merged `run-summary.json` (the figures of the merge's metrics).
+    pub summary: Value,
+}
+
+/// What the merge's own `metrics.prom` needs beside the merged figures: when the merge
+/// started (its duration) and the last success in the metrics it replaces.
+pub struct MergeClock {
+    pub started: std::time::Instant,
+    pub previous_success: Option<f64>,
+}
+
+/// The merged summary as the merge's metrics count it: the parts' figures added up, without
+/// the shards' step timings (the merge's own duration is its total).
+pub fn metrics_figures(summary: &Value) -> Value {
+    let mut figures = summary.clone();
+    if let Some(object) = figures.as_object_mut() {
+        object.remove("timings");
+    }
+    figures
 }
 
 /// The four part files of one shard, by output stem.
@@ -95,11 +114,12 @@ const OUTPUTS: [(&str, &str); 4] = [
 ];
 
 /// The names a merge writes into its output folder.
-pub const OUTPUT_NAMES: [&str; 4] = [
+pub const OUTPUT_NAMES: [&str; 5] = [
     "markers.csv",
     "flags.csv",
     "detected-issues.ndjson",
     "run-summary.json",
+    "metrics.prom",
 ];
 
 /// `shard-I-of-N`: the name under which a shard publishes its set.
@@ -368,7 +388,8 @@ fn merge_summaries(
     count: u32,
     set: &OutputSet,
     out: &Path,
-) -> Result<(), MergeError> {
+    clock: &MergeClock,
+) -> Result<Value, MergeError> {
     let mut merged: Option<Value> = None;
     let mut slowest = serde_json::Map::new();
     let mut shard_runs = Vec::new();
@@ -408,6 +429,16 @@ fn merge_summaries(
     merged["timings"] = Value::Object(slowest);
     merged["run_id"] = set.run_id().into();
     merged["merged_from"] = Value::Array(shard_runs);
+    // The merge's metrics, in its set (listed in its summary like a run's).
+    crate::metrics::RunMetrics {
+        summary: Some(&metrics_figures(&merged)),
+        shard: None,
+        exit_code: crate::commands::exit::SUCCESS,
+        duration_secs: crate::sink::summary::Timings::secs(clock.started.elapsed().as_millis()),
+        ended_at: crate::metrics::now(),
+        previous_success: clock.previous_success,
+    }
+    .write(&set.folder().join("metrics.prom"))?;
     merged["files"] = serde_json::to_value(set.files()).map_err(|source| MergeError::Json {
         path: out.to_path_buf(),
         source,
@@ -416,7 +447,7 @@ fn merge_summaries(
         serde_json::to_writer_pretty(&mut *w, &merged)?;
         w.write_all(b"\n")
     })?;
-    Ok(())
+    Ok(merged)
 }
 
 fn trim_examples(value: &mut Value) {
@@ -499,7 +530,7 @@ fn check_identities(parts: &[Part], count: u32) -> Result<(), MergeError> {
 }
 
 /// Merges the parts into the run folder of `set` (published by the caller).
-pub fn merge(found: &Parts, set: &OutputSet) -> Result<Merged, MergeError> {
+pub fn merge(found: &Parts, set: &OutputSet, clock: &MergeClock) -> Result<Merged, MergeError> {
     let (count, parts) = (found.count, &found.parts);
     let out = set.folder();
     let files =
@@ -510,16 +541,18 @@ pub fn merge(found: &Parts, set: &OutputSet) -> Result<Merged, MergeError> {
         &files("detected-issues"),
         &out.join("detected-issues.ndjson"),
     )?;
-    merge_summaries(
+    let summary = merge_summaries(
         &files("run-summary"),
         count,
         set,
         &out.join("run-summary.json"),
+        clock,
     )?;
     Ok(Merged {
         shards: count,
         marker_rows,
         flag_rows,
         detected_issues,
+        summary,
     })
 }

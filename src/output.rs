@@ -142,6 +142,23 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), OutputError> {
+    write_whole(path, fill, true)
+}
+
+/// `write_atomically`, even after a stop was asked for: for the metrics of a run that ends
+/// by SIGINT/SIGTERM (a file outside any output set, which says how the run ended).
+pub fn write_atomically_when_stopped(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), OutputError> {
+    write_whole(path, fill, false)
+}
+
+fn write_whole(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    heed_stop: bool,
+) -> Result<(), OutputError> {
     let shown = shown_at(path);
     let fail = |source: std::io::Error| match &shown {
         Some(link) => OutputError::NotPublished {
@@ -180,7 +197,7 @@ pub fn write_atomically(
     };
     let (bytes, sha256) = (hashed.bytes, format!("{:x}", hashed.sha.finalize()));
     temp.as_file().sync_all().map_err(&fail)?;
-    if crate::interrupt::requested() {
+    if heed_stop && crate::interrupt::requested() {
         // Dropping `temp` removes it; the previous file, if any, stays as it was.
         return Err(OutputError::Interrupted {
             path: path.display().to_string(),

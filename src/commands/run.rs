@@ -4,6 +4,7 @@
 use super::{CommandError, SourceArgs};
 use crate::cohort::Shard;
 use crate::run::{self as job, CohortRequest, RunOptions};
+use crate::sink::summary::Timings;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -99,43 +100,62 @@ pub fn exit_code_of(summary: &crate::sink::summary::RunSummary, dry_run: bool) -
     }
 }
 
+/// The shard this run is: `--shard`, else `JOB_COMPLETION_INDEX` with
+/// `schedule.shard_count`, else none.
+fn shard_of(args: &RunArgs, config: &crate::config::Config) -> Result<Option<Shard>, CommandError> {
+    match args.shard {
+        Some(shard) => Ok(Some(shard)),
+        None => Ok(Shard::from_job_index(
+            std::env::var("JOB_COMPLETION_INDEX").ok().as_deref(),
+            config.schedule.shard_count,
+        )?),
+    }
+}
+
 /// The run, then its end line (at the default log level, with its figures and exit code) and
-/// the copy of its metrics for node_exporter, whatever its outcome.
+/// the copy of its metrics for node_exporter, whatever its outcome (a stop by SIGINT/SIGTERM
+/// included). Every duration comes from one clock, started here: the summary's timings, the
+/// end line and the metrics say the same.
 pub fn execute(args: RunArgs) -> Result<(), CommandError> {
     let started = std::time::Instant::now();
     let config = args.source.config();
+    let shard = config
+        .as_ref()
+        .ok()
+        .and_then(|config| shard_of(&args, config).ok().flatten());
+    // A shard's copy beside the others', never over them.
     let textfile = config
         .as_ref()
         .ok()
-        .and_then(|config| config.metrics.textfile_path.clone());
+        .and_then(|config| config.metrics.textfile_path.clone())
+        .map(|path| crate::metrics::textfile_of_shard(&path, shard));
     let mut summary = None;
-    let result = config.and_then(|config| run(args, config, &mut summary));
+    let result = config.and_then(|config| run(args, config, started, &mut summary));
     let exit_code = match &result {
         Ok(()) => super::exit::SUCCESS,
         Err(error) => error.exit_code(),
     };
-    // Whole milliseconds: `2.034`, not `2.0338675999999998`.
-    let duration_secs = started.elapsed().as_millis() as f64 / 1000.0;
+    // Whole milliseconds: `2.034`, not `2.0338675999999998`; the summary's own total when
+    // the run got as far as its summary.
+    let duration_secs = summary.as_ref().map_or_else(
+        || Timings::secs(started.elapsed().as_millis()),
+        |s: &crate::sink::summary::RunSummary| s.timings.total_secs(),
+    );
     log_end(summary.as_ref(), exit_code, duration_secs);
     if let Some(path) = textfile {
+        let figures = summary
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default());
+        let shard = shard.map(|s| s.to_string());
         let metrics = crate::metrics::RunMetrics {
-            summary: summary.as_ref(),
+            summary: figures.as_ref(),
+            shard: shard.as_deref(),
             exit_code,
             duration_secs,
             ended_at: crate::metrics::now(),
             previous_success: crate::metrics::last_success_in(&path),
         };
-        // node_exporter runs as its own user: the file holds no patient data.
-        let written = metrics.write(&path).and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(
-                |source| crate::output::OutputError::Write {
-                    path: path.display().to_string(),
-                    source,
-                },
-            )
-        });
-        if let Err(error) = written {
+        if let Err(error) = metrics.write_textfile(&path) {
             tracing::warn!(
                 "metrics for the textfile collector not written: {}",
                 crate::fhir::error::chain(&error)
@@ -145,7 +165,8 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
     result
 }
 
-/// The end line: numbers as numbers (a JSON log keeps them so), durations in seconds.
+/// The end line: numbers as numbers (a JSON log keeps them so), durations in seconds, each
+/// the summary's own.
 fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, duration_secs: f64) {
     let Some(s) = summary else {
         tracing::info!(exit_code, duration_secs, "run ended");
@@ -165,9 +186,9 @@ fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, du
         flags_high = severity("high"),
         flags_moderate = severity("moderate"),
         flags_low = severity("low"),
-        read_secs = s.timings.read_ms as f64 / 1000.0,
-        evaluate_secs = s.timings.evaluate_ms as f64 / 1000.0,
-        write_secs = s.timings.write_ms as f64 / 1000.0,
+        read_secs = Timings::secs(s.timings.read_ms),
+        evaluate_secs = Timings::secs(s.timings.evaluate_ms),
+        write_secs = Timings::secs(s.timings.write_ms),
         "run ended"
     );
 }
@@ -175,6 +196,7 @@ fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, du
 fn run(
     args: RunArgs,
     mut config: crate::config::Config,
+    started: std::time::Instant,
     summary_out: &mut Option<crate::sink::summary::RunSummary>,
 ) -> Result<(), CommandError> {
     refuse_what_cannot_apply(&args, &args.source.source(&config)?, &config)?;
@@ -182,16 +204,10 @@ fn run(
         config.server.read_with = crate::config::ReadWith::Export;
     }
     if args.export_group.is_some() {
-        config.server.export_group = args.export_group;
+        config.server.export_group = args.export_group.clone();
         config.validate()?;
     }
-    let shard = match args.shard {
-        Some(shard) => Some(shard),
-        None => Shard::from_job_index(
-            std::env::var("JOB_COMPLETION_INDEX").ok().as_deref(),
-            config.schedule.shard_count,
-        )?,
-    };
+    let shard = shard_of(&args, &config)?;
     let options = RunOptions {
         source: args.source.source(&config)?,
         dry_run: args.dry_run,
@@ -206,6 +222,7 @@ fn run(
         full: args.full,
         allow_mass_cancel: args.allow_mass_cancel,
         allow_empty: args.allow_empty,
+        started,
     };
     let outcome = job::run(&options, &config)?;
     let s = &*summary_out.insert(outcome.summary.clone());

@@ -81,6 +81,9 @@ pub struct RunOptions {
     pub allow_mass_cancel: bool,
     /// Go on when a full or cohort run finds no patient or no accepted Observation.
     pub allow_empty: bool,
+    /// When the command started: the one clock of the run's durations (the summary's
+    /// `timings.total_ms`, the end log line, the metrics).
+    pub started: Instant,
 }
 
 pub struct RunOutcome {
@@ -136,10 +139,10 @@ struct Started {
 }
 
 impl Started {
-    fn now() -> Started {
+    fn now(clock: Instant) -> Started {
         let utc = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
         Started {
-            clock: Instant::now(),
+            clock,
             utc,
             text: utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             run_id: output::new_run_id(utc),
@@ -375,7 +378,7 @@ fn nothing_usable(options: &RunOptions, loaded: &crate::source::Loaded) -> Resul
 
 /// One run, as its steps.
 pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError> {
-    let started = Started::now();
+    let started = Started::now(options.started);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         command = "run",
@@ -494,6 +497,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
         resources: loaded.quality,
         write_back,
         server_requests: run.reader.client().map(FhirClient::requests_sent),
+        server_retries: run.reader.client().map(|_| crate::metrics::retries()),
         timings: Timings {
             read_ms,
             evaluate_ms,
@@ -510,10 +514,12 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             .join(shard.file_suffix().trim_start_matches('.')),
     };
     let previous = published.join(output_name("metrics", "prom", options.shard));
+    let shard = options.shard.map(|s| s.to_string());
     crate::metrics::RunMetrics {
-        summary: Some(&summary),
+        summary: Some(&serde_json::to_value(&summary).unwrap_or_default()),
+        shard: shard.as_deref(),
         exit_code: crate::commands::run::exit_code_of(&summary, options.dry_run),
-        duration_secs: run.started.clock.elapsed().as_secs_f64(),
+        duration_secs: summary.timings.total_secs(),
         ended_at: crate::metrics::now(),
         previous_success: crate::metrics::last_success_in(&previous),
     }

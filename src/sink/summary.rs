@@ -76,6 +76,17 @@ pub struct Timings {
     pub total_ms: u128,
 }
 
+impl Timings {
+    /// Seconds of a duration kept in whole milliseconds: `2.034`, as the summary says it.
+    pub fn secs(ms: u128) -> f64 {
+        ms as f64 / 1000.0
+    }
+
+    pub fn total_secs(&self) -> f64 {
+        Timings::secs(self.total_ms)
+    }
+}
+
 /// An on-demand cohort: how many patients were asked for, and what matched no patient.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CohortReport {
@@ -161,6 +172,9 @@ pub struct RunSummary {
     /// HTTP requests sent to the FHIR server, retries included (server source only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_requests: Option<u64>,
+    /// Of those, how many were retries (server source only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_retries: Option<u64>,
     pub timings: Timings,
 }
 

@@ -484,7 +484,12 @@ fn shards_of_a_folder_merge_into_exactly_the_unsharded_outputs() {
         .collect();
     assert_eq!(
         files,
-        ["detected-issues.ndjson", "flags.csv", "markers.csv"]
+        [
+            "detected-issues.ndjson",
+            "flags.csv",
+            "markers.csv",
+            "metrics.prom"
+        ]
     );
 }
 
@@ -1354,6 +1359,108 @@ fn the_textfile_copy_of_a_failed_run_keeps_the_last_success_time() {
     let mode = std::fs::metadata(&textfile).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644, "node_exporter must be able to read it");
     promtool_accepts(&textfile);
+}
+
+#[test]
+fn the_end_line_the_summary_and_the_metrics_give_the_same_durations() {
+    let out = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let ended: Value = stderr_of(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "run ended")
+        .expect("an end line");
+    let timings = &summary_of(out.path())["timings"];
+    let samples = prometheus_samples(&read(out.path(), "metrics.prom"));
+    for (field, ms, step) in [
+        ("duration_secs", "total_ms", "total"),
+        ("read_secs", "read_ms", "read"),
+        ("evaluate_secs", "evaluate_ms", "evaluate"),
+        ("write_secs", "write_ms", "write"),
+    ] {
+        let summary_secs = timings[ms].as_u64().unwrap() as f64 / 1000.0;
+        assert_eq!(
+            ended["fields"][field].as_f64(),
+            Some(summary_secs),
+            "{field}"
+        );
+        assert_eq!(
+            samples[&format!("tare_marker_monitor_run_duration_seconds{{step=\"{step}\"}}")],
+            summary_secs,
+            "{step}"
+        );
+    }
+}
+
+#[test]
+fn shards_label_their_metrics_and_keep_their_own_textfile_and_merge_writes_its_own() {
+    let shared = out_dir();
+    let work = tempfile::tempdir().unwrap();
+    let textfile = work.path().join("tmm.prom");
+    let variable = textfile.display().to_string();
+    let env = [("TMM_METRICS__TEXTFILE_PATH", variable.as_str())];
+    run_shard(shared.path(), "0/2", "2026-11-01", &env);
+    run_shard(shared.path(), "1/2", "2026-11-01", &env);
+    assert!(!textfile.exists(), "no shard writes the unsharded name");
+    let mut evaluated = 0.0;
+    for shard in ["0/2", "1/2"] {
+        let path = work
+            .path()
+            .join(format!("tmm.shard-{}.prom", shard.replace('/', "-of-")));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.contains(&format!("{{shard=\"{shard}\"")),
+                "{line} has no shard label"
+            );
+        }
+        let samples = prometheus_samples(&text);
+        assert_eq!(
+            samples[&format!("tare_marker_monitor_exit_code{{shard=\"{shard}\"}}")],
+            0.0
+        );
+        evaluated += samples
+            [&format!("tare_marker_monitor_patients{{shard=\"{shard}\",outcome=\"evaluated\"}}")];
+        promtool_accepts(&path);
+    }
+    assert_eq!(
+        evaluated, 51.0,
+        "the shards evaluate the demo's 51 patients"
+    );
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(shared.path())
+        .arg("--out")
+        .arg(merged.path())
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_success(&output);
+    for path in [textfile.clone(), merged.path().join("metrics.prom")] {
+        let samples = prometheus_samples(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(
+            samples["tare_marker_monitor_patients{outcome=\"evaluated\"}"],
+            51.0,
+            "{}",
+            path.display()
+        );
+        assert_eq!(samples["tare_marker_monitor_exit_code"], 0.0);
+        assert_eq!(
+            samples["tare_marker_monitor_last_success_timestamp_seconds"],
+            samples["tare_marker_monitor_last_run_timestamp_seconds"]
+        );
+        promtool_accepts(&path);
+    }
+    let listed = summary_of(merged.path())["files"].to_string();
+    assert!(listed.contains("metrics.prom"), "{listed}");
 }
 
 /// Runs shard `shard` of the demo as of `as_of` into `shared`, with `env` set.

@@ -112,6 +112,43 @@ fn sigint_cancels_a_request_to_a_server_that_never_answers() {
 }
 
 #[test]
+fn an_interrupted_run_writes_exit_code_130_to_the_textfile_and_keeps_the_last_success() {
+    let base = silent_server();
+    let work = tempfile::tempdir().unwrap();
+    let textfile = work.path().join("tmm.prom");
+    std::fs::write(
+        &textfile,
+        "# HELP tare_marker_monitor_last_success_timestamp_seconds x\n# TYPE tare_marker_monitor_last_success_timestamp_seconds gauge\ntare_marker_monitor_last_success_timestamp_seconds 1000\n",
+    )
+    .unwrap();
+    let child = start_run(
+        &base,
+        work.path(),
+        &format!("[metrics]\ntextfile_path = {textfile:?}\n"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (code, stderr, _) = finish(child);
+    assert_eq!(code, Some(130), "{stderr}");
+    let text = std::fs::read_to_string(&textfile).unwrap();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("tare_marker_monitor_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(sample("exit_code"), 130.0, "{text}");
+    assert_eq!(sample("last_success_timestamp_seconds"), 1000.0, "{text}");
+    assert!(sample("last_run_timestamp_seconds") > 1000.0, "{text}");
+    assert!(!work.path().join("out").exists(), "nothing published");
+}
+
+#[test]
 fn a_server_that_never_answers_ends_the_run_with_one_line_naming_host_kind_and_cause() {
     let base = silent_server();
     let work = tempfile::tempdir().unwrap();
