@@ -762,6 +762,11 @@ impl FhirClient {
                     Outcome::Status(*status, retry_after.as_deref())
                 }
                 (None, FhirError::Transport { error, .. })
+                    if super::retry::certificate_refused(error).is_some() =>
+                {
+                    Outcome::CertificateRefused
+                }
+                (None, FhirError::Transport { error, .. })
                     if error.is_timeout() && !error.is_connect() =>
                 {
                     Outcome::TimedOut

@@ -70,6 +70,9 @@ pub enum Outcome<'a> {
     NoAnswer,
     /// No answer within a timeout (a connection made, nothing sent back): not retried.
     TimedOut,
+    /// The server's TLS certificate refused (an unknown issuer, expired, for another name):
+    /// no second try changes it, so none is made.
+    CertificateRefused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,7 +111,7 @@ pub fn decide(
         Outcome::Status(status, _) if (200..400).contains(&status) => return Decision::Done,
         Outcome::Status(status, _) => is_transient(status),
         Outcome::NoAnswer => true,
-        Outcome::TimedOut => return Decision::GiveUp,
+        Outcome::TimedOut | Outcome::CertificateRefused => return Decision::GiveUp,
     };
     if !transient {
         return Decision::Done;
@@ -189,9 +192,55 @@ pub struct Target<'a> {
     pub host: &'a str,
 }
 
+/// The rustls error in `error`, looking inside `io::Error`s, which may wrap one another (the
+/// TLS stream's `InvalidData` inside the connector's `Other`) and hide what they wrap from
+/// `source()`.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
+}
+
+/// The server's certificate, refused by this machine's TLS check, in a few words with what to
+/// do about it; `None` for any other failure.
+pub fn certificate_refused(error: &reqwest::Error) -> Option<String> {
+    use rustls::CertificateError as Certificate;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let tls = rustls_error(cause);
+        if let Some(rustls::Error::InvalidCertificate(problem)) = tls {
+            let advice = match problem {
+                Certificate::UnknownIssuer | Certificate::BadSignature => {
+                    "its certificate is not signed by a trusted CA: set server.ca_file to the PEM file of that CA"
+                }
+                Certificate::Expired | Certificate::ExpiredContext { .. } => {
+                    "its certificate has expired: have it renewed (or check this machine's clock)"
+                }
+                Certificate::NotValidYet | Certificate::NotValidYetContext { .. } => {
+                    "its certificate is not valid yet: check this machine's clock"
+                }
+                Certificate::NotValidForName | Certificate::NotValidForNameContext { .. } => {
+                    "its certificate is for another host name: use the name it was issued for in the server URL"
+                }
+                Certificate::Revoked => "its certificate has been revoked",
+                _ => "its certificate is refused: check it, and server.ca_file",
+            };
+            return Some(format!("TLS: {advice} (not retried)"));
+        }
+        source = cause.source();
+    }
+    None
+}
+
 /// What went wrong with a request that got no answer, in a few words: which timeout ran out,
-/// "connection refused", or the innermost error's text (a TLS refusal, a DNS failure).
+/// "connection refused", a refused certificate and what to do, or the innermost error's text
+/// (a DNS failure).
 pub fn cause(error: &reqwest::Error, took: Duration, limits: &Limits) -> String {
+    if let Some(refused) = certificate_refused(error) {
+        return refused;
+    }
     let seconds = |d: Duration| d.as_secs_f64().round() as u64;
     if error.is_timeout() {
         return if error.is_connect() {
@@ -285,6 +334,10 @@ pub async fn send_with_retries<E>(
                         .and_then(|v| v.to_str().ok()),
                 ),
                 format!("HTTP {}", answer.status.as_u16()),
+            ),
+            Err(e) if certificate_refused(e).is_some() => (
+                Outcome::CertificateRefused,
+                cause(e, started.elapsed(), &policy.limits),
             ),
             Err(e) if e.is_timeout() && !e.is_connect() => (
                 Outcome::TimedOut,

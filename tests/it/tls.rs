@@ -33,9 +33,18 @@ impl TestCa {
 
     /// A certificate for `names` (DNS names or IP addresses), and its key, in PEM.
     fn sign(&self, names: &[&str], common_name: &str) -> (String, String) {
+        self.sign_valid(names, common_name, true)
+    }
+
+    /// `sign`, or a certificate that expired in 2021 when `valid` is false.
+    fn sign_valid(&self, names: &[&str], common_name: &str, valid: bool) -> (String, String) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        if !valid {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -67,11 +76,22 @@ struct Seen {
 struct TlsServer {
     base: String,
     requests: Arc<AtomicUsize>,
+    /// TCP connections accepted (each try of a client: a refused handshake included).
+    connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, answer: String) -> TlsServer {
     let (cert, key) = ca.sign(&["127.0.0.1", "localhost"], "test FHIR server");
+    tls_server_with(cert, key, client_ca, answer)
+}
+
+fn tls_server_with(
+    cert: String,
+    key: String,
+    client_ca: Option<&TestCa>,
+    answer: String,
+) -> TlsServer {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -103,11 +123,13 @@ fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, answer: String) -> TlsSer
         listener.local_addr().unwrap().port()
     );
     let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (counter, record) = (requests.clone(), seen.clone());
+    let (counter, record, accepted) = (requests.clone(), seen.clone(), connections.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming().take(20) {
             let Ok(stream) = stream else { continue };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let connection = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(connection, stream);
             let mut request = Vec::new();
@@ -139,6 +161,7 @@ fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, answer: String) -> TlsSer
     TlsServer {
         base,
         requests,
+        connections,
         seen,
     }
 }
@@ -320,5 +343,90 @@ async fn a_next_link_from_https_to_http_is_refused_even_to_this_machine() {
     assert!(
         plain.accept().is_err(),
         "nothing reached the plain http server"
+    );
+}
+
+/// What `run` against a server whose certificate this machine refuses prints and exits with,
+/// and how many connections it made (`ca` given as `server.ca_file` when set).
+fn run_against(server: &TlsServer, ca_file: Option<&std::path::Path>) -> (Option<i32>, String) {
+    let work = tempfile::tempdir().unwrap();
+    let config = match ca_file {
+        Some(path) => format!("[server]\nca_file = {:?}\n", path.display().to_string()),
+        None => String::new(),
+    };
+    let config_path = write_file(&work, "config.toml", &config);
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"))
+        .args([
+            "-q",
+            "run",
+            "--server",
+            &server.base,
+            "--as-of",
+            "2026-11-01",
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--out")
+        .arg(work.path().join("out"))
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A refused certificate ends the run at once: exit 3, one line under 200 characters naming
+/// the request, the host and what to do, after one connection (no retry).
+fn refused_at_once(server: &TlsServer, ca_file: Option<&std::path::Path>, advice: &str) {
+    let (code, stderr) = run_against(server, ca_file);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let line = stderr.trim_end();
+    assert!(line.len() < 200, "{} characters: {line}", line.len());
+    assert_eq!(
+        line,
+        format!("error: CapabilityStatement on 127.0.0.1: TLS: {advice} (not retried)")
+    );
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1, "retried");
+    assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_certificate_of_an_unknown_issuer_is_not_retried_and_says_to_set_ca_file() {
+    let ca = TestCa::new("Hospital internal CA");
+    let server = tls_server(&ca, None, empty_bundle_answer());
+    refused_at_once(
+        &server,
+        None,
+        "its certificate is not signed by a trusted CA: set server.ca_file to the PEM file of that CA",
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_not_retried_and_says_to_renew_it() {
+    let ca = TestCa::new("Hospital internal CA");
+    let (cert, key) = ca.sign_valid(&["127.0.0.1"], "test FHIR server", false);
+    let server = tls_server_with(cert, key, None, empty_bundle_answer());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_file(&dir, "ca.pem", &ca.pem);
+    refused_at_once(
+        &server,
+        Some(&ca_file),
+        "its certificate has expired: have it renewed (or check this machine's clock)",
+    );
+}
+
+#[test]
+fn a_certificate_for_another_name_is_not_retried_and_says_which_name_to_use() {
+    let ca = TestCa::new("Hospital internal CA");
+    let (cert, key) = ca.sign(&["fhir.example.org"], "test FHIR server");
+    let server = tls_server_with(cert, key, None, empty_bundle_answer());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_file(&dir, "ca.pem", &ca.pem);
+    refused_at_once(
+        &server,
+        Some(&ca_file),
+        "its certificate is for another host name: use the name it was issued for in the server URL",
     );
 }
