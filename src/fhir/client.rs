@@ -414,24 +414,34 @@ pub fn http_client(
 }
 
 /// What a request to `url` is, for a person (and a log line without the URL): "Observation
-/// search", "CapabilityStatement", "transaction", "DetectedIssue $validate", "Bulk Data
-/// kick-off", "Bulk Data status".
-pub fn request_kind(base: &Url, url: &Url) -> String {
+/// search", "CapabilityStatement", "transaction", "Device create", "DetectedIssue update",
+/// "DetectedIssue $validate", "Bulk Data kick-off", "Bulk Data status". The method tells a
+/// create (POST to a type) from a search and an update (PUT) from a read.
+pub fn request_kind(base: &Url, method: &reqwest::Method, url: &Url) -> String {
+    use reqwest::Method;
     let under_base = same_origin(base, url) && url.path().starts_with(base.path());
     if !under_base {
-        return "Bulk Data status".into();
+        return match *method {
+            Method::DELETE => "Bulk Data delete".into(),
+            _ => "Bulk Data status".into(),
+        };
     }
     let rest = &url.path()[base.path().len()..];
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["metadata"] => "CapabilityStatement".into(),
-        [] if url.query().is_some() => "search page".into(),
-        [] => "transaction".into(),
-        [.., op] if *op == "$export" => "Bulk Data kick-off".into(),
-        [.., op] if op.starts_with("$export") => "Bulk Data status".into(),
-        [kind, op] if op.starts_with('$') => format!("{kind} {op}"),
-        [kind] => format!("{kind} search"),
-        [kind, _] => format!("{kind} read"),
+    match (segments.as_slice(), method) {
+        (["metadata"], _) => "CapabilityStatement".into(),
+        ([.., op], &Method::DELETE) if op.starts_with("$export") => "Bulk Data delete".into(),
+        ([], _) if url.query().is_some() => "search page".into(),
+        ([], _) => "transaction".into(),
+        ([.., op], _) if *op == "$export" => "Bulk Data kick-off".into(),
+        ([.., op], _) if op.starts_with("$export") => "Bulk Data status".into(),
+        ([kind, op], _) if op.starts_with('$') => format!("{kind} {op}"),
+        ([kind, "_search"], _) => format!("{kind} search"),
+        ([kind], &Method::POST) => format!("{kind} create"),
+        ([kind], _) => format!("{kind} search"),
+        ([kind, _], &Method::PUT) => format!("{kind} update"),
+        ([kind, _], &Method::DELETE) => format!("{kind} delete"),
+        ([kind, _], _) => format!("{kind} read"),
         _ => "request".into(),
     }
 }
@@ -545,7 +555,11 @@ impl FhirClient {
         // The token goes to the server's own origin only: never to a `next` link or a
         // redirect elsewhere (reqwest also drops it on a redirect to another host).
         let own_origin = same_origin(&target, &self.base);
-        let kind = request_kind(&self.base, &target);
+        // The method from a request built once and dropped: a create is not a search.
+        let method = build(&self.http)
+            .build()
+            .map_or(reqwest::Method::GET, |request| request.method().clone());
+        let kind = request_kind(&self.base, &method, &target);
         let host = target.host_str().unwrap_or("?");
         let mut renew = false;
         loop {
@@ -897,7 +911,8 @@ mod tests {
     #[test]
     fn a_request_is_named_by_its_kind_without_its_query() {
         let base = Url::parse("https://fhir.example.org/r4/").unwrap();
-        let kind = |url: &str| request_kind(&base, &Url::parse(url).unwrap());
+        let kind =
+            |url: &str| request_kind(&base, &reqwest::Method::GET, &Url::parse(url).unwrap());
         for (url, expected) in [
             (
                 "https://fhir.example.org/r4/metadata",
@@ -929,6 +944,56 @@ mod tests {
             ("https://jobs.example.org/status/1", "Bulk Data status"),
         ] {
             assert_eq!(kind(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_write_is_named_as_the_create_or_update_it_is() {
+        use reqwest::Method;
+        let base = Url::parse("https://fhir.example.org/r4/").unwrap();
+        for (method, url, expected) in [
+            (
+                Method::POST,
+                "https://fhir.example.org/r4/Device",
+                "Device create",
+            ),
+            (
+                Method::POST,
+                "https://fhir.example.org/r4/DetectedIssue",
+                "DetectedIssue create",
+            ),
+            (
+                Method::PUT,
+                "https://fhir.example.org/r4/DetectedIssue/di-1",
+                "DetectedIssue update",
+            ),
+            (
+                Method::POST,
+                "https://fhir.example.org/r4/Provenance",
+                "Provenance create",
+            ),
+            (Method::POST, "https://fhir.example.org/r4/", "transaction"),
+            (
+                Method::POST,
+                "https://fhir.example.org/r4/DetectedIssue/$validate",
+                "DetectedIssue $validate",
+            ),
+            (
+                Method::GET,
+                "https://fhir.example.org/r4/Device?identifier=x",
+                "Device search",
+            ),
+            (
+                Method::DELETE,
+                "https://jobs.example.org/status/1",
+                "Bulk Data delete",
+            ),
+        ] {
+            assert_eq!(
+                request_kind(&base, &method, &Url::parse(url).unwrap()),
+                expected,
+                "{method} {url}"
+            );
         }
     }
 

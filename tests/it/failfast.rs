@@ -428,3 +428,37 @@ async fn sigterm_cancels_a_write_back_request_that_never_gets_an_answer() {
     assert!(!work.path().join("out").exists(), "nothing published");
     assert!(!state.exists(), "the state does not move on");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_device_create_is_named_as_a_device_create() {
+    let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
+    let empty = json!({"resourceType": "Bundle", "type": "searchset"});
+    for searched in ["/Procedure", "/Device"] {
+        Mock::given(method("GET"))
+            .and(path(searched))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&empty))
+            .mount(&server)
+            .await;
+    }
+    // The conditional create of the job's Device is never answered (in the test's lifetime).
+    Mock::given(method("POST"))
+        .and(path("/Device"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(600)))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let child = start_run(
+        &server.uri(),
+        work.path(),
+        "[server]\nfirst_byte_timeout_secs = 1\n",
+    );
+    let (code, stderr, _) = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: Device create on 127.0.0.1: no answer within 1 s"
+    );
+}
