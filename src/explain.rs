@@ -16,7 +16,8 @@ use std::fmt::Write;
 pub enum ExplainError {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("no resource in {read_from} refers to patient {patient_id:?}")]
+    /// The source holds nothing of this patient: read, but nothing usable (exit 8).
+    #[error("{read_from}: read, but nothing usable: no resource refers to patient {patient_id:?} (explain takes a Patient.id of the source)")]
     UnknownPatient {
         read_from: String,
         patient_id: String,

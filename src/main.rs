@@ -2,6 +2,7 @@
 //! the documented exit code, printed once, with its causes, on one line (`CommandError::lines`).
 
 use clap::Parser;
+use std::ffi::OsString;
 use std::process::ExitCode;
 use tare_marker_monitor::commands::{exit, Cli, LogFormat};
 
@@ -11,7 +12,10 @@ use tare_marker_monitor::commands::{exit, Cli, LogFormat};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refused_command_line(error),
+    };
     let json = cli.log_format == LogFormat::Json;
     tare_marker_monitor::logging::init(cli.log_format, cli.verbosity());
     tare_marker_monitor::isolation::install_panic_hook();
@@ -33,4 +37,56 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Whether the command line asks for a JSON log (`--log-format json` or `--log-format=json`,
+/// anywhere: the option is global), read before clap has parsed it.
+fn json_log_asked(args: &[OsString]) -> bool {
+    args.iter().enumerate().any(|(i, arg)| {
+        arg == "--log-format=json"
+            || (arg == "--log-format" && args.get(i + 1).is_some_and(|next| next == "json"))
+    })
+}
+
+/// A command line clap refuses (exit 2), or `--help` and `--version` (exit 0): as clap prints
+/// them, except that with a JSON log a refusal is one JSON object on stderr like every other
+/// line there (the first paragraph of clap's text as the message, the rest as `usage`).
+fn refused_command_line(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let shown = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    if shown || !json_log_asked(&args) {
+        error.exit()
+    }
+    let code = u8::try_from(error.exit_code()).unwrap_or(exit::CONFIG);
+    let text = error.render().to_string();
+    let (message, usage) = match error.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => (
+            "a command is missing (run, merge, report, explain, generate or check)".to_owned(),
+            "For more information, try '--help'.".to_owned(),
+        ),
+        _ => {
+            // The first paragraph says what is wrong (with the missing arguments under it).
+            let words = |paragraph: &str| {
+                paragraph
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let (first, rest) = text.split_once("\n\n").unwrap_or((&text, ""));
+            let first = words(first);
+            (
+                first.strip_prefix("error: ").unwrap_or(&first).to_owned(),
+                words(rest),
+            )
+        }
+    };
+    tare_marker_monitor::logging::init(LogFormat::Json, 0);
+    tracing::error!(exit_code = code, usage = %usage, "{message}");
+    ExitCode::from(code)
 }

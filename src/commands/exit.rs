@@ -75,7 +75,7 @@ pub const TABLE: [ExitCodeDoc; 10] = [
         code: NOTHING_USABLE,
         summary: "read, but nothing usable: no patient or no accepted Observation (unless --allow-empty)",
         name: "nothing_usable",
-        meaning: "a full or cohort run found no patient at all, or no accepted Observation (say, every code under an unknown system); nothing is published (`--allow-empty` accepts it and exits 0)",
+        meaning: "a full or cohort run found no patient at all, or no accepted Observation (say, every code under an unknown system); nothing is published (`--allow-empty` accepts it and exits 0); `explain --patient ID` for a patient no resource of the source refers to",
     },
     ExitCodeDoc {
         code: INTERRUPTED,

@@ -327,6 +327,9 @@ impl CommandError {
             | CommandError::Explain(crate::explain::ExplainError::Read(ReadError::Server(e))) => {
                 fhir(e)
             }
+            CommandError::Explain(crate::explain::ExplainError::UnknownPatient { .. }) => {
+                exit::NOTHING_USABLE
+            }
             CommandError::Read(_)
             | CommandError::Report(_)
             | CommandError::Explain(crate::explain::ExplainError::Read(_)) => exit::SOURCE,

@@ -319,8 +319,49 @@ fn explain_unknown_patient_is_a_clear_error() {
         .args(["--patient", "nobody", "--as-of", "2026-11-01"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("no resource in"));
+    assert_eq!(
+        output.status.code(),
+        Some(tare_marker_monitor::commands::exit::NOTHING_USABLE.into())
+    );
+    assert_eq!(
+        stderr_of(&output).lines().last(),
+        Some(
+            format!(
+                "error: {}: read, but nothing usable: no resource refers to patient \"nobody\" (explain takes a Patient.id of the source)",
+                demo().display()
+            )
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn a_usage_error_in_a_json_log_is_one_json_object_on_stderr_with_exit_2() {
+    for args in [
+        vec!["--log-format", "json", "run", "--bogus"],
+        vec!["run", "--bogus", "--log-format=json"],
+    ] {
+        let output = binary().args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = stderr_of(&output);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        let event: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(event["level"], "ERROR", "{event}");
+        assert_eq!(event["fields"]["exit_code"], 2, "{event}");
+        assert_eq!(
+            event["fields"]["message"], "unexpected argument '--bogus' found",
+            "{event}"
+        );
+    }
+    // A text log keeps clap's own words.
+    let output = binary().args(["run", "--bogus"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr_of(&output).starts_with("error: unexpected argument '--bogus' found\n"),
+        "{}",
+        stderr_of(&output)
+    );
 }
 
 #[test]
