@@ -706,6 +706,20 @@ fn environment_layer(variable: &str, value: &str) -> toml::Table {
     layer
 }
 
+/// The keys of `set` whose values differ from `default`'s, as `prefix.key` (nested tables by
+/// their keys).
+fn differing_keys(prefix: &str, set: &toml::Table, default: &toml::Table, keys: &mut Vec<String>) {
+    for (key, value) in set {
+        match (value, default.get(key)) {
+            (toml::Value::Table(inner), Some(toml::Value::Table(default_inner))) => {
+                differing_keys(&format!("{prefix}.{key}"), inner, default_inner, keys)
+            }
+            (value, Some(default_value)) if value == default_value => {}
+            _ => keys.push(format!("{prefix}.{key}")),
+        }
+    }
+}
+
 /// The longest span, in days, any day-count setting may have: a century.
 const MAX_DAYS: i64 = 36_525;
 
@@ -777,6 +791,17 @@ impl Config {
             tracing::warn!("environment variable {variable} sets no configuration key and is ignored; did you mean {nearest}?");
         }
         Ok(config)
+    }
+
+    /// The `[server]` keys set to other than their defaults (`server.base_url`,
+    /// `server.auth.method`), from the file or a `TMM_SERVER__*` variable: settings a folder
+    /// source would ignore.
+    pub fn server_keys_set(&self) -> Vec<String> {
+        let set = toml::Table::try_from(&self.server).unwrap_or_default();
+        let default = toml::Table::try_from(ServerConfig::default()).unwrap_or_default();
+        let mut keys = Vec::new();
+        differing_keys("server", &set, &default, &mut keys);
+        keys
     }
 
     /// Overlays a TOML text on the defaults key by key: `[markers.pivka2] uln = 35` keeps the
@@ -1083,6 +1108,31 @@ mod tests {
                 "TMM_STATE_FILE".to_owned(),
                 "TMM_SCHEDULE__STATE_FILE".to_owned()
             )]
+        );
+    }
+
+    #[test]
+    fn the_server_keys_set_are_those_off_their_defaults() {
+        assert!(Config::default().server_keys_set().is_empty());
+        let config = Config::load(
+            None,
+            [
+                ("TMM_SERVER__BASE_URL", "https://fhir.example.org/R4"),
+                ("TMM_SERVER__AUTH__METHOD", "\"bearer\""),
+                ("TMM_SERVER__AUTH__TOKEN_ENV", "TMM_FHIR_TOKEN"),
+                ("TMM_SERVER__CONCURRENCY", "7"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(
+            config.server_keys_set(),
+            [
+                "server.auth.method",
+                "server.auth.token_env",
+                "server.base_url",
+                "server.concurrency"
+            ]
         );
     }
 

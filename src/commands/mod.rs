@@ -137,7 +137,21 @@ impl SourceArgs {
 
     pub fn source(&self, config: &Config) -> Result<Source, CommandError> {
         match (&self.source_dir, &self.server, &config.server.base_url) {
-            (Some(dir), _, _) => Ok(Source::Folder(dir.clone())),
+            (Some(dir), _, _) => {
+                // Server settings a folder read would ignore: refused, as every option that
+                // cannot apply.
+                let set = config.server_keys_set();
+                if !set.is_empty() {
+                    return Err(CommandError::NotApplicable(format!(
+                        "{} set (in the config file or a TMM_SERVER__ variable) {} a server source; --source-dir reads a folder and would ignore {}: unset {} for folder runs, or read with --server",
+                        set.join(", "),
+                        if set.len() == 1 { "applies to" } else { "apply to" },
+                        if set.len() == 1 { "it" } else { "them" },
+                        if set.len() == 1 { "it" } else { "them" },
+                    )));
+                }
+                Ok(Source::Folder(dir.clone()))
+            }
             (None, Some(url), _) | (None, None, Some(url)) => Ok(Source::Server(url.clone())),
             (None, None, None) => Err(CommandError::NoSource),
         }

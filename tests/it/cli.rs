@@ -1060,6 +1060,35 @@ fn a_date_not_written_yyyy_mm_dd_exits_2_naming_the_form() {
 }
 
 #[test]
+fn a_server_setting_with_a_folder_exits_2_naming_it_and_writes_nothing() {
+    for command in ["run", "explain"] {
+        let out = out_dir();
+        let mut call = binary();
+        call.args([command, "--source-dir"])
+            .arg(demo())
+            .args(["--as-of", "2026-11-01"])
+            .env("TMM_SERVER__BASE_URL", "https://fhir.example.org/R4");
+        match command {
+            "run" => call.arg("--out").arg(out.path()),
+            _ => call.args(["--patient", "demo-01-seed-partial-response"]),
+        };
+        let output = call.output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stderr_of(&output)
+        );
+        assert_eq!(
+            stderr_of(&output).lines().last(),
+            Some("error: server.base_url set (in the config file or a TMM_SERVER__ variable) applies to a server source; --source-dir reads a folder and would ignore it: unset it for folder runs, or read with --server"),
+            "{command}"
+        );
+        assert!(!out.path().exists(), "{command} wrote {:?}", out.path());
+    }
+}
+
+#[test]
 fn options_that_cannot_apply_to_a_folder_exit_2_with_a_sentence_and_write_nothing() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
