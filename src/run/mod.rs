@@ -478,7 +478,7 @@ pub fn run(options: &RunOptions, config: &Config) -> Result<RunOutcome, RunError
             config_sha256: RunIdentity::config_digest(config),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             shard: options.shard.map(|s| s.to_string()),
-            source: options.source.to_string(),
+            source: options.source.identity(),
         },
         tool_version: env!("CARGO_PKG_VERSION"),
         mode: mode.name(),

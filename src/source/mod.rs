@@ -35,6 +35,30 @@ impl Source {
             Source::Server(_) => "server",
         }
     }
+
+    /// The source in one spelling, for the run's identity (what `merge` compares): a folder
+    /// as its canonical absolute path (`./dir`, `dir/` and a link to it are one folder), a
+    /// server's base URL with its scheme and host in lower case, without a default port, a
+    /// trailing slash, a query or a fragment.
+    pub fn identity(&self) -> String {
+        match self {
+            Source::Folder(path) => std::fs::canonicalize(path)
+                .or_else(|_| std::path::absolute(path))
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string(),
+            Source::Server(text) => match url::Url::parse(text.trim()) {
+                Ok(mut url) => {
+                    url.set_query(None);
+                    url.set_fragment(None);
+                    let path = url.path().trim_end_matches('/').to_owned();
+                    url.set_path(&path);
+                    url.as_str().trim_end_matches('/').to_owned()
+                }
+                Err(_) => text.clone(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -337,7 +361,41 @@ impl Collected {
 
 #[cfg(test)]
 mod tests {
-    use super::without_quoted_values;
+    use super::{without_quoted_values, Source};
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_source_has_one_spelling_in_the_run_identity() {
+        let server = |text: &str| Source::Server(text.into()).identity();
+        for spelling in [
+            "https://fhir.example.org/R4",
+            "https://fhir.example.org/R4/",
+            "HTTPS://FHIR.Example.ORG:443/R4/",
+            "https://fhir.example.org/R4?x=1",
+        ] {
+            assert_eq!(
+                server(spelling),
+                "https://fhir.example.org/R4",
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            server("https://fhir.example.org/"),
+            "https://fhir.example.org"
+        );
+        assert_ne!(
+            server("https://fhir.example.org/r4"),
+            server("https://fhir.example.org/R4")
+        );
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        std::fs::create_dir(dir.path().join("export")).expect("a folder");
+        let folder = |path: PathBuf| Source::Folder(path).identity();
+        let canonical = folder(dir.path().join("export"));
+        assert_eq!(folder(dir.path().join("export/")), canonical);
+        assert_eq!(folder(dir.path().join("./export/.")), canonical);
+        assert_eq!(folder(dir.path().join("export/../export")), canonical);
+        assert_ne!(folder(dir.path().to_path_buf()), canonical);
+    }
 
     #[test]
     fn a_parser_message_loses_the_values_it_quotes_and_keeps_its_position() {

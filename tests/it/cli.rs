@@ -1662,6 +1662,47 @@ fn generate_shows_progress_on_a_terminal_and_none_in_a_json_log() {
 }
 
 #[test]
+fn merge_takes_one_folder_however_the_shards_spelled_it_and_refuses_another() {
+    let shared = out_dir();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (shard, spelling) in [("0/2", "fixtures/demo/"), ("1/2", "./fixtures//demo")] {
+        let output = binary()
+            .current_dir(root)
+            .args(["run", "-q", "--source-dir", spelling])
+            .args(["--as-of", "2026-11-01", "--shard", shard, "--out"])
+            .arg(shared.path())
+            .output()
+            .unwrap();
+        assert_success(&output);
+    }
+    let (_, output) = merge_of(shared.path());
+    assert_success(&output);
+    // A copy of the folder elsewhere is another source.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(demo()).unwrap().flatten() {
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let other = out_dir();
+    run_shard(other.path(), "0/2", "2026-11-01", &[]);
+    let output = binary()
+        .args(["run", "-q", "--source-dir"])
+        .arg(copy.path())
+        .args(["--as-of", "2026-11-01", "--shard", "1/2", "--out"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let (_, output) = merge_of(other.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output)
+            .starts_with("error: the parts come from different runs: their source differs: "),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
 fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
     let shared = out_dir();
     run_shard(shared.path(), "0/2", "2026-11-01", &[]);
