@@ -238,27 +238,36 @@ impl Run<'_> {
             .join(output_name(stem, extension, self.options.shard))
     }
 
-    /// markers.csv, flags.csv and detected-issues.ndjson (side by side: they are independent).
+    /// markers.csv, flags.csv and detected-issues.ndjson (side by side: they are independent),
+    /// with the bytes written on a terminal's bar.
     fn write_files(&self, findings: &[PatientFindings]) -> Result<(), RunError> {
         let config = self.config;
+        let progress = crate::progress::Progress::bytes_written("writing");
         let (tables, resources) = self.workers.pool.install(|| {
             rayon::join(
                 || -> Result<(), RunError> {
                     write_atomically(&self.out("markers", "csv"), |w| {
-                        csv_sink::write_markers(w, findings).map_err(csv_io)
+                        csv_sink::write_markers(progress.counting(w), findings).map_err(csv_io)
                     })?;
                     Ok(write_atomically(&self.out("flags", "csv"), |w| {
-                        csv_sink::write_flags(w, findings, config).map_err(csv_io)
+                        csv_sink::write_flags(progress.counting(w), findings, config)
+                            .map_err(csv_io)
                     })?)
                 },
                 || {
                     write_atomically(&self.out("detected-issues", "ndjson"), |w| {
-                        detected_issue::write_ndjson(w, findings, config, &self.started.text)
-                            .map(|_| ())
+                        detected_issue::write_ndjson(
+                            &mut progress.counting(w),
+                            findings,
+                            config,
+                            &self.started.text,
+                        )
+                        .map(|_| ())
                     })
                 },
             )
         });
+        progress.finish();
         tables?;
         Ok(resources?)
     }

@@ -8,7 +8,7 @@ use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,6 +225,8 @@ pub struct BlockReader<'a> {
     deadline: Option<(Instant, f64)>,
     thread: Option<ReadingThread>,
     ended: bool,
+    /// On a terminal: the bytes of the files read so far, moved once per block.
+    progress: Option<crate::progress::Progress>,
 }
 
 /// The thread that reads, seen from the one that waits: empty buffers go to it, blocks come
@@ -233,6 +235,8 @@ struct ReadingThread {
     buffers: SyncSender<Vec<u8>>,
     blocks: Receiver<Option<Result<Block, SourceError>>>,
     at_file: Arc<AtomicUsize>,
+    /// Bytes of the files read so far (compressed bytes for gzip).
+    consumed: Arc<AtomicU64>,
     /// Buffers sent and not yet answered.
     asked: usize,
 }
@@ -252,7 +256,21 @@ impl<'a> BlockReader<'a> {
             deadline: None,
             thread: None,
             ended: false,
+            progress: None,
         }
+    }
+
+    /// Shows, on a terminal, a bar of the bytes read out of the files' sizes (a gzip file by
+    /// the compressed bytes consumed), moved once per block.
+    pub fn with_progress(mut self, stage: &'static str) -> Self {
+        let total = self
+            .files
+            .iter()
+            .filter_map(|f| std::fs::metadata(&f.path).ok())
+            .map(|m| m.len())
+            .sum();
+        self.progress = Some(crate::progress::Progress::bytes(stage, total));
+        self
     }
 
     /// The reading ends with an error once it has taken longer than `minutes`.
@@ -269,7 +287,13 @@ impl<'a> BlockReader<'a> {
             let (buffers, buffers_in) = std::sync::mpsc::sync_channel(READ_AHEAD);
             let (blocks_out, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD);
             let at_file = Arc::new(AtomicUsize::new(0));
-            let mut files = FileBlocks::new(self.files.to_vec(), self.max_line, at_file.clone());
+            let consumed = Arc::new(AtomicU64::new(0));
+            let mut files = FileBlocks::new(
+                self.files.to_vec(),
+                self.max_line,
+                at_file.clone(),
+                consumed.clone(),
+            );
             std::thread::Builder::new()
                 .name("read-files".into())
                 .spawn(move || {
@@ -290,12 +314,14 @@ impl<'a> BlockReader<'a> {
                 buffers,
                 blocks,
                 at_file,
+                consumed,
                 asked: 0,
             }
         })
     }
 
     fn fail(&mut self, error: SourceError) -> Option<Result<Block, SourceError>> {
+        self.finish_progress();
         self.ended = true;
         // Dropping the channels lets a thread that is not stuck end.
         self.thread = None;
@@ -339,6 +365,20 @@ impl ReadingThread {
     }
 }
 
+impl BlockReader<'_> {
+    fn finish_progress(&mut self) {
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
+    }
+}
+
+impl Drop for BlockReader<'_> {
+    fn drop(&mut self) {
+        self.finish_progress();
+    }
+}
+
 impl Iterator for BlockReader<'_> {
     type Item = Result<Block, SourceError>;
 
@@ -353,10 +393,16 @@ impl Iterator for BlockReader<'_> {
             thread.asked += 1;
         }
         let path_of = |at: usize| files[at.min(files.len() - 1)].path.display().to_string();
-        match thread.wait(deadline) {
+        let waited = thread.wait(deadline);
+        let consumed = thread.consumed.load(Ordering::Relaxed);
+        if let Some(progress) = &self.progress {
+            progress.set(consumed);
+        }
+        match waited {
             Waited::Block(Ok(block)) => Some(Ok(block)),
             Waited::Block(Err(error)) => self.fail(error),
             Waited::End => {
+                self.finish_progress();
                 self.ended = true;
                 self.thread = None;
                 None
@@ -432,9 +478,26 @@ struct FileBlocks {
     file_index: usize,
     /// Shared with the waiting thread, for its messages.
     at_file: Arc<AtomicUsize>,
+    /// Shared with the waiting thread, for its progress bar: bytes read from the files.
+    consumed: Arc<AtomicU64>,
     reader: Option<Box<dyn Read + Send>>,
     carry: Vec<u8>,
     next_line: u64,
+}
+
+/// A file that adds the bytes read from it to a shared count (one addition per read call: a
+/// block, or a gzip decoder's buffer, never a line).
+struct Counted {
+    inner: File,
+    consumed: Arc<AtomicU64>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// Appends up to `limit` bytes from `reader` to `bytes`; returns how many.
@@ -443,21 +506,31 @@ fn read_chunk(reader: &mut dyn Read, bytes: &mut Vec<u8>, limit: usize) -> std::
 }
 
 impl FileBlocks {
-    fn new(files: Vec<SourceFile>, max_line: usize, at_file: Arc<AtomicUsize>) -> Self {
+    fn new(
+        files: Vec<SourceFile>,
+        max_line: usize,
+        at_file: Arc<AtomicUsize>,
+        consumed: Arc<AtomicU64>,
+    ) -> Self {
         FileBlocks {
             files,
             max_line,
             file_index: 0,
             at_file,
+            consumed,
             reader: None,
             carry: Vec::new(),
             next_line: 1,
         }
     }
 
-    fn open(file: &SourceFile) -> std::io::Result<Box<dyn Read + Send>> {
+    fn open(file: &SourceFile, consumed: &Arc<AtomicU64>) -> std::io::Result<Box<dyn Read + Send>> {
         stall_if_asked(&file.path);
-        let file_handle = open_regular_file(&file.path)?;
+        // Counted as read from the disk: a gzip file by its compressed bytes.
+        let file_handle = Counted {
+            inner: open_regular_file(&file.path)?,
+            consumed: consumed.clone(),
+        };
         Ok(if file.gzip {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
                 file_handle,
@@ -499,7 +572,7 @@ impl FileBlocks {
             }
             if self.reader.is_none() {
                 self.at_file.store(self.file_index, Ordering::Relaxed);
-                match Self::open(&self.files[self.file_index]) {
+                match Self::open(&self.files[self.file_index], &self.consumed) {
                     Ok(r) => self.reader = Some(r),
                     Err(e) => return self.error(e),
                 }
@@ -740,6 +813,7 @@ fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
     // parsing.
     let (collected, error) = BlockReader::new(&files, &pool, ingestor.max_line_bytes())
         .within_minutes(ingestor.max_read_minutes())
+        .with_progress("reading")
         .par_bridge()
         .fold(
             || (Collected::default(), None),

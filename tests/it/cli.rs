@@ -1702,6 +1702,68 @@ fn merge_takes_one_folder_however_the_shards_spelled_it_and_refuses_another() {
     );
 }
 
+/// What `run` over `folder` draws on a terminal (`script` gives it one), in `log_format`.
+fn run_on_a_terminal(folder: &Path, log_format: &str) -> Option<String> {
+    let out = out_dir();
+    let command = format!(
+        "{} --log-format {log_format} run -q --source-dir {} --as-of 2026-11-01 --out {}",
+        assert_cmd::cargo::cargo_bin("tare-marker-monitor").display(),
+        folder.display(),
+        out.path().display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qc", &command, "/dev/null"])
+        .output()
+        .ok()?;
+    assert_success(&output);
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn a_folder_read_and_its_writing_show_progress_in_bytes_on_a_terminal_only() {
+    let folder = tempfile::tempdir().unwrap();
+    binary()
+        .args(["generate", "--patients", "1000", "--gzip", "--out"])
+        .arg(folder.path())
+        .assert()
+        .success();
+    // The bar's total: the files' sizes on disk, compressed.
+    let total: u64 = std::fs::read_dir(folder.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ndjson.gz"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let Some(text) = run_on_a_terminal(folder.path(), "text") else {
+        eprintln!("no `script` (util-linux): progress on a terminal not checked");
+        return;
+    };
+    let of_total = format!("/{}, ", indicatif::HumanBytes(total));
+    assert!(
+        text.lines()
+            .any(|l| l.contains("reading [") && l.contains(&of_total)),
+        "no reading bar of {of_total}: {text}"
+    );
+    assert!(
+        text.contains("writing ") && text.contains(" written, "),
+        "{text}"
+    );
+    let json = run_on_a_terminal(folder.path(), "json").unwrap();
+    assert!(!json.contains("reading ["), "{json}");
+    assert!(!json.contains(" written, "), "{json}");
+    // Not a terminal: nothing of it.
+    let out = out_dir();
+    let output = binary()
+        .args(["run", "-q", "--source-dir"])
+        .arg(folder.path())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    assert_eq!(stderr_of(&output), "");
+}
+
 #[test]
 fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
     let shared = out_dir();
