@@ -660,17 +660,86 @@ pub fn unknown_variables<'a>(
             if upper.starts_with(ENV_LOG) {
                 return Some((name.to_owned(), ENV_LOG.to_owned()));
             }
-            // Against the whole variable, and against the key without its section (a
-            // variable that left the section out).
-            let distance = |key: &String| {
-                let bare = key.rsplit("__").next().unwrap_or(key);
-                let whole = strsim::levenshtein(&upper, key);
-                whole.min(strsim::levenshtein(&upper, &format!("{ENV_PREFIX}{bare}")))
-            };
-            let nearest = keys.iter().min_by_key(|key| distance(key))?;
-            Some((name.to_owned(), nearest.clone()))
+            Some((name.to_owned(), nearest_key(&upper, &keys)?.clone()))
         })
         .collect()
+}
+
+/// The words of a variable or key after the prefix (`TMM_SERVER__BASE_URL`: server, base,
+/// url), in upper case.
+fn words_of(name: &str) -> Vec<&str> {
+    name.get(ENV_PREFIX.len()..)
+        .unwrap_or_default()
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// How far a word of a variable is from a word of a key, from 0 (the same) to 1; `None` when
+/// it is not taken for it: a word one is the start of (`STATE`, `STATEFILE`; three letters at
+/// least) is near, a misspelling within a third of its letters nearer the more alike.
+fn word_distance(word: &str, key_word: &str) -> Option<f64> {
+    if word == key_word {
+        return Some(0.0);
+    }
+    let starts = |a: &str, b: &str| b.len() >= 3 && a.starts_with(b);
+    if word.len() >= 3 && (starts(key_word, word) || starts(word, key_word)) {
+        return Some(0.25);
+    }
+    let longest = word.len().max(key_word.len()) as f64;
+    let distance = strsim::levenshtein(word, key_word) as f64 / longest;
+    (distance <= 0.34).then_some(distance)
+}
+
+/// The key a variable that sets none most likely meant, word by word (`TMM_STATE` is
+/// `TMM_SCHEDULE__STATE_FILE`, `TMM_URL` `TMM_SERVER__BASE_URL`): the key that matches most
+/// of its words, then the nearest, then the one with fewest words left over, then the
+/// nearest whole. A variable none of whose words is near a key's word gets the key nearest
+/// as a whole (or without its section).
+fn nearest_key<'k>(variable: &str, keys: &'k [String]) -> Option<&'k String> {
+    let words = words_of(variable);
+    let score = |key: &String| {
+        let key_words = words_of(key);
+        let mut used = vec![false; key_words.len()];
+        let (mut matched, mut distance) = (0usize, 0.0f64);
+        for word in &words {
+            let best = key_words
+                .iter()
+                .enumerate()
+                .filter_map(|(i, key_word)| Some((word_distance(word, key_word)?, i)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((d, i)) = best {
+                matched += 1;
+                distance += d;
+                used[i] = true;
+            }
+        }
+        let left_over = used.iter().filter(|u| !**u).count();
+        let whole = strsim::levenshtein(variable, key);
+        (matched, distance, left_over, whole)
+    };
+    let best = keys
+        .iter()
+        .map(|key| (score(key), key))
+        .min_by(|(a, _), (b, _)| {
+            b.0.cmp(&a.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        })?;
+    if best.0 .0 > 0 {
+        return Some(best.1);
+    }
+    // Against the whole variable, and against the key without its section (a variable that
+    // left the section out).
+    keys.iter().min_by_key(|key| {
+        let bare = key.rsplit("__").next().unwrap_or(key);
+        let whole = strsim::levenshtein(variable, key);
+        whole.min(strsim::levenshtein(
+            variable,
+            &format!("{ENV_PREFIX}{bare}"),
+        ))
+    })
 }
 
 /// The built-in defaults as a TOML table, the bottom layer of every configuration. (They
@@ -1085,6 +1154,27 @@ mod tests {
                 "TMM_SERVER__BASE_URL".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn a_short_variable_is_matched_to_a_key_word_by_word() {
+        for (variable, meant) in [
+            ("TMM_STATE", "TMM_SCHEDULE__STATE_FILE"),
+            ("TMM_URL", "TMM_SERVER__BASE_URL"),
+            ("TMM_BASE_URL", "TMM_SERVER__BASE_URL"),
+            ("TMM_SHARDS", "TMM_SCHEDULE__SHARD_COUNT"),
+            ("TMM_TOKEN", "TMM_SERVER__AUTH__TOKEN_ENV"),
+            ("TMM_CA", "TMM_SERVER__CA_FILE"),
+            ("TMM_CERT", "TMM_SERVER__CLIENT_CERT_FILE"),
+            ("TMM_CONCURENCY", "TMM_SERVER__CONCURRENCY"),
+            ("TMM_THREADS", "TMM_INGEST__THREADS"),
+        ] {
+            assert_eq!(
+                unknown_variables([variable], &Config::default()),
+                [(variable.to_owned(), meant.to_owned())],
+                "{variable}"
+            );
+        }
     }
 
     #[test]
