@@ -52,7 +52,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// A copy of each run's `metrics.prom` here (node_exporter's textfile collector reads
-    /// `*.prom` in its `--collector.textfile.directory`), written whatever the run's outcome.
+    /// `*.prom` in its `--collector.textfile.directory`), written whatever the run's outcome
+    /// (a stop by SIGINT/SIGTERM included). A shard writes `NAME.shard-I-of-N.prom` beside
+    /// it instead; `merge` writes this path.
     pub textfile_path: Option<std::path::PathBuf>,
 }
 
