@@ -653,6 +653,7 @@ impl FhirClient {
         if status != StatusCode::OK {
             tracing::debug!(url, status = status.as_u16(), "answered with an error");
             return Err(FhirError::Status {
+                method: reqwest::Method::GET,
                 url: url.to_owned(),
                 status: status.as_u16(),
                 outcome: outcome_text(&body),
@@ -730,6 +731,7 @@ impl FhirClient {
                     Some((status, retry_after)),
                     format!("HTTP {status}"),
                     FhirError::Status {
+                        method: reqwest::Method::GET,
                         url: url.to_owned(),
                         status,
                         outcome,

@@ -50,8 +50,10 @@ pub enum FhirError {
     },
     /// Named by request kind and host: the URL's query can hold patient ids (it is logged at
     /// debug level where the answer came).
-    #[error("{}: HTTP {status}: {}", request_named(url), shown(outcome))]
+    #[error("{}: HTTP {status}: {}", request_named(method, url), shown(outcome))]
     Status {
+        /// What was asked: a POST to a type is a create, not a search.
+        method: reqwest::Method,
         url: String,
         status: u16,
         /// The server's OperationOutcome text, or the start of its body.
@@ -319,9 +321,10 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// "Observation search on fhir.example.org": what a request was, without its path's ids or
-/// its query.
-pub fn request_named(url: &str) -> String {
+/// "Observation search on fhir.example.org", "Device create on fhir.example.org": what a
+/// request was, without its path's ids or its query.
+pub fn request_named(method: &reqwest::Method, url: &str) -> String {
+    use reqwest::Method;
     let Ok(url) = url::Url::parse(url) else {
         return "a request".into();
     };
@@ -337,11 +340,18 @@ pub fn request_named(url: &str) -> String {
         _ if segments.last() == Some(&"metadata") => "CapabilityStatement".to_owned(),
         (Some(i), Some(op)) => format!("{} {}", segments[i], shown(op)),
         (None, Some(op)) => shown(op).into_owned(),
+        (Some(i), None) if i + 1 == segments.len() && *method == Method::POST => {
+            format!("{} create", segments[i])
+        }
+        (Some(i), None) if i + 2 == segments.len() && *method == Method::PUT => {
+            format!("{} update", segments[i])
+        }
         (Some(i), None) if i + 1 == segments.len() && url.query().is_some() => {
             format!("{} search", segments[i])
         }
         (Some(i), None) => format!("{} request", segments[i]),
         (None, None) if url.query().is_some() => "search page".to_owned(),
+        (None, None) if *method == Method::POST => "transaction".to_owned(),
         (None, None) => "request".to_owned(),
     };
     format!("{} on {}", shown(&kind), shown(host))
@@ -371,13 +381,39 @@ mod tests {
             ("https://h.org/r4?_getpages=abc", "search page on h.org"),
             ("https://h.org/r4/", "request on h.org"),
         ] {
-            assert_eq!(request_named(url), named, "{url}");
+            assert_eq!(request_named(&reqwest::Method::GET, url), named, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_write_that_failed_is_named_as_the_create_or_update_it_was() {
+        use reqwest::Method;
+        for (method, url, named) in [
+            (
+                Method::POST,
+                "https://h.org/r4/Device",
+                "Device create on h.org",
+            ),
+            (
+                Method::PUT,
+                "https://h.org/r4/DetectedIssue/di-1",
+                "DetectedIssue update on h.org",
+            ),
+            (Method::POST, "https://h.org/r4/", "transaction on h.org"),
+            (
+                Method::POST,
+                "https://h.org/r4/DetectedIssue/$validate",
+                "DetectedIssue $validate on h.org",
+            ),
+        ] {
+            assert_eq!(request_named(&method, url), named, "{method} {url}");
         }
     }
 
     #[test]
     fn server_text_in_a_message_is_shown_escaped() {
         let error = FhirError::Status {
+            method: reqwest::Method::GET,
             url: "https://fhir.example.org/Observation?x=\u{202e}".into(),
             status: 400,
             outcome: "error invalid: bad\n2026-01-01T00:00:00Z  INFO forged \u{1b}[2J\u{202e}"

@@ -178,6 +178,7 @@ async fn ensure_device(
         .await?;
     if !status.is_success() {
         return Err(FhirError::Status {
+            method: reqwest::Method::POST,
             url,
             status: status.as_u16(),
             outcome: outcome_text(&body),

@@ -100,7 +100,9 @@ fn kickoff_url(
 }
 
 fn unexpected(url: &str, answer: &Answer) -> FhirError {
+    // Kick-off and status requests are GETs.
     FhirError::Status {
+        method: reqwest::Method::GET,
         url: url.to_owned(),
         status: answer.status.as_u16(),
         outcome: outcome_text(&answer.body),

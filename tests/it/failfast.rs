@@ -462,3 +462,35 @@ async fn a_stalled_device_create_is_named_as_a_device_create() {
         "error: Device create on 127.0.0.1: no answer within 1 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_device_create_is_named_as_a_device_create() {
+    let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
+    let empty = json!({"resourceType": "Bundle", "type": "searchset"});
+    for searched in ["/Procedure", "/Device"] {
+        Mock::given(method("GET"))
+            .and(path(searched))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&empty))
+            .mount(&server)
+            .await;
+    }
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error",
+        "code": "processing", "diagnostics": "Device is not writable here"}]});
+    Mock::given(method("POST"))
+        .and(path("/Device"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(outcome))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let child = start_run(&server.uri(), work.path(), "");
+    let (code, stderr, _) = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.starts_with("error: Device create on 127.0.0.1: HTTP 422: ")
+            && stderr.contains("Device is not writable here"),
+        "{stderr}"
+    );
+}
