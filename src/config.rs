@@ -693,8 +693,23 @@ fn word_distance(word: &str, key_word: &str) -> Option<f64> {
     (distance <= 0.34).then_some(distance)
 }
 
+/// Where `word` (two letters at least) is the initials of consecutive words of a key (`TZ`:
+/// TIME, ZONE).
+fn initials_at(word: &str, key_words: &[&str]) -> Option<usize> {
+    if word.len() < 2 || word.len() > key_words.len() {
+        return None;
+    }
+    (0..=key_words.len() - word.len()).find(|&at| {
+        key_words[at..at + word.len()]
+            .iter()
+            .map(|w| w.as_bytes().first())
+            .eq(word.as_bytes().iter().map(Some))
+    })
+}
+
 /// The key a variable that sets none most likely meant, word by word (`TMM_STATE` is
-/// `TMM_SCHEDULE__STATE_FILE`, `TMM_URL` `TMM_SERVER__BASE_URL`): the key that matches most
+/// `TMM_SCHEDULE__STATE_FILE`, `TMM_URL` `TMM_SERVER__BASE_URL`, `TMM_TZ`
+/// `TMM_INGEST__TIME_ZONE`): the key that matches most
 /// of its words, then the nearest, then the one with fewest words left over, then the
 /// nearest whole. A variable none of whose words is near a key's word gets the key nearest
 /// as a whole (or without its section).
@@ -714,6 +729,11 @@ fn nearest_key<'k>(variable: &str, keys: &'k [String]) -> Option<&'k String> {
                 matched += 1;
                 distance += d;
                 used[i] = true;
+            } else if let Some(at) = initials_at(word, &key_words) {
+                // `TZ` for TIME_ZONE: the initials of consecutive words.
+                matched += 1;
+                distance += 0.25;
+                used[at..at + word.len()].iter_mut().for_each(|u| *u = true);
             }
         }
         let left_over = used.iter().filter(|u| !**u).count();
@@ -1170,6 +1190,7 @@ mod tests {
             ("TMM_CERT", "TMM_SERVER__CLIENT_CERT_FILE"),
             ("TMM_CONCURENCY", "TMM_SERVER__CONCURRENCY"),
             ("TMM_THREADS", "TMM_INGEST__THREADS"),
+            ("TMM_TZ", "TMM_INGEST__TIME_ZONE"),
         ] {
             assert_eq!(
                 unknown_variables([variable], &Config::default()),
