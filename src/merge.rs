@@ -6,6 +6,7 @@
 //! publish them); a part whose files are not the ones its shard's summary lists is refused.
 
 use crate::output::{write_atomically, OutputSet};
+use crate::progress::Progress;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -266,7 +267,7 @@ fn read(path: &Path) -> Result<String, MergeError> {
 
 /// The rows of all parts' CSV files under one header, stably sorted by the first column
 /// (`patient_id`).
-fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
+fn merge_csv(paths: &[&Path], out: &Path, progress: &Progress) -> Result<usize, MergeError> {
     let mut header: Option<csv::StringRecord> = None;
     let mut rows: Vec<csv::StringRecord> = Vec::new();
     for path in paths {
@@ -292,7 +293,7 @@ fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
     rows.sort_by(|a, b| a.get(0).cmp(&b.get(0)));
     let header = header.unwrap_or_default();
     write_atomically(out, |w| {
-        let mut writer = crate::format::GuardedCsv::new(w);
+        let mut writer = crate::format::GuardedCsv::new(progress.counting(w));
         writer.row(&header).map_err(std::io::Error::other)?;
         for row in &rows {
             writer.row(row).map_err(std::io::Error::other)?;
@@ -304,7 +305,7 @@ fn merge_csv(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
 
 /// The Device line once, then every DetectedIssue with the Provenance lines after it, stably
 /// sorted by patient.
-fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
+fn merge_ndjson(paths: &[&Path], out: &Path, progress: &Progress) -> Result<usize, MergeError> {
     let mut device: Option<String> = None;
     let mut units: Vec<(String, String)> = Vec::new();
     for path in paths {
@@ -341,6 +342,8 @@ fn merge_ndjson(paths: &[&Path], out: &Path) -> Result<usize, MergeError> {
     }
     units.sort_by(|a, b| a.0.cmp(&b.0));
     write_atomically(out, |w| {
+        use std::io::Write as _;
+        let mut w = progress.counting(w);
         if let Some(device) = &device {
             writeln!(w, "{device}")?;
         }
@@ -535,12 +538,16 @@ pub fn merge(found: &Parts, set: &OutputSet, clock: &MergeClock) -> Result<Merge
     let out = set.folder();
     let files =
         |stem: &str| -> Vec<&Path> { parts.iter().map(|files| files[stem].as_path()).collect() };
-    let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"))?;
-    let flag_rows = merge_csv(&files("flags"), &out.join("flags.csv"))?;
+    // On a terminal: the bytes written, counted a mebibyte at a time.
+    let progress = Progress::bytes_written("writing");
+    let marker_rows = merge_csv(&files("markers"), &out.join("markers.csv"), &progress)?;
+    let flag_rows = merge_csv(&files("flags"), &out.join("flags.csv"), &progress)?;
     let detected_issues = merge_ndjson(
         &files("detected-issues"),
         &out.join("detected-issues.ndjson"),
+        &progress,
     )?;
+    progress.finish();
     let summary = merge_summaries(
         &files("run-summary"),
         count,

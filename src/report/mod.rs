@@ -413,7 +413,11 @@ pub fn write(
     set: &crate::output::OutputSet,
 ) -> Result<Vec<String>, OutputError> {
     let dir = set.folder();
-    crate::output::write_atomically(&dir.join("report.html"), |w| html::write(w, report, config))?;
+    // On a terminal: the bytes written, counted a mebibyte at a time.
+    let progress = crate::progress::Progress::bytes_written("writing");
+    crate::output::write_atomically(&dir.join("report.html"), |w| {
+        html::write(&mut progress.counting(w), report, config)
+    })?;
     for (name, fill) in [
         ("report-cohort.csv", cohort_csv as CsvFiller),
         ("report-flagged-patients.csv", flagged_csv),
@@ -425,11 +429,13 @@ pub fn write(
         ("report-flags-per-month.csv", flags_per_month_csv),
     ] {
         crate::output::write_atomically(&dir.join(name), |w| {
-            let mut writer = GuardedCsv::new(w);
+            let mut counted = progress.counting(w);
+            let mut writer = GuardedCsv::new(&mut counted as &mut dyn std::io::Write);
             fill(&mut writer, report).map_err(std::io::Error::other)?;
             writer.flush()
         })?;
     }
+    progress.finish();
     let manifest = Manifest {
         run_id: &report.options.run_id,
         generated_at: &report.generated_at,

@@ -1765,6 +1765,38 @@ fn a_folder_read_and_its_writing_show_progress_in_bytes_on_a_terminal_only() {
 }
 
 #[test]
+fn report_shows_the_bytes_it_writes_on_a_terminal() {
+    let folder = tempfile::tempdir().unwrap();
+    binary()
+        .args(["generate", "--patients", "1000", "--out"])
+        .arg(folder.path())
+        .assert()
+        .success();
+    let out = out_dir();
+    let command = format!(
+        "{} report -q --source-dir {} --as-of 2026-11-01 --out {}",
+        assert_cmd::cargo::cargo_bin("tare-marker-monitor").display(),
+        folder.path().display(),
+        out.path().display()
+    );
+    let Ok(output) = std::process::Command::new("script")
+        .args(["-qc", &command, "/dev/null"])
+        .output()
+    else {
+        eprintln!("no `script` (util-linux): progress on a terminal not checked");
+        return;
+    };
+    assert_success(&output);
+    let text = String::from_utf8_lossy(&output.stdout);
+    // Counted as written: more than the first mebibyte of report.html.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("writing ") && l.contains(" MiB written")),
+        "{text}"
+    );
+}
+
+#[test]
 fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
     let shared = out_dir();
     run_shard(shared.path(), "0/2", "2026-11-01", &[]);
