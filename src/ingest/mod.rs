@@ -90,10 +90,18 @@ pub struct CopyKey(u64);
 
 impl CopyKey {
     pub fn of(kind: ResourceType, id: &str) -> CopyKey {
+        CopyKey::of_bytes(kind, id.as_bytes())
+    }
+
+    /// The key of an id read as bytes (the prefilter's, not checked as UTF-8): the same
+    /// as `of` for the same text.
+    pub fn of_bytes(kind: ResourceType, id: &[u8]) -> CopyKey {
         use std::hash::{Hash, Hasher};
         let mut hasher = rustc_hash::FxHasher::default();
         kind.hash(&mut hasher);
-        id.hash(&mut hasher);
+        hasher.write(id);
+        // The end of the id, as `str`'s own hash marks it.
+        hasher.write_u8(0xff);
         CopyKey(hasher.finish())
     }
 }

@@ -173,9 +173,8 @@ impl TypeTest {
                 let start = skip_whitespace(text, after + 1);
                 let value = text.get(start..)?.strip_prefix(b"\"")?;
                 let id = &value[..memchr::memchr(b'"', value)?];
-                // A FHIR id is ASCII: checked on the bytes, then taken as text.
-                let id = is_fhir_id_bytes(id).then(|| std::str::from_utf8(id).ok())??;
-                Some(CopyKey::of(self.kind, id))
+                // A FHIR id is ASCII: checked and hashed as bytes.
+                is_fhir_id_bytes(id).then(|| CopyKey::of_bytes(self.kind, id))
             })
             .collect()
     }
@@ -323,6 +322,18 @@ mod tests {
                 br#"{"resourceType":"Patient","id":"p"}"#
             )
             .is_none());
+    }
+
+    #[test]
+    fn a_key_from_bytes_is_the_key_from_text() {
+        assert_eq!(
+            CopyKey::of_bytes(ResourceType::Observation, b"o-1"),
+            CopyKey::of(ResourceType::Observation, "o-1")
+        );
+        assert_ne!(
+            CopyKey::of(ResourceType::Procedure, "o-1"),
+            CopyKey::of(ResourceType::Observation, "o-1")
+        );
     }
 
     fn keys_of(line: &str) -> Option<Vec<CopyKey>> {

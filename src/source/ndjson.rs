@@ -241,8 +241,9 @@ struct ReadingThread {
     asked: usize,
 }
 
-/// Blocks read ahead of the one being handed out: one read while the other is parsed.
-const READ_AHEAD: usize = 2;
+/// Blocks read ahead of the one being handed out: enough that the reading thread, which
+/// shares the cores with the workers, is rarely what a worker waits for (8 MB).
+const READ_AHEAD: usize = 8;
 
 /// How often the waiting thread looks at the deadline and for a stop.
 const WAIT_TICK: Duration = Duration::from_millis(100);
