@@ -3,7 +3,7 @@
 use super::detected_issue::flag_identifier;
 use crate::config::Config;
 use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
-use crate::format::{csv_number, csv_percent, date, fixed, GuardedCsv};
+use crate::format::{csv_number, csv_percent, date, exact_number, fixed, GuardedCsv};
 use std::io::Write;
 
 pub const MARKERS_HEADER: [&str; 22] = [
@@ -41,12 +41,9 @@ pub const FLAGS_HEADER: [&str; 7] = [
     "detected_issue_identifier",
 ];
 
-/// Laboratory values keep up to three decimals (converted AFP, bilirubin from mg/dL).
-const VALUE_DECIMALS: usize = 3;
-
 fn value(point: &Option<ValuePoint>) -> (String, String) {
     match point {
-        Some(p) => (csv_number(p.value, VALUE_DECIMALS), date(p.date)),
+        Some(p) => (exact_number(p.value), date(p.date)),
         None => (String::new(), String::new()),
     }
 }
@@ -91,7 +88,7 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     course.n_post.to_string(),
                     optional(course.pct_change, csv_percent),
                     optional(course.rise_from_nadir_pct, csv_percent),
-                    csv_number(course.uln, VALUE_DECIMALS),
+                    exact_number(course.uln),
                     course.response.code().to_owned(),
                     optional(course.halflife_days, |d| csv_number(d, 1)),
                     date(course.next_due_date),
