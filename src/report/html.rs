@@ -6,7 +6,7 @@
 use super::{FlaggedPatient, Report};
 use crate::config::Config;
 use crate::domain::{FlagCode, Marker, Response};
-use crate::format::{date, human_number};
+use crate::format::{date, human_exact, human_number};
 use crate::text::printable;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -36,24 +36,35 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// What the page's script needs of a flagged patient, compact: a report of 16,000 patients is
-/// mostly this. Codes stay codes here; the page names them from `Labels`. Points are
-/// `[day, value, bits]` (`super::point`); dates are the index date plus the day.
+/// What a worklist row needs of a flagged patient, parsed when the page loads. Codes stay codes
+/// here; the page names them from `Labels`.
 #[derive(serde::Serialize)]
-struct PatientView<'a> {
+struct RowView<'a> {
     id: &'a str,
     name: Option<Cow<'a, str>>,
     mrn: Option<Cow<'a, str>>,
     birth: Option<String>,
     worst: &'static str,
     latest: String,
-    /// `[severity, code, marker key, episode index date, identified date, detail]`.
-    flags: Vec<[String; 6]>,
+    /// `[severity, code, marker key]`, as the first three of `DetailView::flags`.
+    flags: Vec<[&'static str; 3]>,
     /// `[marker key, value as written (with < or >), date, response]`.
     values: Vec<[String; 4]>,
     /// `[status today, clinician's note]`; absent when the report read files.
     review: Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
     index: &'a str,
+    /// Where this patient's line of `#patient-details` lies: `[offset, length]` in UTF-16 code
+    /// units, the indices of a JavaScript string.
+    d: [usize; 2],
+}
+
+/// What the patient view and its print need, one JSON line per patient, parsed only when the
+/// patient is opened or printed: most of a large report. Points are `[day, value, bits]`
+/// (`super::point`); dates are the index date plus the day.
+#[derive(serde::Serialize)]
+struct DetailView<'a> {
+    /// `[severity, code, marker key, episode index date, identified date, detail]`.
+    flags: Vec<[String; 6]>,
     tares: &'a [i64],
     series: Vec<SeriesView<'a>>,
 }
@@ -67,9 +78,9 @@ struct SeriesView<'a> {
     notes: Vec<(usize, &'a str, Cow<'a, str>)>,
 }
 
-impl<'a> PatientView<'a> {
-    fn of(p: &'a FlaggedPatient) -> PatientView<'a> {
-        PatientView {
+impl<'a> RowView<'a> {
+    fn of(p: &'a FlaggedPatient, detail: [usize; 2]) -> RowView<'a> {
+        RowView {
             id: &p.patient_id,
             // Text from the source, as a person reads it: without control or bidirectional
             // characters.
@@ -78,6 +89,43 @@ impl<'a> PatientView<'a> {
             birth: p.birth_date.map(date),
             worst: p.worst.code(),
             latest: date(p.latest_identified),
+            flags: p
+                .flags
+                .iter()
+                .map(|(_, f)| {
+                    [
+                        f.severity.code(),
+                        f.code.code(),
+                        f.marker.map(|m| m.key()).unwrap_or(""),
+                    ]
+                })
+                .collect(),
+            values: p
+                .latest_values
+                .iter()
+                .map(|v| {
+                    [
+                        v.marker.key().to_owned(),
+                        // As the sentences write it: the source's number, never rounded.
+                        format!("{}{}", v.censoring.prefix(), human_exact(v.value)),
+                        date(v.date),
+                        v.response.map(|r| r.code()).unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect(),
+            review: p
+                .review
+                .as_ref()
+                .map(|r| (printable(&r.status), r.note.as_deref().map(printable))),
+            index: &p.chart.index_date,
+            d: detail,
+        }
+    }
+}
+
+impl<'a> DetailView<'a> {
+    fn of(p: &'a FlaggedPatient) -> DetailView<'a> {
+        DetailView {
             flags: p
                 .flags
                 .iter()
@@ -92,24 +140,6 @@ impl<'a> PatientView<'a> {
                     ]
                 })
                 .collect(),
-            values: p
-                .latest_values
-                .iter()
-                .map(|v| {
-                    [
-                        v.marker.key().to_owned(),
-                        // The number as the source gave it (shortest exact form), with its bound.
-                        format!("{}{}", v.censoring.prefix(), v.value),
-                        date(v.date),
-                        v.response.map(|r| r.code()).unwrap_or("").to_owned(),
-                    ]
-                })
-                .collect(),
-            review: p
-                .review
-                .as_ref()
-                .map(|r| (printable(&r.status), r.note.as_deref().map(printable))),
-            index: &p.chart.index_date,
             tares: &p.chart.tares,
             series: p
                 .chart
@@ -137,6 +167,23 @@ impl<'a> PatientView<'a> {
                 .collect(),
         }
     }
+}
+
+/// Every flagged patient's detail line (script-safe JSON, one a line) and, per patient, where
+/// the line lies in the text the page reads: UTF-16 offsets, as JavaScript indexes strings.
+fn detail_lines(flagged: &[FlaggedPatient]) -> io::Result<(String, Vec<[usize; 2]>)> {
+    let mut text = String::new();
+    let mut at = Vec::with_capacity(flagged.len());
+    let mut offset = 0;
+    for p in flagged {
+        let line = script_json(&DetailView::of(p))?;
+        let length = line.encode_utf16().count();
+        at.push([offset, length]);
+        offset += length + 1;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok((text, at))
 }
 
 /// The words for the codes, once for the whole page, and the limits the charts draw.
@@ -269,14 +316,23 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
     rules_section(out, config)?;
     trail(out, report)?;
     quality(out, report)?;
-    let views: Vec<PatientView> = report.flagged.iter().map(PatientView::of).collect();
+    let (details, at) = detail_lines(&report.flagged)?;
+    let rows: Vec<RowView> = report
+        .flagged
+        .iter()
+        .zip(at)
+        .map(|(p, at)| RowView::of(p, at))
+        .collect();
+    // The details come after the script, so the worklist is usable while the parser reads
+    // them (docs: README "Report benchmark").
     writeln!(
         out,
         "</main><div id=\"print-area\"></div>\
          <script id=\"labels\" type=\"application/json\">{}</script>\
-         <script id=\"chart-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script></body></html>",
+         <script id=\"worklist-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script>\
+         <script id=\"patient-details\" type=\"application/json\">{details}</script></body></html>",
         script_json(&Labels::of(config, o.deidentified))?,
-        script_json(&views)?
+        script_json(&rows)?
     )
 }
 
@@ -318,7 +374,7 @@ fn worklist(out: &mut dyn Write, r: &Report) -> io::Result<()> {
          <label for=\"f-to\">TARE to<input id=\"f-to\" type=\"date\" data-key=\"to\"></label>\
          <button type=\"button\" id=\"clear-filters\">Clear</button>\
          <button type=\"button\" id=\"print-shown\">Print the patients shown</button></form>\
-         <p id=\"count\" role=\"status\" aria-live=\"polite\"></p>\
+         <p id=\"count\" role=\"status\" aria-live=\"polite\"></p><p id=\"print-note\" role=\"status\"></p>\
          <table id=\"worklist-table\"><caption class=\"visually-hidden\">Flagged patients; sort with the column buttons</caption><thead><tr>\
          <th aria-sort=\"none\" data-sort=\"name\"><button type=\"button\">Patient</button></th>\
          <th aria-sort=\"none\" data-sort=\"mrn\"><button type=\"button\">MRN</button></th>\
@@ -427,7 +483,7 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             (
                 format!("days {}-{}", s.from_day, s.to_day),
                 share,
-                format!("{share:.0}% of {}", s.due),
+                format!("{share:.0}% of {}", human_number(s.due as f64)),
             )
         })
         .collect();
@@ -602,14 +658,16 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     ] {
         writeln!(
             out,
-            "<tr><td>{label}</td><td class=\"num\">{count}</td></tr>"
+            "<tr><td>{label}</td><td class=\"num\">{}</td></tr>",
+            human_number(count as f64)
         )?;
     }
     for (reason, count) in &p.left_out {
         writeln!(
             out,
-            "<tr><td>left out: {}</td><td class=\"num\">{count}</td></tr>",
-            escape(&patient_left_out_words(reason))
+            "<tr><td>left out: {}</td><td class=\"num\">{}</td></tr>",
+            escape(&patient_left_out_words(reason)),
+            human_number(*count as f64)
         )?;
     }
     writeln!(out, "</tbody></table>")?;
@@ -629,7 +687,7 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             write!(
                 out,
                 "<td class=\"num\">{}</td>",
-                by.get(c).copied().unwrap_or(0)
+                human_number(by.get(c).copied().unwrap_or(0) as f64)
             )?;
         }
         writeln!(out, "</tr>")?;
@@ -639,8 +697,8 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     writeln!(
         out,
         "<table><caption>Flags ({} in all, {} written as DetectedIssues)</caption><thead><tr><th>flag</th>{}</tr></thead><tbody>",
-        r.flags.total,
-        r.flags.written_as_detected_issues,
+        human_number(r.flags.total as f64),
+        human_number(r.flags.written_as_detected_issues as f64),
         severities
             .iter()
             .map(|s| format!("<th class=\"num\">{s}</th>"))
@@ -656,7 +714,7 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             write!(
                 out,
                 "<td class=\"num\">{}</td>",
-                by.get(s).copied().unwrap_or(0)
+                human_number(by.get(s).copied().unwrap_or(0) as f64)
             )?;
         }
         writeln!(out, "</tr>")?;

@@ -9,8 +9,8 @@ pub(crate) fn report(source: &Path) -> crate::helpers::OutDir {
     job_ok("report", &["--source-dir", source.to_str().unwrap()])
 }
 
-/// The demo with the seed patient's name and one of its Observations' notes replaced.
-fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
+/// The demo with every resource passed through `edit`.
+pub(crate) fn demo_edited(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let folder = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(demo()).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
@@ -20,14 +20,7 @@ fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
                 let Ok(mut resource) = serde_json::from_str::<serde_json::Value>(line) else {
                     return line.to_owned();
                 };
-                if resource["id"] == "demo-01-seed-partial-response"
-                    && resource["resourceType"] == "Patient"
-                {
-                    resource["name"] = serde_json::json!([{"text": name}]);
-                }
-                if resource["id"] == "demo-01-seed-partial-response-obs7" {
-                    resource["note"] = serde_json::json!([{"text": note}]);
-                }
+                edit(&mut resource);
                 resource.to_string()
             })
             .collect();
@@ -38,6 +31,87 @@ fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
         .unwrap();
     }
     folder
+}
+
+/// The demo with the seed patient's name and one of its Observations' notes replaced.
+fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
+    demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response"
+            && resource["resourceType"] == "Patient"
+        {
+            resource["name"] = serde_json::json!([{"text": name}]);
+        }
+        if resource["id"] == "demo-01-seed-partial-response-obs7" {
+            resource["note"] = serde_json::json!([{"text": note}]);
+        }
+    })
+}
+
+/// The text of the page's `<script id="ID">` element.
+pub(crate) fn script_text<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<script id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no script {id}"));
+    let text = &html[start..];
+    &text[text.find('>').unwrap() + 1..text.find("</script>").unwrap()]
+}
+
+/// The worklist's rows, as the page parses them at load.
+pub(crate) fn page_rows(html: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(script_text(html, "worklist-data")).unwrap()
+}
+
+/// A row's details, found as the page finds them: the row's `d` is `[offset, length]` in
+/// UTF-16 code units of the details' text.
+pub(crate) fn detail_of(html: &str, row: &serde_json::Value) -> serde_json::Value {
+    let text: Vec<u16> = script_text(html, "patient-details")
+        .encode_utf16()
+        .collect();
+    let (offset, length) = (
+        row["d"][0].as_u64().unwrap() as usize,
+        row["d"][1].as_u64().unwrap() as usize,
+    );
+    serde_json::from_str(&String::from_utf16(&text[offset..offset + length]).unwrap()).unwrap()
+}
+
+#[test]
+fn each_row_finds_its_own_details_in_utf16_offsets_past_text_outside_the_bmp() {
+    // A note with characters of two and four UTF-8 bytes (one and two UTF-16 units) on the
+    // seed patient, whose details come before others'.
+    let folder = demo_with("José Núñez 👩‍⚕️", "naïve 😀 résultat");
+    let out = report(folder.path());
+    let html = read(out.path(), "report.html");
+    let rows = page_rows(&html);
+    assert!(rows.len() > 10);
+    let seed = rows
+        .iter()
+        .position(|r| r["id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert!(
+        seed + 1 < rows.len(),
+        "the seed patient is not the last row"
+    );
+    for row in &rows {
+        let detail = detail_of(&html, row);
+        // Each detail holds its own patient's flags: the row's severities, codes and
+        // markers, in order (a line off would start mid-JSON or be another patient's).
+        let codes = |flags: &serde_json::Value| -> Vec<serde_json::Value> {
+            flags
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| serde_json::json!([f[0], f[1], f[2]]))
+                .collect()
+        };
+        assert_eq!(
+            codes(&detail["flags"]),
+            codes(&row["flags"]),
+            "{}",
+            row["id"]
+        );
+    }
+    let notes = detail_of(&html, &rows[seed])["series"].to_string();
+    assert!(notes.contains("naïve 😀 résultat"), "{notes}");
 }
 
 /// The demo with the seed patient named "Ann Example", given the MRN `MRN-778899`, and a note
@@ -92,21 +166,22 @@ fn flagged_patients_come_most_severe_then_most_recent_first_each_with_a_chart() 
     let listed: std::collections::BTreeSet<String> = rows.iter().map(|r| r[0].clone()).collect();
     assert_eq!(listed, flagged);
     let html = read(out.path(), "report.html");
-    // Every flagged patient's chart and flags are in the page's data, in the table's order.
-    let data_start = html.find("<script id=\"chart-data\"").unwrap();
-    let data = &html[data_start..];
-    let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
-    let data: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
+    // Every flagged patient's row and details are in the page's data, in the table's order.
+    let data = page_rows(&html);
     let ids: Vec<&str> = data.iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>());
     // The seed case's row and its flag sentence.
     assert!(rows
         .iter()
         .any(|r| r[0] == "demo-01-seed-partial-response" && r[2] == "low"));
-    assert!(data.iter().any(|p| p["flags"][0][5]
+    let seed = data
+        .iter()
+        .find(|p| p["id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert!(detail_of(&html, seed)["flags"][0][5]
         .as_str()
         .unwrap()
-        .starts_with("PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE")));
+        .starts_with("PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE"));
     // Self-contained: nothing fetched from elsewhere.
     for external in ["<script src", "<link", "@import", "url(http", "src=\"http"] {
         assert!(!html.contains(external), "{external}");
@@ -123,12 +198,10 @@ fn names_and_notes_are_escaped_in_html_and_neutralised_in_csv() {
     let html = read(out.path(), "report.html");
     assert!(!html.contains("<script>alert"), "raw markup in the report");
     assert!(html.contains("\\u003cscript\\u003ealert('name')\\u003c/script\\u003e"));
-    // In the chart data too, no `<` at all.
-    let data_start = html.find("<script id=\"chart-data\"").unwrap();
-    let data = &html[data_start..];
-    let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
-    assert!(!data.contains('<'));
-    assert!(data.contains("\\u003cscript\\u003ealert('note')"));
+    // In the patients' details too, no `<` at all.
+    let details = script_text(&html, "patient-details");
+    assert!(!details.contains('<'));
+    assert!(details.contains("\\u003cscript\\u003ealert('note')"));
     let csv = read(out.path(), "report-flagged-patients.csv");
     assert!(
         csv.contains("\"'=HYPERLINK(\"\"http://x\"\")<script>alert('name')</script>\""),
