@@ -573,3 +573,21 @@ fn patients_left_out_are_counted_in_words() {
     }
     assert!(!page.contains("no hcc condition"));
 }
+
+#[test]
+fn an_mrn_is_shown_without_the_white_space_around_it() {
+    let folder = demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response"
+            && resource["resourceType"] == "Patient"
+        {
+            resource["identifier"] =
+                serde_json::json!([{"system": "urn:mrn", "value": "  MRN-42 \t"}]);
+        }
+    });
+    let out = report(folder.path());
+    let seed = records(out.path(), "report-flagged-patients.csv")
+        .into_iter()
+        .find(|r| r["patient_id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert_eq!(seed["mrn"], "MRN-42");
+}
