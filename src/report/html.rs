@@ -494,7 +494,9 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
          (report-surveillance.csv).</p>"
     )?;
     bars(out, "Surveillance adherence per window", &windows, 100.0)?;
-    let mut months: BTreeMap<&str, usize> = BTreeMap::new();
+    // Every month of the range, those without a flag at 0.
+    let range = g.flag_months(&r.options);
+    let mut months: BTreeMap<&str, usize> = range.iter().map(|m| (m.as_str(), 0)).collect();
     for ((month, _, _), count) in &g.flags_per_month {
         *months.entry(month.as_str()).or_default() += count;
     }
@@ -551,24 +553,33 @@ fn bars(
         "<svg class=\"programme\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
         escape(title)
     )?;
+    // Many narrow bars (months of a long range): every bar drawn, every n-th labelled, so the
+    // labels never overlap; each bar's value stays in its tooltip.
+    let every = (56.0 / step).ceil().max(1.0) as usize;
     for (i, (label, value, text)) in bars.iter().enumerate() {
         let height = value / max * (h - t - b);
         let x = 8.0 + i as f64 * step;
         write!(
             out,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#4f6fa8\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#4f6fa8\"><title>{}: {}</title></rect>",
             x + step * 0.1,
             h - b - height,
             step * 0.8,
-            x + step / 2.0,
-            h - b - height - 4.0,
+            escape(label),
             escape(text),
-            x + step / 2.0,
-            h - b + 14.0,
-            escape(label)
         )?;
+        if i % every == 0 {
+            write!(
+                out,
+                "<text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\">{2}</text>\
+                 <text x=\"{0:.1}\" y=\"{3:.1}\" text-anchor=\"middle\">{4}</text>",
+                x + step / 2.0,
+                h - b - height - 4.0,
+                escape(text),
+                h - b + 14.0,
+                escape(label)
+            )?;
+        }
     }
     writeln!(out, "</svg>")
 }

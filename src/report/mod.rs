@@ -625,10 +625,23 @@ fn nadir_days_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     Ok(())
 }
 
+/// Per month of the range, its flags by code and severity; a month without a flag is one row
+/// with a count of 0, so a gap in the series reads as none, not as a month missing.
 fn flags_per_month_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     w.row(["month", "flag", "severity", "count"])?;
-    for ((month, code, severity), count) in &r.programme.flags_per_month {
-        w.row([month.as_str(), code, severity, &count.to_string()])?;
+    let counts = &r.programme.flags_per_month;
+    for month in r.programme.flag_months(&r.options) {
+        let mut any = false;
+        for ((_, code, severity), count) in counts
+            .range((month.clone(), "", "")..)
+            .take_while(|((m, _, _), _)| *m == month)
+        {
+            any = true;
+            w.row([month.as_str(), code, severity, &count.to_string()])?;
+        }
+        if !any {
+            w.row([month.as_str(), "", "", "0"])?;
+        }
     }
     Ok(())
 }

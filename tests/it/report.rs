@@ -591,3 +591,40 @@ fn an_mrn_is_shown_without_the_white_space_around_it() {
         .unwrap();
     assert_eq!(seed["mrn"], "MRN-42");
 }
+
+#[test]
+fn flags_per_month_lists_every_month_of_the_range_with_0_for_a_month_without_flags() {
+    let out = job_ok(
+        "report",
+        &[
+            "--source-dir",
+            demo().to_str().unwrap(),
+            "--from",
+            "2020-01-15",
+            "--to",
+            "2026-11-01",
+        ],
+    );
+    let rows = records(out.path(), "report-flags-per-month.csv");
+    let mut months: Vec<String> = rows.iter().map(|r| r["month"].clone()).collect();
+    months.dedup();
+    let calendar: Vec<String> = (2020..=2026)
+        .flat_map(|y| (1..=12).map(move |m| format!("{y:04}-{m:02}")))
+        .take_while(|m| m.as_str() <= "2026-11")
+        .collect();
+    assert_eq!(months, calendar);
+    // The demo's flags are all identified in 2025-2026: its first month is an empty one.
+    assert_eq!(
+        read(out.path(), "report-flags-per-month.csv")
+            .lines()
+            .nth(1),
+        Some("2020-01,,,0")
+    );
+    // Empty months add nothing: the counts still add up to the flags in the range.
+    let total: usize = rows
+        .iter()
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    let run = job_ok("run", &["--source-dir", demo().to_str().unwrap()]);
+    assert_eq!(total, records(run.path(), "flags.csv").len());
+}
