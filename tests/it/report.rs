@@ -628,3 +628,22 @@ fn flags_per_month_lists_every_month_of_the_range_with_0_for_a_month_without_fla
     let run = job_ok("run", &["--source-dir", demo().to_str().unwrap()]);
     assert_eq!(total, records(run.path(), "flags.csv").len());
 }
+
+#[test]
+fn the_identified_or_deidentified_check_reads_the_manifest_only_under_the_output_lock() {
+    let out = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(out.path(), "report", &[]));
+    // Another run holds the output: the report waits for nothing and reads nothing there; it
+    // is refused as locked (7), not judged on a manifest that run may be replacing (2).
+    let held = tare_marker_monitor::output::lock_output(out.path()).unwrap();
+    let refused = into(out.path(), "report", &["--deidentify"]);
+    assert_eq!(refused.status.code(), Some(7));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is in use by another run"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    drop(held);
+    let refused = into(out.path(), "report", &["--deidentify"]);
+    assert_eq!(refused.status.code(), Some(2));
+}
