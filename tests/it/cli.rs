@@ -1512,3 +1512,36 @@ fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
         stderr_of(&output)
     );
 }
+
+/// The `reference` of every DetectedIssue a run on the demo writes, with `env` set.
+fn issue_references(env: &[(&str, &str)]) -> Vec<Value> {
+    let out = out_dir();
+    let mut command = binary();
+    command
+        .args(["run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    assert_success(&command.output().unwrap());
+    let issues: Vec<Value> = read(out.path(), "detected-issues.ndjson")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["resourceType"] == "DetectedIssue")
+        .map(|r| r["reference"].clone())
+        .collect();
+    assert!(!issues.is_empty());
+    issues
+}
+
+#[test]
+fn a_detected_issue_names_the_rules_only_at_the_url_the_site_set() {
+    // Unset (the default): no reference at all, never a placeholder.
+    assert!(issue_references(&[]).iter().all(Value::is_null));
+    let url = "https://intranet.hospital.test/tare/rules.html";
+    assert!(issue_references(&[("TMM_OUTPUT__RULES_URL", url)])
+        .iter()
+        .all(|r| r == url));
+}
