@@ -6,7 +6,7 @@ use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
 use crate::format::{csv_number, csv_percent, date, exact_number, fixed, GuardedCsv};
 use std::io::Write;
 
-pub const MARKERS_HEADER: [&str; 22] = [
+pub const MARKERS_HEADER: [&str; 26] = [
     "patient_id",
     "episode_index_date",
     "marker",
@@ -29,6 +29,12 @@ pub const MARKERS_HEADER: [&str; 22] = [
     "flags",
     "reference_nadir_value",
     "reference_nadir_date",
+    // Censoring (docs/rules.md §1.4): `<` when the true value is at most the number, `>` at
+    // least, empty when exact; the number alone is the value every rule used.
+    "baseline_comparator",
+    "nadir_comparator",
+    "latest_comparator",
+    "reference_nadir_comparator",
 ];
 
 pub const FLAGS_HEADER: [&str; 7] = [
@@ -46,6 +52,14 @@ fn value(point: &Option<ValuePoint>) -> (String, String) {
         Some(p) => (exact_number(p.value), date(p.date)),
         None => (String::new(), String::new()),
     }
+}
+
+/// `<`, `>` or empty: the censoring of a figure's value.
+fn comparator(point: &Option<ValuePoint>) -> String {
+    point
+        .as_ref()
+        .map_or("", |p| p.censoring.prefix())
+        .to_owned()
 }
 
 fn optional(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -97,6 +111,10 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     marker_flag_codes(course, &episode.flags),
                     reference_nadir_value,
                     reference_nadir_date,
+                    comparator(&course.baseline),
+                    comparator(&course.nadir),
+                    comparator(&course.latest),
+                    comparator(&course.reference_nadir),
                 ])?;
             }
         }
