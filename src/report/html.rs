@@ -41,8 +41,12 @@ pub fn escape(text: &str) -> String {
 #[derive(serde::Serialize)]
 struct RowView<'a> {
     id: &'a str,
+    // Absent rather than null: 16,000 rows are parsed at load.
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mrn: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     birth: Option<String>,
     worst: &'static str,
     latest: String,
@@ -51,6 +55,7 @@ struct RowView<'a> {
     /// `[marker key, value as written (with < or >), date, response]`.
     values: Vec<[String; 4]>,
     /// `[status today, clinician's note]`; absent when the report read files.
+    #[serde(skip_serializing_if = "Option::is_none")]
     review: Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
     index: &'a str,
     /// Where this patient's line of `#patient-details` lies: `[offset, length]` in UTF-16 code
