@@ -593,3 +593,30 @@ fn a_long_name_wraps_in_the_worklist_instead_of_widening_it() {
     assert!(right <= client && scroll <= client, "{widths}");
     assert_eq!(browser.problems, Vec::<String>::new());
 }
+
+#[test]
+fn the_baseline_square_and_nadir_diamond_show_around_a_flag_ring() {
+    let Some(chromium) = chromium() else { return };
+    // The baseline (day -2) and the nadir (day 30) are both evidence of a flag: ringed.
+    let out = extremes_report();
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?p=extremes",
+        out.path().join("report.html").display()
+    ));
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    // What the eye sees on the mark's left side, at the height of the point, is the mark
+    // itself, not the ring (a 12-pixel square sat under a ring of radius 7).
+    let topmost = browser.eval(
+        "(() => { const svg = document.querySelector('#patient-view svg.chart'); \
+         return ['rect.baseline', 'path.nadir'].map(sel => { const mark = svg.querySelector(sel), box = mark.getBBox(); \
+         const at = new DOMPoint(box.x, box.y + box.height / 2).matrixTransform(mark.getScreenCTM()); \
+         const hit = document.elementFromPoint(at.x, at.y); \
+         return [sel, hit && hit.matches(sel)]; }); })()",
+    );
+    assert_eq!(
+        topmost,
+        json!([["rect.baseline", true], ["path.nadir", true]])
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
