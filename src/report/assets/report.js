@@ -43,9 +43,10 @@
     }
     return p.detail;
   }
-  // The details come after this script: a patient opened from a link at load waits for them.
+  // The details come after this script: a patient opened from a link at load, or while the
+  // parser still reads them (their element exists, its text not yet whole), waits for them.
   function whenDetails(then) {
-    if ($("patient-details")) then();
+    if (document.readyState !== "loading") then();
     else document.addEventListener("DOMContentLoaded", then, { once: true });
   }
 
