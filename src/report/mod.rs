@@ -579,9 +579,9 @@ fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
             bar.patient_id.as_str(),
             bar.marker.key(),
             &crate::format::date(bar.index_date),
-            &bar.baseline.to_string(),
-            &bar.nadir.to_string(),
-            &format!("{:.1}", bar.best_pct_change),
+            &crate::format::exact_number(bar.baseline),
+            &crate::format::exact_number(bar.nadir),
+            &crate::format::csv_percent(bar.best_pct_change),
             bar.response.code(),
         ])?;
     }
@@ -599,7 +599,7 @@ fn surveillance_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     for window in &r.programme.surveillance {
         let share = match window.due {
             0 => String::new(),
-            due => format!("{:.1}", window.with_result as f64 / due as f64 * 100.0),
+            due => crate::format::csv_percent(window.with_result as f64 / due as f64 * 100.0),
         };
         w.row([
             window.from_day.to_string(),

@@ -349,7 +349,7 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
             (
                 r["patient_id"].clone(),
                 r["marker"].clone(),
-                format!("{:.1}", (n - b) / b * 100.0),
+                tare_marker_monitor::format::csv_percent((n - b) / b * 100.0),
                 r["response"].clone(),
             )
         })
@@ -646,4 +646,41 @@ fn the_identified_or_deidentified_check_reads_the_manifest_only_under_the_output
     drop(held);
     let refused = into(out.path(), "report", &["--deidentify"]);
     assert_eq!(refused.status.code(), Some(2));
+}
+
+#[test]
+fn the_waterfall_rounds_a_half_tenth_away_from_zero_like_every_percentage() {
+    use serde_json::json;
+    // PIVKA-II 400 before TARE, 401 after: the best change is +0.25% exactly, written 0.3 as
+    // markers.csv writes percentages (half away from zero), not 0.2 (half to even).
+    let day = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    let subject = json!({"reference": "Patient/half"});
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "half", "birthDate": "1955-01-01"}),
+        json!({"resourceType": "Condition", "id": "half-hcc", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]}}),
+        json!({"resourceType": "Procedure", "id": "half-tare", "status": "completed",
+            "subject": subject, "performedDateTime": day(0),
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]}}),
+    ];
+    for (n, (d, value)) in [(-2, 400), (30, 401)].into_iter().enumerate() {
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("half-obs{n}"),
+            "status": "final", "subject": subject, "effectiveDateTime": day(d),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+            "valueQuantity": {"value": value, "unit": "mAU/mL"}}),
+        );
+    }
+    let folder = crate::helpers::write_folder(&resources);
+    let out = report(folder.path());
+    let bars = records(out.path(), "report-waterfall.csv");
+    assert_eq!(bars.len(), 1);
+    assert_eq!(
+        (
+            bars[0]["baseline"].as_str(),
+            bars[0]["nadir"].as_str(),
+            bars[0]["best_pct_change"].as_str()
+        ),
+        ("400", "401", "0.3")
+    );
 }
