@@ -50,10 +50,10 @@ struct RowView<'a> {
     birth: Option<String>,
     worst: &'static str,
     latest: String,
-    /// `[severity, code, marker key]`, as the first three of `DetailView::flags`.
-    flags: Vec<[&'static str; 3]>,
-    /// `[marker key, value as written (with < or >), date, response]`.
-    values: Vec<[String; 4]>,
+    /// `[code]` or `[code, marker key]`: what the flag filters and the Flags column need.
+    flags: Vec<Vec<&'static str>>,
+    /// `[marker key, value as written (with < or >), response or ""]`.
+    values: Vec<[String; 3]>,
     /// `[status today, clinician's note]`; absent when the report read files.
     #[serde(skip_serializing_if = "Option::is_none")]
     review: Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
@@ -98,11 +98,9 @@ impl<'a> RowView<'a> {
                 .flags
                 .iter()
                 .map(|(_, f)| {
-                    [
-                        f.severity.code(),
-                        f.code.code(),
-                        f.marker.map(|m| m.key()).unwrap_or(""),
-                    ]
+                    std::iter::once(f.code.code())
+                        .chain(f.marker.map(|m| m.key()))
+                        .collect()
                 })
                 .collect(),
             values: p
@@ -113,7 +111,6 @@ impl<'a> RowView<'a> {
                         v.marker.key().to_owned(),
                         // As the sentences write it: the source's number, never rounded.
                         format!("{}{}", v.censoring.prefix(), human_exact(v.value)),
-                        date(v.date),
                         v.response.map(|r| r.code()).unwrap_or("").to_owned(),
                     ]
                 })

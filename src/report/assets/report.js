@@ -75,7 +75,7 @@
   }
   const markerLabel = m => (labels.markers[m] || [m])[0];
   const unitOf = m => (labels.markers[m] || ["", ""])[1];
-  const flagLabel = f => labels.flags[f[1]] + (f[2] ? " (" + markerLabel(f[2]) + ")" : "");
+  const flagLabel = (code, marker) => labels.flags[code] + (marker ? " (" + markerLabel(marker) + ")" : "");
   const valueText = v => markerLabel(v[0]) + " " + v[1] + " " + unitOf(v[0]);
 
   const SORT_KEYS = {
@@ -124,13 +124,14 @@
   function matches(p) {
     if (query && !searchText(p).includes(query)) return false;
     if (state.sev && p.worst !== state.sev) return false;
-    if (state.flag && !p.flags.some(f => f[1] === state.flag)) return false;
+    // A row's flags are [code, marker?]; its values [marker, value, response].
+    if (state.flag && !p.flags.some(f => f[0] === state.flag)) return false;
     if (state.marker && state.resp) {
       // Marker and response filtered together mean that marker's response.
-      if (!p.values.some(v => v[0] === state.marker && v[3] === state.resp)) return false;
+      if (!p.values.some(v => v[0] === state.marker && v[2] === state.resp)) return false;
     } else {
-      if (state.marker && !p.flags.some(f => f[2] === state.marker)) return false;
-      if (state.resp && !p.values.some(v => v[3] === state.resp)) return false;
+      if (state.marker && !p.flags.some(f => f[1] === state.marker)) return false;
+      if (state.resp && !p.values.some(v => v[2] === state.resp)) return false;
     }
     if (state.review && reviewOf(p) !== state.review) return false;
     if (state.from && p.index < state.from) return false;
@@ -171,7 +172,7 @@
       el("td", {}, row, p.mrn || "");
       el("td", {}, row, p.birth || "");
       el("span", { class: "sev sev-" + p.worst }, el("td", {}, row), p.worst);
-      el("td", {}, row, p.flags.map(flagLabel).filter((x, i, a) => a.indexOf(x) === i).join(", "));
+      el("td", {}, row, p.flags.map(f => flagLabel(f[0], f[1])).filter((x, i, a) => a.indexOf(x) === i).join(", "));
       el("td", {}, row, p.values.map(valueText).join("; "));
       el("td", {}, row, reviewOf(p) + (p.review && p.review[1] ? ": " + p.review[1] : ""));
       el("td", {}, row, p.index);
@@ -321,7 +322,7 @@
       const item = el("li", {}, list);
       el("span", { class: "sev sev-" + f[0] }, item, f[0]);
       item.appendChild(document.createTextNode(" "));
-      el("b", {}, item, flagLabel(f));
+      el("b", {}, item, flagLabel(f[1], f[2]));
       item.appendChild(document.createTextNode(" (episode of " + f[3] + ", identified " + f[4] + "): "));
       el("span", { class: "detail" }, item, f[5]);
     });
