@@ -1,6 +1,8 @@
 // Headless chromium on a report.html over the DevTools protocol: prints, as JSON, the time from
-// navigation start to the end of the page's script (window.tmmReadyMs) and the time one filter
-// took in the page (window.tmmLastFilterMs, severity "high"), each measured by the page itself.
+// navigation start to the end of the page's script (window.tmmReadyMs: the worklist usable),
+// to the end of parsing (DOMContentLoaded: the patients' details, after the script, read too),
+// the time one filter took in the page (window.tmmLastFilterMs, severity "high") and the time
+// opening the first patient shown took (its details parsed and drawn), each measured by the page.
 //   node --experimental-websocket benches/report_page.mjs /path/to/report.html
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -45,9 +47,14 @@ while (!(await evaluate("window.tmmReadyMs !== undefined"))) {
   await new Promise(r => setTimeout(r, 20));
 }
 const ready = await evaluate("window.tmmReadyMs");
+while (!(await evaluate("document.readyState === 'complete'"))) await new Promise(r => setTimeout(r, 20));
+const parsed = await evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd");
+const open = await evaluate("(() => { const t = performance.now(); document.querySelector('#worklist-rows a.open').click(); " +
+  "const ms = performance.now() - t; document.getElementById('back').click(); return ms; })()");
 const filter = await evaluate("(() => { const s = document.getElementById('f-sev'); s.value = 'high'; s.dispatchEvent(new Event('change')); return window.tmmLastFilterMs; })()");
 const shown = await evaluate("document.getElementById('count').textContent");
-console.log(JSON.stringify({ ready_ms: Math.round(ready), filter_ms: Math.round(filter * 10) / 10, shown }));
+console.log(JSON.stringify({ ready_ms: Math.round(ready), parsed_ms: Math.round(parsed), filter_ms: Math.round(filter * 10) / 10,
+  open_ms: Math.round(open * 10) / 10, shown }));
 ws.close();
 // The profile goes once chromium has let go of it.
 await new Promise(r => { browser.on("exit", r); browser.kill(); });

@@ -335,7 +335,9 @@ pub struct OutputConfig {
     pub min_severity_written: Severity,
     pub identifier_system: String,
     pub flag_code_system: String,
-    pub rules_url: String,
+    /// `DetectedIssue.reference`: where the site publishes docs/rules.md. None by default: a
+    /// placeholder must never reach a clinician, so without it the reference is left out.
+    pub rules_url: Option<String>,
     pub device_identifier_system: String,
     /// The write-back safety valve: a run that would cancel more than this share of the job's
     /// active DetectedIssues (or any, when it read no TARE patient) writes nothing unless
@@ -353,8 +355,7 @@ impl Default for OutputConfig {
             identifier_system: "https://tare-marker-monitor.example.org/fhir/NamingSystem/flag-id"
                 .into(),
             flag_code_system: "https://tare-marker-monitor.example.org/fhir/CodeSystem/flag".into(),
-            // The published rules document of the site (an example URL; sites set their own).
-            rules_url: "https://tare-marker-monitor.example.org/docs/RULES.md".into(),
+            rules_url: None,
             device_identifier_system:
                 "https://tare-marker-monitor.example.org/fhir/NamingSystem/device".into(),
             max_cancel_fraction: 0.25,

@@ -5,7 +5,7 @@ use crate::cohort::Scope;
 use crate::config::Config;
 use crate::domain::{Marker, MarkerCourse, PatientFindings, PatientTimeline};
 use crate::evaluate::evaluate_patient;
-use crate::format::{csv_number, csv_percent, date, fixed, human_value};
+use crate::format::{csv_number, date, fixed, human_percent, human_value};
 use crate::source::{ReadError, Reader};
 use crate::workers::Workers;
 use chrono::{Duration, NaiveDate};
@@ -88,7 +88,7 @@ fn roles(courses: &[MarkerCourse], value: &crate::domain::MarkerValue) -> String
 }
 
 fn course_line(course: &MarkerCourse) -> String {
-    let pct = |v: Option<f64>| v.map_or("-".into(), |p| format!("{}%", csv_percent(p)));
+    let pct = |v: Option<f64>| v.map_or("-".into(), |p| format!("{}%", human_percent(p)));
     format!(
         "  {}: baseline {}; nadir {}; latest {}; {} post values; change from baseline {}; reference nadir {}; rise from reference nadir {}; ULN {}; response {}; half-life {}; next due {}; ALBI {} -> {}",
         course.marker.display_name(),

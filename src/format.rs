@@ -33,6 +33,11 @@ pub fn csv_percent(value: f64) -> String {
     }
 }
 
+/// A percentage for people: one decimal as in the CSV, thousands grouped (`1,604.5`).
+pub fn human_percent(value: f64) -> String {
+    group_thousands(&csv_percent(value))
+}
+
 /// Exactly `decimals` decimals, rounded as `round_half_away` does (ALBI: `-2.47`).
 pub fn fixed(value: f64, decimals: usize) -> String {
     format!("{:.decimals$}", round_half_away(value, decimals))
@@ -47,13 +52,35 @@ pub fn round_half_away(value: f64, decimals: usize) -> f64 {
     (scaled + scaled * 8.0 * f64::EPSILON).round() / scale
 }
 
+/// A measured value (or a limit) as the source gave it, in its working unit: the shortest
+/// decimal that is the number, never rounded (`1210.0847`, `88000`, `0.0001`), so the
+/// sentence, the CSV, the worklist and the chart show one figure (docs/rules.md §4).
+pub fn exact_number(value: f64) -> String {
+    // f64's Display is the shortest round-trip decimal, never in exponent form.
+    let text = value.to_string();
+    if text == "-0" {
+        "0".into()
+    } else {
+        text
+    }
+}
+
+/// `exact_number` for people: thousands grouped (`1,210.0847`).
+pub fn human_exact(value: f64) -> String {
+    group_thousands(&exact_number(value))
+}
+
 /// A number for a sentence: thousands separated, at most two decimals (`88,000`, `6,088`,
 /// `12.1`).
 pub fn human_number(value: f64) -> String {
-    let text = csv_number(value, 2);
+    group_thousands(&csv_number(value, 2))
+}
+
+/// `-1234567.5` -> `-1,234,567.5`.
+fn group_thousands(text: &str) -> String {
     let (sign, digits) = match text.strip_prefix('-') {
         Some(rest) => ("-", rest),
-        None => ("", text.as_str()),
+        None => ("", text),
     };
     let (integer, fraction) = match digits.split_once('.') {
         Some((i, f)) => (i, Some(f)),
@@ -72,12 +99,12 @@ pub fn human_number(value: f64) -> String {
     }
 }
 
-/// `<2 ng/mL`, `88,000 mAU/mL`.
+/// `<2 ng/mL`, `88,000 mAU/mL`, `1,210.0847 mAU/mL`: the value as the source gave it.
 pub fn human_value(value: f64, censoring: Censoring, marker: Marker) -> String {
     format!(
         "{}{} {}",
         censoring.prefix(),
-        human_number(value),
+        human_exact(value),
         marker.canonical_unit()
     )
 }
@@ -202,6 +229,17 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "'=1+1,' @cmd,demo-01,-93.1,ab\n"
         );
+    }
+
+    #[test]
+    fn values_are_written_as_sent_and_grouped_for_people() {
+        assert_eq!(exact_number(1210.0847), "1210.0847");
+        assert_eq!(human_exact(1210.0847), "1,210.0847");
+        assert_eq!(human_exact(1e8), "100,000,000");
+        assert_eq!(exact_number(0.0001), "0.0001");
+        assert_eq!(exact_number(-0.0), "0");
+        assert_eq!(human_percent(1604.49), "1,604.5");
+        assert_eq!(human_percent(-93.08), "-93.1");
     }
 
     #[test]

@@ -497,16 +497,28 @@ impl OutputSet {
     /// stays published until this run publishes), an empty one is replaced, and one with
     /// anything else is refused untouched.
     pub fn open(out: &Path, names: &[&str], run_id: &str) -> Result<OutputSet, OutputError> {
+        OutputSet::open_checked(out, names, run_id, |_| Ok(()))
+    }
+
+    /// `open`, with `check` run on the published path under the lock, before anything there
+    /// changes: what it reads cannot change under it (another run publishing), and its
+    /// refusal leaves `out` as it was.
+    pub fn open_checked(
+        out: &Path,
+        names: &[&str],
+        run_id: &str,
+        check: impl FnOnce(&Path) -> Result<(), OutputError>,
+    ) -> Result<OutputSet, OutputError> {
         let link = published_path(out)?;
         let store = store_of(&link);
         let new_store = !store.is_dir();
         let lock = lock_store(&link)?;
-        let adopted = match look_at(&link) {
+        let adopted = check(&link).and_then(|()| match look_at(&link) {
             Ok(Found::Folder) => adopt_folder(&link, &store, names, run_id),
             Ok(Found::Set) => another_commands_set(&link, names),
             Ok(Found::Nothing) => Ok(()),
             Err(e) => Err(e),
-        };
+        });
         match adopted {
             Ok(()) => OutputSet::start(link, store, lock, run_id),
             Err(e) => Err(forget_new_store(e, new_store.then_some(&store), lock)),

@@ -146,7 +146,7 @@ fn sample_issue(
         author_reference: &format!("Device/{}", crate::sink::detected_issue::DEVICE_ID),
         implicated_references: &implicated,
         detail: "tare-marker-monitor check: a sample, not written",
-        reference_url: &config.output.rules_url,
+        reference_url: config.output.rules_url.as_deref(),
     })
 }
 

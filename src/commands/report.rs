@@ -39,9 +39,16 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
         true => Some(report::Pseudonyms::from_config(&opened.config.report)?),
         false => None,
     };
-    refuse_mixing_identified_and_deidentified(&args.out, pseudonyms.is_some())?;
     let run_id = crate::output::new_run_id(chrono::Utc::now());
-    let mut set = crate::output::OutputSet::open(&args.out, &report::OUTPUT_NAMES, &run_id)?;
+    // The manifest is read under the output's lock: another report publishing meanwhile
+    // cannot slip an identified set in beside a de-identified one.
+    let deidentified = pseudonyms.is_some();
+    let mut set = crate::output::OutputSet::open_checked(
+        &args.out,
+        &report::OUTPUT_NAMES,
+        &run_id,
+        |shown| refuse_mixing_identified_and_deidentified(shown, deidentified),
+    )?;
     let options = ReportOptions {
         source: opened.reader.source(),
         as_of: opened.as_of,
@@ -78,7 +85,7 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
 fn refuse_mixing_identified_and_deidentified(
     out: &std::path::Path,
     deidentified: bool,
-) -> Result<(), CommandError> {
+) -> Result<(), crate::output::OutputError> {
     let Ok(text) = std::fs::read_to_string(out.join("report-manifest.json")) else {
         return Ok(());
     };
@@ -86,21 +93,23 @@ fn refuse_mixing_identified_and_deidentified(
         .ok()
         .map(|m| m["deidentified"].as_bool().unwrap_or(false));
     match shown {
-        Some(shown) if shown != deidentified => Err(CommandError::NotApplicable(format!(
-            "{} holds {} report; a {} report gets an --out of its own, so that no identified \
-             report is kept beside a de-identified one",
-            out.display(),
-            if shown {
-                "a de-identified"
-            } else {
-                "an identified"
-            },
-            if deidentified {
-                "de-identified"
-            } else {
-                "identified"
-            },
-        ))),
+        Some(shown) if shown != deidentified => Err(crate::output::OutputError::NotOurs {
+            path: out.display().to_string(),
+            what: format!(
+                "holds {} report; a {} report gets an --out of its own, so that no identified \
+                 report is kept beside a de-identified one",
+                if shown {
+                    "a de-identified"
+                } else {
+                    "an identified"
+                },
+                if deidentified {
+                    "de-identified"
+                } else {
+                    "identified"
+                },
+            ),
+        }),
         _ => Ok(()),
     }
 }

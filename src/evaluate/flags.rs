@@ -5,7 +5,7 @@ use super::compare::{at_least, at_most, exceeds};
 use super::course::{percent_change, EpisodeSeries, Rise, Window};
 use crate::config::Config;
 use crate::domain::{Flag, FlagCode, Marker, MarkerCourse, MarkerValue, Response, Severity};
-use crate::format::{csv_percent, date, human_number, human_value};
+use crate::format::{date, human_number, human_percent, human_value};
 use chrono::{Duration, NaiveDate};
 
 /// A value with its unit and date: `6,088 mAU/mL (2026-10-20)`.
@@ -73,7 +73,7 @@ fn tare_on(window: Window) -> String {
 pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
     let marker = rise.latest.marker;
     let pct = percent_change(rise.reference_nadir.value, rise.latest.value)
-        .map(|p| format!("{}%", csv_percent(p)))
+        .map(|p| format!("{}%", human_percent(p)))
         .unwrap_or_else(|| "from zero".into());
     let confirmation = match rise.confirmed_by {
         Some(previous) => format!(
@@ -131,7 +131,7 @@ pub fn marker_plateau(series: &EpisodeSeries<'_>, window: Window, config: &Confi
             human_value(level, crate::domain::Censoring::Exact, series.marker),
             placed(previous, window),
             placed(latest, window),
-            csv_percent(change),
+            human_percent(change),
             tare_on(window)
         ),
         evidence_observation_ids: ids(&[previous, latest]),
@@ -192,7 +192,7 @@ pub fn incomplete_response(
         detail: format!(
             "{} fell {}% from its baseline, {}, to {}, but remains above {}; {}.",
             series.marker.display_name(),
-            csv_percent(fall),
+            human_percent(fall),
             placed(baseline, window),
             placed(latest, window),
             upper_limit(course.uln, series.marker),
@@ -271,7 +271,11 @@ pub fn possible_reild(
             "at least {} times its baseline of {} (so at least {}) and above {}",
             human_number(rules.reild_baseline_multiple),
             placed(b, window),
-            bilirubin_value(b.value * rules.reild_baseline_multiple),
+            // The exact decimal product: 1.5 x 15.3 is 22.95, not 22.950000000000003.
+            bilirubin_value(crate::ingest::units::in_canonical_unit(
+                b.value,
+                rules.reild_baseline_multiple
+            )),
             upper_limit(bilirubin_uln, Marker::Bilirubin)
         ),
         // `raised` holds without the absolute limit only against a baseline.

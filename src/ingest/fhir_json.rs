@@ -258,6 +258,9 @@ pub(super) struct IdentifierIn<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct HumanName<'a> {
+    /// `official`, `usual`, `old`, ...: which of a patient's names the report shows.
+    #[serde(rename = "use", borrow, default, deserialize_with = "present")]
+    pub(super) name_use: Option<Text<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
     pub(super) text: Option<Text<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]

@@ -1001,30 +1001,26 @@ impl Ingestor {
             .as_deref()
             .and_then(time::parse_date)
             .filter(|d| *d >= self.dates.earliest && *d <= self.dates.latest);
-        // The first name as text, or given names and family name.
-        let name = p.name.first().and_then(|n| match &n.text {
-            Some(text) => Some(text.to_string()),
-            None => {
-                let parts: Vec<&str> = n
-                    .given
-                    .iter()
-                    .map(|g| g.as_ref())
-                    .chain(n.family.as_deref())
-                    .collect();
-                (!parts.is_empty()).then(|| parts.join(" "))
-            }
-        });
-        // The identifier of the configured system, else the first with a value.
+        let name = chosen_name(&p.name);
+        // The identifier of the configured system, else the first with a value; its value
+        // without surrounding white space (a padded MRN is the same MRN).
+        let value_of = |i: &fhir_json::IdentifierIn<'_>| {
+            i.value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         let mrn = self
             .mrn_system
             .as_deref()
             .and_then(|system| {
                 p.identifier
                     .iter()
-                    .find(|i| i.system.as_deref() == Some(system) && i.value.is_some())
+                    .filter(|i| i.system.as_deref() == Some(system))
+                    .find_map(value_of)
             })
-            .or_else(|| p.identifier.iter().find(|i| i.value.is_some()))
-            .and_then(|i| i.value.as_deref().map(str::to_owned));
+            .or_else(|| p.identifier.iter().find_map(value_of));
         LineOutcome::Record(Record::Patient {
             patient_id: Cow::Owned(patient_id.to_owned()),
             birth_date,
@@ -1130,10 +1126,69 @@ impl Ingestor {
     }
 }
 
+/// The name the report shows: the first `official` name, else `usual`, else one without a
+/// `use`, else any other (nickname, maiden, ...), and an `old` name only when no other has any
+/// text. A name reads as its `text`, else its given names and family name.
+fn chosen_name(names: &[fhir_json::HumanName<'_>]) -> Option<String> {
+    let rank = |n: &fhir_json::HumanName<'_>| match n.name_use.as_deref() {
+        Some("official") => 0,
+        Some("usual") => 1,
+        None => 2,
+        Some("old") => 4,
+        Some(_) => 3,
+    };
+    let words = |n: &fhir_json::HumanName<'_>| {
+        let text = match n.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(text) => text.to_owned(),
+            None => n
+                .given
+                .iter()
+                .map(|g| g.as_ref())
+                .chain(n.family.as_deref())
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        (!text.is_empty()).then_some(text)
+    };
+    names
+        .iter()
+        .filter_map(|n| Some((rank(n), words(n)?)))
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, text)| text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::Censoring;
+
+    fn name_of(names: &str) -> Option<String> {
+        let json = format!("{{\"resourceType\":\"Patient\",\"name\":{names}}}");
+        let patient: fhir_json::PatientIn<'_> = serde_json::from_str(&json).unwrap();
+        chosen_name(&patient.name)
+    }
+
+    #[test]
+    fn the_official_name_comes_before_usual_unmarked_and_old_ones() {
+        let names = r#"[{"use":"old","text":"Old Name"},{"text":"Plain Name"},
+            {"use":"usual","text":"Usual Name"},{"use":"official","given":["Ann"],"family":"Official"}]"#;
+        assert_eq!(name_of(names).as_deref(), Some("Ann Official"));
+        let names = r#"[{"use":"old","text":"Old Name"},{"text":"Plain Name"},{"use":"usual","text":"Usual Name"}]"#;
+        assert_eq!(name_of(names).as_deref(), Some("Usual Name"));
+        let names = r#"[{"use":"old","text":"Old Name"},{"use":"nickname","text":"Nick"},{"text":"Plain Name"}]"#;
+        assert_eq!(name_of(names).as_deref(), Some("Plain Name"));
+    }
+
+    #[test]
+    fn an_old_name_is_shown_only_when_no_other_name_has_text() {
+        let names = r#"[{"use":"old","text":"Old Name"},{"use":"nickname","text":"Nick"}]"#;
+        assert_eq!(name_of(names).as_deref(), Some("Nick"));
+        let names = r#"[{"use":"official","text":"  "},{"use":"old","family":"Older"}]"#;
+        assert_eq!(name_of(names).as_deref(), Some("Older"));
+        assert_eq!(name_of("[]"), None);
+    }
 
     #[test]
     fn patient_reference_forms() {

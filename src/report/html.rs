@@ -6,7 +6,7 @@
 use super::{FlaggedPatient, Report};
 use crate::config::Config;
 use crate::domain::{FlagCode, Marker, Response};
-use crate::format::{date, human_number};
+use crate::format::{date, human_exact, human_number};
 use crate::text::printable;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -36,24 +36,40 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// What the page's script needs of a flagged patient, compact: a report of 16,000 patients is
-/// mostly this. Codes stay codes here; the page names them from `Labels`. Points are
-/// `[day, value, bits]` (`super::point`); dates are the index date plus the day.
+/// What a worklist row needs of a flagged patient, parsed when the page loads. Codes stay codes
+/// here; the page names them from `Labels`.
 #[derive(serde::Serialize)]
-struct PatientView<'a> {
+struct RowView<'a> {
     id: &'a str,
+    // Absent rather than null: 16,000 rows are parsed at load.
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mrn: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     birth: Option<String>,
     worst: &'static str,
     latest: String,
-    /// `[severity, code, marker key, episode index date, identified date, detail]`.
-    flags: Vec<[String; 6]>,
-    /// `[marker key, value as written (with < or >), date, response]`.
-    values: Vec<[String; 4]>,
+    /// `[code]` or `[code, marker key]`: what the flag filters and the Flags column need.
+    flags: Vec<Vec<&'static str>>,
+    /// `[marker key, value as written (with < or >), response or ""]`.
+    values: Vec<[String; 3]>,
     /// `[status today, clinician's note]`; absent when the report read files.
+    #[serde(skip_serializing_if = "Option::is_none")]
     review: Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
     index: &'a str,
+    /// Where this patient's line of `#patient-details` lies: `[offset, length]` in UTF-16 code
+    /// units, the indices of a JavaScript string.
+    d: [usize; 2],
+}
+
+/// What the patient view and its print need, one JSON line per patient, parsed only when the
+/// patient is opened or printed: most of a large report. Points are `[day, value, bits]`
+/// (`super::point`); dates are the index date plus the day.
+#[derive(serde::Serialize)]
+struct DetailView<'a> {
+    /// `[severity, code, marker key, episode index date, identified date, detail]`.
+    flags: Vec<[String; 6]>,
     tares: &'a [i64],
     series: Vec<SeriesView<'a>>,
 }
@@ -67,9 +83,9 @@ struct SeriesView<'a> {
     notes: Vec<(usize, &'a str, Cow<'a, str>)>,
 }
 
-impl<'a> PatientView<'a> {
-    fn of(p: &'a FlaggedPatient) -> PatientView<'a> {
-        PatientView {
+impl<'a> RowView<'a> {
+    fn of(p: &'a FlaggedPatient, detail: [usize; 2]) -> RowView<'a> {
+        RowView {
             id: &p.patient_id,
             // Text from the source, as a person reads it: without control or bidirectional
             // characters.
@@ -78,6 +94,40 @@ impl<'a> PatientView<'a> {
             birth: p.birth_date.map(date),
             worst: p.worst.code(),
             latest: date(p.latest_identified),
+            flags: p
+                .flags
+                .iter()
+                .map(|(_, f)| {
+                    std::iter::once(f.code.code())
+                        .chain(f.marker.map(|m| m.key()))
+                        .collect()
+                })
+                .collect(),
+            values: p
+                .latest_values
+                .iter()
+                .map(|v| {
+                    [
+                        v.marker.key().to_owned(),
+                        // As the sentences write it: the source's number, never rounded.
+                        format!("{}{}", v.censoring.prefix(), human_exact(v.value)),
+                        v.response.map(|r| r.code()).unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect(),
+            review: p
+                .review
+                .as_ref()
+                .map(|r| (printable(&r.status), r.note.as_deref().map(printable))),
+            index: &p.chart.index_date,
+            d: detail,
+        }
+    }
+}
+
+impl<'a> DetailView<'a> {
+    fn of(p: &'a FlaggedPatient) -> DetailView<'a> {
+        DetailView {
             flags: p
                 .flags
                 .iter()
@@ -92,24 +142,6 @@ impl<'a> PatientView<'a> {
                     ]
                 })
                 .collect(),
-            values: p
-                .latest_values
-                .iter()
-                .map(|v| {
-                    [
-                        v.marker.key().to_owned(),
-                        // The number as the source gave it (shortest exact form), with its bound.
-                        format!("{}{}", v.censoring.prefix(), v.value),
-                        date(v.date),
-                        v.response.map(|r| r.code()).unwrap_or("").to_owned(),
-                    ]
-                })
-                .collect(),
-            review: p
-                .review
-                .as_ref()
-                .map(|r| (printable(&r.status), r.note.as_deref().map(printable))),
-            index: &p.chart.index_date,
             tares: &p.chart.tares,
             series: p
                 .chart
@@ -137,6 +169,23 @@ impl<'a> PatientView<'a> {
                 .collect(),
         }
     }
+}
+
+/// Every flagged patient's detail line (script-safe JSON, one a line) and, per patient, where
+/// the line lies in the text the page reads: UTF-16 offsets, as JavaScript indexes strings.
+fn detail_lines(flagged: &[FlaggedPatient]) -> io::Result<(String, Vec<[usize; 2]>)> {
+    let mut text = String::new();
+    let mut at = Vec::with_capacity(flagged.len());
+    let mut offset = 0;
+    for p in flagged {
+        let line = script_json(&DetailView::of(p))?;
+        let length = line.encode_utf16().count();
+        at.push([offset, length]);
+        offset += length + 1;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok((text, at))
 }
 
 /// The words for the codes, once for the whole page, and the limits the charts draw.
@@ -269,14 +318,23 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
     rules_section(out, config)?;
     trail(out, report)?;
     quality(out, report)?;
-    let views: Vec<PatientView> = report.flagged.iter().map(PatientView::of).collect();
+    let (details, at) = detail_lines(&report.flagged)?;
+    let rows: Vec<RowView> = report
+        .flagged
+        .iter()
+        .zip(at)
+        .map(|(p, at)| RowView::of(p, at))
+        .collect();
+    // The details come after the script, so the worklist is usable while the parser reads
+    // them (docs: README "Report benchmark").
     writeln!(
         out,
         "</main><div id=\"print-area\"></div>\
          <script id=\"labels\" type=\"application/json\">{}</script>\
-         <script id=\"chart-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script></body></html>",
+         <script id=\"worklist-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script>\
+         <script id=\"patient-details\" type=\"application/json\">{details}</script></body></html>",
         script_json(&Labels::of(config, o.deidentified))?,
-        script_json(&views)?
+        script_json(&rows)?
     )
 }
 
@@ -318,7 +376,7 @@ fn worklist(out: &mut dyn Write, r: &Report) -> io::Result<()> {
          <label for=\"f-to\">TARE to<input id=\"f-to\" type=\"date\" data-key=\"to\"></label>\
          <button type=\"button\" id=\"clear-filters\">Clear</button>\
          <button type=\"button\" id=\"print-shown\">Print the patients shown</button></form>\
-         <p id=\"count\" role=\"status\" aria-live=\"polite\"></p>\
+         <p id=\"count\" role=\"status\" aria-live=\"polite\"></p><p id=\"print-note\" role=\"status\"></p>\
          <table id=\"worklist-table\"><caption class=\"visually-hidden\">Flagged patients; sort with the column buttons</caption><thead><tr>\
          <th aria-sort=\"none\" data-sort=\"name\"><button type=\"button\">Patient</button></th>\
          <th aria-sort=\"none\" data-sort=\"mrn\"><button type=\"button\">MRN</button></th>\
@@ -427,7 +485,7 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             (
                 format!("days {}-{}", s.from_day, s.to_day),
                 share,
-                format!("{share:.0}% of {}", s.due),
+                format!("{share:.0}% of {}", human_number(s.due as f64)),
             )
         })
         .collect();
@@ -438,7 +496,9 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
          (report-surveillance.csv).</p>"
     )?;
     bars(out, "Surveillance adherence per window", &windows, 100.0)?;
-    let mut months: BTreeMap<&str, usize> = BTreeMap::new();
+    // Every month of the range, those without a flag at 0.
+    let range = g.flag_months(&r.options);
+    let mut months: BTreeMap<&str, usize> = range.iter().map(|m| (m.as_str(), 0)).collect();
     for ((month, _, _), count) in &g.flags_per_month {
         *months.entry(month.as_str()).or_default() += count;
     }
@@ -495,24 +555,33 @@ fn bars(
         "<svg class=\"programme\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
         escape(title)
     )?;
+    // Many narrow bars (months of a long range): every bar drawn, every n-th labelled, so the
+    // labels never overlap; each bar's value stays in its tooltip.
+    let every = (56.0 / step).ceil().max(1.0) as usize;
     for (i, (label, value, text)) in bars.iter().enumerate() {
         let height = value / max * (h - t - b);
         let x = 8.0 + i as f64 * step;
         write!(
             out,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#4f6fa8\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#4f6fa8\"><title>{}: {}</title></rect>",
             x + step * 0.1,
             h - b - height,
             step * 0.8,
-            x + step / 2.0,
-            h - b - height - 4.0,
+            escape(label),
             escape(text),
-            x + step / 2.0,
-            h - b + 14.0,
-            escape(label)
         )?;
+        if i % every == 0 {
+            write!(
+                out,
+                "<text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\">{2}</text>\
+                 <text x=\"{0:.1}\" y=\"{3:.1}\" text-anchor=\"middle\">{4}</text>",
+                x + step / 2.0,
+                h - b - height - 4.0,
+                escape(text),
+                h - b + 14.0,
+                escape(label)
+            )?;
+        }
     }
     writeln!(out, "</svg>")
 }
@@ -602,14 +671,16 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     ] {
         writeln!(
             out,
-            "<tr><td>{label}</td><td class=\"num\">{count}</td></tr>"
+            "<tr><td>{label}</td><td class=\"num\">{}</td></tr>",
+            human_number(count as f64)
         )?;
     }
     for (reason, count) in &p.left_out {
         writeln!(
             out,
-            "<tr><td>left out: {}</td><td class=\"num\">{count}</td></tr>",
-            escape(&patient_left_out_words(reason))
+            "<tr><td>left out: {}</td><td class=\"num\">{}</td></tr>",
+            escape(&patient_left_out_words(reason)),
+            human_number(*count as f64)
         )?;
     }
     writeln!(out, "</tbody></table>")?;
@@ -629,7 +700,7 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             write!(
                 out,
                 "<td class=\"num\">{}</td>",
-                by.get(c).copied().unwrap_or(0)
+                human_number(by.get(c).copied().unwrap_or(0) as f64)
             )?;
         }
         writeln!(out, "</tr>")?;
@@ -639,8 +710,8 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     writeln!(
         out,
         "<table><caption>Flags ({} in all, {} written as DetectedIssues)</caption><thead><tr><th>flag</th>{}</tr></thead><tbody>",
-        r.flags.total,
-        r.flags.written_as_detected_issues,
+        human_number(r.flags.total as f64),
+        human_number(r.flags.written_as_detected_issues as f64),
         severities
             .iter()
             .map(|s| format!("<th class=\"num\">{s}</th>"))
@@ -656,7 +727,7 @@ fn summary(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             write!(
                 out,
                 "<td class=\"num\">{}</td>",
-                by.get(s).copied().unwrap_or(0)
+                human_number(by.get(s).copied().unwrap_or(0) as f64)
             )?;
         }
         writeln!(out, "</tr>")?;

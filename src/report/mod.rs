@@ -585,9 +585,9 @@ fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
             bar.patient_id.as_str(),
             bar.marker.key(),
             &crate::format::date(bar.index_date),
-            &bar.baseline.to_string(),
-            &bar.nadir.to_string(),
-            &format!("{:.1}", bar.best_pct_change),
+            &crate::format::exact_number(bar.baseline),
+            &crate::format::exact_number(bar.nadir),
+            &crate::format::csv_percent(bar.best_pct_change),
             bar.response.code(),
         ])?;
     }
@@ -605,7 +605,7 @@ fn surveillance_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     for window in &r.programme.surveillance {
         let share = match window.due {
             0 => String::new(),
-            due => format!("{:.1}", window.with_result as f64 / due as f64 * 100.0),
+            due => crate::format::csv_percent(window.with_result as f64 / due as f64 * 100.0),
         };
         w.row([
             window.from_day.to_string(),
@@ -631,10 +631,23 @@ fn nadir_days_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     Ok(())
 }
 
+/// Per month of the range, its flags by code and severity; a month without a flag is one row
+/// with a count of 0, so a gap in the series reads as none, not as a month missing.
 fn flags_per_month_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
     w.row(["month", "flag", "severity", "count"])?;
-    for ((month, code, severity), count) in &r.programme.flags_per_month {
-        w.row([month.as_str(), code, severity, &count.to_string()])?;
+    let counts = &r.programme.flags_per_month;
+    for month in r.programme.flag_months(&r.options) {
+        let mut any = false;
+        for ((_, code, severity), count) in counts
+            .range((month.clone(), "", "")..)
+            .take_while(|((m, _, _), _)| *m == month)
+        {
+            any = true;
+            w.row([month.as_str(), code, severity, &count.to_string()])?;
+        }
+        if !any {
+            w.row([month.as_str(), "", "", "0"])?;
+        }
     }
     Ok(())
 }

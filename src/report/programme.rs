@@ -171,6 +171,38 @@ impl Programme {
         });
     }
 
+    /// Every month of the report's range, "YYYY-MM", months without a flag included: from
+    /// `--from` (else the first month with a flag) to `--to` (else the as-of date).
+    pub fn flag_months(&self, options: &ReportOptions) -> Vec<String> {
+        let first_flagged = self
+            .flags_per_month
+            .keys()
+            .next()
+            .map(|(m, _, _)| m.clone());
+        let month = |d: NaiveDate| format!("{:04}-{:02}", d.year(), d.month());
+        let Some(start) = options.from.map(month).or(first_flagged) else {
+            return Vec::new();
+        };
+        let end = month(options.to.unwrap_or(options.as_of));
+        let parse = |m: &str| -> Option<(i32, u32)> {
+            let (y, m) = m.split_once('-')?;
+            Some((y.parse().ok()?, m.parse().ok()?))
+        };
+        let (Some((mut year, mut mon)), Some(last)) = (parse(&start), parse(&end)) else {
+            return Vec::new();
+        };
+        let mut months = Vec::new();
+        while (year, mon) <= last {
+            months.push(format!("{year:04}-{mon:02}"));
+            (year, mon) = if mon == 12 {
+                (year + 1, 1)
+            } else {
+                (year, mon + 1)
+            };
+        }
+        months
+    }
+
     /// Days from TARE to nadir in 30-day bins: (marker, bin start, count).
     pub fn nadir_histogram(&self) -> BTreeMap<(Marker, i64), usize> {
         let mut bins = BTreeMap::new();

@@ -3,10 +3,10 @@
 use super::detected_issue::flag_identifier;
 use crate::config::Config;
 use crate::domain::{Flag, MarkerCourse, PatientFindings, ValuePoint};
-use crate::format::{csv_number, csv_percent, date, fixed, GuardedCsv};
+use crate::format::{csv_number, csv_percent, date, exact_number, fixed, GuardedCsv};
 use std::io::Write;
 
-pub const MARKERS_HEADER: [&str; 22] = [
+pub const MARKERS_HEADER: [&str; 26] = [
     "patient_id",
     "episode_index_date",
     "marker",
@@ -29,6 +29,12 @@ pub const MARKERS_HEADER: [&str; 22] = [
     "flags",
     "reference_nadir_value",
     "reference_nadir_date",
+    // Censoring (docs/rules.md §1.4): `<` when the true value is at most the number, `>` at
+    // least, empty when exact; the number alone is the value every rule used.
+    "baseline_comparator",
+    "nadir_comparator",
+    "latest_comparator",
+    "reference_nadir_comparator",
 ];
 
 pub const FLAGS_HEADER: [&str; 7] = [
@@ -41,14 +47,19 @@ pub const FLAGS_HEADER: [&str; 7] = [
     "detected_issue_identifier",
 ];
 
-/// Laboratory values keep up to three decimals (converted AFP, bilirubin from mg/dL).
-const VALUE_DECIMALS: usize = 3;
-
 fn value(point: &Option<ValuePoint>) -> (String, String) {
     match point {
-        Some(p) => (csv_number(p.value, VALUE_DECIMALS), date(p.date)),
+        Some(p) => (exact_number(p.value), date(p.date)),
         None => (String::new(), String::new()),
     }
+}
+
+/// `<`, `>` or empty: the censoring of a figure's value.
+fn comparator(point: &Option<ValuePoint>) -> String {
+    point
+        .as_ref()
+        .map_or("", |p| p.censoring.prefix())
+        .to_owned()
 }
 
 fn optional(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -91,7 +102,7 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     course.n_post.to_string(),
                     optional(course.pct_change, csv_percent),
                     optional(course.rise_from_nadir_pct, csv_percent),
-                    csv_number(course.uln, VALUE_DECIMALS),
+                    exact_number(course.uln),
                     course.response.code().to_owned(),
                     optional(course.halflife_days, |d| csv_number(d, 1)),
                     date(course.next_due_date),
@@ -100,6 +111,10 @@ pub fn write_markers<W: Write>(out: W, patients: &[PatientFindings]) -> csv::Res
                     marker_flag_codes(course, &episode.flags),
                     reference_nadir_value,
                     reference_nadir_date,
+                    comparator(&course.baseline),
+                    comparator(&course.nadir),
+                    comparator(&course.latest),
+                    comparator(&course.reference_nadir),
                 ])?;
             }
         }

@@ -139,7 +139,7 @@ pub fn planned_issues(
                 author_reference: device_reference,
                 implicated_references: &sources,
                 detail: &flag.detail,
-                reference_url: &config.output.rules_url,
+                reference_url: config.output.rules_url.as_deref(),
             })?;
             planned.push(PlannedIssue {
                 identifier,

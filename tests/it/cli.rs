@@ -28,14 +28,28 @@ fn run_on_demo_writes_markers_csv_with_the_seed_row() {
     let mut lines = markers.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "patient_id,episode_index_date,marker,unit,baseline_value,baseline_date,nadir_value,nadir_date,latest_value,latest_date,n_post,pct_change,rise_from_nadir_pct,uln,response,halflife_days,next_due_date,albi_baseline,albi_latest,flags,reference_nadir_value,reference_nadir_date"
+        "patient_id,episode_index_date,marker,unit,baseline_value,baseline_date,nadir_value,nadir_date,latest_value,latest_date,n_post,pct_change,rise_from_nadir_pct,uln,response,halflife_days,next_due_date,albi_baseline,albi_latest,flags,reference_nadir_value,reference_nadir_date,baseline_comparator,nadir_comparator,latest_comparator,reference_nadir_comparator"
     );
     // 88,000 -> 6,088 mAU/mL four months after TARE: -93.1%, above 40: PR, incomplete-response.
     // ALBI: 0.66 x log10(14) - 0.085 x 38 = -2.47; 0.66 x log10(16) - 0.085 x 36 = -2.27.
     // The rise of -33.1% is from the reference nadir, 9,100 mAU/mL on 2026-09-20: the lowest
     // of the baseline and the values before the latest, named in the last two columns.
     assert!(markers.lines().any(|l| l
-        == "demo-01-seed-partial-response,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,40,PR,31.8,2027-01-18,-2.47,-2.27,incomplete-response,9100,2026-09-20"));
+        == "demo-01-seed-partial-response,2026-06-20,pivka2,mAU/mL,88000,2026-06-15,6088,2026-10-20,6088,2026-10-20,4,-93.1,-33.1,40,PR,31.8,2027-01-18,-2.47,-2.27,incomplete-response,9100,2026-09-20,,,,"));
+}
+
+#[test]
+fn markers_csv_keeps_the_censoring_of_each_value_in_its_comparator_column() {
+    let (out, output) = run_demo(&[]);
+    assert_success(&output);
+    // demo-24's AFP fell to "<2.0 ng/mL" (valueString), its nadir and reference nadir: the
+    // number 2 with `<`; the baseline and the latest were exact.
+    assert!(
+        read(out.path(), "markers.csv").lines().any(|l| l
+            == "demo-24-data-quality,2026-06-05,afp,ng/mL,45,2026-06-02,2,2026-07-05,4,2026-08-04,2,-91.1,100.0,20,CR,7.3,2026-09-03,-2.22,,surveillance-overdue,2,2026-07-05,,<,,<"),
+        "{}",
+        read(out.path(), "markers.csv")
+    );
 }
 
 #[test]
@@ -1823,4 +1837,37 @@ fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
         "{}",
         stderr_of(&output)
     );
+}
+
+/// The `reference` of every DetectedIssue a run on the demo writes, with `env` set.
+fn issue_references(env: &[(&str, &str)]) -> Vec<Value> {
+    let out = out_dir();
+    let mut command = binary();
+    command
+        .args(["run", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(out.path());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    assert_success(&command.output().unwrap());
+    let issues: Vec<Value> = read(out.path(), "detected-issues.ndjson")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["resourceType"] == "DetectedIssue")
+        .map(|r| r["reference"].clone())
+        .collect();
+    assert!(!issues.is_empty());
+    issues
+}
+
+#[test]
+fn a_detected_issue_names_the_rules_only_at_the_url_the_site_set() {
+    // Unset (the default): no reference at all, never a placeholder.
+    assert!(issue_references(&[]).iter().all(Value::is_null));
+    let url = "https://intranet.hospital.test/tare/rules.html";
+    assert!(issue_references(&[("TMM_OUTPUT__RULES_URL", url)])
+        .iter()
+        .all(|r| r == url));
 }

@@ -9,8 +9,8 @@ pub(crate) fn report(source: &Path) -> crate::helpers::OutDir {
     job_ok("report", &["--source-dir", source.to_str().unwrap()])
 }
 
-/// The demo with the seed patient's name and one of its Observations' notes replaced.
-fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
+/// The demo with every resource passed through `edit`.
+pub(crate) fn demo_edited(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let folder = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(demo()).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
@@ -20,14 +20,7 @@ fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
                 let Ok(mut resource) = serde_json::from_str::<serde_json::Value>(line) else {
                     return line.to_owned();
                 };
-                if resource["id"] == "demo-01-seed-partial-response"
-                    && resource["resourceType"] == "Patient"
-                {
-                    resource["name"] = serde_json::json!([{"text": name}]);
-                }
-                if resource["id"] == "demo-01-seed-partial-response-obs7" {
-                    resource["note"] = serde_json::json!([{"text": note}]);
-                }
+                edit(&mut resource);
                 resource.to_string()
             })
             .collect();
@@ -38,6 +31,84 @@ fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
         .unwrap();
     }
     folder
+}
+
+/// The demo with the seed patient's name and one of its Observations' notes replaced.
+fn demo_with(name: &str, note: &str) -> tempfile::TempDir {
+    demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response"
+            && resource["resourceType"] == "Patient"
+        {
+            resource["name"] = serde_json::json!([{"text": name}]);
+        }
+        if resource["id"] == "demo-01-seed-partial-response-obs7" {
+            resource["note"] = serde_json::json!([{"text": note}]);
+        }
+    })
+}
+
+/// The text of the page's `<script id="ID">` element.
+pub(crate) fn script_text<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<script id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no script {id}"));
+    let text = &html[start..];
+    &text[text.find('>').unwrap() + 1..text.find("</script>").unwrap()]
+}
+
+/// The worklist's rows, as the page parses them at load.
+pub(crate) fn page_rows(html: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(script_text(html, "worklist-data")).unwrap()
+}
+
+/// A row's details, found as the page finds them: the row's `d` is `[offset, length]` in
+/// UTF-16 code units of the details' text.
+pub(crate) fn detail_of(html: &str, row: &serde_json::Value) -> serde_json::Value {
+    let text: Vec<u16> = script_text(html, "patient-details")
+        .encode_utf16()
+        .collect();
+    let (offset, length) = (
+        row["d"][0].as_u64().unwrap() as usize,
+        row["d"][1].as_u64().unwrap() as usize,
+    );
+    serde_json::from_str(&String::from_utf16(&text[offset..offset + length]).unwrap()).unwrap()
+}
+
+#[test]
+fn each_row_finds_its_own_details_in_utf16_offsets_past_text_outside_the_bmp() {
+    // A note with characters of two and four UTF-8 bytes (one and two UTF-16 units) on the
+    // seed patient, whose details come before others'.
+    let folder = demo_with("José Núñez 👩‍⚕️", "naïve 😀 résultat");
+    let out = report(folder.path());
+    let html = read(out.path(), "report.html");
+    let rows = page_rows(&html);
+    assert!(rows.len() > 10);
+    let seed = rows
+        .iter()
+        .position(|r| r["id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert!(
+        seed + 1 < rows.len(),
+        "the seed patient is not the last row"
+    );
+    for row in &rows {
+        let detail = detail_of(&html, row);
+        // Each detail holds its own patient's flags: the row's codes and markers, in order
+        // (a line off would start mid-JSON or be another patient's). A row's flag is
+        // [code, marker?], a detail's [severity, code, marker or "", ...].
+        let of_detail: Vec<serde_json::Value> = detail["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| match f[2].as_str().unwrap() {
+                "" => serde_json::json!([f[1]]),
+                marker => serde_json::json!([f[1], marker]),
+            })
+            .collect();
+        assert_eq!(serde_json::json!(of_detail), row["flags"], "{}", row["id"]);
+    }
+    let notes = detail_of(&html, &rows[seed])["series"].to_string();
+    assert!(notes.contains("naïve 😀 résultat"), "{notes}");
 }
 
 /// The demo with the seed patient named "Ann Example", given the MRN `MRN-778899`, and a note
@@ -92,21 +163,22 @@ fn flagged_patients_come_most_severe_then_most_recent_first_each_with_a_chart() 
     let listed: std::collections::BTreeSet<String> = rows.iter().map(|r| r[0].clone()).collect();
     assert_eq!(listed, flagged);
     let html = read(out.path(), "report.html");
-    // Every flagged patient's chart and flags are in the page's data, in the table's order.
-    let data_start = html.find("<script id=\"chart-data\"").unwrap();
-    let data = &html[data_start..];
-    let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
-    let data: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
+    // Every flagged patient's row and details are in the page's data, in the table's order.
+    let data = page_rows(&html);
     let ids: Vec<&str> = data.iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>());
     // The seed case's row and its flag sentence.
     assert!(rows
         .iter()
         .any(|r| r[0] == "demo-01-seed-partial-response" && r[2] == "low"));
-    assert!(data.iter().any(|p| p["flags"][0][5]
+    let seed = data
+        .iter()
+        .find(|p| p["id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert!(detail_of(&html, seed)["flags"][0][5]
         .as_str()
         .unwrap()
-        .starts_with("PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE")));
+        .starts_with("PIVKA-II fell 93.1% from its baseline, 88,000 mAU/mL before TARE"));
     // Self-contained: nothing fetched from elsewhere.
     for external in ["<script src", "<link", "@import", "url(http", "src=\"http"] {
         assert!(!html.contains(external), "{external}");
@@ -123,12 +195,10 @@ fn names_and_notes_are_escaped_in_html_and_neutralised_in_csv() {
     let html = read(out.path(), "report.html");
     assert!(!html.contains("<script>alert"), "raw markup in the report");
     assert!(html.contains("\\u003cscript\\u003ealert('name')\\u003c/script\\u003e"));
-    // In the chart data too, no `<` at all.
-    let data_start = html.find("<script id=\"chart-data\"").unwrap();
-    let data = &html[data_start..];
-    let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
-    assert!(!data.contains('<'));
-    assert!(data.contains("\\u003cscript\\u003ealert('note')"));
+    // In the patients' details too, no `<` at all.
+    let details = script_text(&html, "patient-details");
+    assert!(!details.contains('<'));
+    assert!(details.contains("\\u003cscript\\u003ealert('note')"));
     let csv = read(out.path(), "report-flagged-patients.csv");
     assert!(
         csv.contains("\"'=HYPERLINK(\"\"http://x\"\")<script>alert('name')</script>\""),
@@ -276,7 +346,7 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
             (
                 r["patient_id"].clone(),
                 r["marker"].clone(),
-                format!("{:.1}", (n - b) / b * 100.0),
+                tare_marker_monitor::format::csv_percent((n - b) / b * 100.0),
                 r["response"].clone(),
             )
         })
@@ -499,4 +569,115 @@ fn patients_left_out_are_counted_in_words() {
         assert!(page.contains(words), "{words}");
     }
     assert!(!page.contains("no hcc condition"));
+}
+
+#[test]
+fn an_mrn_is_shown_without_the_white_space_around_it() {
+    let folder = demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response"
+            && resource["resourceType"] == "Patient"
+        {
+            resource["identifier"] =
+                serde_json::json!([{"system": "urn:mrn", "value": "  MRN-42 \t"}]);
+        }
+    });
+    let out = report(folder.path());
+    let seed = records(out.path(), "report-flagged-patients.csv")
+        .into_iter()
+        .find(|r| r["patient_id"] == "demo-01-seed-partial-response")
+        .unwrap();
+    assert_eq!(seed["mrn"], "MRN-42");
+}
+
+#[test]
+fn flags_per_month_lists_every_month_of_the_range_with_0_for_a_month_without_flags() {
+    let out = job_ok(
+        "report",
+        &[
+            "--source-dir",
+            demo().to_str().unwrap(),
+            "--from",
+            "2020-01-15",
+            "--to",
+            "2026-11-01",
+        ],
+    );
+    let rows = records(out.path(), "report-flags-per-month.csv");
+    let mut months: Vec<String> = rows.iter().map(|r| r["month"].clone()).collect();
+    months.dedup();
+    let calendar: Vec<String> = (2020..=2026)
+        .flat_map(|y| (1..=12).map(move |m| format!("{y:04}-{m:02}")))
+        .take_while(|m| m.as_str() <= "2026-11")
+        .collect();
+    assert_eq!(months, calendar);
+    // The demo's flags are all identified in 2025-2026: its first month is an empty one.
+    assert_eq!(
+        read(out.path(), "report-flags-per-month.csv")
+            .lines()
+            .nth(1),
+        Some("2020-01,,,0")
+    );
+    // Empty months add nothing: the counts still add up to the flags in the range.
+    let total: usize = rows
+        .iter()
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    let run = job_ok("run", &["--source-dir", demo().to_str().unwrap()]);
+    assert_eq!(total, records(run.path(), "flags.csv").len());
+}
+
+#[test]
+fn the_identified_or_deidentified_check_reads_the_manifest_only_under_the_output_lock() {
+    let out = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(out.path(), "report", &[]));
+    // Another run holds the output: the report waits for nothing and reads nothing there; it
+    // is refused as locked (7), not judged on a manifest that run may be replacing (2).
+    let held = tare_marker_monitor::output::lock_output(out.path()).unwrap();
+    let refused = into(out.path(), "report", &["--deidentify"]);
+    assert_eq!(refused.status.code(), Some(7));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is in use by another run"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    drop(held);
+    let refused = into(out.path(), "report", &["--deidentify"]);
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+#[test]
+fn the_waterfall_rounds_a_half_tenth_away_from_zero_like_every_percentage() {
+    use serde_json::json;
+    // PIVKA-II 400 before TARE, 401 after: the best change is +0.25% exactly, written 0.3 as
+    // markers.csv writes percentages (half away from zero), not 0.2 (half to even).
+    let day = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    let subject = json!({"reference": "Patient/half"});
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "half", "birthDate": "1955-01-01"}),
+        json!({"resourceType": "Condition", "id": "half-hcc", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]}}),
+        json!({"resourceType": "Procedure", "id": "half-tare", "status": "completed",
+            "subject": subject, "performedDateTime": day(0),
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]}}),
+    ];
+    for (n, (d, value)) in [(-2, 400), (30, 401)].into_iter().enumerate() {
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("half-obs{n}"),
+            "status": "final", "subject": subject, "effectiveDateTime": day(d),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+            "valueQuantity": {"value": value, "unit": "mAU/mL"}}),
+        );
+    }
+    let folder = crate::helpers::write_folder(&resources);
+    let out = report(folder.path());
+    let bars = records(out.path(), "report-waterfall.csv");
+    assert_eq!(bars.len(), 1);
+    assert_eq!(
+        (
+            bars[0]["baseline"].as_str(),
+            bars[0]["nadir"].as_str(),
+            bars[0]["best_pct_change"].as_str()
+        ),
+        ("400", "401", "0.3")
+    );
 }

@@ -36,6 +36,16 @@ fn count_text(browser: &mut Browser) -> String {
 /// axe-core's serious and critical violations on the page as it is, or `None` when axe-core is
 /// not installed (tests/browser: `npm ci`) and not required.
 fn axe_violations(browser: &mut Browser) -> Option<Vec<String>> {
+    axe_violations_where(browser, "v.impact === 'serious' || v.impact === 'critical'")
+}
+
+/// axe-core's violations of one rule, whatever their impact.
+fn axe_rule_violations(browser: &mut Browser, rule: &str) -> Option<Vec<String>> {
+    axe_violations_where(browser, &format!("v.id === '{rule}'"))
+}
+
+/// axe-core's violations `v` for which the JavaScript condition holds.
+fn axe_violations_where(browser: &mut Browser, condition: &str) -> Option<Vec<String>> {
     let axe = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/browser/node_modules/axe-core/axe.min.js");
     let Ok(source) = std::fs::read_to_string(&axe) else {
@@ -47,12 +57,14 @@ fn axe_violations(browser: &mut Browser) -> Option<Vec<String>> {
         );
         return None;
     };
-    browser.eval(&format!("{source};\ntrue"));
-    let found = browser.eval(
-        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations\
-         .filter(v => v.impact === 'serious' || v.impact === 'critical')\
-         .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).slice(0, 5).join(', ')))",
-    );
+    if browser.eval("typeof axe") != json!("object") {
+        browser.eval(&format!("{source};\ntrue"));
+    }
+    let found = browser.eval(&format!(
+        "axe.run(document, {{resultTypes: ['violations']}}).then(r => r.violations\
+         .filter(v => {condition})\
+         .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).slice(0, 5).join(', ')))"
+    ));
     Some(serde_json::from_value(found).unwrap())
 }
 
@@ -181,6 +193,10 @@ fn a_clinician_searches_filters_sorts_opens_a_patient_reloads_and_prints() {
     if let Some(violations) = axe_violations(&mut browser) {
         assert_eq!(violations, Vec::<String>::new(), "patient view");
     }
+    // Headings in order (h2 patient, h3 its flags and values), a moderate rule.
+    if let Some(violations) = axe_rule_violations(&mut browser, "heading-order") {
+        assert_eq!(violations, Vec::<String>::new(), "patient view's headings");
+    }
 
     // A reload from the fragment reopens the patient, and behind it the same worklist.
     browser.reload();
@@ -279,6 +295,328 @@ fn a_marker_and_a_response_chosen_together_mean_that_markers_response_and_back_r
     assert_eq!(
         browser.eval("document.activeElement.classList.contains('open')"),
         json!(true)
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+/// A generated cohort of `patients` (13 visits of four labs each: 52 values a patient) and
+/// its report.
+fn generated_report(patients: usize) -> (tempfile::TempDir, crate::helpers::OutDir) {
+    let cohort = tempfile::tempdir().unwrap();
+    crate::helpers::binary()
+        .args([
+            "generate",
+            "--patients",
+            &patients.to_string(),
+            "--seed",
+            "11",
+        ])
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(cohort.path())
+        .assert()
+        .success();
+    let out = report(cohort.path());
+    (cohort, out)
+}
+
+/// How many values the open patient view lists.
+fn values_listed(browser: &mut Browser) -> u64 {
+    browser
+        .eval("document.querySelectorAll('#patient-view table.values tbody tr').length")
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_patient_with_52_values_prints_on_one_page() {
+    let Some(chromium) = chromium() else { return };
+    let (_cohort, out) = generated_report(12);
+    let html = read(out.path(), "report.html");
+    // A patient whose chart holds all 52 values (four series drawn, 13 visits each).
+    let full = crate::report::page_rows(&html)
+        .into_iter()
+        .find(|row| {
+            let detail = crate::report::detail_of(&html, row);
+            detail["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["points"].as_array().unwrap().len())
+                .sum::<usize>()
+                == 52
+        })
+        .expect("a flagged patient with 52 values charted");
+    let id = full["id"].as_str().unwrap();
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?p={id}",
+        out.path().join("report.html").display()
+    ));
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    assert_eq!(values_listed(&mut browser), 52);
+    let pdf = browser.print_to_pdf();
+    assert_eq!(count_pages(&pdf), 1, "one page for one patient");
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn printing_more_than_200_patients_shown_prints_the_first_200_and_says_so() {
+    let Some(chromium) = chromium() else { return };
+    let (_cohort, out) = generated_report(300);
+    let shown = rows(out.path()).len();
+    assert!(shown > 200, "{shown} flagged patients: too few for the cap");
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}",
+        out.path().join("report.html").display()
+    ));
+    browser.eval("window.print = () => {}; document.getElementById('print-shown').click(); true");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#print-area .print-page').length"),
+        json!(200)
+    );
+    let note = format!(
+        "Printing the first 200 of the {shown} patients shown: at most 200 are printed at a \
+         time. Narrow the search or the filters to print the others."
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('print-note').textContent"),
+        json!(note)
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('#print-area .print-note').textContent"),
+        json!(note)
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+/// The seed patient's latest PIVKA-II, 6,088 mAU/mL in the demo, sent with four decimals.
+fn demo_with_a_precise_value() -> tempfile::TempDir {
+    crate::report::demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response-obs7" {
+            resource["valueQuantity"]["value"] = json!(6088.0847);
+        }
+    })
+}
+
+#[test]
+fn one_value_reads_the_same_in_the_sentence_csv_worklist_values_table_and_tooltip() {
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_with_a_precise_value();
+    let run = crate::helpers::job_ok("run", &["--source-dir", folder.path().to_str().unwrap()]);
+    let markers = read(run.path(), "markers.csv");
+    let seed_row = markers
+        .lines()
+        .find(|l| l.starts_with(&format!("{SEED},")) && l.contains(",pivka2,"))
+        .unwrap();
+    // The CSV: the number as sent, no separator (latest and nadir).
+    assert_eq!(
+        seed_row.matches("6088.0847,2026-10-20,").count(),
+        2,
+        "{seed_row}"
+    );
+    let flags = read(run.path(), "flags.csv");
+    assert!(
+        flags.contains("to 6,088.0847 mAU/mL after TARE (2026-10-20)"),
+        "{flags}"
+    );
+
+    let out = report(folder.path());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?q={SEED}",
+        out.path().join("report.html").display()
+    ));
+    let row = browser.eval("document.querySelector('#worklist-rows tr').cells[5].textContent");
+    assert_eq!(
+        row,
+        json!("PIVKA-II 6,088.0847 mAU/mL; Albumin 36 g/L; Bilirubin 16 umol/L")
+    );
+    browser.eval("document.querySelector('#worklist-rows a.open').click(); true");
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    let sentence =
+        browser.eval("document.querySelector('#patient-view ul.flags .detail').textContent");
+    assert!(
+        sentence
+            .as_str()
+            .unwrap()
+            .contains("to 6,088.0847 mAU/mL after TARE (2026-10-20)"),
+        "{sentence}"
+    );
+    let cells = browser.eval(
+        "Array.from(document.querySelectorAll('#patient-view table.values tr'))\
+         .filter(r => r.cells[1].textContent === '2026-10-20' && r.cells[0].textContent === 'PIVKA-II')\
+         .map(r => [r.cells[3].textContent, r.cells[4].textContent])",
+    );
+    assert_eq!(cells, json!([["6,088.0847", "mAU/mL"]]));
+    // The tooltip: the value as sent, its unit and its date.
+    let tooltips = browser.eval(
+        "Array.from(document.querySelectorAll('#patient-view svg.chart .point title'))\
+         .map(t => t.textContent).filter(t => t.includes('2026-10-20') && t.startsWith('PIVKA-II'))",
+    );
+    assert_eq!(
+        tooltips,
+        json!(["PIVKA-II 6,088.0847 mAU/mL on 2026-10-20 (day 122): nadir: evidence of a flag"])
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+/// One patient whose PIVKA-II spans the extremes: 10^8 mAU/mL at baseline (the plausible
+/// maximum), then 0, 0.0000002 and 50 after TARE.
+fn extremes_report() -> crate::helpers::OutDir {
+    let day = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    let subject = json!({"reference": "Patient/extremes"});
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "extremes", "birthDate": "1955-01-01"}),
+        json!({"resourceType": "Condition", "id": "extremes-hcc", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]}}),
+        json!({"resourceType": "Procedure", "id": "extremes-tare", "status": "completed",
+            "subject": subject, "performedDateTime": day(0),
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]}}),
+    ];
+    for (n, (d, value)) in [
+        (-2, json!(100000000)),
+        (30, json!(0)),
+        (60, json!(0.0000002)),
+        (90, json!(50)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("extremes-obs{n}"),
+            "status": "final", "subject": subject, "effectiveDateTime": day(d),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+            "valueQuantity": {"value": value, "unit": "mAU/mL"}}),
+        );
+    }
+    let folder = crate::helpers::write_folder(&resources);
+    report(folder.path())
+}
+
+#[test]
+fn a_log_chart_labels_readable_decades_unclipped_and_marks_values_below_its_floor() {
+    let Some(chromium) = chromium() else { return };
+    let out = extremes_report();
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?p=extremes",
+        out.path().join("report.html").display()
+    ));
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    let chart = "document.querySelector('#patient-view svg.chart')";
+    // Tick labels: the text right-aligned against the axis, top to bottom.
+    let ticks = browser.eval(&format!(
+        "Array.from({chart}.querySelectorAll('text[text-anchor=end]')).filter(t => !t.textContent.startsWith('days'))\
+         .map(t => [t.textContent, t.getBBox().x >= 0])"
+    ));
+    assert_eq!(
+        ticks,
+        json!([
+            ["100,000,000", true],
+            ["1,000,000", true],
+            ["10,000", true],
+            ["100", true]
+        ])
+    );
+    let tooltips = browser.eval(&format!(
+        "Array.from({chart}.querySelectorAll('.point title')).map(t => t.textContent)"
+    ));
+    let date = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    assert_eq!(
+        tooltips,
+        json!([
+            format!("PIVKA-II 100,000,000 mAU/mL on {} (day -2): baseline: evidence of a flag", date(-2)),
+            format!("PIVKA-II 0 mAU/mL (below the log axis, drawn on its floor) on {} (day 30): nadir: evidence of a flag", date(30)),
+            format!("PIVKA-II 0.0000002 mAU/mL (below the log axis, drawn on its floor) on {} (day 60)", date(60)),
+            format!("PIVKA-II 50 mAU/mL on {} (day 90): evidence of a flag", date(90)),
+        ])
+    );
+    let legend = browser.eval(&format!("{chart}.textContent"));
+    assert!(
+        legend
+            .as_str()
+            .unwrap()
+            .contains("below the axis (drawn on its floor)"),
+        "{legend}"
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn search_ignores_case_and_accents() {
+    let Some(chromium) = chromium() else { return };
+    let folder = crate::report::demo_edited(|resource| {
+        if resource["id"] == SEED && resource["resourceType"] == "Patient" {
+            resource["name"] = json!([{"use": "official", "text": "José Núñez"}]);
+        }
+    });
+    let out = report(folder.path());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}",
+        out.path().join("report.html").display()
+    ));
+    for typed in ["jose nunez", "NÚÑEZ", "José"] {
+        browser.eval("(() => { const q = document.getElementById('f-q'); q.value = ''; q.focus(); return true; })()");
+        browser.type_text(typed);
+        assert_eq!(shown_ids(&mut browser), [SEED], "{typed}");
+    }
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn a_long_name_wraps_in_the_worklist_instead_of_widening_it() {
+    let Some(chromium) = chromium() else { return };
+    let long = "Maximiliana".repeat(20);
+    let folder = crate::report::demo_edited(|resource| {
+        if resource["id"] == SEED && resource["resourceType"] == "Patient" {
+            resource["name"] = json!([{"text": long}]);
+        }
+    });
+    let out = report(folder.path());
+    let mut browser = Browser::launch(&chromium);
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    browser.open(&format!(
+        "file://{}#/?q={SEED}",
+        out.path().join("report.html").display()
+    ));
+    assert_eq!(shown_ids(&mut browser), [SEED]);
+    let widths = browser.eval(
+        "[document.getElementById('worklist-table').getBoundingClientRect().right, \
+         document.documentElement.clientWidth, document.documentElement.scrollWidth]",
+    );
+    let [right, client, scroll] = [0, 1, 2].map(|i| widths[i].as_f64().unwrap());
+    assert!(right <= client && scroll <= client, "{widths}");
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn the_baseline_square_and_nadir_diamond_show_around_a_flag_ring() {
+    let Some(chromium) = chromium() else { return };
+    // The baseline (day -2) and the nadir (day 30) are both evidence of a flag: ringed.
+    let out = extremes_report();
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?p=extremes",
+        out.path().join("report.html").display()
+    ));
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    // What the eye sees on the mark's left side, at the height of the point, is the mark
+    // itself, not the ring (a 12-pixel square sat under a ring of radius 7).
+    let topmost = browser.eval(
+        "(() => { const svg = document.querySelector('#patient-view svg.chart'); \
+         return ['rect.baseline', 'path.nadir'].map(sel => { const mark = svg.querySelector(sel), box = mark.getBBox(); \
+         const at = new DOMPoint(box.x, box.y + box.height / 2).matrixTransform(mark.getScreenCTM()); \
+         const hit = document.elementFromPoint(at.x, at.y); \
+         return [sel, hit && hit.matches(sel)]; }); })()",
+    );
+    assert_eq!(
+        topmost,
+        json!([["rect.baseline", true], ["path.nadir", true]])
     );
     assert_eq!(browser.problems, Vec::<String>::new());
 }

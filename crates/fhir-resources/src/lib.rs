@@ -68,7 +68,8 @@ pub struct DetectedIssueSpec<'a> {
     /// Relative references to the Procedures and Observations behind the finding.
     pub implicated_references: &'a [String],
     pub detail: &'a str,
-    pub reference_url: &'a str,
+    /// `DetectedIssue.reference`, the rules document; left out when the site set none.
+    pub reference_url: Option<&'a str>,
 }
 
 fn reference(target: &str) -> Result<Reference, BuildError> {
@@ -129,10 +130,10 @@ pub fn detected_issue(spec: &DetectedIssueSpec<'_>) -> Result<String, BuildError
         .author(reference(spec.author_reference)?)
         .implicated(implicated)
         .detail(spec.detail.to_owned())
-        .reference(spec.reference_url.to_owned())
         .build()
         .map_err(|e| err("DetectedIssue", e))?;
     issue.id = spec.id.map(str::to_owned);
+    issue.reference = spec.reference_url.map(str::to_owned);
     to_json("DetectedIssue", &issue)
 }
 
@@ -242,11 +243,12 @@ mod tests {
                 author_reference: "Device/d",
                 implicated_references: &implicated,
                 detail: "PIVKA-II rose",
-                reference_url: "https://example.org/rules",
+                reference_url: Some("https://example.org/rules"),
             })
             .unwrap(),
         )
         .unwrap();
+        assert_eq!(json["reference"], "https://example.org/rules");
         assert_eq!(json["resourceType"], "DetectedIssue");
         assert_eq!(json["status"], "preliminary");
         assert_eq!(json["severity"], "high");
@@ -272,7 +274,7 @@ mod tests {
             author_reference: "Device/d",
             implicated_references: &[],
             detail: "d",
-            reference_url: "u",
+            reference_url: None,
         })
         .unwrap_err();
         assert!(e.0.contains("DetectedIssue.severity"), "{e}");
