@@ -923,6 +923,29 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        // A link a clinician follows: an absolute http(s) URL, never empty or a script.
+        for (key, url) in [
+            ("report.rules_url", &self.report.rules_url),
+            ("output.rules_url", &self.output.rules_url),
+        ] {
+            if let Some(url) = url {
+                let web = url::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host());
+                if !web {
+                    return invalid(
+                        key,
+                        format!(
+                            "{} is not an http(s) URL; leave the key out to {}",
+                            format!("{:?}", crate::text::shown(url)),
+                            match key {
+                                "report.rules_url" => "ship the rules inside the report",
+                                _ => "write DetectedIssues without a reference",
+                            }
+                        ),
+                    );
+                }
+            }
+        }
         if self.ingest.time_zone.parse::<chrono_tz::Tz>().is_err() {
             return invalid(
                 "ingest.time_zone",
@@ -1177,6 +1200,37 @@ mod tests {
                 "TMM_SERVER__BASE_URL".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn a_rules_url_must_be_an_http_link_a_clinician_can_follow() {
+        for (url, valid) in [
+            ("https://intranet.example/hepatology/rules", true),
+            ("http://intranet/rules.html", true),
+            ("", false),
+            ("not a url", false),
+            ("javascript:alert(document.domain)", false),
+            ("file:///etc/passwd", false),
+        ] {
+            let mut report = Config::default();
+            report.report.rules_url = Some(url.into());
+            let mut output = Config::default();
+            output.output.rules_url = Some(url.into());
+            for (config, key) in [(report, "report.rules_url"), (output, "output.rules_url")] {
+                match config.validate() {
+                    Ok(()) => assert!(valid, "{key} = {url:?} was accepted"),
+                    Err(ConfigError::Invalid {
+                        key: refused,
+                        message,
+                    }) => {
+                        assert!(!valid, "{key} = {url:?} was refused: {message}");
+                        assert_eq!(refused, key);
+                        assert!(message.contains("is not an http(s) URL"), "{message}");
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
     }
 
     #[test]

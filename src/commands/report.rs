@@ -34,6 +34,15 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
         }
     }
     let opened = args.source.open()?;
+    if let Some(from) = args.from.filter(|from| *from > opened.as_of) {
+        return Err(CommandError::NotApplicable(format!(
+            "--from {from} is after the as-of date {}: no flag is identified after it",
+            opened.as_of
+        )));
+    }
+    // Nothing is evaluated after the as-of date: the range (and the months of the flags per
+    // month) ends there.
+    let to = args.to.map(|to| to.min(opened.as_of));
     // Refused before anything is read or written: no secret, no report.
     let pseudonyms = match args.deidentify {
         true => Some(report::Pseudonyms::from_config(&opened.config.report)?),
@@ -53,7 +62,7 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
         source: opened.reader.source(),
         as_of: opened.as_of,
         from: args.from,
-        to: args.to,
+        to,
         out_dir: args.out,
         run_id,
         deidentified: pseudonyms.is_some(),

@@ -294,7 +294,13 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
          source {} &middot; generated {} (run {}) by tare-marker-monitor {} &middot; rules: {rules}{}</p></header>",
         date(o.as_of),
         escape(&range),
-        escape(&o.source.to_string()),
+        // A folder's path or a server's address can name a patient or a ward: a de-identified
+        // report says only which kind of source it read.
+        if o.deidentified {
+            format!("a {} (not shown: de-identified)", o.source.kind())
+        } else {
+            escape(&o.source.to_string())
+        },
         escape(&report.generated_at),
         escape(&o.run_id),
         env!("CARGO_PKG_VERSION"),

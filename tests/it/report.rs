@@ -308,6 +308,22 @@ fn deidentify_replaces_names_ids_and_mrns_with_stable_pseudonyms_and_keeps_dates
     assert!(read(first.path(), "report.html").contains("<strong>de-identified</strong>"));
 }
 
+#[test]
+fn a_deidentified_report_does_not_show_the_folder_it_read() {
+    let demo = demo_named();
+    let parent = tempfile::tempdir().unwrap();
+    // A folder named after the patient whose export it holds.
+    let folder = parent.path().join("Smith_John_MRN4455");
+    std::fs::create_dir(&folder).unwrap();
+    for file in std::fs::read_dir(demo.path()).unwrap().flatten() {
+        std::fs::copy(file.path(), folder.join(file.file_name())).unwrap();
+    }
+    let out = deidentified(&folder, "a site secret of some length");
+    let everything = all_text(out.path());
+    assert!(!everything.contains("Smith_John_MRN4455"));
+    assert!(read(out.path(), "report.html").contains("source a folder (not shown: de-identified)"));
+}
+
 /// A CSV file as rows of named cells.
 fn records(dir: &Path, name: &str) -> Vec<std::collections::HashMap<String, String>> {
     let text = read(dir, name);
@@ -478,6 +494,50 @@ fn from_a_folder_every_flagged_patient_is_not_reviewed_in_the_csv() {
     let rows = records(out.path(), "report-flagged-patients.csv");
     assert!(!rows.is_empty());
     assert!(rows.iter().all(|r| r["review_status"] == "not reviewed"));
+}
+
+#[test]
+fn a_from_date_after_the_as_of_date_is_refused_with_exit_2() {
+    let (out, output) = crate::helpers::job(
+        "report",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--from",
+            "2026-11-02",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--from 2026-11-02 is after the as-of date 2026-11-01"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!out.path().join("report.html").exists());
+}
+
+#[test]
+fn a_to_date_after_the_as_of_date_lists_no_month_after_it() {
+    let (out, output) = crate::helpers::job(
+        "report",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--to",
+            "2027-03-01",
+        ],
+    );
+    crate::helpers::assert_success(&output);
+    let months: Vec<String> = records(out.path(), "report-flags-per-month.csv")
+        .into_iter()
+        .map(|row| row["month"].clone())
+        .collect();
+    assert_eq!(
+        months.last().map(String::as_str),
+        Some("2026-11"),
+        "{months:?}"
+    );
 }
 
 #[test]
