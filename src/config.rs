@@ -935,8 +935,8 @@ impl Config {
                     return invalid(
                         key,
                         format!(
-                            "{} is not an http(s) URL; leave the key out to {}",
-                            format!("{:?}", crate::text::shown(url)),
+                            "{:?} is not an http(s) URL; leave the key out to {}",
+                            crate::text::shown(url),
                             match key {
                                 "report.rules_url" => "ship the rules inside the report",
                                 _ => "write DetectedIssues without a reference",
