@@ -275,10 +275,11 @@ fn a_marker_and_a_response_chosen_together_mean_that_markers_response_and_back_r
     browser.open(&format!("{page}#/?marker=afp&resp=PD"));
     assert_eq!(shown_ids(&mut browser), expected);
 
-    // Values no control offers are dropped, not applied unseen; nothing throws.
+    // Values no control offers (a day no calendar has included) are dropped, not applied
+    // unseen; nothing throws.
     // (A new fragment on the same page is no new load: reload to read it as a link would.)
     browser.open(&format!(
-        "{page}#/?sort=__proto__&sev=bogus&flag=toString&from=2026-99-99"
+        "{page}#/?sort=__proto__&sev=bogus&flag=toString&from=2026-99-99&to=2026-02-31"
     ));
     browser.reload();
     assert_eq!(

@@ -101,7 +101,9 @@
     // so no hidden filter empties the list and no key reaches an object's prototype.
     if (!Object.prototype.hasOwnProperty.call(SORT_KEYS, s.sort)) s.sort = "";
     if (s.dir !== "desc") s.dir = "asc";
-    ["from", "to"].forEach(k => { if (!/^\d{4}-\d{2}-\d{2}$/.test(s[k]) || isNaN(Date.parse(s[k] + "T00:00:00Z"))) s[k] = ""; });
+    // A calendar date only: Date.parse rolls 2026-02-31 over to March, so the date must read back the same.
+    const isDay = v => /^\d{4}-\d{2}-\d{2}$/.test(v) && !isNaN(Date.parse(v + "T00:00:00Z")) && new Date(v + "T00:00:00Z").toISOString().slice(0, 10) === v;
+    ["from", "to"].forEach(k => { if (!isDay(s[k])) s[k] = ""; });
     KEYS.forEach(k => {
       const c = document.querySelector("select[data-key='" + k + "']");
       if (c && s[k] && !Array.from(c.options).some(o => o.value === s[k])) s[k] = "";
