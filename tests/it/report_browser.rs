@@ -253,6 +253,42 @@ fn latest_responses(folder: &Path, marker: &str) -> std::collections::HashMap<St
 }
 
 #[test]
+fn a_flag_and_a_marker_chosen_together_mean_that_flag_on_that_marker() {
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_named();
+    let out = report(folder.path());
+    let all = rows(out.path());
+    let run = crate::helpers::job_ok("run", &["--source-dir", folder.path().to_str().unwrap()]);
+    let flags = read(run.path(), "flags.csv");
+    let mut reader = csv::Reader::from_reader(flags.as_bytes());
+    let flagged: Vec<(String, String, String)> = reader
+        .records()
+        .map(Result::unwrap)
+        .map(|r| (r[0].to_owned(), r[2].to_owned(), r[3].to_owned()))
+        .collect();
+    let has = |id: &str, flag: &str, marker: &str| {
+        flagged
+            .iter()
+            .any(|(p, f, m)| p == id && f == flag && (marker.is_empty() || m == marker))
+    };
+    let expected: Vec<String> = all
+        .iter()
+        .map(|r| r[0].clone())
+        .filter(|id| has(id, "marker-rise", "afp"))
+        .collect();
+    assert!(!expected.is_empty(), "the demo has an AFP rise");
+    // A patient whose rise is on PIVKA-II, with another flag on AFP, must not be shown.
+    assert!(all.iter().any(|r| !has(&r[0], "marker-rise", "afp")
+        && has(&r[0], "marker-rise", "pivka2")
+        && flagged.iter().any(|(p, _, m)| p == &r[0] && m == "afp")));
+    let page = format!("file://{}", out.path().join("report.html").display());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!("{page}#/?flag=marker-rise&marker=afp"));
+    assert_eq!(shown_ids(&mut browser), expected);
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
 fn a_marker_and_a_response_chosen_together_mean_that_markers_response_and_back_returns_to_the_list()
 {
     let Some(chromium) = chromium() else { return };

@@ -127,12 +127,13 @@
     if (query && !searchText(p).includes(query)) return false;
     if (state.sev && p.worst !== state.sev) return false;
     // A row's flags are [code, marker?]; its values [marker, value, response].
-    if (state.flag && !p.flags.some(f => f[0] === state.flag)) return false;
+    // A flag and a marker filtered together mean that flag on that marker.
+    if (state.flag && !p.flags.some(f => f[0] === state.flag && (!state.marker || f[1] === state.marker))) return false;
     if (state.marker && state.resp) {
       // Marker and response filtered together mean that marker's response.
       if (!p.values.some(v => v[0] === state.marker && v[2] === state.resp)) return false;
     } else {
-      if (state.marker && !p.flags.some(f => f[1] === state.marker)) return false;
+      if (state.marker && !state.flag && !p.flags.some(f => f[1] === state.marker)) return false;
       if (state.resp && !p.values.some(v => v[2] === state.resp)) return false;
     }
     if (state.review && reviewOf(p) !== state.review) return false;
