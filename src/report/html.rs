@@ -491,7 +491,11 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
             (
                 format!("days {}-{}", s.from_day, s.to_day),
                 share,
-                format!("{share:.0}% of {}", human_number(s.due as f64)),
+                // No window ended yet for anyone: no share to show, not 0 %.
+                match s.due {
+                    0 => "no patient due yet".to_owned(),
+                    due => format!("{share:.0}% of {}", human_number(due as f64)),
+                },
             )
         })
         .collect();

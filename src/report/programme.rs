@@ -46,7 +46,9 @@ pub struct Programme {
 }
 
 /// The surveillance windows: every `due_interval_early_days` up to `due_early_period_days`,
-/// then every `due_interval_late_days` up to `overdue_max_days`.
+/// then every `due_interval_late_days` up to `overdue_max_days`. A last window shorter than
+/// its interval is left out: the schedule asks for no result in it (days 361-365 would read
+/// as poor adherence).
 pub fn windows(config: &Config) -> Vec<(i64, i64)> {
     let r = &config.rules;
     let mut windows = Vec::new();
@@ -60,7 +62,10 @@ pub fn windows(config: &Config) -> Vec<(i64, i64)> {
         if step <= 0 {
             break;
         }
-        let to = (from + step).min(r.overdue_max_days);
+        let to = from + step;
+        if to > r.overdue_max_days {
+            break;
+        }
         windows.push((from + 1, to));
         from = to;
     }

@@ -408,7 +408,6 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
         (91, 180),
         (181, 270),
         (271, 360),
-        (361, 365),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -483,9 +482,15 @@ fn a_staged_tare_of_the_same_episode_does_not_end_the_surveillance_windows() {
             expect("91", "180", "1", "1"),
             expect("181", "270", "1", "1"),
             expect("271", "360", "0", "0"),
-            expect("361", "365", "0", "0"),
         ]
     );
+}
+
+#[test]
+fn a_surveillance_window_no_patient_has_reached_says_so_instead_of_0_percent() {
+    let html = read(staged_tare_report().path(), "report.html");
+    assert!(html.contains("no patient due yet"));
+    assert!(!html.contains("0% of 0"));
 }
 
 #[test]
