@@ -58,6 +58,9 @@ pub struct MetricsConfig {
     pub textfile_path: Option<std::path::PathBuf>,
 }
 
+/// The most worker threads `ingest.threads` (or `--threads`) may ask for.
+pub const MAX_THREADS: usize = 256;
+
 /// docs/rules.md §1.4 and "Conversions".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,7 +74,8 @@ pub struct IngestConfig {
     pub albumin_g_l_per_g_dl: f64,
     /// Bilirubin mg/dL x 17.1 = umol/L.
     pub bilirubin_umol_l_per_mg_dl: f64,
-    /// Worker threads for parsing and evaluation; 0 means one per core.
+    /// Worker threads for parsing and evaluation; 0 means one per core; at most
+    /// `MAX_THREADS`.
     pub threads: usize,
     /// Procedures and results dated before this are left out (implausible).
     pub earliest_plausible_date: NaiveDate,
@@ -923,6 +927,17 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        // Each worker is a thread of the reading pool and one of the FHIR client's runtime:
+        // a typo of a few zeros must not start a hundred thousand of them.
+        if self.ingest.threads > MAX_THREADS {
+            return invalid(
+                "ingest.threads",
+                format!(
+                    "{} is more than {MAX_THREADS} worker threads; 0 means one per core",
+                    self.ingest.threads
+                ),
+            );
+        }
         // A link a clinician follows: an absolute http(s) URL, never empty or a script.
         for (key, url) in [
             ("report.rules_url", &self.report.rules_url),
@@ -1179,6 +1194,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_worker_threads_than_the_limit_are_refused() {
+        let mut config = Config::default();
+        config.ingest.threads = MAX_THREADS;
+        assert!(config.validate().is_ok());
+        config.ingest.threads = 100_000;
+        match config.validate() {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "ingest.threads");
+                assert_eq!(
+                    message,
+                    "100000 is more than 256 worker threads; 0 means one per core"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_variable_with_one_underscore_names_the_nearest_key() {

@@ -131,6 +131,8 @@ impl SourceArgs {
         let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
         if let Some(threads) = self.threads {
             config.ingest.threads = threads;
+            // Checked like the value it replaces.
+            config.validate()?;
         }
         Ok(config)
     }

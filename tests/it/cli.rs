@@ -1871,3 +1871,25 @@ fn a_detected_issue_names_the_rules_only_at_the_url_the_site_set() {
         .iter()
         .all(|r| r == url));
 }
+
+#[test]
+fn more_worker_threads_than_256_are_refused_with_exit_2_before_any_thread_starts() {
+    let (out, output) = crate::helpers::job(
+        "run",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--threads",
+            "100000",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "config value ingest.threads is not valid: 100000 is more than 256 worker threads"
+        ),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!out.path().join("markers.csv").exists());
+}
