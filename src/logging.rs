@@ -18,6 +18,10 @@ use tracing_subscriber::EnvFilter;
 /// `info` or `warn,tare_marker_monitor::source=debug`); it overrides `-v`/`-q`.
 pub const FILTER_VARIABLE: &str = "TMM_LOG";
 
+/// The directive for the final error line of a JSON log (target `tare_marker_monitor::exit`),
+/// which every filter lets through.
+pub const FATAL_TARGET: &str = "tare_marker_monitor::exit=error";
+
 /// The filter of `-v`/`-q` (`verbosity` is the count of `-v` less the count of `-q`): by
 /// default the job's own info lines (a run's start and end) and everyone's warnings.
 pub fn default_directives(verbosity: i8) -> &'static str {
@@ -35,11 +39,20 @@ pub fn default_directives(verbosity: i8) -> &'static str {
 /// is said so, in the chosen format, and the default is used.
 pub fn init(format: LogFormat, verbosity: i8) {
     use std::io::IsTerminal;
-    let directives = std::env::var(FILTER_VARIABLE).ok();
+    // An empty value (a template's `TMM_LOG=${LEVEL}` with no level) is no filter.
+    let directives = std::env::var(FILTER_VARIABLE)
+        .ok()
+        .filter(|value| !value.trim().is_empty());
     let parsed = directives.as_deref().map(EnvFilter::try_new);
     let filter = match &parsed {
         Some(Ok(_)) => parsed.and_then(Result::ok).unwrap_or_default(),
         _ => EnvFilter::new(default_directives(verbosity)),
+    };
+    // The line that says why a command failed is written whatever the filter (`off`
+    // included): an operator must never get an exit code without its reason.
+    let filter = match FATAL_TARGET.parse() {
+        Ok(fatal) => filter.add_directive(fatal),
+        Err(_) => filter,
     };
     if format == LogFormat::Json {
         crate::progress::hide();

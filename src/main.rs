@@ -30,7 +30,12 @@ fn main() -> ExitCode {
             for line in error.lines() {
                 match json {
                     // Every stderr line one JSON object, the final error too.
-                    true => tracing::error!(exit_code = code, "{}", &line["error: ".len()..]),
+                    true => tracing::error!(
+                        target: "tare_marker_monitor::exit",
+                        exit_code = code,
+                        "{}",
+                        &line["error: ".len()..]
+                    ),
                     false => eprintln!("{line}"),
                 }
             }

@@ -1893,3 +1893,37 @@ fn more_worker_threads_than_256_are_refused_with_exit_2_before_any_thread_starts
     );
     assert!(!out.path().join("markers.csv").exists());
 }
+
+#[test]
+fn an_empty_tmm_log_is_the_default_level_and_off_still_prints_the_final_error() {
+    let run = |level: &str| {
+        let out = crate::helpers::out_dir();
+        crate::helpers::binary()
+            .args(["--log-format", "json", "run", "--as-of", "2026-11-01"])
+            .args(["--source-dir", "/nonexistent-tmm-folder", "--out"])
+            .arg(out.path())
+            .env("TMM_LOG", level)
+            .output()
+            .unwrap()
+    };
+    let lines = |output: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let empty = run("");
+    assert_eq!(empty.status.code(), Some(3));
+    let empty = lines(&empty);
+    assert_eq!(empty[0]["fields"]["message"], "run started");
+    assert_eq!(empty.last().unwrap()["level"], "ERROR");
+    let off = run("off");
+    assert_eq!(off.status.code(), Some(3));
+    let off = lines(&off);
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(
+        off[0]["fields"]["message"],
+        "cannot read source folder /nonexistent-tmm-folder: No such file or directory (os error 2)"
+    );
+    assert_eq!(off[0]["fields"]["exit_code"], 3);
+}
