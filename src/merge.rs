@@ -27,8 +27,16 @@ pub enum MergeError {
     /// A part file that is not the one its shard's summary lists (parts of two runs mixed).
     #[error("{} is not the file its shard's run-summary lists ({summary}): the parts come from different runs", path.display())]
     NotOfItsRun { path: PathBuf, summary: PathBuf },
-    #[error("parts of runs with different shard counts: {0:?}")]
-    ShardCounts(Vec<u32>),
+    /// The shard count is part of a run's identity: parts of a 2-shard and a 3-shard run
+    /// are parts of two runs.
+    #[error(
+        "parts of runs with different shard counts (part of a run's identity): {}",
+        .0.iter()
+            .map(|(count, path)| format!("{count} shards in {}", path.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )]
+    ShardCounts(Vec<(u32, PathBuf)>),
     #[error("shard {index}/{count} is incomplete: missing {}", missing.join(", "))]
     Incomplete {
         index: u32,
@@ -192,7 +200,17 @@ fn find_parts(dirs: &[PathBuf]) -> Result<(u32, Vec<Part>), MergeError> {
     let count = match counts.iter().collect::<Vec<_>>().as_slice() {
         [count] => **count,
         [] => return Err(MergeError::NoParts),
-        _ => return Err(MergeError::ShardCounts(counts.into_iter().collect())),
+        _ => {
+            // One part of each count, named: the operator sees which sets do not belong.
+            let named = counts
+                .into_iter()
+                .filter_map(|count| {
+                    let (_, files) = found.range((count, 0)..=(count, u32::MAX)).next()?;
+                    Some((count, files.values().next()?.clone()))
+                })
+                .collect();
+            return Err(MergeError::ShardCounts(named));
+        }
     };
     let mut parts = Vec::new();
     for index in 0..count {

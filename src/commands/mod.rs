@@ -355,6 +355,7 @@ impl CommandError {
                 crate::merge::MergeError::Differs { .. }
                 | crate::merge::MergeError::NotItsShard { .. }
                 | crate::merge::MergeError::Twice { .. }
+                | crate::merge::MergeError::ShardCounts(_)
                 | crate::merge::MergeError::NoIdentity { .. },
             ) => exit::CONFIG,
             CommandError::ChecksFailed { .. } => exit::SOURCE,

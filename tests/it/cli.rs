@@ -631,6 +631,36 @@ fn merge_names_a_missing_shard() {
 }
 
 #[test]
+fn merge_refuses_parts_of_different_shard_counts_with_exit_2_naming_a_part_of_each() {
+    let (of_two, output) = run_demo(&["--shard", "0/2"]);
+    assert!(output.status.success());
+    let (of_three, output) = run_demo(&["--shard", "1/3"]);
+    assert!(output.status.success());
+    let merged = out_dir();
+    let output = binary()
+        .arg("merge")
+        .arg(of_two.path())
+        .arg(of_three.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: parts of runs with different shard counts (part of a run's identity): 2 shards in "
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("shard-0-of-2") && stderr.contains(", 3 shards in "),
+        "{stderr}"
+    );
+    assert!(!merged.path().exists());
+}
+
+#[test]
 fn a_shard_outside_its_count_exits_2() {
     let (_, output) = run_demo(&["--shard", "3/3"]);
     assert_eq!(output.status.code(), Some(2));
