@@ -59,15 +59,15 @@ pub enum FhirError {
         /// The server's OperationOutcome text, or the start of its body.
         outcome: String,
     },
-    #[error("{}: not a FHIR Bundle", shown(url))]
+    #[error("{}: not a FHIR Bundle", read_named(url))]
     NotABundle {
         url: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: a {} where a Bundle was expected", shown(url), shown(found))]
+    #[error("{}: a {} where a Bundle was expected", read_named(url), shown(found))]
     NotABundleType { url: String, found: String },
-    #[error("{}: not JSON", shown(url))]
+    #[error("{}: not JSON", read_named(url))]
     NotJson {
         url: String,
         #[source]
@@ -75,7 +75,7 @@ pub enum FhirError {
     },
     #[error(
         "{}: the search goes on past {limit} pages (server.max_pages_per_search)",
-        shown(url)
+        read_named(url)
     )]
     TooManyPages { url: String, limit: usize },
     #[error(
@@ -323,6 +323,12 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// "Observation search on fhir.example.org", "Device create on fhir.example.org": what a
 /// request was, without its path's ids or its query.
+/// A read (GET) named as `request_named` names it: the answer's URL, with its ids and query,
+/// only at debug level.
+fn read_named(url: &str) -> String {
+    request_named(&reqwest::Method::GET, url)
+}
+
 pub fn request_named(method: &reqwest::Method, url: &str) -> String {
     use reqwest::Method;
     let Ok(url) = url::Url::parse(url) else {
@@ -438,7 +444,7 @@ mod tests {
         };
         assert_eq!(
             found.to_string(),
-            "u: a Bundle\\u{85} where a Bundle was expected"
+            "a request: a Bundle\\u{85} where a Bundle was expected"
         );
     }
 }

@@ -120,7 +120,7 @@ async fn a_page_that_is_not_json_is_a_clear_error() {
     assert!(
         error
             .to_string()
-            .starts_with(&format!("{url}: not a FHIR Bundle")),
+            .starts_with("Observation request on 127.0.0.1: not a FHIR Bundle"),
         "{error}"
     );
 }
