@@ -101,22 +101,18 @@ fn refuse_mixing_identified_and_deidentified(
     let shown: Option<bool> = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .map(|m| m["deidentified"].as_bool().unwrap_or(false));
+    let with_article = |deidentified: bool| match deidentified {
+        true => "a de-identified",
+        false => "an identified",
+    };
     match shown {
         Some(shown) if shown != deidentified => Err(crate::output::OutputError::NotOurs {
             path: out.display().to_string(),
             what: format!(
-                "holds {} report; a {} report gets an --out of its own, so that no identified \
+                "holds {} report; {} report gets an --out of its own, so that no identified \
                  report is kept beside a de-identified one",
-                if shown {
-                    "a de-identified"
-                } else {
-                    "an identified"
-                },
-                if deidentified {
-                    "de-identified"
-                } else {
-                    "identified"
-                },
+                with_article(shown),
+                with_article(deidentified),
             ),
         }),
         _ => Ok(()),

@@ -620,6 +620,19 @@ fn a_deidentified_report_never_joins_identified_ones_in_one_out() {
     );
     // The same kind again is the nightly case: accepted.
     crate::helpers::assert_success(&into(out.path(), "report", &[]));
+
+    // And the other way round, in words as plain.
+    let other = crate::helpers::out_dir();
+    crate::helpers::assert_success(&into(other.path(), "report", &["--deidentify"]));
+    let refused = into(other.path(), "report", &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "holds a de-identified report; an identified report gets an --out of its own"
+        ),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 #[test]
