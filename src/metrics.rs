@@ -244,6 +244,31 @@ impl RunMetrics<'_> {
     }
 }
 
+/// Writes the textfile copy of a command that ended now, at `path` (its last success read
+/// from the file there before); a failure to write it is a warning, never the run's error.
+pub fn publish_textfile(
+    path: &Path,
+    summary: Option<&Value>,
+    shard: Option<&str>,
+    exit_code: u8,
+    duration_secs: f64,
+) {
+    let metrics = RunMetrics {
+        summary,
+        shard,
+        exit_code,
+        duration_secs,
+        ended_at: now(),
+        previous_success: last_success_in(path),
+    };
+    if let Err(error) = metrics.write_textfile(path) {
+        tracing::warn!(
+            "metrics for the textfile collector not written: {}",
+            crate::fhir::error::chain(&error)
+        );
+    }
+}
+
 /// Unix seconds now.
 pub fn now() -> f64 {
     std::time::SystemTime::now()

@@ -33,20 +33,13 @@ pub fn execute(args: MergeArgs) -> Result<(), CommandError> {
             Err(error) => error.exit_code(),
         };
         let figures = summary.as_ref().map(crate::merge::metrics_figures);
-        let metrics = crate::metrics::RunMetrics {
-            summary: figures.as_ref(),
-            shard: None,
+        crate::metrics::publish_textfile(
+            &path,
+            figures.as_ref(),
+            None,
             exit_code,
-            duration_secs: crate::sink::summary::Timings::secs(started.elapsed().as_millis()),
-            ended_at: crate::metrics::now(),
-            previous_success: crate::metrics::last_success_in(&path),
-        };
-        if let Err(error) = metrics.write_textfile(&path) {
-            tracing::warn!(
-                "metrics for the textfile collector not written: {}",
-                crate::fhir::error::chain(&error)
-            );
-        }
+            crate::sink::summary::Timings::secs(started.elapsed().as_millis()),
+        );
     }
     result
 }

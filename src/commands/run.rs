@@ -147,20 +147,13 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
             .as_ref()
             .map(|s| serde_json::to_value(s).unwrap_or_default());
         let shard = shard.map(|s| s.to_string());
-        let metrics = crate::metrics::RunMetrics {
-            summary: figures.as_ref(),
-            shard: shard.as_deref(),
+        crate::metrics::publish_textfile(
+            &path,
+            figures.as_ref(),
+            shard.as_deref(),
             exit_code,
             duration_secs,
-            ended_at: crate::metrics::now(),
-            previous_success: crate::metrics::last_success_in(&path),
-        };
-        if let Err(error) = metrics.write_textfile(&path) {
-            tracing::warn!(
-                "metrics for the textfile collector not written: {}",
-                crate::fhir::error::chain(&error)
-            );
-        }
+        );
     }
     result
 }
