@@ -289,6 +289,22 @@ fn a_flag_and_a_marker_chosen_together_mean_that_flag_on_that_marker() {
 }
 
 #[test]
+fn a_worklist_date_and_a_value_with_its_unit_never_break_across_lines() {
+    let Some(chromium) = chromium() else { return };
+    let out = report(demo_named().path());
+    let page = format!("file://{}", out.path().join("report.html").display());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&page);
+    let mut white_space = |selector: &str| {
+        browser.eval(&format!(
+            "getComputedStyle(document.querySelector('#worklist-rows {selector}')).whiteSpace"
+        ))
+    };
+    assert_eq!(white_space("td.date"), json!("nowrap"));
+    assert_eq!(white_space("span.value"), json!("nowrap"));
+}
+
+#[test]
 fn a_marker_and_a_response_chosen_together_mean_that_markers_response_and_back_returns_to_the_list()
 {
     let Some(chromium) = chromium() else { return };

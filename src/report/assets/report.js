@@ -173,13 +173,15 @@
       open.addEventListener("click", e => { e.preventDefault(); openPatient(p.id); });
       if (p.name) el("div", { class: "muted small" }, who, p.id);
       el("td", {}, row, p.mrn || "");
-      el("td", {}, row, p.birth || "");
+      el("td", { class: "date" }, row, p.birth || "");
       el("span", { class: "sev sev-" + p.worst }, el("td", {}, row), p.worst);
       el("td", {}, row, p.flags.map(f => flagLabel(f[0], f[1])).filter((x, i, a) => a.indexOf(x) === i).join(", "));
-      el("td", {}, row, p.values.map(valueText).join("; "));
+      // Each value with its unit on one line ("70 ng/mL", never "70" over "ng/mL").
+      const latest = el("td", {}, row);
+      p.values.forEach((v, i) => { if (i) latest.append("; "); el("span", { class: "value" }, latest, valueText(v)); });
       el("td", {}, row, reviewOf(p) + (p.review && p.review[1] ? ": " + p.review[1] : ""));
-      el("td", {}, row, p.index);
-      el("td", {}, row, p.latest);
+      el("td", { class: "date" }, row, p.index);
+      el("td", { class: "date" }, row, p.latest);
     }
     body.replaceChildren(rows);
     const pages = Math.max(1, Math.ceil(shown.length / PAGE));
