@@ -827,8 +827,51 @@ fn remove(resource: &mut Value, key: &str) {
 
 /// Writes the cohort as `Patient`, `Condition`, `Procedure` and `Observation` NDJSON files
 /// (and, for a realistic export, the other types and other patients around it).
+///
+/// The files are written into a hidden sibling folder and moved to `dir` (new or empty) in one
+/// rename once complete: a stop (SIGINT/SIGTERM, checked between patients) or a full disk
+/// leaves `dir` as it was and removes the partial files.
 pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    let staging = staging_folder(dir)?;
+    write_files(plan, staging.path(), gzip)?;
+    // A folder that is there and empty is replaced by the rename (rename(2)); once moved,
+    // there is nothing left for the guard to remove.
+    std::fs::rename(staging.path(), dir)?;
+    let _moved = staging.keep();
+    Ok(())
+}
+
+/// A fresh hidden folder beside `dir`, removed when dropped.
+fn staging_folder(dir: &Path) -> std::io::Result<tempfile::TempDir> {
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cohort".into());
+    // The folder becomes the output: a folder's usual mode, not a temporary one's 0700.
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.generating-"))
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir_in(parent)
+}
+
+/// The stop asked for (SIGINT/SIGTERM), as the error that ends the writing.
+fn stop_if_asked() -> std::io::Result<()> {
+    match crate::interrupt::requested() {
+        true => Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "stopped (SIGINT/SIGTERM) before the cohort was complete: nothing was written",
+        )),
+        false => Ok(()),
+    }
+}
+
+fn write_files(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> {
     let realistic = matches!(
         plan,
         Plan::Random {
@@ -840,11 +883,13 @@ pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> 
     match plan {
         Plan::Demo => {
             for p in demo_scenarios() {
+                stop_if_asked()?;
                 writers.write(&p)?;
             }
             let as_of = d(DEMO_AS_OF);
             let mut rng = ChaCha8Rng::seed_from_u64(DEMO_SEED);
             for n in 0..DEMO_RANDOM_PATIENTS {
+                stop_if_asked()?;
                 let visits = rng.gen_range(2..10);
                 writers.write(&random_patient(
                     &mut rng,
@@ -863,6 +908,10 @@ pub fn write_cohort(plan: &Plan, dir: &Path, gzip: bool) -> std::io::Result<()> 
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             let progress = crate::progress::Progress::start("writing", *patients as u64);
             for n in 0..*patients {
+                if let Err(e) = stop_if_asked() {
+                    progress.finish();
+                    return Err(e);
+                }
                 progress.advance(1);
                 let patient_id = format!("syn-{seed}-{n}");
                 let patient = random_patient(&mut rng, &patient_id, *as_of, 12);

@@ -421,6 +421,99 @@ fn generator_is_deterministic_for_a_seed() {
     );
 }
 
+#[test]
+fn generate_refuses_a_folder_that_holds_files_and_leaves_it_as_it_was() {
+    let out = out_dir();
+    std::fs::create_dir(out.path()).unwrap();
+    std::fs::write(out.path().join("Observation.ndjson"), "a real export\n").unwrap();
+    let output = binary()
+        .args(["generate", "--patients", "3", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: --out {} already holds \"Observation.ndjson\": generate writes only into a new or empty folder (remove the folder to generate it again)\n",
+            out.path().display()
+        )
+    );
+    assert_eq!(read(out.path(), "Observation.ndjson"), "a real export\n");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn generate_fills_an_empty_folder_and_leaves_no_staging_folder_beside_it() {
+    let out = out_dir();
+    std::fs::create_dir(out.path()).unwrap();
+    binary()
+        .args(["generate", "--patients", "2", "--out"])
+        .arg(out.path())
+        .assert()
+        .success();
+    assert_eq!(read(out.path(), "Patient.ndjson").lines().count(), 2);
+    let parent = out.path().parent().unwrap();
+    let beside: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, [std::ffi::OsString::from("out")]);
+}
+
+#[test]
+fn generate_refuses_seed_or_date_with_the_demo_and_an_empty_cohort() {
+    for args in [
+        vec!["--demo", "--seed", "3"],
+        vec!["--demo", "--as-of", "2026-01-01"],
+        vec!["--patients", "0"],
+    ] {
+        let out = out_dir();
+        let output = binary()
+            .arg("generate")
+            .args(&args)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!out.path().exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn sigterm_stops_generate_with_130_and_leaves_nothing_behind() {
+    let out = out_dir();
+    let parent = out.path().parent().unwrap().to_owned();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"))
+        .args(["generate", "--realistic", "--patients", "100000", "--out"])
+        .arg(out.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once its Observations are being written into the staging folder.
+    let writing = || {
+        std::fs::read_dir(&parent).unwrap().any(|entry| {
+            let path = entry.unwrap().path();
+            std::fs::metadata(path.join("Observation.000.ndjson")).is_ok_and(|m| m.len() > 0)
+        })
+    };
+    let started = std::time::Instant::now();
+    while !writing() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!out.path().exists());
+    assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
+}
+
 /// The DetectedIssue file without its `recorded` times (they differ between runs).
 fn without_recorded(text: &str) -> String {
     text.lines()
