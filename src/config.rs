@@ -659,12 +659,18 @@ pub fn unknown_variables<'a>(
     ];
     names
         .into_iter()
-        .filter(|name| name.starts_with(ENV_PREFIX) && !name.contains("__"))
-        .filter(|name| *name != ENV_LOG && !name.starts_with(ENV_TEST_PREFIX))
         .filter(|name| !named.contains(&Some(name)))
         .filter_map(|name| {
             let upper = name.to_uppercase();
-            if upper.starts_with(ENV_LOG) {
+            if !upper.starts_with(ENV_PREFIX) || upper.starts_with(ENV_TEST_PREFIX) {
+                return None;
+            }
+            // Only `TMM_` in capitals is read: `tmm_server__base_url` sets nothing either.
+            let read_as_key = name.starts_with(ENV_PREFIX) && name.contains("__");
+            if read_as_key || name == ENV_LOG {
+                return None;
+            }
+            if upper.starts_with(ENV_LOG) && !upper.contains("__") {
                 return Some((name.to_owned(), ENV_LOG.to_owned()));
             }
             Some((name.to_owned(), nearest_key(&upper, &keys)?.clone()))
@@ -1264,6 +1270,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_variable_whose_prefix_is_not_in_capitals_is_named_with_the_key_it_meant() {
+        assert_eq!(
+            unknown_variables(
+                ["tmm_server__base_url", "Tmm_Log", "tmm_test_x"],
+                &Config::default()
+            ),
+            [
+                (
+                    "tmm_server__base_url".to_owned(),
+                    "TMM_SERVER__BASE_URL".to_owned()
+                ),
+                ("Tmm_Log".to_owned(), "TMM_LOG".to_owned()),
+            ]
+        );
     }
 
     #[test]
