@@ -229,9 +229,33 @@ pub fn certificate_refused(error: &reqwest::Error) -> Option<String> {
             };
             return Some(format!("TLS: {advice} (not retried)"));
         }
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            if client_certificate_refused(*alert) {
+                return Some(format!("TLS: {CLIENT_CERTIFICATE_REFUSED} (not retried)"));
+            }
+        }
         source = cause.source();
     }
     None
+}
+
+const CLIENT_CERTIFICATE_REFUSED: &str = "the server refused the client certificate (or its absence): check server.client_cert_file and client_key_file";
+
+/// The alerts a server sends when it refuses the client's certificate (mutual TLS): asking
+/// again with the same certificate cannot succeed.
+fn client_certificate_refused(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as Alert;
+    matches!(
+        alert,
+        Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied
+            | Alert::CertificateRequired
+    )
 }
 
 /// What went wrong with a request that got no answer, in a few words: which timeout ran out,

@@ -418,6 +418,20 @@ fn an_expired_certificate_is_not_retried_and_says_to_renew_it() {
 }
 
 #[test]
+fn a_client_certificate_the_server_refuses_is_not_retried_and_says_what_to_set() {
+    let ca = TestCa::new("Hospital internal CA");
+    let clients = TestCa::new("Hospital client CA");
+    let server = tls_server(&ca, Some(&clients), empty_bundle_answer());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_file(&dir, "ca.pem", &ca.pem);
+    refused_at_once(
+        &server,
+        Some(&ca_file),
+        "the server refused the client certificate (or its absence): check server.client_cert_file and client_key_file",
+    );
+}
+
+#[test]
 fn a_certificate_for_another_name_is_not_retried_and_says_which_name_to_use() {
     let ca = TestCa::new("Hospital internal CA");
     let (cert, key) = ca.sign(&["fhir.example.org"], "test FHIR server");
