@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Retries of HTTP requests in this process (counted where they are waited for).
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 
+/// HTTP requests this process sent (every attempt), for the metrics of a run that ended
+/// before its summary: a run a 503 storm ended is the one whose retries an operator wants.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn count_request() {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
 pub fn count_retry() {
     RETRIES.fetch_add(1, Ordering::Relaxed);
 }
@@ -180,20 +188,31 @@ impl RunMetrics<'_> {
                 "Flags raised by the last run, by severity.",
                 &flags,
             );
-            if let Some(requests) = s.get("server_requests").filter(|v| !v.is_null()) {
-                family(
-                    &mut text,
-                    "server_requests",
-                    "HTTP requests the last run sent to the FHIR server, retries included.",
-                    &[(self.labels(None), number(requests))],
-                );
-                family(
-                    &mut text,
-                    "server_retries",
-                    "HTTP requests of the last run that were retries.",
-                    &[(self.labels(None), number(&s["server_retries"]))],
-                );
+        }
+        // The summary's figures, else (a run that ended before its summary) this process's.
+        let server = match self.summary {
+            Some(s) => s
+                .get("server_requests")
+                .filter(|v| !v.is_null())
+                .map(|requests| (number(requests), number(&s["server_retries"]))),
+            None => {
+                let requests = REQUESTS.load(Ordering::Relaxed);
+                (requests > 0).then(|| (requests as f64, retries() as f64))
             }
+        };
+        if let Some((requests, retries)) = server {
+            family(
+                &mut text,
+                "server_requests",
+                "HTTP requests the last run sent to the FHIR server, retries included.",
+                &[(self.labels(None), requests)],
+            );
+            family(
+                &mut text,
+                "server_retries",
+                "HTTP requests of the last run that were retries.",
+                &[(self.labels(None), retries)],
+            );
         }
         family(
             &mut text,

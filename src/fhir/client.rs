@@ -573,6 +573,7 @@ impl FhirClient {
                 Target { kind: &kind, host },
                 || {
                     self.requests.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::count_request();
                     let request = build(&self.http);
                     Ok::<_, Infallible>(match &authorization {
                         Some(value) => {
@@ -695,6 +696,7 @@ impl FhirClient {
                 false => None,
             };
             self.requests.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::count_request();
             let mut request = self
                 .http
                 .get(target.clone())

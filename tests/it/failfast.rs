@@ -112,7 +112,8 @@ fn sigint_cancels_a_request_to_a_server_that_never_answers() {
 }
 
 #[test]
-fn an_interrupted_run_writes_exit_code_130_to_the_textfile_and_keeps_the_last_success() {
+fn an_interrupted_run_writes_exit_code_130_and_its_requests_to_the_textfile_and_keeps_the_last_success(
+) {
     let base = silent_server();
     let work = tempfile::tempdir().unwrap();
     let textfile = work.path().join("tmm.prom");
@@ -145,6 +146,9 @@ fn an_interrupted_run_writes_exit_code_130_to_the_textfile_and_keeps_the_last_su
     assert_eq!(sample("exit_code"), 130.0, "{text}");
     assert_eq!(sample("last_success_timestamp_seconds"), 1000.0, "{text}");
     assert!(sample("last_run_timestamp_seconds") > 1000.0, "{text}");
+    // Ended before its summary: the requests it sent are still counted (one, unanswered).
+    assert_eq!(sample("server_requests"), 1.0, "{text}");
+    assert_eq!(sample("server_retries"), 0.0, "{text}");
     assert!(!work.path().join("out").exists(), "nothing published");
 }
 
