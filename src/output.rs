@@ -119,10 +119,17 @@ struct Hashing<W> {
     inner: W,
     sha: Sha256,
     bytes: u64,
+    /// A stop asked for ends the writing at the next buffer, not at the end of the file (a
+    /// large set ends within a second of SIGTERM).
+    heed_stop: bool,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.heed_stop && crate::interrupt::requested() {
+            // Not `ErrorKind::Interrupted`: `write_all` would try again.
+            return Err(std::io::Error::other("stopped (SIGINT/SIGTERM)"));
+        }
         let n = self.inner.write(buf)?;
         self.sha.update(&buf[..n]);
         self.bytes += n as u64;
@@ -185,23 +192,28 @@ fn write_whole(
         builder.permissions(std::fs::Permissions::from_mode(0o600));
     }
     let mut temp = builder.tempfile_in(folder).map_err(&fail)?;
+    let stopped = || OutputError::Interrupted {
+        path: path.display().to_string(),
+    };
     let hashed = {
         let mut writer = std::io::BufWriter::new(Hashing {
             inner: temp.as_file_mut(),
             sha: Sha256::new(),
             bytes: 0,
+            heed_stop,
         });
-        fill(&mut writer).map_err(&fail)?;
-        writer.flush().map_err(&fail)?;
+        let written = fill(&mut writer).and_then(|()| writer.flush());
+        if heed_stop && crate::interrupt::requested() {
+            // Dropping `temp` removes it; the previous file, if any, stays as it was.
+            return Err(stopped());
+        }
+        written.map_err(&fail)?;
         writer.into_inner().map_err(|e| fail(e.into_error()))?
     };
     let (bytes, sha256) = (hashed.bytes, format!("{:x}", hashed.sha.finalize()));
     temp.as_file().sync_all().map_err(&fail)?;
     if heed_stop && crate::interrupt::requested() {
-        // Dropping `temp` removes it; the previous file, if any, stays as it was.
-        return Err(OutputError::Interrupted {
-            path: path.display().to_string(),
-        });
+        return Err(stopped());
     }
     temp.persist(path).map_err(|e| fail(e.error))?;
     // The rename itself survives a crash only once the folder is synced too.

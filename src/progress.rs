@@ -29,7 +29,10 @@ fn bar(stage: &'static str, total: Option<u64>, template: &str) -> Progress {
     if !shown() {
         return Progress::default();
     }
-    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+    // A bar dropped unfinished (an error ended the step) is cleared too: the error line
+    // that follows starts on a clean line.
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+        .with_finish(indicatif::ProgressFinish::AndClear);
     let style = ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .with_key(

@@ -118,7 +118,7 @@ pub enum FhirError {
     Undeclared { host: String, missing: String },
     /// Named by host only: the URL's query may name patients.
     #[error(
-        "interrupted while waiting on {}: nothing was published, the state is as it was",
+        "interrupted while waiting on {}: stopped before writing anything (no output published, no state moved on)",
         host_of(url)
     )]
     Interrupted { url: String },

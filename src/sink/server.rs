@@ -550,7 +550,8 @@ async fn send_bundles(
 ) -> Result<(), WriteBackError> {
     let url = client.base().to_string();
     let progress = Progress::start("writing", bundles.len() as u64);
-    // Per patient: the plan, and the answer (none when a stop came before it was sent).
+    // Per patient: the plan, and the answer (none when a stop came before it was sent or cut
+    // its answer off).
     type Sent = (String, Plan, Option<Result<(), String>>);
     let results: Vec<Sent> = stream::iter(bundles)
         .map(|(patient_id, mut plan)| {
@@ -569,16 +570,19 @@ async fn send_bundles(
                     })
                     .await;
                 let result = match sent {
-                    Ok(answer) if answer.status == StatusCode::OK => Ok(()),
-                    Ok(answer) => Err(format!(
+                    // Cut off by the stop: not a failure of this patient's (the next run,
+                    // from the same state, finds what the server kept).
+                    Err(FhirError::Interrupted { .. }) => None,
+                    Ok(answer) if answer.status == StatusCode::OK => Some(Ok(())),
+                    Ok(answer) => Some(Err(format!(
                         "HTTP {}: {}",
                         answer.status.as_u16(),
                         outcome_text(&answer.body)
-                    )),
-                    Err(e) => Err(e.to_string()),
+                    ))),
+                    Err(e) => Some(Err(e.to_string())),
                 };
                 progress.advance(1);
-                (patient_id, plan, Some(result))
+                (patient_id, plan, result)
             }
         })
         .buffer_unordered(config.server.write_concurrency)
