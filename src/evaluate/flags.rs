@@ -72,9 +72,11 @@ fn tare_on(window: Window) -> String {
 /// the reference nadir, the lowest value so far, which may be the baseline before TARE.
 pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
     let marker = rise.latest.marker;
+    // No percentage from a reference nadir of 0 (rise_from_nadir_pct is empty too): the
+    // sentence then gives the two values only.
     let pct = percent_change(rise.reference_nadir.value, rise.latest.value)
-        .map(|p| format!("{}%", human_percent(p)))
-        .unwrap_or_else(|| "from zero".into());
+        .map(|p| format!(" {}%", human_percent(p)))
+        .unwrap_or_default();
     let confirmation = match rise.confirmed_by {
         Some(previous) => format!(
             ", confirmed by the value before it, {}",
@@ -95,7 +97,7 @@ pub fn marker_rise(rise: &Rise<'_>, uln: f64, window: Window) -> Flag {
         },
         identified_date: rise.latest.date,
         detail: format!(
-            "{} rose {} from its lowest value so far (reference nadir), {}, to {}{}, above {}; {}. Confirm with contrast CT/MRI.",
+            "{} rose{} from its lowest value so far (reference nadir), {}, to {}{}, above {}; {}. Confirm with contrast CT/MRI.",
             marker.display_name(),
             pct,
             placed_reference_nadir(rise.reference_nadir, window),
@@ -288,6 +290,7 @@ pub fn possible_reild(
         Some(_) => String::new(),
         None => "; no baseline bilirubin".into(),
     };
+    // The baseline first: the report's chart draws its REILD limit from it.
     let mut evidence: Vec<&MarkerValue> = baseline.into_iter().collect();
     evidence.push(value);
     Some(Flag {

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::domain::{FlagCode, Marker, Response};
 use crate::format::{date, human_exact, human_number};
 use crate::text::printable;
+use chrono::NaiveDate;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -78,6 +79,9 @@ struct DetailView<'a> {
 struct SeriesView<'a> {
     m: &'static str,
     uln: f64,
+    /// The REILD limit of twice the bilirubin baseline, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rl: Option<f64>,
     points: Vec<(i64, f64, u8)>,
     /// `[point index, observation id, note]` for the points with a note.
     notes: Vec<(usize, &'a str, Cow<'a, str>)>,
@@ -150,6 +154,7 @@ impl<'a> DetailView<'a> {
                 .map(|s| SeriesView {
                     m: s.marker,
                     uln: s.uln,
+                    rl: s.baseline_limit,
                     points: s
                         .points
                         .iter()
@@ -198,11 +203,17 @@ struct Labels {
     responses: BTreeMap<&'static str, &'static str>,
     /// `[rules] reild_bilirubin_umol_l`, drawn on the bilirubin chart of a possible REILD.
     reild_limit: f64,
+    /// `[rules] reild_baseline_multiple`, the label of the limit drawn at that many times the
+    /// bilirubin baseline.
+    reild_multiple: f64,
     deidentified: bool,
+    /// "YYYY-MM-DD", printed on every page of a print-out (a tumour board's copy says when
+    /// its figures were true).
+    as_of: String,
 }
 
 impl Labels {
-    fn of(config: &Config, deidentified: bool) -> Labels {
+    fn of(config: &Config, deidentified: bool, as_of: NaiveDate) -> Labels {
         Labels {
             markers: Marker::ALL
                 .into_iter()
@@ -217,7 +228,9 @@ impl Labels {
                 .map(|r| (r.code(), response_label(r)))
                 .collect(),
             reild_limit: config.rules.reild_bilirubin_umol_l,
+            reild_multiple: config.rules.reild_baseline_multiple,
             deidentified,
+            as_of: date(as_of),
         }
     }
 }
@@ -339,7 +352,7 @@ pub fn write(out: &mut dyn Write, report: &Report, config: &Config) -> io::Resul
          <script id=\"labels\" type=\"application/json\">{}</script>\
          <script id=\"worklist-data\" type=\"application/json\">{}</script><script>{SCRIPT}</script>\
          <script id=\"patient-details\" type=\"application/json\">{details}</script></body></html>",
-        script_json(&Labels::of(config, o.deidentified))?,
+        script_json(&Labels::of(config, o.deidentified, o.as_of))?,
         script_json(&rows)?
     )
 }
@@ -535,7 +548,12 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     let histogram = g.nadir_histogram();
     let starts: std::collections::BTreeSet<i64> = histogram.keys().map(|(_, s)| *s).collect();
     for start in starts {
-        write!(out, "<tr><td>{}-{}</td>", start, start + 29)?;
+        write!(
+            out,
+            "<tr><td>{}-{}</td>",
+            start,
+            start + super::programme::NADIR_BIN_DAYS - 1
+        )?;
         for m in Marker::TUMOR {
             write!(
                 out,

@@ -76,6 +76,9 @@ pub struct ChartSeries {
     pub label: &'static str,
     pub unit: &'static str,
     pub uln: f64,
+    /// Bilirubin of a possible REILD: `[rules] reild_baseline_multiple` x its baseline, the
+    /// other limit the flag's value is held against (drawn beside the absolute one).
+    pub baseline_limit: Option<f64>,
     pub points: Vec<ChartPoint>,
 }
 
@@ -137,6 +140,26 @@ pub struct Report {
 }
 
 const CHART_MARKERS: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
+
+/// The bilirubin baseline a possible REILD flag of `episode` was held against: the first of
+/// its evidence when it has two (`evaluate::flags::possible_reild` names the baseline first).
+fn reild_baseline(
+    episode: &crate::domain::EpisodeFindings,
+    timeline: &PatientTimeline,
+) -> Option<f64> {
+    let flag = episode
+        .flags
+        .iter()
+        .find(|f| f.code == crate::domain::FlagCode::PossibleReild)?;
+    let [baseline, _value] = flag.evidence_observation_ids.as_slice() else {
+        return None;
+    };
+    timeline
+        .series(Marker::Bilirubin)
+        .iter()
+        .find(|v| v.observation_id == *baseline)
+        .map(|v| v.value)
+}
 
 /// The chart of one patient, around the latest episode of their findings.
 pub fn chart(
@@ -204,11 +227,18 @@ pub fn chart(
                 }
             })
             .collect();
+        let baseline_limit = (marker == Marker::Bilirubin)
+            .then(|| reild_baseline(episode, timeline))
+            .flatten()
+            .map(|b| {
+                crate::ingest::units::in_canonical_unit(b, config.rules.reild_baseline_multiple)
+            });
         series.push(ChartSeries {
             marker: marker.key(),
             label: marker.display_name(),
             unit: marker.canonical_unit(),
             uln,
+            baseline_limit,
             points,
         });
     }
@@ -579,6 +609,8 @@ fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         "nadir",
         "best_pct_change",
         "response",
+        "baseline_comparator",
+        "nadir_comparator",
     ])?;
     for bar in &r.programme.waterfall {
         w.row([
@@ -589,6 +621,8 @@ fn waterfall_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
             &crate::format::exact_number(bar.nadir),
             &crate::format::csv_percent(bar.best_pct_change),
             bar.response.code(),
+            bar.baseline_censoring.prefix(),
+            bar.nadir_censoring.prefix(),
         ])?;
     }
     Ok(())
@@ -624,7 +658,7 @@ fn nadir_days_csv(w: &mut CsvWriter<'_>, r: &Report) -> csv::Result<()> {
         w.row([
             marker.key().to_owned(),
             from.to_string(),
-            (from + 29).to_string(),
+            (from + programme::NADIR_BIN_DAYS - 1).to_string(),
             count.to_string(),
         ])?;
     }

@@ -5,7 +5,7 @@
 
 use super::ReportOptions;
 use crate::config::Config;
-use crate::domain::{Marker, PatientFindings, PatientTimeline, Response};
+use crate::domain::{Censoring, Marker, PatientFindings, PatientTimeline, Response};
 use chrono::{Datelike, NaiveDate};
 use std::collections::BTreeMap;
 
@@ -17,6 +17,9 @@ pub struct WaterfallBar {
     pub index_date: NaiveDate,
     pub baseline: f64,
     pub nadir: f64,
+    /// A baseline or nadir reported as `<` or `>` a limit: the change is a bound, not a figure.
+    pub baseline_censoring: Censoring,
+    pub nadir_censoring: Censoring,
     /// (nadir - baseline) / baseline x 100: the best change, the nadir being the smallest
     /// value after TARE.
     pub best_pct_change: f64,
@@ -44,6 +47,9 @@ pub struct Programme {
     /// (month "YYYY-MM", flag code, severity) -> flags identified that month, in the range.
     pub flags_per_month: BTreeMap<(String, &'static str, &'static str), usize>,
 }
+
+/// The width of a bin of days from TARE to nadir; a bin's last day is its first + 29.
+pub const NADIR_BIN_DAYS: i64 = 30;
 
 /// The surveillance windows: every `due_interval_early_days` up to `due_early_period_days`,
 /// then every `due_interval_late_days` up to `overdue_max_days`. A last window shorter than
@@ -94,6 +100,8 @@ impl Programme {
                             index_date: episode.index_date,
                             baseline: baseline.value,
                             nadir: nadir.value,
+                            baseline_censoring: baseline.censoring,
+                            nadir_censoring: nadir.censoring,
                             best_pct_change: (nadir.value - baseline.value) / baseline.value
                                 * 100.0,
                             response: course.response,
@@ -208,12 +216,39 @@ impl Programme {
         months
     }
 
-    /// Days from TARE to nadir in 30-day bins: (marker, bin start, count).
+    /// Days from TARE to nadir in 30-day bins: (marker, first day of the bin, count). Post
+    /// values start the day after TARE, so the bins are days 1-30, 31-60..., the same as the
+    /// surveillance windows.
     pub fn nadir_histogram(&self) -> BTreeMap<(Marker, i64), usize> {
         let mut bins = BTreeMap::new();
         for (marker, days) in &self.nadir_days {
-            *bins.entry((*marker, days.div_euclid(30) * 30)).or_default() += 1;
+            let first_day = (days - 1).max(0).div_euclid(NADIR_BIN_DAYS) * NADIR_BIN_DAYS + 1;
+            *bins.entry((*marker, first_day)).or_default() += 1;
         }
         bins
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nadir_bins_are_days_1_to_30_then_31_to_60_like_the_surveillance_windows() {
+        let programme = Programme {
+            nadir_days: [1, 30, 31, 60, 61]
+                .into_iter()
+                .map(|days| (Marker::Pivka2, days))
+                .collect(),
+            ..Programme::default()
+        };
+        assert_eq!(
+            programme.nadir_histogram().into_iter().collect::<Vec<_>>(),
+            [
+                ((Marker::Pivka2, 1), 2),
+                ((Marker::Pivka2, 31), 2),
+                ((Marker::Pivka2, 61), 1)
+            ]
+        );
     }
 }

@@ -348,7 +348,7 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
     let run = crate::helpers::job_ok("run", &["--source-dir", demo().to_str().unwrap()]);
     // The waterfall: one bar per markers.csv row with a baseline above 0 and a nadir, the
     // nadir's change from the baseline, with the row's response.
-    let mut expected: Vec<(String, String, String, String)> = records(run.path(), "markers.csv")
+    let mut expected: Vec<[String; 6]> = records(run.path(), "markers.csv")
         .iter()
         .filter(|r| {
             !r["nadir_value"].is_empty()
@@ -359,26 +359,30 @@ fn programme_csvs_agree_with_the_runs_markers_and_flags() {
                 r["baseline_value"].parse().unwrap(),
                 r["nadir_value"].parse().unwrap(),
             );
-            (
+            [
                 r["patient_id"].clone(),
                 r["marker"].clone(),
                 tare_marker_monitor::format::csv_percent((n - b) / b * 100.0),
                 r["response"].clone(),
-            )
+                r["baseline_comparator"].clone(),
+                r["nadir_comparator"].clone(),
+            ]
         })
         .collect();
-    let mut bars: Vec<(String, String, String, String)> =
-        records(out.path(), "report-waterfall.csv")
-            .iter()
-            .map(|r| {
-                (
-                    r["patient_id"].clone(),
-                    r["marker"].clone(),
-                    r["best_pct_change"].clone(),
-                    r["response"].clone(),
-                )
-            })
-            .collect();
+    let mut bars: Vec<[String; 6]> = records(out.path(), "report-waterfall.csv")
+        .iter()
+        .map(|r| {
+            [
+                r["patient_id"].clone(),
+                r["marker"].clone(),
+                r["best_pct_change"].clone(),
+                r["response"].clone(),
+                r["baseline_comparator"].clone(),
+                r["nadir_comparator"].clone(),
+            ]
+        })
+        .collect();
+
     assert!(bars.len() > 20, "{}", bars.len());
     expected.sort();
     bars.sort();
@@ -758,4 +762,53 @@ fn the_waterfall_rounds_a_half_tenth_away_from_zero_like_every_percentage() {
         ),
         ("400", "401", "0.3")
     );
+}
+
+#[test]
+fn a_possible_reild_chart_draws_twice_the_bilirubin_baseline_as_a_limit() {
+    // demo-10: bilirubin 12 umol/L at baseline, 26 on day 30 (at least 2 x 12 and above the
+    // ULN of 21).
+    let out = report(&demo());
+    let html = read(out.path(), "report.html");
+    let row = page_rows(&html)
+        .into_iter()
+        .find(|row| row["id"] == "demo-10-reild-doubling")
+        .expect("the REILD doubling scenario is flagged");
+    let detail = detail_of(&html, &row);
+    let bilirubin = detail["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["m"] == "bilirubin")
+        .expect("its bilirubin is charted");
+    assert_eq!(bilirubin["rl"], serde_json::json!(24.0));
+    // A series of no REILD carries no such limit.
+    for series in detail["series"].as_array().unwrap() {
+        if series["m"] != "bilirubin" {
+            assert!(series.get("rl").is_none(), "{series}");
+        }
+    }
+}
+
+#[test]
+fn a_censored_nadir_reaches_the_waterfall_csv_with_its_comparator() {
+    // The seed's nadir, 6,088 mAU/mL, reported as "<6088".
+    let folder = demo_edited(|resource| {
+        if resource["id"] == "demo-01-seed-partial-response-obs7" {
+            resource["valueQuantity"]["comparator"] = serde_json::json!("<");
+        }
+    });
+    let out = report(folder.path());
+    let seed: Vec<_> = records(out.path(), "report-waterfall.csv")
+        .into_iter()
+        .filter(|r| r["patient_id"] == "demo-01-seed-partial-response" && r["marker"] == "pivka2")
+        .map(|r| {
+            [
+                r["nadir"].clone(),
+                r["nadir_comparator"].clone(),
+                r["baseline_comparator"].clone(),
+            ]
+        })
+        .collect();
+    assert_eq!(seed, [["6088".to_owned(), "<".to_owned(), String::new()]]);
 }

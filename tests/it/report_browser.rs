@@ -440,6 +440,53 @@ fn printing_more_than_200_patients_shown_prints_the_first_200_and_says_so() {
         browser.eval("document.querySelector('#print-area .print-note').textContent"),
         json!(note)
     );
+    // Every printed page says when its figures were true.
+    assert_eq!(
+        browser.eval(
+            "Array.from(document.querySelectorAll('#print-area .print-page')).filter(p => \
+             p.querySelector('.print-as-of').textContent === 'TARE marker audit report, as of 2026-11-01').length"
+        ),
+        json!(200)
+    );
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn patients_without_an_mrn_sort_last_whichever_the_direction() {
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_named();
+    let out = report(folder.path());
+    let page = format!("file://{}", out.path().join("report.html").display());
+    let mut browser = Browser::launch(&chromium);
+    for dir in ["asc", "desc"] {
+        browser.open(&format!("{page}#/?sort=mrn&dir={dir}"));
+        browser.reload();
+        let ids = shown_ids(&mut browser);
+        assert!(ids.len() > 1, "{ids:?}");
+        // The one patient with an MRN (MRN-778899) comes before the blanks.
+        assert_eq!(ids[0], "demo-01-seed-partial-response", "{dir}");
+    }
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn back_from_a_patient_opened_by_a_link_puts_the_keyboard_on_its_row() {
+    let Some(chromium) = chromium() else { return };
+    let folder = demo_named();
+    let out = report(folder.path());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?p=demo-01-seed-partial-response",
+        out.path().join("report.html").display()
+    ));
+    browser.reload();
+    browser.wait_for("!document.getElementById('patient-view').hidden");
+    browser.eval("document.getElementById('back').click(); true");
+    browser.wait_for("document.getElementById('patient-view').hidden");
+    assert_eq!(
+        browser.eval("document.activeElement.dataset.id || document.activeElement.id"),
+        json!("demo-01-seed-partial-response")
+    );
     assert_eq!(browser.problems, Vec::<String>::new());
 }
 

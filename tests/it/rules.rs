@@ -195,6 +195,24 @@ fn rise_from_a_baseline_reference_nadir_says_so_in_words_and_in_the_course() {
 }
 
 #[test]
+fn rise_from_a_reference_nadir_of_zero_gives_the_two_values_and_no_percentage() {
+    let f = Case::new()
+        .pivka(-5, 1000.0)
+        .pivka(30, 0.0)
+        .pivka(60, 180.0)
+        .as_of_day(70);
+    let c = course(&f, Marker::Pivka2);
+    assert_eq!(c.rise_from_nadir_pct, None);
+    assert_eq!(
+        flag(&f, FlagCode::MarkerRise).unwrap().detail,
+        "PIVKA-II rose from its lowest value so far (reference nadir), 0 mAU/mL after TARE \
+         (2026-02-09), to 180 mAU/mL after TARE (2026-03-11), not yet confirmed by a second \
+         raised value, above the upper limit of normal of 40 mAU/mL; TARE on 2026-01-10. \
+         Confirm with contrast CT/MRI."
+    );
+}
+
+#[test]
 fn rise_whose_previous_value_is_the_nadir_is_unconfirmed() {
     let f = Case::new()
         .pivka(-2, 3000.0)

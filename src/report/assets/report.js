@@ -11,7 +11,9 @@
   const labels = JSON.parse(document.getElementById("labels").textContent);
   const NS = "http://www.w3.org/2000/svg";
   const COLORS = { pivka2: "#1f5fa8", dcp: "#0f7a70", afp: "#b04e14", afp_l3: "#8a3fa0", albumin: "#4a6b1f", bilirubin: "#9a6a00" };
-  const W = 720, PH = 170, L = 92, R = 150, T = 22, B = 30;
+  // T leaves room above the plot for the legend row and for a nadir diamond (12 px) around a
+  // value at the top of the axis, so no mark covers the legend.
+  const W = 720, PH = 170, L = 92, R = 150, T = 34, B = 30;
   const PAGE = 50;
   // "Print the patients shown" prints at most this many: thousands of pages freeze a browser.
   const PRINT_MAX = 200;
@@ -150,8 +152,14 @@
     if (key) {
       const sign = state.dir === "desc" ? -1 : 1;
       const keys = new Map(list.map(i => [i, key(data[i])]));
-      // Ties keep the report's order (most severe, then most recent first).
-      list.sort((a, b) => { const x = keys.get(a), y = keys.get(b); return x < y ? -sign : x > y ? sign : a - b; });
+      // Blanks (no MRN, no birth date) last in either direction, as a spreadsheet puts them;
+      // ties keep the report's order (most severe, then most recent first).
+      const blank = v => v === "" || v === undefined || v === null;
+      list.sort((a, b) => {
+        const x = keys.get(a), y = keys.get(b);
+        if (blank(x) !== blank(y)) return blank(x) ? 1 : -1;
+        return x < y ? -sign : x > y ? sign : a - b;
+      });
     }
     shown = list;
     const pages = Math.max(1, Math.ceil(shown.length / PAGE));
@@ -218,6 +226,7 @@
     const values = [];
     list.forEach(s => { s.points.forEach(pt => { if (!log || pt[1] >= LOG_FLOOR) values.push(pt[1]); }); if (s.uln > 0) values.push(s.uln); });
     if (reild) values.push(labels.reild_limit);
+    if (reild) list.forEach(s => { if (s.rl > 0) values.push(s.rl); });
     let lo, hi, ticks = [];
     if (log) {
       // Whole decades; at most six labelled, so the labels never crowd.
@@ -269,6 +278,8 @@
     const limits = [];
     list.forEach(s => { if (s.uln > 0) limits.push([s.uln, markerLabel(s.m) + " ULN " + num(s.uln), COLORS[s.m], "uln"]); });
     if (reild) limits.push([labels.reild_limit, "REILD limit " + num(labels.reild_limit), "#b3261e", "limit"]);
+    // The other REILD limit: so many times the bilirubin baseline (the flag also asks the value to be above the ULN).
+    if (reild) list.forEach(s => { if (s.rl > 0) limits.push([s.rl, num(labels.reild_multiple) + " × baseline " + num(s.rl), "#b3261e", "limit"]); });
     let lastY = -Infinity;
     limits.sort((a, b) => y(a[0]) - y(b[0])).forEach(l => {
       svgEl("line", { class: l[3], stroke: l[2], x1: L, x2: W - R, y1: y(l[0]), y2: y(l[0]) }, svg);
@@ -308,8 +319,9 @@
     });
     return svg;
   }
-  // An open triangle pointing down onto (x, y + 9): a value below a log axis.
-  const floorMark = (x, y) => "M" + (x - 5) + " " + y + " L" + (x + 5) + " " + y + " L" + x + " " + (y + 9) + " Z";
+  // An arrow pointing down onto (x, y + 9): a value below a log axis (not a triangle, which
+  // marks a censored value).
+  const floorMark = (x, y) => "M" + x + " " + y + " L" + x + " " + (y + 9) + " M" + (x - 4) + " " + (y + 5) + " L" + x + " " + (y + 9) + " L" + (x + 4) + " " + (y + 5);
 
   // ---- one patient: heading, charts, flags in words, values with units ----
   function patientDetail(p, headingTag) {
@@ -320,7 +332,7 @@
     el("p", { class: "who" }, node, "Id " + p.id + (p.mrn ? " · MRN " + p.mrn : "") + (p.birth ? " · born " + p.birth : "") +
       " · worst " + p.worst + " · TARE " + p.index + " · review: " + reviewOf(p) + (p.review && p.review[1] ? " (" + p.review[1] + ")" : ""));
     node.appendChild(panels(p, d));
-    el("p", { class: "muted small legend-note" }, node, "Square: baseline; diamond: nadir; red ring: evidence of a flag; open triangle: a censored value (< or >); dashed purple: TARE; dotted: upper limit of normal.");
+    el("p", { class: "muted small legend-note" }, node, "Square: baseline; diamond: nadir; red ring: evidence of a flag; open triangle: a censored value (< or >); down arrow: a value below the log axis; dashed purple: TARE; dotted: upper limit of normal.");
     el(sub, {}, node, "Flags");
     const list = el("ul", { class: "flags" }, node);
     d.flags.forEach(f => {
@@ -364,13 +376,15 @@
     if (!state.p || i === undefined) {
       const wasOpen = !view.hidden;
       view.hidden = true; view.replaceChildren(); $("worklist").hidden = false; document.body.classList.remove("patient-open");
-      // Back on the list, the keyboard is where it was: on the patient just closed.
-      const link = wasOpen && lastOpened ? document.querySelector("a.open[data-id='" + CSS.escape(lastOpened) + "']") : null;
-      if (link) link.focus();
+      // Back on the list, the keyboard is where it was: on the patient just closed (else,
+      // a patient opened from a link, on the search box; never lost on the page's body).
+      const link = lastOpened ? document.querySelector("a.open[data-id='" + CSS.escape(lastOpened) + "']") : null;
+      if (wasOpen) (link || $("f-q")).focus();
       return;
     }
     whenDetails(() => {
       if (state.p !== data[i].id) return;
+      lastOpened = state.p;
       const back = el("button", { type: "button", id: "back" }, null, "Back to the worklist");
       back.addEventListener("click", () => { state.p = ""; writeHash(); showPatient(); });
       view.replaceChildren(back, patientDetail(data[i], "h2"));
@@ -387,6 +401,7 @@
     const pages = document.createDocumentFragment();
     indices.forEach((i, k) => {
       const page = el("section", { class: "print-page" }, pages);
+      el("p", { class: "print-as-of" }, page, "TARE marker audit report, as of " + labels.as_of);
       if (k === 0 && note) el("p", { class: "print-note" }, page, note);
       page.appendChild(patientDetail(data[i], "h2"));
     });
