@@ -12,6 +12,12 @@ use tare_marker_monitor::commands::{exit, Cli, LogFormat};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Transparent huge pages off for this process: each first touch of a region mimalloc
+    // grows into (a Vec doubling while a large folder is read) would otherwise zero 2 MiB at
+    // once; with them, the kernel's page zeroing took a sixth of a realistic run's CPU
+    // (benches/read_scaling.sh, README "Performance"). Best effort: a kernel without the
+    // setting runs as before.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return refused_command_line(error),

@@ -527,18 +527,20 @@ impl FileBlocks {
 
     fn open(file: &SourceFile, consumed: &Arc<AtomicU64>) -> std::io::Result<Box<dyn Read + Send>> {
         stall_if_asked(&file.path);
-        // Counted as read from the disk: a gzip file by its compressed bytes.
-        let file_handle = Counted {
-            inner: open_regular_file(&file.path)?,
-            consumed: consumed.clone(),
-        };
+        let opened = open_regular_file(&file.path)?;
         Ok(if file.gzip {
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
-                file_handle,
-            )))
+            // Counted as read from the disk: a gzip file by its compressed bytes.
+            let counted = Counted {
+                inner: opened,
+                consumed: consumed.clone(),
+            };
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted)))
         } else {
-            // Blocks are large reads already: a BufReader would only add a copy.
-            Box::new(file_handle)
+            // The File itself, not a wrapper: its own `read_buf` reads into a block's spare
+            // room without zeroing it first (a wrapper's default would clear every megabyte
+            // before reading it). Blocks are large reads already: a BufReader would only add
+            // a copy. Its bytes are counted per read in `next_block`.
+            Box::new(opened)
         })
     }
 
@@ -591,6 +593,9 @@ impl FileBlocks {
                 let reader = self.reader.as_mut().expect("opened above");
                 match read_chunk(reader.as_mut(), &mut bytes, BLOCK_BYTES) {
                     Ok(0) => break true,
+                    Ok(n) if !self.files[self.file_index].gzip => {
+                        self.consumed.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     Ok(_) => {}
                     Err(e) => return self.error(e),
                 }
