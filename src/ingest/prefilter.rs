@@ -179,11 +179,21 @@ impl TypeTest {
             .collect()
     }
 
-    fn pass_over(&self, line: &[u8]) -> Option<PassedOver> {
+    fn pass_over(&self, line: &[u8], may_hold_escapes: bool) -> Option<PassedOver> {
         let rest = &line[self.opening(line)?..];
         if line.last() != Some(&b'}') || self.names_a_monitored_code(rest) {
             return None;
         }
+        if may_hold_escapes && !self.escapes_are_harmless(line) {
+            return None;
+        }
+        Some(PassedOver {
+            keys: self.id_keys(rest),
+        })
+    }
+
+    /// Whether no escape in `line` could spell a character of a monitored code.
+    fn escapes_are_harmless(&self, line: &[u8]) -> bool {
         let mut escapes = memchr::memchr_iter(b'\\', line);
         while let Some(at) = escapes.next() {
             match line.get(at + 1) {
@@ -193,12 +203,10 @@ impl TypeTest {
                         escapes.next();
                     }
                 }
-                _ => return None,
+                _ => return false,
             }
         }
-        Some(PassedOver {
-            keys: self.id_keys(rest),
-        })
+        true
     }
 }
 
@@ -222,7 +230,21 @@ impl Prefilter {
     /// Whether `line` (trimmed), from a file of `kind`, provably cannot matter; with the key
     /// of the resource it holds.
     pub fn pass_over(&self, kind: ResourceType, line: &[u8]) -> Option<PassedOver> {
-        self.tests[index(kind)].as_ref()?.pass_over(line)
+        let may_hold_escapes = memchr::memchr(b'\\', line).is_some();
+        self.pass_over_scanned(kind, line, may_hold_escapes)
+    }
+
+    /// `pass_over` for a line already scanned for backslashes (the reader finds them in the
+    /// same pass that finds the line's end): `false` when it holds none.
+    pub fn pass_over_scanned(
+        &self,
+        kind: ResourceType,
+        line: &[u8],
+        may_hold_escapes: bool,
+    ) -> Option<PassedOver> {
+        self.tests[index(kind)]
+            .as_ref()?
+            .pass_over(line, may_hold_escapes)
     }
 }
 

@@ -646,6 +646,40 @@ impl FileBlocks {
     }
 }
 
+/// The non-blank lines of a block with their 1-based line numbers, and whether each holds a
+/// backslash: one pass finds both (the prefilter need not look for escapes again in the
+/// lines that hold none, nearly all of an export).
+fn lines_and_escapes(block: &Block) -> impl Iterator<Item = (u64, &[u8], bool)> {
+    let bytes = &block.bytes[..];
+    let mut found = memchr::memchr2_iter(b'\n', b'\\', bytes);
+    let (mut start, mut number, mut done) = (0, block.first_line, false);
+    std::iter::from_fn(move || {
+        let mut escapes = false;
+        loop {
+            if done {
+                return None;
+            }
+            let end = loop {
+                match found.next() {
+                    Some(at) if bytes[at] == b'\\' => escapes = true,
+                    Some(at) => break at,
+                    None => {
+                        done = true;
+                        break bytes.len();
+                    }
+                }
+            };
+            let line = bytes[start.min(end)..end].trim_ascii();
+            let line_no = number;
+            (start, number) = (end + 1, number + 1);
+            if !line.is_empty() {
+                return Some((line_no, line, escapes));
+            }
+            escapes = false;
+        }
+    })
+}
+
 /// The non-blank lines of a block with their 1-based line numbers.
 pub fn lines(block: &Block) -> impl Iterator<Item = (u64, &[u8])> {
     let bytes = &block.bytes[..];
@@ -696,7 +730,7 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
     // while the lines are read, as reading them borrows `into`).
     let mut unfollowed = std::mem::take(into.unfollowed_of(block.file_index));
     let mut passed_over = 0;
-    for (line_no, line) in lines(block) {
+    for (line_no, line, may_hold_escapes) in lines_and_escapes(block) {
         if block.kind == ResourceType::Observation {
             into.observation_lines += 1;
         }
@@ -705,7 +739,7 @@ fn read_block(block: &Block, files: &[SourceFile], ingestor: &Ingestor, into: &m
             continue;
         }
         let line = without_byte_order_mark(line);
-        if let Some(passed) = ingestor.passes_over(block.kind, line) {
+        if let Some(passed) = ingestor.passes_over_scanned(block.kind, line, may_hold_escapes) {
             unfollowed.extend(passed.keys);
             passed_over += 1;
             continue;
@@ -855,6 +889,31 @@ fn read_folder(dir: &Path, ingestor: &Ingestor) -> Result<Loaded, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_finds_the_same_lines_as_lines_and_which_hold_a_backslash() {
+        for text in [
+            "a\\b\n\n  c \nd\\",
+            "\n\n",
+            "",
+            "x",
+            "{\"a\":\"\\u0041\"}\n{\"b\":1}\n",
+            "\\\n\\\n",
+        ] {
+            let block = Block {
+                file_index: 0,
+                kind: ResourceType::Observation,
+                first_line: 7,
+                bytes: text.as_bytes().to_vec(),
+                too_long: Vec::new(),
+            };
+            let fused: Vec<(u64, &[u8], bool)> = lines_and_escapes(&block).collect();
+            let expected: Vec<(u64, &[u8], bool)> = lines(&block)
+                .map(|(n, line)| (n, line, line.contains(&b'\\')))
+                .collect();
+            assert_eq!(fused, expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn file_names_declare_their_type() {
