@@ -49,6 +49,26 @@ impl ReportOptions {
     }
 }
 
+/// The day a flag counts on in a report's range and its flags per month: the day its value
+/// came (`identified_date`), except for `surveillance-overdue`, whose value is the last one
+/// before the gap: it counts on the first day it was overdue (the next due date plus
+/// `[rules] overdue_grace_days`, plus one), so a range finds the patients who fell overdue in it.
+pub(crate) fn flag_day(
+    flag: &Flag,
+    episode: &crate::domain::EpisodeFindings,
+    config: &Config,
+) -> NaiveDate {
+    if flag.code != crate::domain::FlagCode::SurveillanceOverdue {
+        return flag.identified_date;
+    }
+    episode
+        .courses
+        .iter()
+        .find(|c| Some(c.marker) == flag.marker)
+        .map(|c| c.next_due_date + chrono::Duration::days(config.rules.overdue_grace_days + 1))
+        .unwrap_or(flag.identified_date)
+}
+
 /// One point of a chart: days since the TARE, the value, and how to draw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChartPoint {
@@ -142,7 +162,8 @@ pub struct Report {
 const CHART_MARKERS: [Marker; 4] = [Marker::Pivka2, Marker::Dcp, Marker::Afp, Marker::AfpL3];
 
 /// The bilirubin baseline a possible REILD flag of `episode` was held against: the first of
-/// its evidence when it has two (`evaluate::flags::possible_reild` names the baseline first).
+/// its evidence when dated before the TARE (`evaluate::flags::possible_reild` names the
+/// baseline first; its other values are after the TARE).
 fn reild_baseline(
     episode: &crate::domain::EpisodeFindings,
     timeline: &PatientTimeline,
@@ -151,13 +172,12 @@ fn reild_baseline(
         .flags
         .iter()
         .find(|f| f.code == crate::domain::FlagCode::PossibleReild)?;
-    let [baseline, _value] = flag.evidence_observation_ids.as_slice() else {
-        return None;
-    };
+    let first = flag.evidence_observation_ids.first()?;
     timeline
         .series(Marker::Bilirubin)
         .iter()
-        .find(|v| v.observation_id == *baseline)
+        .find(|v| v.observation_id == *first)
+        .filter(|v| v.date <= episode.index_date)
         .map(|v| v.value)
 }
 
@@ -353,8 +373,12 @@ fn flagged_patient(
     let mut flags: Vec<(NaiveDate, Flag)> = findings
         .episodes
         .iter()
-        .flat_map(|e| e.flags.iter().map(move |f| (e.index_date, f.clone())))
-        .filter(|(_, f)| options.in_range(f.identified_date))
+        .flat_map(|e| {
+            e.flags
+                .iter()
+                .filter(|f| options.in_range(flag_day(f, e, config)))
+                .map(move |f| (e.index_date, f.clone()))
+        })
         .collect();
     if flags.is_empty() {
         return None;

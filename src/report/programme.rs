@@ -110,8 +110,8 @@ impl Programme {
                 }
             }
             for flag in &episode.flags {
-                if options.in_range(flag.identified_date) {
-                    let d = flag.identified_date;
+                let d = super::flag_day(flag, episode, config);
+                if options.in_range(d) {
                     *programme
                         .flags_per_month
                         .entry((

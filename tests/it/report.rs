@@ -812,3 +812,61 @@ fn a_censored_nadir_reaches_the_waterfall_csv_with_its_comparator() {
         .collect();
     assert_eq!(seed, [["6088".to_owned(), "<".to_owned(), String::new()]]);
 }
+
+/// One patient: TARE on 2026-01-10 (day 0), PIVKA-II 9,000 mAU/mL on day -2 and 30 on day 20
+/// (a complete response: no other flag), nothing since: next due on day 50, overdue from day 65 (2026-03-16), as of 2026-11-01.
+fn fell_overdue_folder() -> tempfile::TempDir {
+    use serde_json::json;
+    let day = |d: i64| (crate::helpers::index() + chrono::Duration::days(d)).to_string();
+    let subject = json!({"reference": "Patient/gap"});
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "gap", "birthDate": "1955-01-01"}),
+        json!({"resourceType": "Condition", "id": "gap-hcc", "subject": subject,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}]}}),
+        json!({"resourceType": "Procedure", "id": "gap-tare", "status": "completed",
+            "subject": subject, "performedDateTime": day(0),
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "79445"}]}}),
+    ];
+    for (n, (d, value)) in [(-2, 9000.0), (20, 30.0)].into_iter().enumerate() {
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("gap-obs{n}"),
+            "status": "final", "subject": subject, "effectiveDateTime": day(d),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "34444-0"}]},
+            "valueQuantity": {"value": value, "unit": "mAU/mL"}}),
+        );
+    }
+    crate::helpers::write_folder(&resources)
+}
+
+#[test]
+fn a_range_finds_the_patient_who_fell_overdue_in_it_not_by_the_last_value() {
+    let folder = fell_overdue_folder();
+    let source = folder.path().to_str().unwrap();
+    let flagged_in = |from: &str, to: &str| -> Vec<String> {
+        let out = crate::helpers::job_ok(
+            "report",
+            &["--source-dir", source, "--from", from, "--to", to],
+        );
+        records(out.path(), "report-flagged-patients.csv")
+            .iter()
+            .map(|r| r["patient_id"].clone())
+            .collect()
+    };
+    // Overdue from 2026-03-16: in March, not in January (the last value's month).
+    assert_eq!(flagged_in("2026-03-01", "2026-03-31"), ["gap"]);
+    assert!(flagged_in("2026-01-01", "2026-01-31").is_empty());
+    let out = crate::helpers::job_ok("report", &["--source-dir", source]);
+    let months: Vec<(String, String, String)> = records(out.path(), "report-flags-per-month.csv")
+        .into_iter()
+        .filter(|r| r["count"] != "0")
+        .map(|r| (r["month"].clone(), r["flag"].clone(), r["count"].clone()))
+        .collect();
+    assert_eq!(
+        months,
+        [(
+            "2026-03".to_owned(),
+            "surveillance-overdue".to_owned(),
+            "1".to_owned()
+        )]
+    );
+}
