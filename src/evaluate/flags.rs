@@ -236,8 +236,10 @@ pub fn surveillance_overdue(
     })
 }
 
-/// `possible-reild`: the first bilirubin value in days 14-120 of the post window that is
-/// >= 51.3 umol/L, or >= 2 x the bilirubin baseline and above the bilirubin ULN.
+/// `possible-reild`: the first bilirubin value in days 14-120 of the post window that is at
+/// least 51.3 umol/L, or at least 2 x the bilirubin baseline and above the bilirubin ULN;
+/// and, when a later value of the window is higher, the highest too (the worst is what a
+/// clinician acts on).
 pub fn possible_reild(
     bilirubin: &EpisodeSeries<'_>,
     window: Window,
@@ -248,28 +250,39 @@ pub fn possible_reild(
     let to = window.index_date + Duration::days(rules.reild_to_day);
     let bilirubin_uln = config.markers.bilirubin.uln.unwrap_or(f64::INFINITY);
     let baseline = bilirubin.baseline;
+    let above_limit = |v: &MarkerValue| at_least(v.value, rules.reild_bilirubin_umol_l);
     let raised = |v: &MarkerValue| {
-        at_least(v.value, rules.reild_bilirubin_umol_l)
+        above_limit(v)
             || baseline.is_some_and(|b| {
                 at_least(v.value, b.value * rules.reild_baseline_multiple)
                     && exceeds(v.value, bilirubin_uln)
             })
     };
-    let value = bilirubin
+    let mut raised_values = bilirubin
         .post
         .iter()
         .copied()
-        .find(|v| v.date >= from && v.date <= to && raised(v))?;
+        .filter(|v| v.date >= from && v.date <= to && raised(v));
+    let value = raised_values.next()?;
+    // The highest after it (the earliest of equals), when higher than the first.
+    let highest =
+        raised_values
+            .filter(|v| v.value > value.value)
+            .fold(None::<&MarkerValue>, |best, v| match best {
+                Some(b) if b.value >= v.value => Some(b),
+                _ => Some(v),
+            });
     let bilirubin_value =
         |umol_l: f64| human_value(umol_l, crate::domain::Censoring::Exact, Marker::Bilirubin);
-    // Which limit the value crossed, in plain words: the absolute limit, else twice the
-    // baseline above the ULN.
-    let crossed = match baseline {
-        _ if at_least(value.value, rules.reild_bilirubin_umol_l) => format!(
+    // Which limit a value crossed, in plain words: the absolute limit, else twice the
+    // baseline above the ULN (`raised` holds without the absolute limit only against a
+    // baseline).
+    let crossed = |v: &MarkerValue| match baseline {
+        _ if above_limit(v) => Some(format!(
             "at or above the REILD limit of {}",
             bilirubin_value(rules.reild_bilirubin_umol_l)
-        ),
-        Some(b) => format!(
+        )),
+        Some(b) => Some(format!(
             "at least {} times its baseline of {} (so at least {}) and above {}",
             human_number(rules.reild_baseline_multiple),
             placed(b, window),
@@ -279,30 +292,41 @@ pub fn possible_reild(
                 rules.reild_baseline_multiple
             )),
             upper_limit(bilirubin_uln, Marker::Bilirubin)
-        ),
-        // `raised` holds without the absolute limit only against a baseline.
-        None => return None,
+        )),
+        None => None,
     };
+    let first_crossed = crossed(value)?;
+    let baseline_named = |v: &MarkerValue| !above_limit(v);
     let baseline_note = match baseline {
-        Some(b) if at_least(value.value, rules.reild_bilirubin_umol_l) => {
-            format!("; baseline {}", placed(b, window))
-        }
-        Some(_) => String::new(),
+        Some(_) if baseline_named(value) || highest.is_some_and(baseline_named) => String::new(),
+        Some(b) => format!("; baseline {}", placed(b, window)),
         None => "; no baseline bilirubin".into(),
     };
+    let highest_note = highest
+        .and_then(|h| {
+            Some(format!(
+                "; the highest since, {} on day {}, is {}",
+                show(h),
+                window.days_since_index(h.date),
+                crossed(h)?
+            ))
+        })
+        .unwrap_or_default();
     // The baseline first: the report's chart draws its REILD limit from it.
     let mut evidence: Vec<&MarkerValue> = baseline.into_iter().collect();
     evidence.push(value);
+    evidence.extend(highest);
     Some(Flag {
         code: FlagCode::PossibleReild,
         marker: None,
         severity: Severity::High,
         identified_date: value.date,
         detail: format!(
-            "Bilirubin {} on day {} after TARE: {}{}; {}. Assess for radioembolization-induced liver disease.",
+            "Bilirubin {} on day {} after TARE: {}{}{}; {}. Assess for radioembolization-induced liver disease.",
             show(value),
             window.days_since_index(value.date),
-            crossed,
+            first_crossed,
+            highest_note,
             baseline_note,
             tare_on(window)
         ),

@@ -613,6 +613,34 @@ fn reild_sentence_names_the_limit_the_bilirubin_value_crossed() {
     );
 }
 
+#[test]
+fn reild_names_the_highest_value_of_its_window_when_a_later_one_is_worse() {
+    // Doubled on day 30 (11 -> 22), then 70 umol/L on day 60, above the absolute limit, then
+    // 30 on day 90: the first value raised the flag, the worst one is named and implicated.
+    let f = Case::new()
+        .bilirubin(-2, 11.0)
+        .bilirubin(30, 22.0)
+        .bilirubin(60, 70.0)
+        .bilirubin(90, 30.0)
+        .as_of_day(100);
+    let reild = flag(&f, FlagCode::PossibleReild).unwrap();
+    assert_eq!(reild.identified_date, date("2026-02-09"));
+    assert_eq!(
+        reild.detail,
+        "Bilirubin 22 umol/L (2026-02-09) on day 30 after TARE: at least 2 times its baseline of \
+         11 umol/L before TARE (2026-01-08) (so at least 22 umol/L) and above the upper limit of \
+         normal of 21 umol/L; the highest since, 70 umol/L (2026-03-11) on day 60, is at or \
+         above the REILD limit of 51.3 umol/L; TARE on 2026-01-10. Assess for \
+         radioembolization-induced liver disease."
+    );
+    let evidence: Vec<&str> = reild
+        .evidence_observation_ids
+        .iter()
+        .map(|id| &**id)
+        .collect();
+    assert_eq!(evidence, vec!["obs-001", "obs-002", "obs-003"]);
+}
+
 // ---- discordance, incomplete response ----
 
 #[test]
