@@ -84,6 +84,7 @@ objects_only!(
     PatientIn,
     HumanName,
     IdentifierIn,
+    IdentifierPeriod,
     Annotation,
     ProcedureIn,
     ConditionIn,
@@ -149,6 +150,14 @@ pub(super) struct Reference<'a> {
 pub(super) struct Period<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     pub(super) start: Option<Text<'a>>,
+}
+
+/// An identifier's period: only its end is read (a retired MRN).
+#[derive(Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase")]
+pub(super) struct IdentifierPeriod<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub(super) end: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -249,10 +258,15 @@ pub(super) struct PatientIn<'a> {
 #[derive(Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub(super) struct IdentifierIn<'a> {
+    /// `usual`, `official`, `temp`, `secondary`, `old`: a retired MRN is never shown.
+    #[serde(rename = "use", borrow, default, deserialize_with = "present")]
+    pub(super) identifier_use: Option<Text<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
     pub(super) system: Option<Text<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
     pub(super) value: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub(super) period: Option<IdentifierPeriod<'a>>,
 }
 
 #[derive(Deserialize)]

@@ -582,6 +582,8 @@ pub struct Ingestor {
     prefilter: Option<prefilter::Prefilter>,
     /// `[report] mrn_system`: which `Patient.identifier` is the MRN.
     mrn_system: Option<String>,
+    /// The run's as-of date: an MRN whose period ended before it is retired.
+    as_of: NaiveDate,
 }
 
 impl Ingestor {
@@ -648,6 +650,7 @@ impl Ingestor {
             shard: None,
             prefilter,
             mrn_system: config.report.mrn_system.clone(),
+            as_of,
         }
     }
 
@@ -656,6 +659,19 @@ impl Ingestor {
     /// kept in case it is a newer copy of a resource that is read.
     pub fn passes_over(&self, kind: ResourceType, line: &[u8]) -> Option<PassedOver> {
         self.prefilter.as_ref()?.pass_over(kind, line)
+    }
+
+    /// `passes_over` for a line whose backslashes were looked for with its end: `false` when
+    /// it holds none.
+    pub fn passes_over_scanned(
+        &self,
+        kind: ResourceType,
+        line: &[u8],
+        may_hold_escapes: bool,
+    ) -> Option<PassedOver> {
+        self.prefilter
+            .as_ref()?
+            .pass_over_scanned(kind, line, may_hold_escapes)
     }
 
     /// The keys of a line the job does not follow (passed over, another code, malformed, a
@@ -1002,25 +1018,7 @@ impl Ingestor {
             .and_then(time::parse_date)
             .filter(|d| *d >= self.dates.earliest && *d <= self.dates.latest);
         let name = chosen_name(&p.name);
-        // The identifier of the configured system, else the first with a value; its value
-        // without surrounding white space (a padded MRN is the same MRN).
-        let value_of = |i: &fhir_json::IdentifierIn<'_>| {
-            i.value
-                .as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let mrn = self
-            .mrn_system
-            .as_deref()
-            .and_then(|system| {
-                p.identifier
-                    .iter()
-                    .filter(|i| i.system.as_deref() == Some(system))
-                    .find_map(value_of)
-            })
-            .or_else(|| p.identifier.iter().find_map(value_of));
+        let mrn = self.chosen_mrn(&p.identifier);
         LineOutcome::Record(Record::Patient {
             patient_id: Cow::Owned(patient_id.to_owned()),
             birth_date,
@@ -1028,6 +1026,52 @@ impl Ingestor {
             mrn,
             rank: Self::rank(p.meta.as_ref(), line),
         })
+    }
+
+    /// The MRN: an identifier of the configured system, else any; of those, the one in use
+    /// (`official`, then `usual`, then one without a `use`, then `temp` or `secondary`), never a
+    /// retired one (`old`, or a `period` that ended before the as-of date) while another
+    /// has a value; the first of equals. Its value without surrounding white space (a padded
+    /// MRN is the same MRN).
+    fn chosen_mrn(&self, identifiers: &[fhir_json::IdentifierIn<'_>]) -> Option<String> {
+        let value_of = |i: &fhir_json::IdentifierIn<'_>| {
+            i.value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let ended = |i: &fhir_json::IdentifierIn<'_>| {
+            i.period
+                .as_ref()
+                .and_then(|p| p.end.as_deref())
+                .and_then(|end| time::parse_date(end.get(..10).unwrap_or(end)))
+                .is_some_and(|end| end < self.as_of)
+        };
+        let rank = |i: &fhir_json::IdentifierIn<'_>| match i.identifier_use.as_deref() {
+            _ if ended(i) => 4,
+            Some("official") => 0,
+            Some("usual") => 1,
+            None => 2,
+            Some("old") => 4,
+            Some(_) => 3,
+        };
+        let best = |candidates: &mut dyn Iterator<Item = &fhir_json::IdentifierIn<'_>>| {
+            candidates
+                .filter_map(|i| Some((rank(i), value_of(i)?)))
+                .min_by_key(|(rank, _)| *rank)
+                .map(|(_, value)| value)
+        };
+        self.mrn_system
+            .as_deref()
+            .and_then(|system| {
+                best(
+                    &mut identifiers
+                        .iter()
+                        .filter(|i| i.system.as_deref() == Some(system)),
+                )
+            })
+            .or_else(|| best(&mut identifiers.iter()))
     }
 
     fn procedure<'a>(&self, p: ProcedureIn<'a>, line: &str) -> LineOutcome<'a> {
@@ -1168,6 +1212,30 @@ mod tests {
         let json = format!("{{\"resourceType\":\"Patient\",\"name\":{names}}}");
         let patient: fhir_json::PatientIn<'_> = serde_json::from_str(&json).unwrap();
         chosen_name(&patient.name)
+    }
+
+    fn mrn_of(identifiers: &str, mrn_system: Option<&str>) -> Option<String> {
+        let mut config = Config::default();
+        config.report.mrn_system = mrn_system.map(str::to_owned);
+        let ingestor = Ingestor::new(&config, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        let json = format!("{{\"resourceType\":\"Patient\",\"identifier\":{identifiers}}}");
+        let patient: fhir_json::PatientIn<'_> = serde_json::from_str(&json).unwrap();
+        ingestor.chosen_mrn(&patient.identifier)
+    }
+
+    #[test]
+    fn a_retired_mrn_is_never_shown_while_one_in_use_has_a_value() {
+        let old = r#"[{"use":"old","system":"urn:mrn","value":"OLD-1"},{"system":"urn:mrn","value":"NEW-1"}]"#;
+        assert_eq!(mrn_of(old, Some("urn:mrn")).as_deref(), Some("NEW-1"));
+        assert_eq!(mrn_of(old, None).as_deref(), Some("NEW-1"));
+        let ended = r#"[{"system":"urn:mrn","value":"EXP-2","period":{"end":"2020-01-01"}},{"system":"urn:mrn","value":"CUR-2"}]"#;
+        assert_eq!(mrn_of(ended, Some("urn:mrn")).as_deref(), Some("CUR-2"));
+        // A period ending after the as-of date is still in use; official comes first.
+        let ranked = r#"[{"system":"urn:mrn","value":"A","period":{"end":"2027-01-01"}},{"use":"official","system":"urn:mrn","value":"B"}]"#;
+        assert_eq!(mrn_of(ranked, Some("urn:mrn")).as_deref(), Some("B"));
+        // Only a retired one: shown rather than none.
+        let only_old = r#"[{"use":"old","system":"urn:mrn","value":"OLD-3"}]"#;
+        assert_eq!(mrn_of(only_old, None).as_deref(), Some("OLD-3"));
     }
 
     #[test]
