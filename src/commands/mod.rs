@@ -306,7 +306,14 @@ impl CommandError {
                 status: 401 | 403, ..
             } => exit::CONFIG,
             FhirError::Token { source, .. } => match source {
+                // An authorization server down or overloaded is a source unavailable, not
+                // credentials to fix.
                 crate::fhir::error::TokenError::NoAnswer { .. } => exit::SOURCE,
+                crate::fhir::error::TokenError::Status { status, .. }
+                    if *status == 429 || *status >= 500 =>
+                {
+                    exit::SOURCE
+                }
                 _ => exit::CONFIG,
             },
             FhirError::BaseUrl { .. } | FhirError::Refused { .. } | FhirError::Client(_) => {
@@ -382,6 +389,26 @@ mod tests {
         );
         assert_eq!(exit::EVALUATION_FAILED, 5);
         assert_eq!(CommandError::WriteBackFailed(vec![]).exit_code(), 4);
+    }
+
+    #[test]
+    fn a_token_endpoint_down_is_a_source_unavailable_and_a_refusal_is_credentials() {
+        let token = |status: u16| {
+            CommandError::Server(FhirError::Token {
+                url: "https://idp.example.org/token".into(),
+                source: crate::fhir::error::TokenError::Status {
+                    status,
+                    oauth_error: String::new(),
+                    description: String::new(),
+                },
+            })
+            .exit_code()
+        };
+        assert_eq!(token(503), exit::SOURCE);
+        assert_eq!(token(500), exit::SOURCE);
+        assert_eq!(token(429), exit::SOURCE);
+        assert_eq!(token(400), exit::CONFIG);
+        assert_eq!(token(401), exit::CONFIG);
     }
 
     #[test]

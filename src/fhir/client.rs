@@ -309,6 +309,14 @@ async fn download_once(
     Ok(Downloaded { bytes, gzip })
 }
 
+/// A URL as it may be printed: without a user name or password it holds.
+pub fn without_credentials(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
 /// Same scheme, host and port.
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
@@ -325,6 +333,9 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 /// origin only (`same_origin`).
 pub fn judge_url(url: &Url, from: Option<&Url>, allow_insecure_http: bool) -> Result<(), Refusal> {
     let host = || url.host_str().unwrap_or("?").to_owned();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Refusal::CredentialsInUrl);
+    }
     match url.scheme() {
         "https" => Ok(()),
         "http" if from.is_some_and(|from| from.scheme() == "https") => {
@@ -454,7 +465,7 @@ impl FhirClient {
         })?;
         judge_url(&base, None, settings.allow_insecure_http).map_err(|refusal| {
             FhirError::Refused {
-                url: base_url.to_owned(),
+                url: without_credentials(&base),
                 refusal,
             }
         })?;

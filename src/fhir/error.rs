@@ -23,7 +23,8 @@ pub enum FhirError {
     Refused { url: String, refusal: Refusal },
     /// A URL a server named (a `next` link, a Bulk Data status or file URL, a discovered token
     /// endpoint) that the job will not send to: a problem of the source.
-    #[error("{} (named by the server): {refusal}", shown(url))]
+    /// Named by request kind and host: a `next` link's query names patients.
+    #[error("{} (a URL the server named): {refusal}", read_named(url))]
     RefusedLink { url: String, refusal: Refusal },
     #[error("cannot set up the HTTP client")]
     Client(#[from] ClientError),
@@ -80,12 +81,12 @@ pub enum FhirError {
     TooManyPages { url: String, limit: usize },
     #[error(
         "{}: the next link repeats a page already read; the search would never end",
-        shown(url)
+        read_named(url)
     )]
     RepeatedPage { url: String },
     #[error(
         "{}: the answer is larger than {limit} bytes (server.max_response_bytes)",
-        shown(url)
+        read_named(url)
     )]
     TooLarge { url: String, limit: u64 },
     /// Named by host only: a file URL may carry a signature in its query.
@@ -101,7 +102,7 @@ pub enum FhirError {
     },
     #[error(
         "{}: reading from the server took longer than {minutes} minutes (server.max_read_minutes)",
-        shown(url)
+        read_named(url)
     )]
     ReadBudget { url: String, minutes: f64 },
     /// The CapabilityStatement refuses the run (not R4, not a statement).
@@ -155,6 +156,12 @@ pub enum Refusal {
     Downgrade { host: String },
     #[error("{scheme}: must be http or https")]
     NotHttp { scheme: String },
+    /// `https://user:password@host/`: the password would go out with every request and into
+    /// the run's summary and logs.
+    #[error(
+        "a user name or password in the URL is not used: credentials belong in [server.auth] (a token file, a variable or SMART keys), never in a URL"
+    )]
+    CredentialsInUrl,
     #[error("not a URL")]
     NotAUrl(#[source] url::ParseError),
 }

@@ -10,8 +10,9 @@
 //! - each create or update gets a Provenance with an id derived from the content written, so
 //!   a retried transaction does not add a second one.
 //!
-//! A patient whose transaction fails is reported with the server's OperationOutcome text, and
-//! the others go on.
+//! A patient whose transaction is refused (a 4xx about its Bundle) is reported with the
+//! server's OperationOutcome text, and the others go on; a server that refuses the
+//! credentials, fails (429, 5xx after the retries) or does not answer ends the write-back.
 
 use super::detected_issue::stable_id;
 use super::plan::{is_entered_in_error, plan_everyone, transaction, Existing, Plan, Planner};
@@ -540,8 +541,19 @@ pub fn bundle_file_name(patient_id: &str) -> String {
     format!("{readable}.{hash}.json")
 }
 
+/// Whether an answer to a transaction says the server, not the patient's Bundle, is the
+/// problem (after the retries `send` already made): credentials refused, or the server
+/// overloaded or failing. Sending the other patients' Bundles would only wait and fail again.
+fn halts_the_write_back(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 429) || status.is_server_error()
+}
+
 /// Sends each patient's Bundle; a stop asked for by SIGINT/SIGTERM lets the transactions in
-/// flight finish and sends no more.
+/// flight finish and sends no more. So does a server that stops answering (no answer within
+/// its timeouts, a connection refused after the retries) or refuses the credentials or
+/// fails (401, 403, 429, 5xx after the retries): the write-back ends with that error (exit 2
+/// for credentials, else 3) instead of waiting for every patient in turn; what was written
+/// stays written, and the next run, from the same state, completes it.
 async fn send_bundles(
     client: &FhirClient,
     config: &Config,
@@ -550,15 +562,23 @@ async fn send_bundles(
 ) -> Result<(), WriteBackError> {
     let url = client.base().to_string();
     let progress = Progress::start("writing", bundles.len() as u64);
-    // Per patient: the plan, and the answer (none when a stop came before it was sent or cut
-    // its answer off).
+    // The first answer that halted the write-back.
+    let halted: std::sync::Mutex<Option<FhirError>> = std::sync::Mutex::new(None);
+    let halt = |error: FhirError| {
+        let mut first = halted.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(error);
+    };
+    let is_halted = || halted.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    // Per patient: the plan, and the answer (none when it was not sent, or a stop cut its
+    // answer off, or its answer halted the write-back).
     type Sent = (String, Plan, Option<Result<(), String>>);
     let results: Vec<Sent> = stream::iter(bundles)
         .map(|(patient_id, mut plan)| {
             let url = url.clone();
             let progress = &progress;
+            let (halt, is_halted) = (&halt, &is_halted);
             async move {
-                if crate::interrupt::requested() {
+                if crate::interrupt::requested() || is_halted() {
                     return (patient_id, plan, None);
                 }
                 let bundle = transaction(std::mem::take(&mut plan.entries)).to_string();
@@ -574,11 +594,24 @@ async fn send_bundles(
                     // from the same state, finds what the server kept).
                     Err(FhirError::Interrupted { .. }) => None,
                     Ok(answer) if answer.status == StatusCode::OK => Some(Ok(())),
+                    Ok(answer) if halts_the_write_back(answer.status) => {
+                        halt(FhirError::Status {
+                            method: reqwest::Method::POST,
+                            url: url.clone(),
+                            status: answer.status.as_u16(),
+                            outcome: outcome_text(&answer.body),
+                        });
+                        None
+                    }
                     Ok(answer) => Some(Err(format!(
                         "HTTP {}: {}",
                         answer.status.as_u16(),
                         outcome_text(&answer.body)
                     ))),
+                    Err(e @ FhirError::Transport { .. }) => {
+                        halt(e);
+                        None
+                    }
                     Err(e) => Some(Err(e.to_string())),
                 };
                 progress.advance(1);
@@ -589,10 +622,10 @@ async fn send_bundles(
         .collect()
         .await;
     progress.finish();
-    let mut interrupted = false;
+    let mut not_sent = 0;
     for (patient_id, plan, result) in results {
         match result {
-            None => interrupted = true,
+            None => not_sent += 1,
             Some(Ok(())) => {
                 report.transactions += 1;
                 report.created += plan.created;
@@ -608,7 +641,15 @@ async fn send_bundles(
             }
         }
     }
-    if interrupted {
+    if let Some(error) = halted.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        tracing::warn!(
+            transactions_written = report.transactions as u64,
+            patients_not_written = (not_sent + report.failed.len()) as u64,
+            "write-back stopped: the server refused or did not answer a transaction; what was written stays, the next run completes it"
+        );
+        return Err(WriteBackError::Fhir(error));
+    }
+    if not_sent > 0 {
         return Err(WriteBackError::Interrupted);
     }
     Ok(())

@@ -2050,3 +2050,29 @@ fn an_empty_tmm_log_is_the_default_level_and_off_still_prints_the_final_error() 
     );
     assert_eq!(off[0]["fields"]["exit_code"], 3);
 }
+
+#[test]
+fn a_password_in_the_server_url_is_refused_and_never_printed() {
+    let out = out_dir();
+    let output = binary()
+        .args([
+            "-q",
+            "run",
+            "--server",
+            "https://user:s3cretpw@fhir.example.org/r4",
+            "--as-of",
+            "2026-11-01",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert_eq!(
+        stderr,
+        "error: https://fhir.example.org/r4: a user name or password in the URL is not used: credentials belong in [server.auth] (a token file, a variable or SMART keys), never in a URL\n"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
+    assert!(!out.path().exists());
+}

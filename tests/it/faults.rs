@@ -627,6 +627,83 @@ async fn run_with_config(
     .unwrap()
 }
 
+/// A run against the one-patient cohort whose transactions are all answered `status`: its
+/// exit code, stderr, and how many transactions reached the server.
+async fn write_back_answered(status: u16, config_text: &str) -> (Option<i32>, String, usize) {
+    let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(Cohort)
+        .mount(&server)
+        .await;
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "security", "diagnostics": "no"}]});
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .respond_with(ResponseTemplate::new(status).set_body_json(outcome))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[output]\nmin_severity_written = \"low\"\n{config_text}"),
+    )
+    .unwrap();
+    let (base, out) = (server.uri(), work.path().join("out"));
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args(["-q", "run", "--server", &base, "--as-of", "2026-07-10"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let posts = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.method == wiremock::http::Method::POST && r.url.path() == "/")
+        .count();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        posts,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_refused_as_unauthorized_ends_the_write_back_with_exit_2() {
+    let (code, stderr, posts) = write_back_answered(401, "").await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(posts, 1, "not retried, nothing more sent");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("error: transaction on 127.0.0.1: HTTP 401: error security: no"),
+        "one line naming the request and the answer: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_failing_every_transaction_ends_the_write_back_with_exit_3() {
+    // 503 is retried (within max_retry_secs), then the write-back ends: the server, not the
+    // patient's Bundle, is what failed.
+    let (code, stderr, posts) = write_back_answered(503, "[server]\nmax_retry_secs = 2\n").await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(posts >= 1, "{posts}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("error: transaction on 127.0.0.1: HTTP 503: error security: no"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_state_moves_on_only_after_a_run_whose_writes_all_succeeded() {
     let server = MockServer::start().await;
@@ -735,7 +812,7 @@ async fn a_next_link_that_alternates_between_two_pages_is_refused() {
     assert!(matches!(error, FhirError::RepeatedPage { .. }), "{error}");
     assert_eq!(
         error.to_string(),
-        format!("{a}: the next link repeats a page already read; the search would never end")
+        "request on 127.0.0.1: the next link repeats a page already read; the search would never end"
     );
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
@@ -822,7 +899,7 @@ async fn an_answer_over_the_size_cap_is_refused_and_not_retried() {
     let error = search_error(&server.uri(), &capped, &url).await;
     assert_eq!(
         error.to_string(),
-        format!("{url}: the answer is larger than 1048576 bytes (server.max_response_bytes)")
+        "Patient request on 127.0.0.1: the answer is larger than 1048576 bytes (server.max_response_bytes)"
     );
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
@@ -1255,7 +1332,7 @@ async fn a_next_link_in_plain_http_to_another_host_is_refused_before_it_is_follo
     assert_eq!(
         error.to_string(),
         format!(
-            "{next} (named by the server): plain http to {ELSEWHERE} would send patient data and credentials unencrypted: use https, or set server.allow_insecure_http = true"
+            "Patient search on {ELSEWHERE} (a URL the server named): plain http to {ELSEWHERE} would send patient data and credentials unencrypted: use https, or set server.allow_insecure_http = true"
         )
     );
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
@@ -1304,7 +1381,7 @@ async fn an_export_status_url_in_plain_http_elsewhere_is_neither_polled_nor_dele
     let error = export_error(&home).await;
     assert!(
         error.contains(&format!(
-            "http://{ELSEWHERE}/status/1 (named by the server): plain http to {ELSEWHERE}"
+            "(a URL the server named): plain http to {ELSEWHERE}"
         )),
         "{error}"
     );
@@ -1378,8 +1455,8 @@ async fn a_bulk_file_in_plain_http_elsewhere_is_refused_even_from_a_plain_http_s
     let error = exported.err().unwrap();
     assert!(matches!(error, FhirError::RefusedLink { .. }), "{error:?}");
     assert!(
-        error.to_string().starts_with(&format!(
-            "{file} (named by the server): plain http to {ELSEWHERE}"
+        error.to_string().contains(&format!(
+            "(a URL the server named): plain http to {ELSEWHERE}"
         )),
         "{error}"
     );
@@ -1737,8 +1814,10 @@ async fn a_run_whose_server_names_a_refused_url_exits_3() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
-            "{next} (named by the server): plain http to {ELSEWHERE}"
+            "(a URL the server named): plain http to {ELSEWHERE}"
         )),
         "{stderr}"
     );
+    // Named by kind and host: the link's query could name patients.
+    assert!(!stderr.contains(&next), "{stderr}");
 }

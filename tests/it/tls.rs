@@ -337,7 +337,7 @@ async fn a_next_link_from_https_to_http_is_refused_even_to_this_machine() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        format!("{next} (named by the server): plain http to 127.0.0.1 after https would send patient data unencrypted: a server reached over https cannot send the job to plain http")
+        "Patient search on 127.0.0.1 (a URL the server named): plain http to 127.0.0.1 after https would send patient data unencrypted: a server reached over https cannot send the job to plain http"
     );
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
     assert!(
