@@ -68,6 +68,46 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// Whether a person sees anything of `text`: some character that is neither white space nor
+/// invisible (a control, a bidirectional mark, a zero-width space or joiner, a soft hyphen,
+/// a byte-order mark, a variation selector, a Hangul filler). A name made only of these reads
+/// as no name (the report shows the patient's id instead).
+pub fn has_visible(text: &str) -> bool {
+    text.chars().any(|c| {
+        !(c.is_whitespace()
+            || c.is_control()
+            || is_unsafe(c)
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{034F}'
+                    | '\u{061C}'
+                    | '\u{115F}'
+                    | '\u{1160}'
+                    | '\u{17B4}'
+                    | '\u{17B5}'
+                    | '\u{180B}'..='\u{180F}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{3164}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{FEFF}'
+                    | '\u{FFA0}'
+            ))
+    })
+}
+
+/// `text` cut to at most `max_chars` characters, the last of them "…" when it was cut.
+pub fn shortened(text: Cow<'_, str>, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => text,
+        Some(_) => {
+            let keep: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+            Cow::Owned(keep + "…")
+        }
+    }
+}
+
 /// One line of JSON with every unsafe character written as a JSON escape (`\u202e`), except
 /// the line's final newline. serde_json escapes the C0 controls in strings but writes DEL, C1
 /// and the bidirectional controls as they are; the value a JSON reader gets is unchanged.
@@ -95,6 +135,29 @@ pub fn json_line_escaped(line: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_text_is_cut_to_its_limit_with_an_ellipsis() {
+        assert_eq!(shortened(Cow::Borrowed("abcdef"), 6), "abcdef");
+        assert_eq!(shortened(Cow::Borrowed("abcdefg"), 6), "abcde…");
+        assert_eq!(shortened(Cow::Borrowed("ééééééé"), 3), "éé…");
+    }
+
+    #[test]
+    fn a_name_of_invisible_characters_only_has_nothing_visible() {
+        for invisible in [
+            "\u{200B}\u{200B}",
+            "\u{00AD}",
+            "\u{FEFF} \u{2060}",
+            "\u{202E}",
+            " ",
+        ] {
+            assert!(!has_visible(invisible), "{invisible:?}");
+        }
+        for visible in ["Ann", "\u{200B}A", "José", "李"] {
+            assert!(has_visible(visible), "{visible:?}");
+        }
+    }
 
     /// Every character the module guards against, one of each kind.
     const HOSTILE: &str = "a\nb\rc\td\u{1b}[2Je\u{7}f\u{7f}g\u{85}h\u{9b}i\u{202e}j\u{202d}k\u{202a}l\u{202c}m\u{2066}n\u{2069}o\u{200e}p\u{200f}q\u{61c}r\u{2028}s";

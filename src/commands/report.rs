@@ -40,6 +40,14 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
             opened.as_of
         )));
     }
+    // Nor before the earliest plausible date: no result is dated before it, and a range
+    // from year 1 would list two thousand years of empty months.
+    let earliest = opened.config.ingest.earliest_plausible_date;
+    if let Some(from) = args.from.filter(|from| *from < earliest) {
+        return Err(CommandError::NotApplicable(format!(
+            "--from {from} is before ingest.earliest_plausible_date {earliest}: no result is dated before it"
+        )));
+    }
     // Nothing is evaluated after the as-of date: the range (and the months of the flags per
     // month) ends there.
     let to = args.to.map(|to| to.min(opened.as_of));

@@ -87,14 +87,27 @@ struct SeriesView<'a> {
     notes: Vec<(usize, &'a str, Cow<'a, str>)>,
 }
 
+/// A name or MRN longer than this is shown cut, with "…" (a 10,000-character name would make
+/// its row thousands of pixels tall and its printed page several pages); the CSV keeps it whole.
+const MAX_SHOWN_CHARS: usize = 200;
+
 impl<'a> RowView<'a> {
     fn of(p: &'a FlaggedPatient, detail: [usize; 2]) -> RowView<'a> {
         RowView {
             id: &p.patient_id,
             // Text from the source, as a person reads it: without control or bidirectional
             // characters.
-            name: p.name.as_deref().map(printable),
-            mrn: p.mrn.as_deref().map(printable),
+            name: p
+                .name
+                .as_deref()
+                .map(printable)
+                .filter(|name| crate::text::has_visible(name))
+                .map(|name| crate::text::shortened(name, MAX_SHOWN_CHARS)),
+            mrn: p
+                .mrn
+                .as_deref()
+                .map(printable)
+                .map(|mrn| crate::text::shortened(mrn, MAX_SHOWN_CHARS)),
             birth: p.birth_date.map(date),
             worst: p.worst.code(),
             latest: date(p.latest_identified),
@@ -232,6 +245,27 @@ impl Labels {
             deidentified,
             as_of: date(as_of),
         }
+    }
+}
+
+/// Every marker's configured plateau level, with its unit ("PIVKA-II: 800 mAU/mL; AFP: 200
+/// ng/mL"), or "none configured".
+fn plateau_levels(config: &Config) -> String {
+    let levels: Vec<String> = Marker::TUMOR
+        .into_iter()
+        .filter_map(|m| {
+            let level = config.markers.get(m).plateau_level?;
+            Some(format!(
+                "{}: {} {}",
+                marker_label(m),
+                human_number(level),
+                m.canonical_unit()
+            ))
+        })
+        .collect();
+    match levels.is_empty() {
+        true => "none configured".into(),
+        false => levels.join("; "),
     }
 }
 
@@ -507,7 +541,12 @@ fn programme(out: &mut dyn Write, r: &Report) -> io::Result<()> {
                 // No window ended yet for anyone: no share to show, not 0 %.
                 match s.due {
                     0 => "no patient due yet".to_owned(),
-                    due => format!("{share:.0}% of {}", human_number(due as f64)),
+                    // One decimal, rounded as every percentage (the CSV's figure).
+                    due => format!(
+                        "{}% of {}",
+                        crate::format::human_percent(share),
+                        human_number(due as f64)
+                    ),
                 },
             )
         })
@@ -643,8 +682,8 @@ fn glossary(out: &mut dyn Write, config: &Config) -> io::Result<()> {
         (response_label(Response::Progression).into(), format!("a confirmed rise: two values in a row above the ULN and at least {}% above the reference nadir.", human_number(r.rise_pct))),
         (response_label(Response::NotEvaluable).into(), "no baseline, no value after TARE, or a baseline at or below the ULN.".into()),
         (flag_label(FlagCode::MarkerRise).into(), format!("the latest value is above the ULN and at least {}% above the reference nadir; high when confirmed by the value before it, else moderate.", human_number(r.rise_pct))),
-        (flag_label(FlagCode::MarkerPlateau).into(), format!("the last two values are above the marker's plateau level (PIVKA-II: {}), within {}% of each other, at least {} days apart; moderate.",
-            config.markers.get(Marker::Pivka2).plateau_level.map(|v| format!("{} mAU/mL", human_number(v))).unwrap_or_else(|| "none".into()),
+        (flag_label(FlagCode::MarkerPlateau).into(), format!("the last two values are above the marker's plateau level ({}), within {}% of each other, at least {} days apart; moderate.",
+            plateau_levels(config),
             human_number(r.plateau_change_pct), r.plateau_min_days_apart)),
         (flag_label(FlagCode::NoResponse).into(), format!("a raised baseline, a value on or after day {}, and every value after TARE above {}% of the baseline; moderate.", r.no_response_min_day, pct(r.response_fraction))),
         (flag_label(FlagCode::IncompleteResponse).into(), "a partial response (PR) whose latest value is still above the ULN; low.".into()),

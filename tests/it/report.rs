@@ -870,3 +870,25 @@ fn a_range_finds_the_patient_who_fell_overdue_in_it_not_by_the_last_value() {
         )]
     );
 }
+
+#[test]
+fn a_from_date_before_the_earliest_plausible_date_is_refused_with_exit_2() {
+    let (out, output) = crate::helpers::job(
+        "report",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--from",
+            "0001-01-01",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "--from 0001-01-01 is before ingest.earliest_plausible_date 1900-01-01: no result is dated before it"
+        ),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!out.path().join("report.html").exists());
+}

@@ -648,7 +648,7 @@ fn search_ignores_case_and_accents() {
     let Some(chromium) = chromium() else { return };
     let folder = crate::report::demo_edited(|resource| {
         if resource["id"] == SEED && resource["resourceType"] == "Patient" {
-            resource["name"] = json!([{"use": "official", "text": "José Núñez"}]);
+            resource["name"] = json!([{"use": "official", "text": "José Núñez Østergaard-Łukasz"}]);
         }
     });
     let out = report(folder.path());
@@ -657,11 +657,39 @@ fn search_ignores_case_and_accents() {
         "file://{}",
         out.path().join("report.html").display()
     ));
-    for typed in ["jose nunez", "NÚÑEZ", "José"] {
+    // Letters that do not decompose (Ø, Ł) are spelled out too.
+    for typed in ["jose nunez", "NÚÑEZ", "José", "ostergaard", "lukasz"] {
         browser.eval("(() => { const q = document.getElementById('f-q'); q.value = ''; q.focus(); return true; })()");
         browser.type_text(typed);
         assert_eq!(shown_ids(&mut browser), [SEED], "{typed}");
     }
+    assert_eq!(browser.problems, Vec::<String>::new());
+}
+
+#[test]
+fn printing_when_no_patient_is_shown_says_so_and_prints_nothing() {
+    let Some(chromium) = chromium() else { return };
+    let out = report(&crate::helpers::demo());
+    let mut browser = Browser::launch(&chromium);
+    browser.open(&format!(
+        "file://{}#/?q=zzzz-no-such-patient",
+        out.path().join("report.html").display()
+    ));
+    browser.reload();
+    assert_eq!(shown_ids(&mut browser), Vec::<String>::new());
+    browser.eval(
+        "window.printed = 0; window.print = () => { window.printed += 1; }; \
+         document.getElementById('print-shown').click(); true",
+    );
+    assert_eq!(browser.eval("window.printed"), json!(0));
+    assert_eq!(
+        browser.eval("document.getElementById('print-note').textContent"),
+        json!("No patient is shown: nothing to print. Clear the search or the filters first.")
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#print-area .print-page').length"),
+        json!(0)
+    );
     assert_eq!(browser.problems, Vec::<String>::new());
 }
 

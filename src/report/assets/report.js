@@ -27,11 +27,14 @@
   // A value as the source gave it (the shortest decimal that is the number, never rounded),
   // thousands grouped: the figure the sentences and the CSV show (docs/rules.md §4).
   const NUMBER = new Intl.NumberFormat("en-US", { maximumFractionDigits: 20, useGrouping: true });
-  const num = v => NUMBER.format(v);
+  // -0 (a source may send it) reads 0, as in the CSV and the sentences.
+  const num = v => NUMBER.format(v === 0 ? 0 : v);
   const plural = (n, word) => num(n) + " " + word + (n === 1 ? "" : "s");
 
-  // Search is case- and accent-insensitive: "jose" finds José. Folded on the first search.
-  const fold = s => s.normalize("NFD").replace(/[\u0300-\u036f]/g, "").toLowerCase();
+  // Search is case- and accent-insensitive: "jose" finds José, "ostergaard" Østergaard,
+  // "lukasz" Łukasz (letters that do not decompose are spelled out). Folded on the first search.
+  const SPELLED = { "ø": "o", "ł": "l", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ŧ": "t", "ß": "ss", "æ": "ae", "œ": "oe", "þ": "th" };
+  const fold = s => s.normalize("NFD").replace(/[\u0300-\u036f]/g, "").toLowerCase().replace(/[øłđðħıŧßæœþ]/g, c => SPELLED[c]);
   const searchText = p => p.search === undefined ? (p.search = fold([p.id, p.name || "", p.mrn || ""].join("\u0000"))) : p.search;
   const reviewOf = p => p.review ? p.review[0] : "not reviewed";
   const byId = new Map(data.map((p, i) => [p.id, i]));
@@ -81,7 +84,8 @@
   const valueText = v => markerLabel(v[0]) + " " + v[1] + " " + unitOf(v[0]);
 
   const SORT_KEYS = {
-    name: p => (p.name || p.id).toLowerCase(),
+    // Folded like the search: "Ana Émile" sorts beside "Ana Emile", not after "Ana Zhang".
+    name: p => fold(p.name || p.id),
     mrn: p => p.mrn || "",
     birth: p => p.birth || "",
     worst: p => SEV_RANK[p.worst],
@@ -409,6 +413,10 @@
     document.body.classList.add("printing");
   }
   function printShown(thenPrint) {
+    if (shown.length === 0) {
+      $("print-note").textContent = "No patient is shown: nothing to print. Clear the search or the filters first.";
+      return;
+    }
     const note = shown.length > PRINT_MAX
       ? "Printing the first " + num(PRINT_MAX) + " of the " + plural(shown.length, "patient") + " shown: at most " +
         num(PRINT_MAX) + " are printed at a time. Narrow the search or the filters to print the others."
