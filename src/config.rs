@@ -643,6 +643,26 @@ fn environment_keys() -> Vec<String> {
     keys
 }
 
+/// Where the metrics textfile goes when the configuration itself is refused: the
+/// `TMM_METRICS__TEXTFILE_PATH` variable (the key in any case), else `[metrics]
+/// textfile_path` of the file if that much of it reads. A run refused for its configuration
+/// still writes its exit code there, so the alert on a failed run fires the same night.
+pub fn textfile_path_despite_errors(
+    file: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Option<std::path::PathBuf> {
+    let variable = format!("{ENV_PREFIX}METRICS__TEXTFILE_PATH");
+    let from_environment = environment.into_iter().find_map(|(name, value)| {
+        (name.starts_with(ENV_PREFIX) && name.eq_ignore_ascii_case(&variable)).then_some(value)
+    });
+    if let Some(path) = from_environment.filter(|p| !p.is_empty()) {
+        return Some(path.into());
+    }
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(file?).ok()?).ok()?;
+    let path = table.get("metrics")?.get("textfile_path")?.as_str()?;
+    (!path.is_empty()).then(|| path.into())
+}
+
 /// `TMM_` variables that set no key (one underscore where two belong, a misspelling), each
 /// with the nearest key's variable: they would otherwise be ignored without a word. Variables
 /// the configuration names (`server.auth.token_env`, `report.pseudonym_secret_env`), `TMM_LOG`

@@ -62,6 +62,36 @@ fn json_log_asked(args: &[OsString]) -> bool {
 /// A command line clap refuses (exit 2), or `--help` and `--version` (exit 0): as clap prints
 /// them, except that with a JSON log a refusal is one JSON object on stderr like every other
 /// line there (the first paragraph of clap's text as the message, the rest as `usage`).
+/// A `run` whose command line was refused (a date not written YYYY-MM-DD, an unknown option)
+/// still writes its exit code to the metrics textfile, when one can be found (`--config`'s
+/// `[metrics] textfile_path` or `TMM_METRICS__TEXTFILE_PATH`): a scheduler's edited command
+/// line fails loudly the same night.
+fn publish_refused_run(args: &[OsString], exit_code: u8) {
+    if args
+        .get(1..)
+        .is_none_or(|rest| !rest.iter().any(|a| a == "run"))
+    {
+        return;
+    }
+    let config = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|at| args.get(at + 1))
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            args.iter().find_map(|a| {
+                let text = a.to_str()?;
+                text.strip_prefix("--config=").map(std::path::PathBuf::from)
+            })
+        });
+    if let Some(path) = tare_marker_monitor::config::textfile_path_despite_errors(
+        config.as_deref(),
+        std::env::vars(),
+    ) {
+        tare_marker_monitor::metrics::publish_textfile(&path, None, None, exit_code, 0.0);
+    }
+}
+
 fn refused_command_line(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -69,6 +99,12 @@ fn refused_command_line(error: clap::Error) -> ExitCode {
         error.kind(),
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
     );
+    if !shown {
+        publish_refused_run(
+            &args,
+            u8::try_from(error.exit_code()).unwrap_or(exit::CONFIG),
+        );
+    }
     if shown || !json_log_asked(&args) {
         error.exit()
     }

@@ -124,11 +124,14 @@ pub fn execute(args: RunArgs) -> Result<(), CommandError> {
         .ok()
         .and_then(|config| shard_of(&args, config).ok().flatten());
     // A shard's copy beside the others', never over them.
-    let textfile = config
-        .as_ref()
-        .ok()
-        .and_then(|config| config.metrics.textfile_path.clone())
-        .map(|path| crate::metrics::textfile_of_shard(&path, shard));
+    let textfile = match &config {
+        Ok(config) => config.metrics.textfile_path.clone(),
+        Err(_) => crate::config::textfile_path_despite_errors(
+            args.source.config.as_deref(),
+            std::env::vars(),
+        ),
+    }
+    .map(|path| crate::metrics::textfile_of_shard(&path, shard));
     let mut summary = None;
     let result = config.and_then(|config| run(args, config, started, &mut summary));
     let exit_code = match &result {

@@ -2076,3 +2076,35 @@ fn a_password_in_the_server_url_is_refused_and_never_printed() {
     assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
     assert!(!out.path().exists());
 }
+
+#[test]
+fn a_run_refused_for_its_configuration_or_command_line_writes_exit_code_2_to_the_textfile() {
+    for (variable, value, extra) in [
+        ("TMM_INGEST__THREADS", "abc", "2026-11-01"),
+        ("TMM_LOG", "error", "2026-1-1"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let textfile = work.path().join("tmm.prom");
+        let output = binary()
+            .env("TMM_METRICS__TEXTFILE_PATH", &textfile)
+            .env(variable, value)
+            .args([
+                "run",
+                "--source-dir",
+                demo().to_str().unwrap(),
+                "--as-of",
+                extra,
+            ])
+            .arg("--out")
+            .arg(work.path().join("out"))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}");
+        let text = std::fs::read_to_string(&textfile).unwrap();
+        assert!(
+            text.lines()
+                .any(|line| line == "tare_marker_monitor_exit_code 2"),
+            "{variable}: {text}"
+        );
+    }
+}
