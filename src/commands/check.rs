@@ -163,6 +163,34 @@ async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
         lines.push(line);
     };
 
+    // The access token first: every request carries it, so without one nothing else is
+    // tried (each would ask the token endpoint again with the same refused credentials).
+    if config.server.auth.method != crate::config::AuthMethod::None {
+        let token = match client.check_authorization().await {
+            Ok(note) => Ok(note.to_owned()),
+            Err(error) => Err(failed(&error)),
+        };
+        let refused = token.is_err();
+        record(
+            Line {
+                name: "access token".into(),
+                result: token,
+            },
+            &mut lines,
+        );
+        if refused {
+            record(
+                Line {
+                    name: "the other checks".into(),
+                    result: Err("not tried: no access token".into()),
+                },
+                &mut lines,
+            );
+            let failures = lines.iter().filter(|l| l.result.is_err()).count();
+            return (failures, lines.len());
+        }
+    }
+
     // The CapabilityStatement: without an answer, nothing else is tried.
     let needs = Needs {
         writes: true,
@@ -207,20 +235,6 @@ async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
         );
         let failures = lines.iter().filter(|l| l.result.is_err()).count();
         return (failures, lines.len());
-    }
-
-    if config.server.auth.method != crate::config::AuthMethod::None {
-        let token = match client.check_authorization().await {
-            Ok(note) => Ok(note.to_owned()),
-            Err(error) => Err(failed(&error)),
-        };
-        record(
-            Line {
-                name: "access token".into(),
-                result: token,
-            },
-            &mut lines,
-        );
     }
 
     // The TARE search first: its first Procedure's patient serves the searches by patient

@@ -498,3 +498,55 @@ async fn a_refused_device_create_is_named_as_a_device_create() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_with_refused_credentials_asks_for_a_token_once_and_tries_nothing_else() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
+        )
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/auth/test-es384-private.pem");
+    std::fs::write(
+        &config,
+        format!(
+            "[server.auth]\nmethod = \"smart-backend\"\nclient_id = \"tmm\"\nkey_id = \"key-1\"\nalgorithm = \"ES384\"\nprivate_key_file = {:?}\ntoken_endpoint = \"{}/token\"\n",
+            key.display().to_string(),
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let base = server.uri();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::helpers::binary()
+            .args(["check", "--server", &base, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("access token: FAILED: cannot get an access token from"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        "the other checks: FAILED: not tried: no access token"
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one token request, nothing else");
+}
