@@ -326,7 +326,11 @@ pub fn build(
             &b.patient_id,
         ))
     });
-    let (patients, responses, flags) = RunSummary::count(&findings, config);
+    let (patients, responses, mut flags) = RunSummary::count(&findings, config);
+    if options.from.is_some() || options.to.is_some() {
+        // The report's flag figures are the range's, as its header says.
+        flags = flags_in_range(&findings, options, config);
+    }
     // The flag trail comes from the server the report read, with the same client (and token).
     let trail = match reader.client() {
         None => None,
@@ -362,6 +366,25 @@ pub fn build(
         trail,
         programme,
     })
+}
+
+/// The flags identified in the report's range (on their `flag_day`), counted as a run counts
+/// them.
+fn flags_in_range(
+    findings: &[PatientFindings],
+    options: &ReportOptions,
+    config: &Config,
+) -> FlagCounts {
+    let mut flags = FlagCounts::default();
+    let in_range = findings.iter().flat_map(|p| &p.episodes).flat_map(|e| {
+        e.flags
+            .iter()
+            .filter(move |f| options.in_range(flag_day(f, e, config)))
+    });
+    for flag in in_range {
+        flags.add(flag, config);
+    }
+    flags
 }
 
 fn flagged_patient(

@@ -68,6 +68,23 @@ pub struct FlagCounts {
     pub by_code: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
 }
 
+impl FlagCounts {
+    /// Counts one more flag.
+    pub fn add(&mut self, flag: &crate::domain::Flag, config: &Config) {
+        self.total += 1;
+        if flag.severity >= config.output.min_severity_written {
+            self.written_as_detected_issues += 1;
+        }
+        *self.by_severity.entry(flag.severity.code()).or_default() += 1;
+        *self
+            .by_code
+            .entry(flag.code.code())
+            .or_default()
+            .entry(flag.severity.code())
+            .or_default() += 1;
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub read_ms: u128,
@@ -218,17 +235,7 @@ impl RunSummary {
                     *by_response.entry(course.response.code()).or_default() += 1;
                 }
                 for flag in &episode.flags {
-                    flags.total += 1;
-                    if flag.severity >= config.output.min_severity_written {
-                        flags.written_as_detected_issues += 1;
-                    }
-                    *flags.by_severity.entry(flag.severity.code()).or_default() += 1;
-                    *flags
-                        .by_code
-                        .entry(flag.code.code())
-                        .or_default()
-                        .entry(flag.severity.code())
-                        .or_default() += 1;
+                    flags.add(flag, config);
                 }
             }
         }

@@ -892,3 +892,38 @@ fn a_from_date_before_the_earliest_plausible_date_is_refused_with_exit_2() {
     );
     assert!(!out.path().join("report.html").exists());
 }
+
+#[test]
+fn a_range_reports_the_flag_counts_of_its_range_everywhere() {
+    let out = crate::helpers::job_ok(
+        "report",
+        &[
+            "--source-dir",
+            crate::helpers::demo().to_str().unwrap(),
+            "--from",
+            "2026-09-01",
+            "--to",
+            "2026-09-30",
+        ],
+    );
+    let per_month: usize = records(out.path(), "report-flags-per-month.csv")
+        .iter()
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    let in_cohort: usize = records(out.path(), "report-cohort.csv")
+        .iter()
+        .filter(|r| r["section"] == "flags")
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    let all = report(&crate::helpers::demo());
+    let all_flags: usize = records(all.path(), "report-cohort.csv")
+        .iter()
+        .filter(|r| r["section"] == "flags")
+        .map(|r| r["count"].parse::<usize>().unwrap())
+        .sum();
+    assert!(
+        per_month > 0 && per_month < all_flags,
+        "{per_month} of {all_flags}"
+    );
+    assert_eq!(in_cohort, per_month);
+}
