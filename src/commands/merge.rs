@@ -59,7 +59,7 @@ fn merge(
     };
     let merged = crate::merge::merge(&parts, &set, &clock)?;
     set.publish()?;
-    println!(
+    say!(
         "{} shards merged into {} (run {run_id}): {} markers rows, {} flags, {} DetectedIssues",
         merged.shards,
         args.out.display(),

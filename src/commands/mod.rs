@@ -2,6 +2,14 @@
 //! sets up logging, calls `Command::execute`, and maps the one error type here to the
 //! documented exit codes (README "Exit codes"); an error is printed once, there.
 
+/// A line on stdout, written through `write_stdout`: every line a command prints goes through
+/// it (`println!` would panic, exit 101, on a closed or full stdout).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod check;
 pub mod exit;
 pub mod explain;
@@ -85,6 +93,18 @@ impl Command {
             Command::Generate(args) => generate::execute(args),
             Command::Check(args) => check::execute(args),
         }
+    }
+}
+
+/// Writes `text` to stdout as it is: what a command prints once its work is done (a run's
+/// summary line, `explain`'s course, `check`'s lines). A stdout closed early (`| head -2`) or
+/// full (`>/dev/full`) is no failure of the command: its outputs are published by then, so the
+/// error is ignored (a debug line says so) and the exit code stays what it would have been.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        tracing::debug!(%error, "stdout not written (closed or full); ignored");
     }
 }
 

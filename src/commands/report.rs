@@ -73,7 +73,7 @@ pub fn execute(args: ReportArgs) -> Result<(), CommandError> {
     }
     let written = report::write(&report, &opened.config, &set)?;
     set.publish()?;
-    println!(
+    say!(
         "report as of {} (run {}): {} flagged patients, {} trail entries; written: {}",
         options.as_of,
         options.run_id,

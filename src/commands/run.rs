@@ -225,7 +225,7 @@ fn run(
         }
     }
     let observations = s.resources.by_type.get("Observation");
-    println!(
+    say!(
         "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {} (run {})",
         s.as_of,
         s.patients.seen,
@@ -240,7 +240,7 @@ fn run(
     );
     let s = &outcome.summary;
     if let Some(report) = &s.write_back {
-        println!(
+        say!(
             "{}write-back to {}: {} created, {} updated, {} cancelled, {} unchanged, {} patients failed",
             if report.dry_run { "dry run, nothing sent: " } else { "" },
             options.source,

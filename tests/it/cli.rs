@@ -2050,3 +2050,109 @@ fn an_empty_tmm_log_is_the_default_level_and_off_still_prints_the_final_error() 
     );
     assert_eq!(off[0]["fields"]["exit_code"], 3);
 }
+
+// ---- stdout closed or full ----
+
+/// Where a command's stdout goes in `stdout_refusing_every_write`.
+#[derive(Clone, Copy, Debug)]
+enum DeadStdout {
+    /// A pipe whose reader is gone before the command writes (`| head -0`): EPIPE.
+    Closed,
+    /// `>/dev/full`: ENOSPC.
+    Full,
+}
+
+/// The binary with `args`, its stdout refusing every write.
+fn stdout_refusing_every_write(args: &[&str], stdout: DeadStdout) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"));
+    command.args(args).stderr(Stdio::piped());
+    match stdout {
+        DeadStdout::Closed => command.stdout(Stdio::piped()),
+        DeadStdout::Full => command.stdout(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        ),
+    };
+    let mut child = command.spawn().unwrap();
+    // The reading end closed at once: the command has not written yet (it reads the demo
+    // first), so each of its writes meets a pipe without a reader.
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_or_full_stdout_is_ignored_and_the_exit_code_stays_the_commands_own() {
+    let demo = demo();
+    let demo = demo.to_str().unwrap();
+    for dead in [DeadStdout::Closed, DeadStdout::Full] {
+        let out = out_dir();
+        let place = out.path().to_str().unwrap();
+        let generated = out_dir();
+        let cohort = generated.path().to_str().unwrap();
+        let report = out_dir();
+        let report = report.path().to_str().unwrap();
+        let shared = out_dir();
+        let shared = shared.path().to_str().unwrap();
+        let merged = out_dir();
+        let merged = merged.path().to_str().unwrap();
+        let as_of = ["--as-of", "2026-11-01"];
+        for (args, code) in [
+            (vec!["run", "--source-dir", demo, "--out", place], 0),
+            (
+                vec![
+                    "run",
+                    "--source-dir",
+                    demo,
+                    "--shard",
+                    "0/1",
+                    "--out",
+                    shared,
+                ],
+                0,
+            ),
+            (vec!["merge", shared, "--out", merged], 0),
+            (vec!["report", "--source-dir", demo, "--out", report], 0),
+            (
+                vec![
+                    "explain",
+                    "--source-dir",
+                    demo,
+                    "--patient",
+                    "demo-01-seed-partial-response",
+                ],
+                0,
+            ),
+            (vec!["generate", "--patients", "2", "--out", cohort], 0),
+            // A check that failed still exits 3, its lines unread.
+            (vec!["check", "--server", "http://127.0.0.1:1"], 3),
+        ] {
+            let mut args = args.clone();
+            if !matches!(args[0], "merge" | "generate" | "check") {
+                args.extend(as_of);
+            }
+            let output = stdout_refusing_every_write(&args, dead);
+            assert_eq!(
+                output.status.code(),
+                Some(code),
+                "{dead:?} {args:?}: {}",
+                stderr_of(&output)
+            );
+            assert!(
+                !stderr_of(&output).contains("panicked"),
+                "{dead:?} {args:?}: {}",
+                stderr_of(&output)
+            );
+        }
+        // The outputs were published all the same.
+        assert!(out.path().join("markers.csv").is_file(), "{dead:?}");
+        assert!(Path::new(merged).join("markers.csv").is_file(), "{dead:?}");
+        assert!(Path::new(report).join("report.html").is_file(), "{dead:?}");
+        assert!(
+            Path::new(cohort).join("Patient.ndjson").is_file(),
+            "{dead:?}"
+        );
+    }
+}
