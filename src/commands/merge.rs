@@ -49,7 +49,8 @@ fn merge(
     started: std::time::Instant,
     summary: &mut Option<serde_json::Value>,
 ) -> Result<(), CommandError> {
-    // Parts that cannot be merged touch nothing.
+    // Parts that cannot be merged, or an --out among them, touch nothing.
+    crate::merge::refuse_out_among_parts(&args.out, &args.parts)?;
     let parts = crate::merge::find(&args.parts)?;
     let run_id = crate::output::new_run_id(chrono::Utc::now());
     let mut set = crate::output::OutputSet::open(&args.out, &crate::merge::OUTPUT_NAMES, &run_id)?;

@@ -375,6 +375,8 @@ impl CommandError {
                 crate::merge::MergeError::Differs { .. }
                 | crate::merge::MergeError::NotItsShard { .. }
                 | crate::merge::MergeError::Twice { .. }
+                | crate::merge::MergeError::SameRun { .. }
+                | crate::merge::MergeError::OutIsAPart { .. }
                 | crate::merge::MergeError::ShardCounts(_)
                 | crate::merge::MergeError::NoIdentity { .. },
             ) => exit::CONFIG,

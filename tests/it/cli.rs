@@ -2156,3 +2156,137 @@ fn a_closed_or_full_stdout_is_ignored_and_the_exit_code_stays_the_commands_own()
         );
     }
 }
+
+// ---- merge: an --out among the parts, one shard run there twice ----
+
+/// The run folder `link` (a published set) shows.
+fn shown_by(link: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(link).unwrap()
+}
+
+#[test]
+fn merge_refuses_an_out_that_is_one_of_its_parts_with_exit_2_and_leaves_it_as_it_was() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-11-01", &[]);
+    let set = shared.path().join("shard-0-of-2");
+    let before = shown_by(&set);
+    let other = shared.path().join("shard-1-of-2");
+    // A link of the site's own to shard 0's set, and the same set spelled another way.
+    let work = tempfile::tempdir().unwrap();
+    let link = work.path().join("latest");
+    std::os::unix::fs::symlink(&set, &link).unwrap();
+    let spelled = shared.path().join(".").join("shard-0-of-2");
+    for (parts, out, part) in [
+        (vec![shared.path()], set.clone(), set.clone()),
+        (vec![shared.path()], spelled.clone(), set.clone()),
+        (vec![shared.path()], link.clone(), set.clone()),
+        (vec![shared.path()], before.clone(), set.clone()),
+        (
+            vec![shared.path()],
+            shared.path().to_owned(),
+            shared.path().to_owned(),
+        ),
+        (
+            vec![set.as_path(), other.as_path()],
+            other.clone(),
+            other.clone(),
+        ),
+    ] {
+        let output = binary()
+            .arg("merge")
+            .args(&parts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{}: {}",
+            out.display(),
+            stderr_of(&output)
+        );
+        assert_eq!(
+            stderr_of(&output),
+            format!(
+                "error: --out {} resolves to {}, one of the parts being merged: publishing there would replace it; give --out a place of its own (not a folder given, nor a shard-I-of-N set in one, nor a link to either)\n",
+                out.display(),
+                part.display()
+            )
+        );
+    }
+    // Shard 0's set is shown as before, and nothing was published beside the parts.
+    assert_eq!(shown_by(&set), before);
+    assert!(std::fs::read_link(&set).is_ok());
+    let mut names: Vec<String> = std::fs::read_dir(shared.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".shard-0-of-2.runs",
+            ".shard-1-of-2.runs",
+            "shard-0-of-2",
+            "shard-1-of-2"
+        ]
+    );
+    let (_, output) = merge_of(shared.path());
+    assert_success(&output);
+}
+
+#[test]
+fn merge_refuses_two_parts_carrying_one_run_id_naming_both_with_exit_2() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    // Shard 0's part copied in as shard 1, every trace of its name edited: file names, the
+    // summary's `shard` and the files it lists. Only its run id is left.
+    let plain = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("shard-0-of-2"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        std::fs::write(plain.path().join(&name), &text).unwrap();
+        let copy = match name.starts_with("run-summary.") {
+            true => text
+                .replace("shard-0-of-2", "shard-1-of-2")
+                .replace("\"0/2\"", "\"1/2\""),
+            false => text,
+        };
+        std::fs::write(
+            plain
+                .path()
+                .join(name.replace("shard-0-of-2", "shard-1-of-2")),
+            copy,
+        )
+        .unwrap();
+    }
+    let first = plain.path().join("run-summary.shard-0-of-2.json");
+    let second = plain.path().join("run-summary.shard-1-of-2.json");
+    let run_id = summary_of_part(&first)["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(summary_of_part(&second)["run_id"], run_id.as_str());
+    assert_eq!(summary_of_part(&second)["identity"]["shard"], "1/2");
+    let (merged, output) = merge_of(plain.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: {} and {} carry the same run_id {run_id}: they are one shard run, there twice (a copy under another shard's name); merge each shard's own part once\n",
+            first.display(),
+            second.display()
+        )
+    );
+    assert!(!merged.path().exists());
+}
+
+fn summary_of_part(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
