@@ -78,6 +78,7 @@ pub struct IngestConfig {
     /// `MAX_THREADS`.
     pub threads: usize,
     /// Procedures and results dated before this are left out (implausible).
+    #[serde(deserialize_with = "strict_date::deserialize")]
     pub earliest_plausible_date: NaiveDate,
     /// ... and so are those dated more than this many days after the as-of date.
     pub latest_plausible_days_after_as_of: i64,
@@ -105,6 +106,35 @@ impl Default for IngestConfig {
             max_line_bytes: 16 << 20,
             max_read_minutes: 60.0,
             pass_over_irrelevant_lines: true,
+        }
+    }
+}
+
+/// Every date key of the configuration (`#[serde(deserialize_with =
+/// "strict_date::deserialize")]`): `YYYY-MM-DD` exactly, as on the command line
+/// (`commands::iso_date`), so `"2026-6-1"` or `"+2026-06-01"` is refused, never guessed at. A
+/// TOML date (`key = 2026-06-01`, unquoted; TOML writes it `YYYY-MM-DD` too) reaches it as
+/// that text, so it is read the same way; a date with a time is refused.
+mod strict_date {
+    use chrono::NaiveDate;
+    use serde::de::{Error, Visitor};
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+        deserializer.deserialize_any(DateVisitor)
+    }
+
+    struct DateVisitor;
+
+    impl<'de> Visitor<'de> for DateVisitor {
+        type Value = NaiveDate;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a date written YYYY-MM-DD")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<NaiveDate, E> {
+            crate::commands::iso_date(text).map_err(E::custom)
         }
     }
 }
@@ -1480,6 +1510,73 @@ mod tests {
     fn wrong_type_is_rejected_with_its_key() {
         let e = Config::from_toml("[episodes]\nmerge_days = \"ninety\"\n").unwrap_err();
         assert!(e.to_string().contains("merge_days"), "{e}");
+    }
+
+    #[test]
+    fn a_config_date_not_written_yyyy_mm_dd_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site.toml");
+        let key = "in `ingest.earliest_plausible_date`";
+        for (value, refusal) in [
+            (
+                "\"2026-6-1\"",
+                format!("\"2026-6-1\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"+2026-06-01\"",
+                format!("\"+2026-06-01\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"2026-06-01T00:00:00\"",
+                format!("\"2026-06-01T00:00:00\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "2026-06-01T08:00:00",
+                format!("\"2026-06-01T08:00:00\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"2026-13-01\"",
+                format!("2026-13-01: input is out of range; {key}"),
+            ),
+        ] {
+            std::fs::write(&file, format!("[ingest]\nearliest_plausible_date = {value}\n"))
+                .unwrap();
+            let error = Config::load(Some(&file), Vec::new()).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("config file {} is not valid: {refusal}", file.display()),
+                "{value}"
+            );
+        }
+        // `YYYY-MM-DD`, quoted or as a TOML date, is the date it says.
+        for value in ["\"2026-06-01\"", "2026-06-01"] {
+            std::fs::write(
+                &file,
+                format!("[ingest]\nearliest_plausible_date = {value}\n"),
+            )
+            .unwrap();
+            let config = Config::load(Some(&file), Vec::new()).unwrap();
+            assert_eq!(
+                config.ingest.earliest_plausible_date,
+                NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+            );
+        }
+        // A variable is read the same way.
+        let variable = "TMM_INGEST__EARLIEST_PLAUSIBLE_DATE";
+        for value in ["2026-6-1", "+2026-06-01"] {
+            let error =
+                Config::load(None, vec![(variable.to_owned(), value.to_owned())]).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("environment variable {variable} is not a valid setting: \"{value}\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}")
+            );
+        }
+        let config =
+            Config::load(None, vec![(variable.to_owned(), "2026-06-01".to_owned())]).unwrap();
+        assert_eq!(
+            config.ingest.earliest_plausible_date,
+            NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+        );
     }
 
     #[test]

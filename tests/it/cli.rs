@@ -1197,6 +1197,47 @@ fn a_date_not_written_yyyy_mm_dd_exits_2_naming_the_form() {
 }
 
 #[test]
+fn a_config_date_not_written_yyyy_mm_dd_exits_2_naming_the_key_and_writes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("site.toml");
+    let key = "in `ingest.earliest_plausible_date`";
+    let form = "is not a date written YYYY-MM-DD (four-digit year, two-digit month and day)";
+    for value in ["2026-6-1", "+2026-06-01"] {
+        std::fs::write(
+            &file,
+            format!("[ingest]\nearliest_plausible_date = \"{value}\"\n"),
+        )
+        .unwrap();
+        let (out, output) = run_demo(&["--config", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        // The run's end line, then the error.
+        assert_eq!(
+            stderr_of(&output).lines().last().unwrap(),
+            format!(
+                "error: config file {} is not valid: \"{value}\" {form}; {key}",
+                file.display()
+            )
+        );
+        assert!(!out.path().exists());
+        let out = out_dir();
+        let output = binary()
+            .args(["run", "--as-of", "2026-11-01", "--source-dir"])
+            .arg(demo())
+            .arg("--out")
+            .arg(out.path())
+            .env("TMM_INGEST__EARLIEST_PLAUSIBLE_DATE", value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        assert_eq!(
+            stderr_of(&output).lines().last().unwrap(),
+            format!("error: environment variable TMM_INGEST__EARLIEST_PLAUSIBLE_DATE is not a valid setting: \"{value}\" {form}; {key}")
+        );
+        assert!(!out.path().exists());
+    }
+}
+
+#[test]
 fn a_server_setting_with_a_folder_exits_2_naming_it_and_writes_nothing() {
     for command in ["run", "explain"] {
         let out = out_dir();
