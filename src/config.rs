@@ -546,6 +546,50 @@ pub struct AuthConfig {
     pub scope: String,
 }
 
+impl AuthConfig {
+    /// A token source that cannot apply to the method: both `token_env` and `token_file` for
+    /// `bearer` (one of them would be silently ignored), or either with a method that sends no
+    /// static token. The first key refused and why, naming every key concerned.
+    fn keys_that_cannot_apply(&self) -> Option<(&'static str, String)> {
+        let set: Vec<&'static str> = [
+            ("server.auth.token_env", self.token_env.is_some()),
+            ("server.auth.token_file", self.token_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        let first = *set.first()?;
+        match self.method {
+            AuthMethod::Bearer if set.len() == 2 => Some((
+                first,
+                "server.auth.token_file is set too: a bearer token comes from one of them; unset \
+                 the other"
+                    .into(),
+            )),
+            AuthMethod::Bearer => None,
+            AuthMethod::None | AuthMethod::SmartBackend => {
+                let (method, why) = match self.method {
+                    AuthMethod::None => ("none", "which sends no token"),
+                    _ => ("smart-backend", "whose token comes from the token endpoint"),
+                };
+                let also = match set.get(1) {
+                    Some(other) => format!(" ({other} too)"),
+                    None => String::new(),
+                };
+                Some((
+                    first,
+                    format!(
+                        "set{also} with server.auth.method = \"{method}\", {why}: a token \
+                         from a variable or a file is sent with method = \"bearer\" only; set \
+                         that method, or unset {}",
+                        if set.len() == 2 { "both" } else { "it" }
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
@@ -1169,6 +1213,9 @@ impl Config {
                 ),
             );
         }
+        if let Some((key, message)) = self.server.auth.keys_that_cannot_apply() {
+            return invalid(key, message);
+        }
         if let Err(e) = self.code_systems() {
             return invalid("code_systems.aliases", e.to_string());
         }
@@ -1577,6 +1624,55 @@ mod tests {
             config.ingest.earliest_plausible_date,
             NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
         );
+    }
+
+    #[test]
+    fn a_token_source_that_cannot_apply_to_the_auth_method_is_refused_naming_the_keys() {
+        let load = |variables: &[(&str, &str)]| {
+            Config::load(
+                None,
+                variables
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (method, env, file) = (
+            "TMM_SERVER__AUTH__METHOD",
+            ("TMM_SERVER__AUTH__TOKEN_ENV", "TMM_FHIR_TOKEN"),
+            ("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token"),
+        );
+        for (variables, refusal) in [
+            (
+                vec![(method, "bearer"), env, file],
+                "config value server.auth.token_env is not valid: server.auth.token_file is set too: a bearer token comes from one of them; unset the other",
+            ),
+            (
+                vec![env],
+                "config value server.auth.token_env is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+            (
+                vec![(method, "none"), file],
+                "config value server.auth.token_file is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+            (
+                vec![env, file],
+                "config value server.auth.token_env is not valid: set (server.auth.token_file too) with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset both",
+            ),
+            (
+                vec![(method, "smart-backend"), env],
+                "config value server.auth.token_env is not valid: set with server.auth.method = \"smart-backend\", whose token comes from the token endpoint: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+        ] {
+            let error = load(&variables).unwrap_err();
+            assert_eq!(error.to_string(), refusal, "{variables:?}");
+        }
+        for variables in [
+            vec![(method, "bearer"), env],
+            vec![(method, "bearer"), file],
+        ] {
+            load(&variables).unwrap();
+        }
     }
 
     #[test]

@@ -69,6 +69,8 @@ fn refuse_what_cannot_apply(
         Some("--dry-run applies to a server source (it keeps the write-back from sending); a run over --source-dir never writes to a server: leave it out")
     } else if folder && (args.export || args.export_group.is_some()) {
         Some("--export and --export-group read a server through Bulk Data $export; with --source-dir the folder already is an export: leave them out")
+    } else if cohort && (args.export || args.export_group.is_some()) {
+        Some("--export and --export-group read everyone through a Bulk Data $export; a run for --patient, --cohort or --group reads only those patients, by searches (this job does not export a cohort): leave them out, or run without the cohort")
     } else if folder && args.allow_mass_cancel {
         Some("--allow-mass-cancel governs the write-back to a server; a run over --source-dir writes nothing back: leave it out")
     } else if folder && config.schedule.state_file.is_some() {

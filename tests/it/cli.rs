@@ -1315,6 +1315,66 @@ fn options_that_cannot_apply_to_a_folder_exit_2_with_a_sentence_and_write_nothin
 }
 
 #[test]
+fn export_with_a_cohort_exits_2_with_a_sentence_before_asking_the_server_anything() {
+    // Nothing listens on port 1: a run that got as far as the server would exit 3.
+    let dir = tempfile::tempdir().unwrap();
+    let cohort = dir.path().join("cohort.txt");
+    std::fs::write(&cohort, "p1\n").unwrap();
+    let cohort = cohort.to_str().unwrap();
+    let server = ["--server", "http://127.0.0.1:1"];
+    for cohort_args in [
+        vec!["--patient", "p1"],
+        vec!["--cohort", cohort],
+        vec!["--group", "tare-review"],
+    ] {
+        for export in [vec!["--export"], vec!["--export", "--export-group", "all"]] {
+            let args: Vec<&str> = [&server[..], &export, &cohort_args].concat();
+            let (out, output) = job("run", &args);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{args:?}: {}",
+                stderr_of(&output)
+            );
+            assert_eq!(
+                stderr_of(&output).lines().last(),
+                Some("error: --export and --export-group read everyone through a Bulk Data $export; a run for --patient, --cohort or --group reads only those patients, by searches (this job does not export a cohort): leave them out, or run without the cohort"),
+                "{args:?}"
+            );
+            assert!(!stderr_of(&output).contains("run started"));
+            assert!(!out.path().exists());
+        }
+    }
+}
+
+#[test]
+fn a_token_source_the_auth_method_cannot_use_exits_2_naming_the_keys() {
+    for (variables, says) in [
+        (
+            vec![
+                ("TMM_SERVER__AUTH__METHOD", "bearer"),
+                ("TMM_SERVER__AUTH__TOKEN_ENV", "TMM_FHIR_TOKEN"),
+                ("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token"),
+            ],
+            "error: config value server.auth.token_env is not valid: server.auth.token_file is set too: a bearer token comes from one of them; unset the other",
+        ),
+        (
+            vec![("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token")],
+            "error: config value server.auth.token_file is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+        ),
+    ] {
+        let output = binary()
+            .args(["check", "--server", "http://127.0.0.1:1"])
+            .envs(variables.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        assert_eq!(stderr_of(&output), format!("{says}\n"));
+        assert!(output.stdout.is_empty(), "no check was tried");
+    }
+}
+
+#[test]
 fn a_tmm_variable_that_sets_no_key_warns_naming_the_nearest_key() {
     let out = out_dir();
     let output = binary()
