@@ -51,7 +51,7 @@ pub const TABLE: [ExitCodeDoc; 10] = [
         code: PATIENTS_FAILED,
         summary: "some patients' write-back failed; the others were written",
         name: "write_back_failed",
-        meaning: "each is listed on stderr and in `run-summary.json` with the server's OperationOutcome text, or because a DetectedIssue on the server has no version to guard an update with; the incremental state is not moved on",
+        meaning: "stderr says how many (`error: the write-back of 2 patients failed (listed with the server's answer under write_back.failed in run-summary.json); the others were written`: no patient identifier above debug level, `-v` logs one line per patient); each is listed under `write_back.failed` in `run-summary.json` with the server's OperationOutcome text, or because a DetectedIssue on the server has no version to guard an update with; the incremental state is not moved on",
     },
     ExitCodeDoc {
         code: EVALUATION_FAILED,

@@ -188,6 +188,26 @@ fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, du
     );
 }
 
+/// The requested patients a cohort run did not find: how many, in one warning, and where they
+/// are listed; the ids and identifiers themselves (patient data) at debug level only.
+fn warn_not_found(unknown: &[String]) {
+    if unknown.is_empty() {
+        return;
+    }
+    for entry in unknown {
+        tracing::debug!("not found: {}", crate::text::shown(entry));
+    }
+    let not_found = unknown.len() as u64;
+    tracing::warn!(
+        not_found,
+        "{} not found (an id without a Patient, an identifier without exactly one Patient, a Group without members): listed under cohort.unknown in run-summary.json",
+        match not_found {
+            1 => "1 requested patient was".to_owned(),
+            n => format!("{n} requested patients were"),
+        }
+    );
+}
+
 fn run(
     args: RunArgs,
     mut config: crate::config::Config,
@@ -222,9 +242,7 @@ fn run(
     let outcome = job::run(&options, &config)?;
     let s = &*summary_out.insert(outcome.summary.clone());
     if let Some(cohort) = &s.cohort {
-        for unknown in &cohort.unknown {
-            tracing::warn!("not found: {}", crate::text::shown(unknown));
-        }
+        warn_not_found(&cohort.unknown);
     }
     let observations = s.resources.by_type.get("Observation");
     say!(
@@ -266,6 +284,14 @@ fn run(
             tracing::warn!("{valve}");
         }
         if !report.failed.is_empty() {
+            // Who failed is patient data: at debug level only; run-summary.json lists them.
+            for failure in &report.failed {
+                tracing::debug!(
+                    "write-back failed for patient {}: {}",
+                    crate::text::shown(&failure.patient_id),
+                    crate::text::shown(&failure.message)
+                );
+            }
             return Err(CommandError::WriteBackFailed(report.failed.clone()));
         }
     }

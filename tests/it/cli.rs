@@ -783,11 +783,15 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
         .lines()
         .filter(|l| l.contains(" WARN ") && !l.contains("are not FHIR JSON"))
         .collect();
+    // How many were not found, and where they are listed; never who (patient data).
     assert_eq!(cohort_lines.len(), 1, "{stderr}");
     assert!(
-        cohort_lines[0].ends_with("not found: nobody-here (no Patient)"),
+        cohort_lines[0].ends_with(
+            " WARN tare_marker_monitor::commands::run: 1 requested patient was not found (an id without a Patient, an identifier without exactly one Patient, a Group without members): listed under cohort.unknown in run-summary.json not_found=1"
+        ),
         "{stderr}"
     );
+    assert!(!stderr.contains("nobody-here"), "{stderr}");
     let patients: BTreeSet<String> = csv_rows(&read(out.path(), "markers.csv"))
         .into_iter()
         .map(|row| row[0].clone())
@@ -802,6 +806,29 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
     let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
     assert_eq!(summary["mode"], "cohort");
     assert_eq!(summary["cohort"]["requested"], 3);
+    assert_eq!(
+        summary["cohort"]["unknown"],
+        serde_json::json!(["nobody-here (no Patient)"])
+    );
+    // The identifier itself at debug level only (-v).
+    let (_, output) = run_demo(&[
+        "-v",
+        "--cohort",
+        cohort.to_str().unwrap(),
+        "--patient",
+        "demo-04-pivka-unconfirmed-rise",
+    ]);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let named: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("nobody-here"))
+        .collect();
+    assert_eq!(named.len(), 1, "{stderr}");
+    assert!(
+        named[0].contains(" DEBUG ") && named[0].ends_with("not found: nobody-here (no Patient)"),
+        "{stderr}"
+    );
 }
 
 #[test]
