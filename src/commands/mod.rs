@@ -203,6 +203,12 @@ impl SourceArgs {
     pub fn open(&self) -> Result<Opened, CommandError> {
         let config = self.config()?;
         let as_of = self.as_of(&config)?;
+        self.open_with(config, as_of)
+    }
+
+    /// `open`, with the config and the as-of date already read (a command that logs its start
+    /// line once it knows them, before the source is opened).
+    pub fn open_with(&self, config: Config, as_of: NaiveDate) -> Result<Opened, CommandError> {
         let reader = Reader::open(&self.source(&config)?, &config)?;
         let workers = Workers::new(config.ingest.threads)?;
         // Before the first search: a server that cannot serve these reads says so now.

@@ -531,7 +531,7 @@ fn without_recorded(text: &str) -> String {
 /// `merge PARTS --out OUT`; panics unless it succeeds.
 fn merge_ok(parts: &[&Path], out: &Path) {
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .args(parts)
         .arg("--out")
         .arg(out)
@@ -679,7 +679,7 @@ fn merge_refuses_part_files_of_two_runs_mixed() {
     .unwrap();
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(plain.path())
         .arg("--out")
         .arg(merged.path())
@@ -707,7 +707,7 @@ fn merge_names_a_missing_shard() {
     assert!(output.status.success());
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(part.path())
         .arg("--out")
         .arg(merged.path())
@@ -731,7 +731,7 @@ fn merge_refuses_parts_of_different_shard_counts_with_exit_2_naming_a_part_of_ea
     assert!(output.status.success());
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(of_two.path())
         .arg(of_three.path())
         .arg("--out")
@@ -1771,7 +1771,7 @@ fn shards_label_their_metrics_and_keep_their_own_textfile_and_merge_writes_its_o
     );
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(shared.path())
         .arg("--out")
         .arg(merged.path())
@@ -1814,7 +1814,7 @@ fn run_shard(shared: &Path, shard: &str, as_of: &str, env: &[(&str, &str)]) {
 fn merge_of(parts: &Path) -> (OutDir, std::process::Output) {
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(parts)
         .arg("--out")
         .arg(merged.path())
@@ -2075,7 +2075,7 @@ fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
     }
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(shared.path())
         .arg(copy.path())
         .arg("--out")
@@ -2322,7 +2322,7 @@ fn merge_refuses_an_out_that_is_one_of_its_parts_with_exit_2_and_leaves_it_as_it
         ),
     ] {
         let output = binary()
-            .arg("merge")
+            .args(["-q", "merge"])
             .args(&parts)
             .arg("--out")
             .arg(&out)
@@ -2417,4 +2417,144 @@ fn merge_refuses_two_parts_carrying_one_run_id_naming_both_with_exit_2() {
 
 fn summary_of_part(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+// ---- merge and report: start and end lines ----
+
+/// The JSON log lines on stderr, parsed.
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    stderr_of(output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The fields of the one INFO line whose message is `message`.
+fn info_line(lines: &[Value], message: &str) -> Value {
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["level"] == "INFO" && l["fields"]["message"] == message)
+        .collect();
+    assert_eq!(found.len(), 1, "{message}: {lines:?}");
+    found[0]["fields"].clone()
+}
+
+#[test]
+fn merge_and_report_log_a_start_and_an_end_line_with_their_figures_as_numbers() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-11-01", &[]);
+    let merged = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "merge"])
+        .arg(shared.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["fields"]["message"], "merge started", "{lines:?}");
+    let started = info_line(&lines, "merge started");
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["command"], "merge");
+    assert_eq!(started["parts"], 1);
+    assert_eq!(started["run_id"], summary_of(merged.path())["run_id"]);
+    assert_eq!(lines.last().unwrap()["fields"]["message"], "merge ended");
+    let mut ended = info_line(&lines, "merge ended");
+    assert!(ended["duration_secs"].as_f64().unwrap() > 0.0, "{ended}");
+    ended.as_object_mut().unwrap().remove("duration_secs");
+    // The demo's figures, as one unsharded run counts them (its end line above).
+    assert_eq!(
+        ended,
+        serde_json::json!({
+            "message": "merge ended", "exit_code": 0, "shards": 2, "marker_rows": 89,
+            "flag_rows": 92, "detected_issues": 35, "patients_evaluated": 51,
+            "patients_flagged": 43, "patients_left_out": 7, "observations_accepted": 984,
+            "observations_left_out": 15, "flags_high": 14, "flags_moderate": 21, "flags_low": 57
+        })
+    );
+    // A merge that failed ends with its exit code and duration.
+    let incomplete = out_dir();
+    run_shard(incomplete.path(), "0/2", "2026-11-01", &[]);
+    let nowhere = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "merge"])
+        .arg(incomplete.path())
+        .arg("--out")
+        .arg(nowhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let lines = json_lines(&output);
+    info_line(&lines, "merge started");
+    let ended = info_line(&lines, "merge ended");
+    assert_eq!(ended["exit_code"], 1);
+    assert!(ended["duration_secs"].is_f64(), "{ended}");
+    assert_eq!(ended.as_object().unwrap().len(), 3, "{ended}");
+
+    let report = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "report", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["fields"]["message"], "report started", "{lines:?}");
+    let started = info_line(&lines, "report started");
+    let manifest: Value =
+        serde_json::from_str(&read(report.path(), "report-manifest.json")).unwrap();
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["command"], "report");
+    assert_eq!(started["source_kind"], "folder");
+    assert_eq!(started["as_of"], "2026-11-01");
+    assert_eq!(started["deidentified"], false);
+    assert_eq!(started["run_id"], manifest["run_id"]);
+    assert_eq!(lines.last().unwrap()["fields"]["message"], "report ended");
+    let mut ended = info_line(&lines, "report ended");
+    assert!(ended["duration_secs"].as_f64().unwrap() > 0.0, "{ended}");
+    ended.as_object_mut().unwrap().remove("duration_secs");
+    assert_eq!(
+        ended,
+        serde_json::json!({
+            "message": "report ended", "exit_code": 0, "patients_evaluated": 51,
+            "patients_flagged": 43, "flags_high": 14, "flags_moderate": 21, "flags_low": 57,
+            "trail_entries": 0, "files_written": 10
+        })
+    );
+    // In text, at the default level: the same two lines.
+    let output = binary()
+        .args(["report", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let info: Vec<String> = stderr_of(&output)
+        .lines()
+        .filter(|l| l.contains(" INFO "))
+        .map(|l| l.split_once(" INFO ").unwrap().1.to_owned())
+        .collect();
+    assert_eq!(info.len(), 2, "{info:?}");
+    assert!(
+        info[0].starts_with(&format!(
+            "tare_marker_monitor::commands::report: report started version=\"{}\" command=\"report\" source_kind=\"folder\" as_of=2026-11-01 deidentified=false run_id=",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{info:?}"
+    );
+    assert!(
+        info[1].starts_with(
+            "tare_marker_monitor::commands::report: report ended exit_code=0 duration_secs="
+        ),
+        "{info:?}"
+    );
+    assert!(
+        info[1].ends_with(" patients_evaluated=51 patients_flagged=43 flags_high=14 flags_moderate=21 flags_low=57 trail_entries=0 files_written=10"),
+        "{info:?}"
+    );
 }
