@@ -78,6 +78,7 @@ pub struct IngestConfig {
     /// `MAX_THREADS`.
     pub threads: usize,
     /// Procedures and results dated before this are left out (implausible).
+    #[serde(deserialize_with = "strict_date::deserialize")]
     pub earliest_plausible_date: NaiveDate,
     /// ... and so are those dated more than this many days after the as-of date.
     pub latest_plausible_days_after_as_of: i64,
@@ -105,6 +106,35 @@ impl Default for IngestConfig {
             max_line_bytes: 16 << 20,
             max_read_minutes: 60.0,
             pass_over_irrelevant_lines: true,
+        }
+    }
+}
+
+/// Every date key of the configuration (`#[serde(deserialize_with =
+/// "strict_date::deserialize")]`): `YYYY-MM-DD` exactly, as on the command line
+/// (`commands::iso_date`), so `"2026-6-1"` or `"+2026-06-01"` is refused, never guessed at. A
+/// TOML date (`key = 2026-06-01`, unquoted; TOML writes it `YYYY-MM-DD` too) reaches it as
+/// that text, so it is read the same way; a date with a time is refused.
+mod strict_date {
+    use chrono::NaiveDate;
+    use serde::de::{Error, Visitor};
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+        deserializer.deserialize_any(DateVisitor)
+    }
+
+    struct DateVisitor;
+
+    impl<'de> Visitor<'de> for DateVisitor {
+        type Value = NaiveDate;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a date written YYYY-MM-DD")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<NaiveDate, E> {
+            crate::commands::iso_date(text).map_err(E::custom)
         }
     }
 }
@@ -514,6 +544,50 @@ pub struct AuthConfig {
     pub token_endpoint: Option<String>,
     /// smart-backend: the scopes asked for.
     pub scope: String,
+}
+
+impl AuthConfig {
+    /// A token source that cannot apply to the method: both `token_env` and `token_file` for
+    /// `bearer` (one of them would be silently ignored), or either with a method that sends no
+    /// static token. The first key refused and why, naming every key concerned.
+    fn keys_that_cannot_apply(&self) -> Option<(&'static str, String)> {
+        let set: Vec<&'static str> = [
+            ("server.auth.token_env", self.token_env.is_some()),
+            ("server.auth.token_file", self.token_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        let first = *set.first()?;
+        match self.method {
+            AuthMethod::Bearer if set.len() == 2 => Some((
+                first,
+                "server.auth.token_file is set too: a bearer token comes from one of them; unset \
+                 the other"
+                    .into(),
+            )),
+            AuthMethod::Bearer => None,
+            AuthMethod::None | AuthMethod::SmartBackend => {
+                let (method, why) = match self.method {
+                    AuthMethod::None => ("none", "which sends no token"),
+                    _ => ("smart-backend", "whose token comes from the token endpoint"),
+                };
+                let also = match set.get(1) {
+                    Some(other) => format!(" ({other} too)"),
+                    None => String::new(),
+                };
+                Some((
+                    first,
+                    format!(
+                        "set{also} with server.auth.method = \"{method}\", {why}: a token \
+                         from a variable or a file is sent with method = \"bearer\" only; set \
+                         that method, or unset {}",
+                        if set.len() == 2 { "both" } else { "it" }
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -1159,6 +1233,9 @@ impl Config {
                 ),
             );
         }
+        if let Some((key, message)) = self.server.auth.keys_that_cannot_apply() {
+            return invalid(key, message);
+        }
         if let Err(e) = self.code_systems() {
             return invalid("code_systems.aliases", e.to_string());
         }
@@ -1500,6 +1577,122 @@ mod tests {
     fn wrong_type_is_rejected_with_its_key() {
         let e = Config::from_toml("[episodes]\nmerge_days = \"ninety\"\n").unwrap_err();
         assert!(e.to_string().contains("merge_days"), "{e}");
+    }
+
+    #[test]
+    fn a_config_date_not_written_yyyy_mm_dd_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site.toml");
+        let key = "in `ingest.earliest_plausible_date`";
+        for (value, refusal) in [
+            (
+                "\"2026-6-1\"",
+                format!("\"2026-6-1\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"+2026-06-01\"",
+                format!("\"+2026-06-01\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"2026-06-01T00:00:00\"",
+                format!("\"2026-06-01T00:00:00\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "2026-06-01T08:00:00",
+                format!("\"2026-06-01T08:00:00\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}"),
+            ),
+            (
+                "\"2026-13-01\"",
+                format!("2026-13-01: input is out of range; {key}"),
+            ),
+        ] {
+            std::fs::write(&file, format!("[ingest]\nearliest_plausible_date = {value}\n"))
+                .unwrap();
+            let error = Config::load(Some(&file), Vec::new()).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("config file {} is not valid: {refusal}", file.display()),
+                "{value}"
+            );
+        }
+        // `YYYY-MM-DD`, quoted or as a TOML date, is the date it says.
+        for value in ["\"2026-06-01\"", "2026-06-01"] {
+            std::fs::write(
+                &file,
+                format!("[ingest]\nearliest_plausible_date = {value}\n"),
+            )
+            .unwrap();
+            let config = Config::load(Some(&file), Vec::new()).unwrap();
+            assert_eq!(
+                config.ingest.earliest_plausible_date,
+                NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+            );
+        }
+        // A variable is read the same way.
+        let variable = "TMM_INGEST__EARLIEST_PLAUSIBLE_DATE";
+        for value in ["2026-6-1", "+2026-06-01"] {
+            let error =
+                Config::load(None, vec![(variable.to_owned(), value.to_owned())]).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("environment variable {variable} is not a valid setting: \"{value}\" is not a date written YYYY-MM-DD (four-digit year, two-digit month and day); {key}")
+            );
+        }
+        let config =
+            Config::load(None, vec![(variable.to_owned(), "2026-06-01".to_owned())]).unwrap();
+        assert_eq!(
+            config.ingest.earliest_plausible_date,
+            NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_token_source_that_cannot_apply_to_the_auth_method_is_refused_naming_the_keys() {
+        let load = |variables: &[(&str, &str)]| {
+            Config::load(
+                None,
+                variables
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (method, env, file) = (
+            "TMM_SERVER__AUTH__METHOD",
+            ("TMM_SERVER__AUTH__TOKEN_ENV", "TMM_FHIR_TOKEN"),
+            ("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token"),
+        );
+        for (variables, refusal) in [
+            (
+                vec![(method, "bearer"), env, file],
+                "config value server.auth.token_env is not valid: server.auth.token_file is set too: a bearer token comes from one of them; unset the other",
+            ),
+            (
+                vec![env],
+                "config value server.auth.token_env is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+            (
+                vec![(method, "none"), file],
+                "config value server.auth.token_file is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+            (
+                vec![env, file],
+                "config value server.auth.token_env is not valid: set (server.auth.token_file too) with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset both",
+            ),
+            (
+                vec![(method, "smart-backend"), env],
+                "config value server.auth.token_env is not valid: set with server.auth.method = \"smart-backend\", whose token comes from the token endpoint: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+            ),
+        ] {
+            let error = load(&variables).unwrap_err();
+            assert_eq!(error.to_string(), refusal, "{variables:?}");
+        }
+        for variables in [
+            vec![(method, "bearer"), env],
+            vec![(method, "bearer"), file],
+        ] {
+            load(&variables).unwrap();
+        }
     }
 
     #[test]

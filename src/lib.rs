@@ -3,6 +3,10 @@
 //! Data flows one way: `source` -> `ingest` -> `timeline` -> `evaluate` (pure) -> `sink`;
 //! `run` wires one run together.
 
+// Stdout is written through `commands::write_stdout` only: `print!`/`println!` panic (exit 101)
+// when stdout is closed (`| head`) or full.
+#![deny(clippy::print_stdout)]
+
 pub mod cohort;
 pub mod commands;
 pub mod config;

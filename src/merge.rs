@@ -81,6 +81,18 @@ pub enum MergeError {
         said: String,
         named: String,
     },
+    /// `--out` is one of the parts: publishing there would replace a shard's set (or the
+    /// folder the parts were found in) with the merge's.
+    #[error("--out {} resolves to {}, one of the parts being merged: publishing there would replace it; give --out a place of its own (not a folder given, nor a shard-I-of-N set in one, nor a link to either)", out.display(), part.display())]
+    OutIsAPart { out: PathBuf, part: PathBuf },
+    /// Two parts whose summaries carry one run id: one shard run there twice (a copy under
+    /// another shard's name, its `shard` edited).
+    #[error("{} and {} carry the same run_id {run_id}: they are one shard run, there twice (a copy under another shard's name); merge each shard's own part once", first.display(), second.display())]
+    SameRun {
+        run_id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     /// A part without a run identity (written before the identity existed, or edited).
     #[error("{} has no run identity (identity: as-of, configuration digest, version, shard, source); merge parts of one run of this version", path.display())]
     NoIdentity { path: PathBuf },
@@ -492,6 +504,38 @@ pub struct Parts {
     parts: Vec<Part>,
 }
 
+/// Refuses an `--out` that is one of the parts: a folder given, or a shard's set found in one
+/// (`DIR/shard-0-of-2`, the run folder it shows, or a link to either), however spelled.
+/// Checked before anything is written.
+pub fn refuse_out_among_parts(out: &Path, dirs: &[PathBuf]) -> Result<(), MergeError> {
+    // A place the output layer refuses (a dangling link...) is refused there, in its words.
+    let Ok(link) = crate::output::published_at(out) else {
+        return Ok(());
+    };
+    // The place itself, its folder resolved (`DIR/./shard-0-of-2` is `DIR/shard-0-of-2`) ...
+    let place = |path: &Path| -> Option<PathBuf> {
+        let name = path.file_name()?;
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(name))
+    };
+    // ... and the folder it shows (a shard's link resolved to its run folder).
+    let shown = |path: &Path| path.canonicalize().ok();
+    let same = |a: &Option<PathBuf>, b: Option<PathBuf>| a.is_some() && *a == b;
+    let (out_place, out_shown) = (place(&link), shown(&link));
+    for folder in folders_with_parts(dirs)? {
+        if same(&out_place, place(&folder)) || same(&out_shown, shown(&folder)) {
+            return Err(MergeError::OutIsAPart {
+                out: out.to_owned(),
+                part: folder,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Finds the parts in `dirs` (and their shard sets) and checks each against its summary,
 /// before anything is written.
 pub fn find(dirs: &[PathBuf]) -> Result<Parts, MergeError> {
@@ -509,6 +553,7 @@ pub fn find(dirs: &[PathBuf]) -> Result<Parts, MergeError> {
 fn check_identities(parts: &[Part], count: u32) -> Result<(), MergeError> {
     use crate::sink::summary::RunIdentity;
     let mut identities = Vec::new();
+    let mut run_ids: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (index, files) in parts.iter().enumerate() {
         let path = &files["run-summary"];
         let summary = read_json(path)?;
@@ -523,6 +568,16 @@ fn check_identities(parts: &[Part], count: u32) -> Result<(), MergeError> {
                     .unwrap_or_else(|| "none (an unsharded run)".into()),
                 named,
             });
+        }
+        // A copy of another shard's part with its `shard` edited still carries that run's id.
+        if let Some(run_id) = summary["run_id"].as_str() {
+            if let Some(first) = run_ids.insert(run_id.to_owned(), path.clone()) {
+                return Err(MergeError::SameRun {
+                    run_id: crate::text::shown(run_id).into_owned(),
+                    first,
+                    second: path.clone(),
+                });
+            }
         }
         identities.push((path, identity));
     }

@@ -358,6 +358,12 @@ fn published_path(out: &Path) -> Result<PathBuf, OutputError> {
     Ok(path)
 }
 
+/// Where a set given `--out` is published (`published_path`): for `merge`, which must not
+/// publish over one of its parts.
+pub fn published_at(out: &Path) -> Result<PathBuf, OutputError> {
+    published_path(out)
+}
+
 /// What is at the place a set is published.
 enum Found {
     Nothing,

@@ -34,9 +34,9 @@ impl Line {
     fn print(&self) {
         let name = crate::text::shown(&self.name);
         match &self.result {
-            Ok(note) if note.is_empty() => println!("{name}: ok"),
-            Ok(note) => println!("{name}: ok ({})", crate::text::shown(note)),
-            Err(why) => println!("{name}: FAILED: {}", crate::text::shown(why)),
+            Ok(note) if note.is_empty() => say!("{name}: ok"),
+            Ok(note) => say!("{name}: ok ({})", crate::text::shown(note)),
+            Err(why) => say!("{name}: FAILED: {}", crate::text::shown(why)),
         }
     }
 }

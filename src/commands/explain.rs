@@ -21,6 +21,6 @@ pub fn execute(args: ExplainArgs) -> Result<(), CommandError> {
         &opened.config,
         &opened.workers,
     )?;
-    print!("{text}");
+    super::write_stdout(&text);
     Ok(())
 }

@@ -62,7 +62,7 @@ pub fn execute(args: GenerateArgs) -> Result<(), CommandError> {
         path: args.out.clone(),
         source,
     })?;
-    println!(
+    say!(
         "{} patients written to {}",
         plan.patient_count(),
         args.out.display()

@@ -2,6 +2,14 @@
 //! sets up logging, calls `Command::execute`, and maps the one error type here to the
 //! documented exit codes (README "Exit codes"); an error is printed once, there.
 
+/// A line on stdout, written through `write_stdout`: every line a command prints goes through
+/// it (`println!` would panic, exit 101, on a closed or full stdout).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod check;
 pub mod exit;
 pub mod explain;
@@ -85,6 +93,18 @@ impl Command {
             Command::Generate(args) => generate::execute(args),
             Command::Check(args) => check::execute(args),
         }
+    }
+}
+
+/// Writes `text` to stdout as it is: what a command prints once its work is done (a run's
+/// summary line, `explain`'s course, `check`'s lines). A stdout closed early (`| head -2`) or
+/// full (`>/dev/full`) is no failure of the command: its outputs are published by then, so the
+/// error is ignored (a debug line says so) and the exit code stays what it would have been.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        tracing::debug!(%error, "stdout not written (closed or full); ignored");
     }
 }
 
@@ -183,6 +203,12 @@ impl SourceArgs {
     pub fn open(&self) -> Result<Opened, CommandError> {
         let config = self.config()?;
         let as_of = self.as_of(&config)?;
+        self.open_with(config, as_of)
+    }
+
+    /// `open`, with the config and the as-of date already read (a command that logs its start
+    /// line once it knows them, before the source is opened).
+    pub fn open_with(&self, config: Config, as_of: NaiveDate) -> Result<Opened, CommandError> {
         let reader = Reader::open(&self.source(&config)?, &config)?;
         let workers = Workers::new(config.ingest.threads)?;
         // Before the first search: a server that cannot serve these reads says so now.
@@ -266,28 +292,27 @@ pub enum CommandError {
     /// The safety valve stopped the write-back.
     #[error("{0}")]
     MassCancel(crate::sink::server::MassCancel),
-    /// Some patients' write-back failed; the others were written.
-    #[error("{}", .0.iter().map(failure_line).collect::<Vec<_>>().join("; "))]
+    /// Some patients' write-back failed; the others were written. How many, not who: the
+    /// patients are listed in run-summary.json (and at debug level).
+    #[error(
+        "the write-back of {} failed (listed with the server's answer under write_back.failed in run-summary.json); the others were written",
+        match .0.len() {
+            1 => "1 patient".to_owned(),
+            n => format!("{n} patients"),
+        }
+    )]
     WriteBackFailed(Vec<crate::sink::summary::PatientFailure>),
 }
 
-fn failure_line(failure: &crate::sink::summary::PatientFailure) -> String {
-    format!("patient {}: {}", failure.patient_id, failure.message)
-}
-
 impl CommandError {
-    /// What the binary prints, one `error:` line each, with every control and bidirectional
-    /// character escaped (`text::shown`): the whole chain of causes, or one line per patient
-    /// whose write-back failed. No text inside can start a line of its own.
+    /// What the binary prints: one `error:` line, the whole chain of causes, with every
+    /// control and bidirectional character escaped (`text::shown`), so no text inside can
+    /// start a line of its own.
     pub fn lines(&self) -> Vec<String> {
-        let lines = match self {
-            CommandError::WriteBackFailed(failures) => failures.iter().map(failure_line).collect(),
-            _ => vec![crate::fhir::error::chain(self)],
-        };
-        lines
-            .iter()
-            .map(|line| format!("error: {}", crate::text::shown(line)))
-            .collect()
+        vec![format!(
+            "error: {}",
+            crate::text::shown(&crate::fhir::error::chain(self))
+        )]
     }
 }
 
@@ -362,6 +387,8 @@ impl CommandError {
                 crate::merge::MergeError::Differs { .. }
                 | crate::merge::MergeError::NotItsShard { .. }
                 | crate::merge::MergeError::Twice { .. }
+                | crate::merge::MergeError::SameRun { .. }
+                | crate::merge::MergeError::OutIsAPart { .. }
                 | crate::merge::MergeError::ShardCounts(_)
                 | crate::merge::MergeError::NoIdentity { .. },
             ) => exit::CONFIG,
@@ -412,24 +439,27 @@ mod tests {
     }
 
     #[test]
-    fn an_error_prints_as_escaped_lines_one_per_failed_patient() {
+    fn a_write_back_failure_is_one_error_line_with_the_count_and_no_patient_data() {
+        let failure = |id: &str, message: &str| PatientFailure {
+            patient_id: id.into(),
+            message: message.into(),
+        };
         let failed = CommandError::WriteBackFailed(vec![
-            PatientFailure {
-                patient_id: "p1".into(),
-                message: "HTTP 412: changed\nerror: patient p9: forged".into(),
-            },
-            PatientFailure {
-                patient_id: "p2".into(),
-                message: "HTTP 500: \u{1b}[2J\u{202e}".into(),
-            },
+            failure("p1", "HTTP 412: changed\nerror: patient p9: forged"),
+            failure("p2", "HTTP 500: \u{1b}[2J\u{202e}"),
         ]);
         assert_eq!(
             failed.lines(),
-            [
-                "error: patient p1: HTTP 412: changed\\u{a}error: patient p9: forged",
-                "error: patient p2: HTTP 500: \\u{1b}[2J\\u{202e}",
-            ]
+            ["error: the write-back of 2 patients failed (listed with the server's answer under write_back.failed in run-summary.json); the others were written"]
         );
+        assert_eq!(
+            CommandError::WriteBackFailed(vec![failure("p1", "HTTP 422")]).lines(),
+            ["error: the write-back of 1 patient failed (listed with the server's answer under write_back.failed in run-summary.json); the others were written"]
+        );
+    }
+
+    #[test]
+    fn an_error_prints_as_one_escaped_line() {
         let config = CommandError::Config(ConfigError::Invalid {
             key: "server.base_url",
             message: "a\nb".into(),

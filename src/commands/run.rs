@@ -69,6 +69,8 @@ fn refuse_what_cannot_apply(
         Some("--dry-run applies to a server source (it keeps the write-back from sending); a run over --source-dir never writes to a server: leave it out")
     } else if folder && (args.export || args.export_group.is_some()) {
         Some("--export and --export-group read a server through Bulk Data $export; with --source-dir the folder already is an export: leave them out")
+    } else if cohort && (args.export || args.export_group.is_some()) {
+        Some("--export and --export-group read everyone through a Bulk Data $export; a run for --patient, --cohort or --group reads only those patients, by searches (this job does not export a cohort): leave them out, or run without the cohort")
     } else if folder && args.allow_mass_cancel {
         Some("--allow-mass-cancel governs the write-back to a server; a run over --source-dir writes nothing back: leave it out")
     } else if folder && config.schedule.state_file.is_some() {
@@ -189,6 +191,26 @@ fn log_end(summary: Option<&crate::sink::summary::RunSummary>, exit_code: u8, du
     );
 }
 
+/// The requested patients a cohort run did not find: how many, in one warning, and where they
+/// are listed; the ids and identifiers themselves (patient data) at debug level only.
+fn warn_not_found(unknown: &[String]) {
+    if unknown.is_empty() {
+        return;
+    }
+    for entry in unknown {
+        tracing::debug!("not found: {}", crate::text::shown(entry));
+    }
+    let not_found = unknown.len() as u64;
+    tracing::warn!(
+        not_found,
+        "{} not found (an id without a Patient, an identifier without exactly one Patient, a Group without members): listed under cohort.unknown in run-summary.json",
+        match not_found {
+            1 => "1 requested patient was".to_owned(),
+            n => format!("{n} requested patients were"),
+        }
+    );
+}
+
 fn run(
     args: RunArgs,
     mut config: crate::config::Config,
@@ -223,12 +245,10 @@ fn run(
     let outcome = job::run(&options, &config)?;
     let s = &*summary_out.insert(outcome.summary.clone());
     if let Some(cohort) = &s.cohort {
-        for unknown in &cohort.unknown {
-            tracing::warn!("not found: {}", crate::text::shown(unknown));
-        }
+        warn_not_found(&cohort.unknown);
     }
     let observations = s.resources.by_type.get("Observation");
-    println!(
+    say!(
         "as of {}: {} patients seen, {} evaluated, {} left out; {} observations accepted, {} left out; {} flags ({} to write as DetectedIssues); outputs in {} (run {})",
         s.as_of,
         s.patients.seen,
@@ -243,7 +263,7 @@ fn run(
     );
     let s = &outcome.summary;
     if let Some(report) = &s.write_back {
-        println!(
+        say!(
             "{}write-back to {}: {} created, {} updated, {} cancelled, {} unchanged, {} patients failed",
             if report.dry_run { "dry run, nothing sent: " } else { "" },
             options.source,
@@ -267,6 +287,14 @@ fn run(
             tracing::warn!("{valve}");
         }
         if !report.failed.is_empty() {
+            // Who failed is patient data: at debug level only; run-summary.json lists them.
+            for failure in &report.failed {
+                tracing::debug!(
+                    "write-back failed for patient {}: {}",
+                    crate::text::shown(&failure.patient_id),
+                    crate::text::shown(&failure.message)
+                );
+            }
             return Err(CommandError::WriteBackFailed(report.failed.clone()));
         }
     }

@@ -531,7 +531,7 @@ fn without_recorded(text: &str) -> String {
 /// `merge PARTS --out OUT`; panics unless it succeeds.
 fn merge_ok(parts: &[&Path], out: &Path) {
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .args(parts)
         .arg("--out")
         .arg(out)
@@ -679,7 +679,7 @@ fn merge_refuses_part_files_of_two_runs_mixed() {
     .unwrap();
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(plain.path())
         .arg("--out")
         .arg(merged.path())
@@ -707,7 +707,7 @@ fn merge_names_a_missing_shard() {
     assert!(output.status.success());
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(part.path())
         .arg("--out")
         .arg(merged.path())
@@ -731,7 +731,7 @@ fn merge_refuses_parts_of_different_shard_counts_with_exit_2_naming_a_part_of_ea
     assert!(output.status.success());
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(of_two.path())
         .arg(of_three.path())
         .arg("--out")
@@ -783,11 +783,15 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
         .lines()
         .filter(|l| l.contains(" WARN ") && !l.contains("are not FHIR JSON"))
         .collect();
+    // How many were not found, and where they are listed; never who (patient data).
     assert_eq!(cohort_lines.len(), 1, "{stderr}");
     assert!(
-        cohort_lines[0].ends_with("not found: nobody-here (no Patient)"),
+        cohort_lines[0].ends_with(
+            " WARN tare_marker_monitor::commands::run: 1 requested patient was not found (an id without a Patient, an identifier without exactly one Patient, a Group without members): listed under cohort.unknown in run-summary.json not_found=1"
+        ),
         "{stderr}"
     );
+    assert!(!stderr.contains("nobody-here"), "{stderr}");
     let patients: BTreeSet<String> = csv_rows(&read(out.path(), "markers.csv"))
         .into_iter()
         .map(|row| row[0].clone())
@@ -802,6 +806,29 @@ fn a_cohort_on_a_folder_reports_only_its_patients() {
     let summary: Value = serde_json::from_str(&read(out.path(), "run-summary.json")).unwrap();
     assert_eq!(summary["mode"], "cohort");
     assert_eq!(summary["cohort"]["requested"], 3);
+    assert_eq!(
+        summary["cohort"]["unknown"],
+        serde_json::json!(["nobody-here (no Patient)"])
+    );
+    // The identifier itself at debug level only (-v).
+    let (_, output) = run_demo(&[
+        "-v",
+        "--cohort",
+        cohort.to_str().unwrap(),
+        "--patient",
+        "demo-04-pivka-unconfirmed-rise",
+    ]);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let named: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("nobody-here"))
+        .collect();
+    assert_eq!(named.len(), 1, "{stderr}");
+    assert!(
+        named[0].contains(" DEBUG ") && named[0].ends_with("not found: nobody-here (no Patient)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1197,6 +1224,47 @@ fn a_date_not_written_yyyy_mm_dd_exits_2_naming_the_form() {
 }
 
 #[test]
+fn a_config_date_not_written_yyyy_mm_dd_exits_2_naming_the_key_and_writes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("site.toml");
+    let key = "in `ingest.earliest_plausible_date`";
+    let form = "is not a date written YYYY-MM-DD (four-digit year, two-digit month and day)";
+    for value in ["2026-6-1", "+2026-06-01"] {
+        std::fs::write(
+            &file,
+            format!("[ingest]\nearliest_plausible_date = \"{value}\"\n"),
+        )
+        .unwrap();
+        let (out, output) = run_demo(&["--config", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        // The run's end line, then the error.
+        assert_eq!(
+            stderr_of(&output).lines().last().unwrap(),
+            format!(
+                "error: config file {} is not valid: \"{value}\" {form}; {key}",
+                file.display()
+            )
+        );
+        assert!(!out.path().exists());
+        let out = out_dir();
+        let output = binary()
+            .args(["run", "--as-of", "2026-11-01", "--source-dir"])
+            .arg(demo())
+            .arg("--out")
+            .arg(out.path())
+            .env("TMM_INGEST__EARLIEST_PLAUSIBLE_DATE", value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        assert_eq!(
+            stderr_of(&output).lines().last().unwrap(),
+            format!("error: environment variable TMM_INGEST__EARLIEST_PLAUSIBLE_DATE is not a valid setting: \"{value}\" {form}; {key}")
+        );
+        assert!(!out.path().exists());
+    }
+}
+
+#[test]
 fn a_server_setting_with_a_folder_exits_2_naming_it_and_writes_nothing() {
     for command in ["run", "explain"] {
         let out = out_dir();
@@ -1270,6 +1338,66 @@ fn options_that_cannot_apply_to_a_folder_exit_2_with_a_sentence_and_write_nothin
             "{args:?}: a refused run wrote {:?}",
             out.path()
         );
+    }
+}
+
+#[test]
+fn export_with_a_cohort_exits_2_with_a_sentence_before_asking_the_server_anything() {
+    // Nothing listens on port 1: a run that got as far as the server would exit 3.
+    let dir = tempfile::tempdir().unwrap();
+    let cohort = dir.path().join("cohort.txt");
+    std::fs::write(&cohort, "p1\n").unwrap();
+    let cohort = cohort.to_str().unwrap();
+    let server = ["--server", "http://127.0.0.1:1"];
+    for cohort_args in [
+        vec!["--patient", "p1"],
+        vec!["--cohort", cohort],
+        vec!["--group", "tare-review"],
+    ] {
+        for export in [vec!["--export"], vec!["--export", "--export-group", "all"]] {
+            let args: Vec<&str> = [&server[..], &export, &cohort_args].concat();
+            let (out, output) = job("run", &args);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{args:?}: {}",
+                stderr_of(&output)
+            );
+            assert_eq!(
+                stderr_of(&output).lines().last(),
+                Some("error: --export and --export-group read everyone through a Bulk Data $export; a run for --patient, --cohort or --group reads only those patients, by searches (this job does not export a cohort): leave them out, or run without the cohort"),
+                "{args:?}"
+            );
+            assert!(!stderr_of(&output).contains("run started"));
+            assert!(!out.path().exists());
+        }
+    }
+}
+
+#[test]
+fn a_token_source_the_auth_method_cannot_use_exits_2_naming_the_keys() {
+    for (variables, says) in [
+        (
+            vec![
+                ("TMM_SERVER__AUTH__METHOD", "bearer"),
+                ("TMM_SERVER__AUTH__TOKEN_ENV", "TMM_FHIR_TOKEN"),
+                ("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token"),
+            ],
+            "error: config value server.auth.token_env is not valid: server.auth.token_file is set too: a bearer token comes from one of them; unset the other",
+        ),
+        (
+            vec![("TMM_SERVER__AUTH__TOKEN_FILE", "/run/secrets/fhir-token")],
+            "error: config value server.auth.token_file is not valid: set with server.auth.method = \"none\", which sends no token: a token from a variable or a file is sent with method = \"bearer\" only; set that method, or unset it",
+        ),
+    ] {
+        let output = binary()
+            .args(["check", "--server", "http://127.0.0.1:1"])
+            .envs(variables.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        assert_eq!(stderr_of(&output), format!("{says}\n"));
+        assert!(output.stdout.is_empty(), "no check was tried");
     }
 }
 
@@ -1643,7 +1771,7 @@ fn shards_label_their_metrics_and_keep_their_own_textfile_and_merge_writes_its_o
     );
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(shared.path())
         .arg("--out")
         .arg(merged.path())
@@ -1686,7 +1814,7 @@ fn run_shard(shared: &Path, shard: &str, as_of: &str, env: &[(&str, &str)]) {
 fn merge_of(parts: &Path) -> (OutDir, std::process::Output) {
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(parts)
         .arg("--out")
         .arg(merged.path())
@@ -1947,7 +2075,7 @@ fn merge_refuses_the_same_shard_given_in_two_parts_with_exit_2() {
     }
     let merged = out_dir();
     let output = binary()
-        .arg("merge")
+        .args(["-q", "merge"])
         .arg(shared.path())
         .arg(copy.path())
         .arg("--out")
@@ -2107,4 +2235,384 @@ fn a_run_refused_for_its_configuration_or_command_line_writes_exit_code_2_to_the
             "{variable}: {text}"
         );
     }
+}
+
+// ---- stdout closed or full ----
+
+/// Where a command's stdout goes in `stdout_refusing_every_write`.
+#[derive(Clone, Copy, Debug)]
+enum DeadStdout {
+    /// A pipe whose reader is gone before the command writes (`| head -0`): EPIPE.
+    Closed,
+    /// `>/dev/full`: ENOSPC.
+    Full,
+}
+
+/// The binary with `args`, its stdout refusing every write.
+fn stdout_refusing_every_write(args: &[&str], stdout: DeadStdout) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin("tare-marker-monitor"));
+    command.args(args).stderr(Stdio::piped());
+    match stdout {
+        DeadStdout::Closed => command.stdout(Stdio::piped()),
+        DeadStdout::Full => command.stdout(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        ),
+    };
+    let mut child = command.spawn().unwrap();
+    // The reading end closed at once: the command has not written yet (it reads the demo
+    // first), so each of its writes meets a pipe without a reader.
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_or_full_stdout_is_ignored_and_the_exit_code_stays_the_commands_own() {
+    let demo = demo();
+    let demo = demo.to_str().unwrap();
+    for dead in [DeadStdout::Closed, DeadStdout::Full] {
+        let out = out_dir();
+        let place = out.path().to_str().unwrap();
+        let generated = out_dir();
+        let cohort = generated.path().to_str().unwrap();
+        let report = out_dir();
+        let report = report.path().to_str().unwrap();
+        let shared = out_dir();
+        let shared = shared.path().to_str().unwrap();
+        let merged = out_dir();
+        let merged = merged.path().to_str().unwrap();
+        let as_of = ["--as-of", "2026-11-01"];
+        for (args, code) in [
+            (vec!["run", "--source-dir", demo, "--out", place], 0),
+            (
+                vec![
+                    "run",
+                    "--source-dir",
+                    demo,
+                    "--shard",
+                    "0/1",
+                    "--out",
+                    shared,
+                ],
+                0,
+            ),
+            (vec!["merge", shared, "--out", merged], 0),
+            (vec!["report", "--source-dir", demo, "--out", report], 0),
+            (
+                vec![
+                    "explain",
+                    "--source-dir",
+                    demo,
+                    "--patient",
+                    "demo-01-seed-partial-response",
+                ],
+                0,
+            ),
+            (vec!["generate", "--patients", "2", "--out", cohort], 0),
+            // A check that failed still exits 3, its lines unread.
+            (vec!["check", "--server", "http://127.0.0.1:1"], 3),
+        ] {
+            let mut args = args.clone();
+            if !matches!(args[0], "merge" | "generate" | "check") {
+                args.extend(as_of);
+            }
+            let output = stdout_refusing_every_write(&args, dead);
+            assert_eq!(
+                output.status.code(),
+                Some(code),
+                "{dead:?} {args:?}: {}",
+                stderr_of(&output)
+            );
+            assert!(
+                !stderr_of(&output).contains("panicked"),
+                "{dead:?} {args:?}: {}",
+                stderr_of(&output)
+            );
+        }
+        // The outputs were published all the same.
+        assert!(out.path().join("markers.csv").is_file(), "{dead:?}");
+        assert!(Path::new(merged).join("markers.csv").is_file(), "{dead:?}");
+        assert!(Path::new(report).join("report.html").is_file(), "{dead:?}");
+        assert!(
+            Path::new(cohort).join("Patient.ndjson").is_file(),
+            "{dead:?}"
+        );
+    }
+}
+
+// ---- merge: an --out among the parts, one shard run there twice ----
+
+/// The run folder `link` (a published set) shows.
+fn shown_by(link: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(link).unwrap()
+}
+
+#[test]
+fn merge_refuses_an_out_that_is_one_of_its_parts_with_exit_2_and_leaves_it_as_it_was() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-11-01", &[]);
+    let set = shared.path().join("shard-0-of-2");
+    let before = shown_by(&set);
+    let other = shared.path().join("shard-1-of-2");
+    // A link of the site's own to shard 0's set, and the same set spelled another way.
+    let work = tempfile::tempdir().unwrap();
+    let link = work.path().join("latest");
+    std::os::unix::fs::symlink(&set, &link).unwrap();
+    let spelled = shared.path().join(".").join("shard-0-of-2");
+    for (parts, out, part) in [
+        (vec![shared.path()], set.clone(), set.clone()),
+        (vec![shared.path()], spelled.clone(), set.clone()),
+        (vec![shared.path()], link.clone(), set.clone()),
+        (vec![shared.path()], before.clone(), set.clone()),
+        (
+            vec![shared.path()],
+            shared.path().to_owned(),
+            shared.path().to_owned(),
+        ),
+        (
+            vec![set.as_path(), other.as_path()],
+            other.clone(),
+            other.clone(),
+        ),
+    ] {
+        let output = binary()
+            .args(["-q", "merge"])
+            .args(&parts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{}: {}",
+            out.display(),
+            stderr_of(&output)
+        );
+        assert_eq!(
+            stderr_of(&output),
+            format!(
+                "error: --out {} resolves to {}, one of the parts being merged: publishing there would replace it; give --out a place of its own (not a folder given, nor a shard-I-of-N set in one, nor a link to either)\n",
+                out.display(),
+                part.display()
+            )
+        );
+    }
+    // Shard 0's set is shown as before, and nothing was published beside the parts.
+    assert_eq!(shown_by(&set), before);
+    assert!(std::fs::read_link(&set).is_ok());
+    let mut names: Vec<String> = std::fs::read_dir(shared.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".shard-0-of-2.runs",
+            ".shard-1-of-2.runs",
+            "shard-0-of-2",
+            "shard-1-of-2"
+        ]
+    );
+    let (_, output) = merge_of(shared.path());
+    assert_success(&output);
+}
+
+#[test]
+fn merge_refuses_two_parts_carrying_one_run_id_naming_both_with_exit_2() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    // Shard 0's part copied in as shard 1, every trace of its name edited: file names, the
+    // summary's `shard` and the files it lists. Only its run id is left.
+    let plain = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("shard-0-of-2"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        std::fs::write(plain.path().join(&name), &text).unwrap();
+        let copy = match name.starts_with("run-summary.") {
+            true => text
+                .replace("shard-0-of-2", "shard-1-of-2")
+                .replace("\"0/2\"", "\"1/2\""),
+            false => text,
+        };
+        std::fs::write(
+            plain
+                .path()
+                .join(name.replace("shard-0-of-2", "shard-1-of-2")),
+            copy,
+        )
+        .unwrap();
+    }
+    let first = plain.path().join("run-summary.shard-0-of-2.json");
+    let second = plain.path().join("run-summary.shard-1-of-2.json");
+    let run_id = summary_of_part(&first)["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(summary_of_part(&second)["run_id"], run_id.as_str());
+    assert_eq!(summary_of_part(&second)["identity"]["shard"], "1/2");
+    let (merged, output) = merge_of(plain.path());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "error: {} and {} carry the same run_id {run_id}: they are one shard run, there twice (a copy under another shard's name); merge each shard's own part once\n",
+            first.display(),
+            second.display()
+        )
+    );
+    assert!(!merged.path().exists());
+}
+
+fn summary_of_part(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+// ---- merge and report: start and end lines ----
+
+/// The JSON log lines on stderr, parsed.
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    stderr_of(output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The fields of the one INFO line whose message is `message`.
+fn info_line(lines: &[Value], message: &str) -> Value {
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["level"] == "INFO" && l["fields"]["message"] == message)
+        .collect();
+    assert_eq!(found.len(), 1, "{message}: {lines:?}");
+    found[0]["fields"].clone()
+}
+
+#[test]
+fn merge_and_report_log_a_start_and_an_end_line_with_their_figures_as_numbers() {
+    let shared = out_dir();
+    run_shard(shared.path(), "0/2", "2026-11-01", &[]);
+    run_shard(shared.path(), "1/2", "2026-11-01", &[]);
+    let merged = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "merge"])
+        .arg(shared.path())
+        .arg("--out")
+        .arg(merged.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["fields"]["message"], "merge started", "{lines:?}");
+    let started = info_line(&lines, "merge started");
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["command"], "merge");
+    assert_eq!(started["parts"], 1);
+    assert_eq!(started["run_id"], summary_of(merged.path())["run_id"]);
+    assert_eq!(lines.last().unwrap()["fields"]["message"], "merge ended");
+    let mut ended = info_line(&lines, "merge ended");
+    assert!(ended["duration_secs"].as_f64().unwrap() > 0.0, "{ended}");
+    ended.as_object_mut().unwrap().remove("duration_secs");
+    // The demo's figures, as one unsharded run counts them (its end line above).
+    assert_eq!(
+        ended,
+        serde_json::json!({
+            "message": "merge ended", "exit_code": 0, "shards": 2, "marker_rows": 89,
+            "flag_rows": 92, "detected_issues": 35, "patients_evaluated": 51,
+            "patients_flagged": 43, "patients_left_out": 7, "observations_accepted": 984,
+            "observations_left_out": 15, "flags_high": 14, "flags_moderate": 21, "flags_low": 57
+        })
+    );
+    // A merge that failed ends with its exit code and duration.
+    let incomplete = out_dir();
+    run_shard(incomplete.path(), "0/2", "2026-11-01", &[]);
+    let nowhere = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "merge"])
+        .arg(incomplete.path())
+        .arg("--out")
+        .arg(nowhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let lines = json_lines(&output);
+    info_line(&lines, "merge started");
+    let ended = info_line(&lines, "merge ended");
+    assert_eq!(ended["exit_code"], 1);
+    assert!(ended["duration_secs"].is_f64(), "{ended}");
+    assert_eq!(ended.as_object().unwrap().len(), 3, "{ended}");
+
+    let report = out_dir();
+    let output = binary()
+        .args(["--log-format", "json", "report", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["fields"]["message"], "report started", "{lines:?}");
+    let started = info_line(&lines, "report started");
+    let manifest: Value =
+        serde_json::from_str(&read(report.path(), "report-manifest.json")).unwrap();
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["command"], "report");
+    assert_eq!(started["source_kind"], "folder");
+    assert_eq!(started["as_of"], "2026-11-01");
+    assert_eq!(started["deidentified"], false);
+    assert_eq!(started["run_id"], manifest["run_id"]);
+    assert_eq!(lines.last().unwrap()["fields"]["message"], "report ended");
+    let mut ended = info_line(&lines, "report ended");
+    assert!(ended["duration_secs"].as_f64().unwrap() > 0.0, "{ended}");
+    ended.as_object_mut().unwrap().remove("duration_secs");
+    assert_eq!(
+        ended,
+        serde_json::json!({
+            "message": "report ended", "exit_code": 0, "patients_evaluated": 51,
+            "patients_flagged": 43, "flags_high": 14, "flags_moderate": 21, "flags_low": 57,
+            "trail_entries": 0, "files_written": 10
+        })
+    );
+    // In text, at the default level: the same two lines.
+    let output = binary()
+        .args(["report", "--source-dir"])
+        .arg(demo())
+        .args(["--as-of", "2026-11-01", "--out"])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let info: Vec<String> = stderr_of(&output)
+        .lines()
+        .filter(|l| l.contains(" INFO "))
+        .map(|l| l.split_once(" INFO ").unwrap().1.to_owned())
+        .collect();
+    assert_eq!(info.len(), 2, "{info:?}");
+    assert!(
+        info[0].starts_with(&format!(
+            "tare_marker_monitor::commands::report: report started version=\"{}\" command=\"report\" source_kind=\"folder\" as_of=2026-11-01 deidentified=false run_id=",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{info:?}"
+    );
+    assert!(
+        info[1].starts_with(
+            "tare_marker_monitor::commands::report: report ended exit_code=0 duration_secs="
+        ),
+        "{info:?}"
+    );
+    assert!(
+        info[1].ends_with(" patients_evaluated=51 patients_flagged=43 flags_high=14 flags_moderate=21 flags_low=57 trail_entries=0 files_written=10"),
+        "{info:?}"
+    );
 }

@@ -705,6 +705,84 @@ async fn a_server_failing_every_transaction_ends_the_write_back_with_exit_3() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_write_back_says_how_many_patients_failed_and_names_them_at_debug_level_only() {
+    let server = MockServer::start().await;
+    crate::helpers::declares_everything(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(Cohort)
+        .mount(&server)
+        .await;
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "rejected"}]});
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(outcome))
+        .mount(&server)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    // The seed case's only flag is the low incomplete-response: written here, so p1 has a
+    // transaction to fail.
+    std::fs::write(&config, "[output]\nmin_severity_written = \"low\"\n").unwrap();
+    for verbose in [false, true] {
+        let (base, config) = (server.uri(), config.clone());
+        let out = work.path().join(format!("out-{verbose}"));
+        let run_out = out.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut command = crate::helpers::binary();
+            if verbose {
+                command.arg("-v");
+            }
+            command
+                .args([
+                    "run",
+                    "--server",
+                    &base,
+                    "--as-of",
+                    "2026-07-10",
+                    "--config",
+                ])
+                .arg(&config)
+                .arg("--out")
+                .arg(&run_out)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(4));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            stderr.lines().last(),
+            Some("error: the write-back of 1 patient failed (listed with the server's answer under write_back.failed in run-summary.json); the others were written"),
+            "{stderr}"
+        );
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run-summary.json")).unwrap())
+                .unwrap();
+        let failed = &summary["write_back"]["failed"];
+        assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+        assert_eq!(failed[0]["patient_id"], "p1");
+        let per_patient = format!(
+            "write-back failed for patient p1: {}",
+            failed[0]["message"].as_str().unwrap()
+        );
+        let above_debug: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+            .collect();
+        assert!(
+            above_debug.iter().all(|l| !l.contains("p1")),
+            "a patient id above debug level: {stderr}"
+        );
+        let debug_lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(" DEBUG ") && l.ends_with(&per_patient))
+            .collect();
+        assert_eq!(debug_lines.len(), usize::from(verbose), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_state_moves_on_only_after_a_run_whose_writes_all_succeeded() {
     let server = MockServer::start().await;
     crate::helpers::declares_everything(&server).await;
