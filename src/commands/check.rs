@@ -156,6 +156,20 @@ fn unsupported(status: u16) -> bool {
 }
 
 /// Runs every check on `client`, printing each line as it is known; how many failed.
+/// The line that ends the checks early, and why.
+fn not_tried(why: &str) -> Line {
+    Line {
+        name: "the other checks".into(),
+        result: Err(format!("not tried: {why}")),
+    }
+}
+
+/// (checks failed, checks in all).
+fn tally(lines: &[Line]) -> (usize, usize) {
+    let failures = lines.iter().filter(|l| l.result.is_err()).count();
+    (failures, lines.len())
+}
+
 async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
     let mut lines: Vec<Line> = Vec::new();
     let record = |line: Line, lines: &mut Vec<Line>| {
@@ -179,15 +193,8 @@ async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
             &mut lines,
         );
         if refused {
-            record(
-                Line {
-                    name: "the other checks".into(),
-                    result: Err("not tried: no access token".into()),
-                },
-                &mut lines,
-            );
-            let failures = lines.iter().filter(|l| l.result.is_err()).count();
-            return (failures, lines.len());
+            record(not_tried("no access token"), &mut lines);
+            return tally(&lines);
         }
     }
 
@@ -226,15 +233,8 @@ async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
         &mut lines,
     );
     if !reachable {
-        record(
-            Line {
-                name: "the other checks".into(),
-                result: Err("not tried: the server did not answer".into()),
-            },
-            &mut lines,
-        );
-        let failures = lines.iter().filter(|l| l.result.is_err()).count();
-        return (failures, lines.len());
+        record(not_tried("the server did not answer"), &mut lines);
+        return tally(&lines);
     }
 
     // The TARE search first: its first Procedure's patient serves the searches by patient
@@ -289,8 +289,7 @@ async fn run_checks(client: &FhirClient, config: &Config) -> (usize, usize) {
         },
         &mut lines,
     );
-    let failures = lines.iter().filter(|l| l.result.is_err()).count();
-    (failures, lines.len())
+    tally(&lines)
 }
 
 async fn validate(
