@@ -204,6 +204,13 @@ pub fn incomplete_response(
     })
 }
 
+/// The first day a course is overdue: its next due date plus `[rules] overdue_grace_days`, plus
+/// one (the flag holds once the as-of date is past the grace). The report dates a
+/// `surveillance-overdue` flag by it.
+pub fn overdue_from(course: &MarkerCourse, config: &Config) -> NaiveDate {
+    course.next_due_date + Duration::days(config.rules.overdue_grace_days + 1)
+}
+
 pub fn surveillance_overdue(
     series: &EpisodeSeries<'_>,
     course: &MarkerCourse,
@@ -212,7 +219,7 @@ pub fn surveillance_overdue(
     config: &Config,
 ) -> Option<Flag> {
     let baseline = series.baseline?;
-    let overdue_after = course.next_due_date + Duration::days(config.rules.overdue_grace_days);
+    let overdue_after = overdue_from(course, config) - Duration::days(1);
     let surveillance_ends = window.index_date + Duration::days(config.rules.overdue_max_days);
     if !(as_of > overdue_after && as_of <= surveillance_ends) {
         return None;
@@ -265,13 +272,9 @@ pub fn possible_reild(
         .filter(|v| v.date >= from && v.date <= to && raised(v));
     let value = raised_values.next()?;
     // The highest after it (the earliest of equals), when higher than the first.
-    let highest =
-        raised_values
-            .filter(|v| v.value > value.value)
-            .fold(None::<&MarkerValue>, |best, v| match best {
-                Some(b) if b.value >= v.value => Some(b),
-                _ => Some(v),
-            });
+    let highest = raised_values
+        .filter(|v| v.value > value.value)
+        .reduce(|best, v| if v.value > best.value { v } else { best });
     let bilirubin_value =
         |umol_l: f64| human_value(umol_l, crate::domain::Censoring::Exact, Marker::Bilirubin);
     // Which limit a value crossed, in plain words: the absolute limit, else twice the

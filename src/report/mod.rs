@@ -65,7 +65,7 @@ pub(crate) fn flag_day(
         .courses
         .iter()
         .find(|c| Some(c.marker) == flag.marker)
-        .map(|c| c.next_due_date + chrono::Duration::days(config.rules.overdue_grace_days + 1))
+        .map(|c| crate::evaluate::flags::overdue_from(c, config))
         .unwrap_or(flag.identified_date)
 }
 
