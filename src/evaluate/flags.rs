@@ -231,7 +231,7 @@ pub fn surveillance_overdue(
         severity: Severity::Low,
         identified_date: last.date,
         detail: format!(
-            "{} was due on {} (last value {}) and is {} days overdue as of {}; {}.",
+            "{} was due on {} (latest value {}) and is {} days overdue as of {}; {}.",
             series.marker.display_name(),
             date(course.next_due_date),
             placed(last, window),

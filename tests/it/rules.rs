@@ -515,6 +515,18 @@ fn overdue_only_after_14_days_grace() {
 }
 
 #[test]
+fn the_overdue_sentence_names_the_latest_value_as_markers_csv_does() {
+    // Latest value 20 mAU/mL on day 30 (2026-02-09): due on day 60 (2026-03-11), flagged from
+    // day 75, 15 days past the due date.
+    let f = Case::new().pivka(-1, 1000.0).pivka(30, 20.0).as_of_day(75);
+    assert_eq!(
+        flag(&f, FlagCode::SurveillanceOverdue).unwrap().detail,
+        "PIVKA-II was due on 2026-03-11 (latest value 20 mAU/mL after TARE (2026-02-09)) and is \
+         15 days overdue as of 2026-03-26; TARE on 2026-01-10."
+    );
+}
+
+#[test]
 fn overdue_stops_after_the_first_year() {
     let case = Case::new().pivka(-1, 1000.0).pivka(30, 20.0);
     assert!(flag(&case.as_of_day(365), FlagCode::SurveillanceOverdue).is_some());
